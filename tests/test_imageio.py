@@ -1,0 +1,299 @@
+"""Tests for unet_patches.imageio: reading, conversion, masks, colours, pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from unet_patches.errors import UserError
+from unet_patches.imageio import (
+    PALETTE,
+    colour_mask,
+    colour_overlay,
+    find_pairs,
+    image_to_array,
+    load_pairs,
+    read_image,
+    read_mask,
+    write_png,
+)
+
+
+def _pil_save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(path)
+    return path
+
+
+# ------------------------------------------------------------------ read_image / image_to_array
+
+
+def test_read_gray_png_round_trip(tmp_path):
+    raw = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    write_png(tmp_path / "sub" / "g.png", raw)  # creates the parent folder
+    got = read_image(tmp_path / "sub" / "g.png")
+    assert got.dtype == np.uint8 and np.array_equal(got, raw)
+    array = image_to_array(got, 1)
+    assert array.dtype == np.float32 and array.shape == (1, 3, 4)
+    np.testing.assert_allclose(array[0], raw / 255.0, rtol=1e-6)
+
+
+def test_read_rgb_png_and_average_to_gray(tmp_path):
+    raw = np.zeros((2, 3, 3), dtype=np.uint8)
+    raw[..., 0], raw[..., 1], raw[..., 2] = 30, 60, 90
+    write_png(tmp_path / "c.png", raw)
+    got = read_image(tmp_path / "c.png")
+    assert got.shape == (2, 3, 3) and np.array_equal(got, raw)
+    rgb = image_to_array(got, 3)
+    assert rgb.shape == (3, 2, 3)
+    np.testing.assert_allclose(rgb[:, 0, 0], [30 / 255, 60 / 255, 90 / 255], rtol=1e-6)
+    gray = image_to_array(got, 1)
+    np.testing.assert_allclose(gray, np.full((1, 2, 3), 60 / 255), rtol=1e-6)
+
+
+def test_rgba_alpha_dropped_and_gray_repeated():
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., :3] = 51
+    rgba[..., 3] = 255
+    np.testing.assert_allclose(image_to_array(rgba, 3), np.full((3, 2, 2), 0.2), rtol=1e-6)
+    np.testing.assert_allclose(image_to_array(rgba, 1), np.full((1, 2, 2), 0.2), rtol=1e-6)
+    gray = np.full((2, 2), 255, dtype=np.uint8)
+    assert np.array_equal(image_to_array(gray, 3), np.ones((3, 2, 2), dtype=np.float32))
+
+
+def test_read_16bit_png_and_tiff(tmp_path):
+    raw = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    write_png(tmp_path / "d.png", raw)
+    tifffile.imwrite(tmp_path / "d.tif", raw)
+    for name in ("d.png", "d.tif"):
+        got = read_image(tmp_path / name)
+        assert got.dtype == np.uint16 and np.array_equal(got, raw), name
+        np.testing.assert_allclose(image_to_array(got, 1)[0], raw / 65535.0, rtol=1e-6)
+
+
+def test_read_float_tiff_kept_as_is(tmp_path):
+    raw = np.array([[0.0, 0.25], [0.5, 1.0]], dtype=np.float32)
+    tifffile.imwrite(tmp_path / "f.tiff", raw)
+    got = read_image(tmp_path / "f.tiff")
+    assert got.dtype == np.float32
+    assert np.array_equal(image_to_array(got, 1)[0], raw)
+
+
+def test_planar_tiff_moved_to_channels_last(tmp_path):
+    raw = np.random.default_rng(0).integers(0, 255, (3, 8, 9), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "p.tif", raw, photometric="rgb", planarconfig="separate")
+    got = read_image(tmp_path / "p.tif")
+    assert got.shape == (8, 9, 3) and np.array_equal(got, np.moveaxis(raw, 0, -1))
+
+
+def test_bool_image():
+    raw = np.array([[True, False]])
+    assert np.array_equal(image_to_array(raw, 1), np.array([[[1.0, 0.0]]], dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "raw, in_channels, match",
+    [
+        (np.array([[np.nan, 0.0]], dtype=np.float32), 1, "NaN"),
+        (np.array([[np.inf, 0.0]]), 1, "NaN or infinite"),
+        (np.zeros((2, 2), dtype=np.int16), 1, "int16"),
+        (np.zeros((2, 2, 5), dtype=np.uint8), 3, "5 channel"),
+        (np.zeros((2, 2, 3), dtype=np.uint8), 2, "in_channels=2"),
+        (np.zeros((2, 2, 2, 2), dtype=np.uint8), 1, "shape"),
+        (np.zeros((2, 2), dtype=np.uint8), 0, "in_channels=0"),
+    ],
+)
+def test_image_to_array_rejects(raw, in_channels, match):
+    with pytest.raises(UserError, match=match):
+        image_to_array(raw, in_channels)
+
+
+def test_read_image_missing_and_broken(tmp_path):
+    with pytest.raises(UserError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="bad.png: cannot read"):
+        read_image(tmp_path / "bad.png")
+
+
+# ------------------------------------------------------------------ masks
+
+
+def test_index_mask(tmp_path):
+    labels = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
+    write_png(tmp_path / "m.png", labels)
+    got = read_mask(tmp_path / "m.png", 3)
+    assert got.dtype == np.uint8 and np.array_equal(got, labels)
+
+
+def test_rgb_colour_mask(tmp_path):
+    labels = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    rgb = np.zeros((2, 4, 3), dtype=np.uint8)
+    rgb[labels == 1] = (255, 0, 0)
+    rgb[labels == 2] = (0, 255, 0)
+    rgb[labels == 3] = (0, 0, 255)
+    write_png(tmp_path / "m.png", rgb)
+    assert np.array_equal(read_mask(tmp_path / "m.png", 4), labels)
+    # Masks written with colour_mask read back to the same labels, beyond the first four colours.
+    many = np.arange(len(PALETTE)).reshape(4, 5)
+    write_png(tmp_path / "many.png", colour_mask(many))
+    assert np.array_equal(read_mask(tmp_path / "many.png", len(PALETTE)), many)
+
+
+def test_equal_channel_mask_is_index_mask(tmp_path):
+    labels = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    write_png(tmp_path / "m.png", np.repeat(labels[..., None], 3, axis=-1))
+    assert np.array_equal(read_mask(tmp_path / "m.png", 3), labels)
+
+
+def test_palette_png_mask(tmp_path):
+    labels = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    # An RGB colour mask re-saved as a palette PNG (index order unrelated to the classes).
+    rgb = colour_mask(labels)
+    _pil_save(tmp_path / "p.png", rgb, mode="P")
+    assert np.array_equal(read_mask(tmp_path / "p.png", 3), labels)
+    # A VOC-style palette PNG is read by its indices.
+    voc = Image.new("P", (2, 2))
+    voc.putdata(labels.ravel().tolist())
+    voc.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0])
+    voc.save(tmp_path / "voc.png")
+    assert np.array_equal(read_mask(tmp_path / "voc.png", 3), labels)
+
+
+def test_mask_value_out_of_range_message(tmp_path):
+    write_png(tmp_path / "m.png", np.array([[0, 255]], dtype=np.uint8))
+    with pytest.raises(UserError) as info:
+        read_mask(tmp_path / "m.png", 2)
+    message = str(info.value)
+    assert "m.png" in message and "255" in message and "num_classes=2" in message
+    assert "class indices" in message and "\n" not in message
+
+
+def test_mask_unknown_colour(tmp_path):
+    rgb = np.zeros((2, 2, 3), dtype=np.uint8)
+    rgb[1, 0] = (10, 200, 30)
+    write_png(tmp_path / "m.png", rgb)
+    with pytest.raises(UserError, match=r"m.png: colour \(10, 200, 30\) at row 1, column 0"):
+        read_mask(tmp_path / "m.png", 3)
+
+
+def test_colour_mask_class_beyond_num_classes(tmp_path):
+    write_png(tmp_path / "m.png", colour_mask(np.array([[0, 3]])))
+    with pytest.raises(UserError, match="mask value 3 is out of range for num_classes=3"):
+        read_mask(tmp_path / "m.png", 3)
+
+
+# ------------------------------------------------------------------ colours and writing
+
+
+def test_palette_and_colour_mask():
+    assert PALETTE.dtype == np.uint8 and PALETTE.shape[1] == 3 and len(PALETTE) >= 20
+    assert PALETTE[:4].tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    assert len({tuple(c) for c in PALETTE.tolist()}) == len(PALETTE)
+    got = colour_mask(np.array([[0, 1], [2, 3]]))
+    assert got.shape == (2, 2, 3) and got.dtype == np.uint8
+    assert got[1, 1].tolist() == [0, 0, 255]
+    with pytest.raises(UserError):
+        colour_mask(np.array([[len(PALETTE)]]))
+
+
+def test_colour_overlay():
+    image = np.full((1, 2, 2), 0.2, dtype=np.float32)
+    labels = np.array([[0, 1], [0, 2]])
+    out = colour_overlay(image, labels, alpha=0.5)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [51, 51, 51]  # background leaves the image visible
+    assert out[0, 1].tolist() == [153, 26, 26]  # 0.5 * 51 + 0.5 * (255, 0, 0), rounded
+    assert out[1, 1].tolist() == [26, 153, 26]
+    with pytest.raises(UserError, match="differ in size"):
+        colour_overlay(image, np.zeros((3, 3), dtype=int))
+
+
+def test_write_png_rejects_bad_arrays(tmp_path):
+    with pytest.raises(UserError, match="float64"):
+        write_png(tmp_path / "x.png", np.zeros((2, 2)))
+    with pytest.raises(UserError, match="uint16"):
+        write_png(tmp_path / "x.png", np.zeros((2, 2, 3), dtype=np.uint16))
+
+
+# ------------------------------------------------------------------ pairing
+
+
+def _make_folder(root, image_names, mask_names, shape=(4, 5), mask_shape=None):
+    for name in image_names:
+        write_png(root / "images" / name, np.full(shape, 100, dtype=np.uint8))
+    for name in mask_names:
+        write_png(root / "masks" / name, np.ones(mask_shape or shape, dtype=np.uint8))
+    return root
+
+
+def test_pairs_by_same_stem_natural_order(tmp_path):
+    _make_folder(tmp_path, ["a10.png", "a2.png", "b.png"], ["a2.png", "a10.png", "b.png"])
+    (tmp_path / "images" / "notes.txt").write_text("ignored")
+    pairs = find_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["a2", "a10", "b"]
+    assert pairs[1].image == tmp_path / "images" / "a10.png"
+    assert pairs[1].mask == tmp_path / "masks" / "a10.png"
+
+
+def test_pairs_by_img_mask_numbers(tmp_path):
+    images = ["Img_1.png", "Img_2.png", "Img_10.png"]
+    _make_folder(tmp_path, images, ["Mask_10.png", "Mask_1.png", "Mask_2.png"])
+    pairs = find_pairs(tmp_path)
+    assert [(p.name, p.mask.name) for p in pairs] == [
+        ("Img_1", "Mask_1.png"),
+        ("Img_2", "Mask_2.png"),
+        ("Img_10", "Mask_10.png"),
+    ]
+
+
+def test_pairs_image_tif_with_png_mask(tmp_path):
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "x.tif", np.zeros((4, 5), dtype=np.uint16))
+    write_png(tmp_path / "masks" / "x.png", np.zeros((4, 5), dtype=np.uint8))
+    assert [p.name for p in find_pairs(tmp_path)] == ["x"]
+
+
+def test_pairs_missing_partner(tmp_path):
+    _make_folder(tmp_path, ["a.png", "b.png"], ["a.png", "c.png"])
+    with pytest.raises(UserError) as info:
+        find_pairs(tmp_path)
+    message = str(info.value)
+    assert "1 image(s) without a mask: b.png" in message
+    assert "1 mask(s) without an image: c.png" in message
+
+
+@pytest.mark.parametrize(
+    "layout, match", [("none", "missing"), ("images", "masks"), ("empty", "no images")]
+)
+def test_pairs_missing_folders(tmp_path, layout, match):
+    if layout == "images":
+        (tmp_path / "images").mkdir()
+    if layout == "empty":
+        (tmp_path / "images").mkdir()
+        (tmp_path / "masks").mkdir()
+    with pytest.raises(UserError, match=match):
+        find_pairs(tmp_path)
+
+
+def test_pairs_duplicate_stems(tmp_path):
+    _make_folder(tmp_path, ["a.png", "a.tif"], ["a.png"])
+    with pytest.raises(UserError, match="same name"):
+        find_pairs(tmp_path)
+
+
+def test_load_pairs(tmp_path):
+    _make_folder(tmp_path, ["Img_1.png"], ["Mask_1.png"])
+    (sample,) = load_pairs(tmp_path, in_channels=3, num_classes=2)
+    assert sample.name == "Img_1"
+    assert sample.image.shape == (3, 4, 5) and sample.image.dtype == np.float32
+    assert sample.mask.shape == (4, 5) and sample.mask.dtype == np.uint8
+
+
+def test_load_pairs_size_mismatch(tmp_path):
+    _make_folder(tmp_path, ["a.png"], ["a.png"], shape=(4, 5), mask_shape=(4, 6))
+    with pytest.raises(UserError, match=r"images/a.png is 4x5.*masks/a.png is 4x6"):
+        load_pairs(tmp_path, in_channels=1, num_classes=2)

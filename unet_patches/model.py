@@ -1,0 +1,152 @@
+"""The multiclass U-Net and the parts it is built from.
+
+The network returns logits; softmax belongs to the loss and to inference.
+Any input size works: the decoder resizes the upsampled map to the size of the
+skip connection, so sizes that are not multiples of ``2 ** depth`` are fine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+UPSAMPLING_MODES = ("bilinear", "transpose")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`UNet`; stored in every checkpoint."""
+
+    in_channels: int = 1
+    num_classes: int = 3
+    base_width: int = 16
+    depth: int = 4
+    upsampling: str = "bilinear"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "base_width", "depth"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} = {getattr(self, name)}: expected an integer >= 1")
+        if self.num_classes < 2:
+            raise UserError(
+                f"model.num_classes = {self.num_classes}: expected >= 2 (background plus at least one class)"
+            )
+        if self.upsampling not in UPSAMPLING_MODES:
+            raise UserError(
+                f"model.upsampling = {self.upsampling!r}: expected one of {', '.join(UPSAMPLING_MODES)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout = {self.dropout}: expected a value in [0, 1)")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channel widths from the top level down to the bottleneck."""
+        return tuple(self.base_width * 2**level for level in range(self.depth + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown model setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv -> BatchNorm -> ReLU) twice."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class Down(nn.Sequential):
+    """2x2 max-pool, then a double convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels, dropout))
+
+
+class Up(nn.Module):
+    """Upsample by 2, concatenate the skip connection, double convolution."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, mode: str) -> None:
+        super().__init__()
+        if mode == "transpose":
+            self.upsample: nn.Module = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+            upsampled = in_channels // 2
+        else:
+            self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            upsampled = in_channels
+        self.conv = DoubleConv(upsampled + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.upsample(x)
+        if x.shape[-2:] != skip.shape[-2:]:
+            # Odd sizes lose a row or column to pooling; stretch back to the skip's size.
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net for multiclass segmentation.
+
+    Input ``(N, in_channels, H, W)`` float, output ``(N, num_classes, H, W)`` logits.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = ModelConfig(**overrides)
+        elif overrides:
+            config = ModelConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        widths = config.widths
+        self.inc = DoubleConv(config.in_channels, widths[0])
+        self.downs = nn.ModuleList(
+            Down(widths[i], widths[i + 1], config.dropout if i == config.depth - 1 else 0.0)
+            for i in range(config.depth)
+        )
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], widths[i], config.upsampling) for i in reversed(range(config.depth))
+        )
+        self.outc = nn.Conv2d(widths[0], config.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)
+
+
+def build_model(config: ModelConfig | dict[str, Any]) -> UNet:
+    """Build a :class:`UNet` from a :class:`ModelConfig` or its dict form."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return UNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

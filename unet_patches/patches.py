@@ -1,0 +1,330 @@
+"""Random patch extraction to disk, the patch folder's ``manifest.json``, and a dataset over it.
+
+A patch folder (docs/seed-system.md 1.2) looks like::
+
+    out_dir/images/p0.png ...   8-bit gray (or RGB when in_channels == 3)
+    out_dir/masks/p0.png ...    single-channel class indices
+    out_dir/manifest.json       settings, per-class pixel counts and one record per patch
+
+Each record gives the patch ``name``, the ``source`` image name, the window's top-left ``y``, ``x``
+in the (optionally resized) source image and its ``flip`` (``none``, ``lr``, ``ud`` or ``both``).
+The stored patch is ``flip(source[:, y:y+s, x:x+s])`` with ``lr`` = reversed columns
+(``np.flip(axis=-1)``) and ``ud`` = reversed rows (``np.flip(axis=-2)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.transform import resize
+from torch.utils.data import Dataset
+
+from unet_patches.errors import UserError
+from unet_patches.imageio import image_to_array, load_pairs, read_image, read_mask, write_png
+
+__all__ = [
+    "FLIPS",
+    "MANIFEST_NAME",
+    "PatchFolder",
+    "extract_patches",
+    "flip",
+    "read_manifest",
+    "split_by_source",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+FLIPS = ("none", "lr", "ud", "both")
+_FLIP_AXES = {"none": (), "lr": (-1,), "ud": (-2,), "both": (-2, -1)}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise UserError(f"{name}={value!r}: expected an integer >= {minimum}")
+
+
+def flip(array: np.ndarray, kind: str) -> np.ndarray:
+    """Flip ``array`` ``(..., h, w)`` as named by ``kind``: one of ``FLIPS``."""
+    axes = _FLIP_AXES[kind]
+    return np.flip(array, axis=axes) if axes else array
+
+
+def _resize_to_width(
+    image: np.ndarray, mask: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize image ``(C, H, W)`` and mask ``(H, W)`` to ``width`` columns, keeping aspect ratio."""
+    height = max(1, int(round(mask.shape[0] * width / mask.shape[1])))
+    if (height, width) == mask.shape:
+        return image, mask
+    shrinking = width < mask.shape[1]
+    image = resize(
+        np.moveaxis(image, 0, -1), (height, width), order=1, anti_aliasing=shrinking,
+        preserve_range=True,
+    )
+    mask = resize(mask, (height, width), order=0, anti_aliasing=False, preserve_range=True)
+    return np.moveaxis(image, -1, 0).astype(np.float32), mask.astype(np.uint8)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """float ``(C, h, w)`` in [0, 1] -> uint8 ``(h, w)`` (gray) or ``(h, w, C)``."""
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+
+
+def _prepare_output(out_dir: Path, source: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
+    if out_dir.resolve() == source.resolve():
+        raise UserError(
+            f"{out_dir}: is also the source folder; write the patches to another folder"
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(
+            f"{out_dir}: folder is not empty; pass --overwrite to replace its patches, "
+            "or pick another folder"
+        )
+
+
+def _clear_output(out_dir: Path) -> None:
+    # Only what extract_patches writes is removed; other files in the folder stay.
+    for sub in ("images", "masks"):
+        target = out_dir / sub
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(temporary, path)
+
+
+def extract_patches(
+    source: str | Path,
+    out_dir: str | Path,
+    patch_size: int = 96,
+    per_image: int = 20,
+    foreground_only: bool = True,
+    flips: bool = True,
+    resize_width: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    in_channels: int = 1,
+    num_classes: int = 3,
+) -> dict:
+    """Cut random ``patch_size`` squares from every pair in ``source`` and write a patch folder.
+
+    ``source`` holds ``images/`` + ``masks/`` (see ``imageio.find_pairs``). Each image is first
+    resized to ``resize_width`` columns if given (image bilinear, anti-aliased when shrinking; mask
+    nearest). Then ``per_image`` windows are drawn uniformly among those fully inside the image;
+    with ``foreground_only`` a window is kept only if its mask has a pixel of class > 0 (so fewer
+    than ``per_image`` may remain). With ``flips`` each kept window is written 4 times (none, lr,
+    ud, both). Patches are named ``p0``, ``p1``, ... in order; ``manifest.json`` is written last.
+
+    Returns a summary: ``out_dir``, ``sources``, ``windows_drawn``, ``windows_kept``, ``patches``
+    and ``class_pixels``. Raises ``UserError`` for bad arguments or data, an image smaller than
+    the patch, or a non-empty ``out_dir`` without ``overwrite`` (with it, only ``images/``,
+    ``masks/`` and ``manifest.json`` there are replaced).
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    _require_int("patch_size", patch_size, 1)
+    _require_int("per_image", per_image, 1)
+    _require_int("seed", seed, 0)
+    if resize_width is not None:
+        _require_int("resize_width", resize_width, 1)
+    if in_channels not in (1, 3) or isinstance(in_channels, bool):
+        raise UserError(f"in_channels={in_channels!r}: patches are written as gray (1) or RGB (3)")
+    _prepare_output(out_dir, source, overwrite)
+
+    samples = load_pairs(source, in_channels, num_classes)
+    prepared = []
+    for sample in samples:  # resize and check every image before anything is written
+        image, mask = sample.image, sample.mask
+        if resize_width is not None:
+            image, mask = _resize_to_width(image, mask, resize_width)
+        height, width = mask.shape
+        if height < patch_size or width < patch_size:
+            raise UserError(
+                f"{source}: image {sample.name} is {height}x{width} (HxW"
+                f"{' after resizing' if resize_width else ''}) but patches are {patch_size}x"
+                f"{patch_size}; choose a smaller patch size or a larger resize width"
+            )
+        prepared.append((sample.name, image, mask))
+
+    if overwrite:
+        _clear_output(out_dir)
+    rng = np.random.default_rng(seed)
+    variants = FLIPS if flips else FLIPS[:1]
+    records: list[dict] = []
+    sources: dict[str, dict] = {}
+    class_pixels = np.zeros(num_classes, dtype=np.int64)
+    windows_kept = 0
+    for name, image, mask in prepared:
+        height, width = mask.shape
+        sources[name] = {"height": height, "width": width}
+        for _ in range(per_image):
+            y = int(rng.integers(0, height - patch_size + 1))
+            x = int(rng.integers(0, width - patch_size + 1))
+            mask_patch = mask[y : y + patch_size, x : x + patch_size]
+            if foreground_only and not mask_patch.any():
+                continue
+            windows_kept += 1
+            image_patch = image[:, y : y + patch_size, x : x + patch_size]
+            counts = np.bincount(mask_patch.ravel(), minlength=num_classes)
+            for kind in variants:
+                patch = f"p{len(records)}"
+                image_out = _to_uint8(flip(image_patch, kind))
+                mask_out = np.ascontiguousarray(flip(mask_patch, kind))
+                write_png(out_dir / "images" / f"{patch}.png", image_out)
+                write_png(out_dir / "masks" / f"{patch}.png", mask_out)
+                class_pixels += counts
+                records.append({"name": patch, "source": name, "y": y, "x": x, "flip": kind})
+
+    if not records:
+        raise UserError(
+            f"{source}: no patch kept from {len(samples)} image(s); the masks have no foreground "
+            "in any drawn window - check the masks, draw more windows or disable foreground_only"
+        )
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "patch_size": patch_size,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "seed": seed,
+        "source": str(source),
+        "per_image": per_image,
+        "foreground_only": foreground_only,
+        "flips": flips,
+        "resize_width": resize_width,
+        "class_pixels": class_pixels.tolist(),
+        "sources": sources,
+        "patches": records,
+    }
+    _write_json(out_dir / MANIFEST_NAME, manifest)
+    windows_drawn = per_image * len(samples)
+    log.info(
+        "kept %d of %d windows, wrote %d patches to %s",
+        windows_kept, windows_drawn, len(records), out_dir,
+    )
+    return {
+        "out_dir": str(out_dir),
+        "sources": len(samples),
+        "windows_drawn": windows_drawn,
+        "windows_kept": windows_kept,
+        "patches": len(records),
+        "class_pixels": class_pixels.tolist(),
+    }
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """Load and check ``folder/manifest.json``.
+
+    Raises ``UserError`` when it is missing, not JSON, or lacks the fields a patch folder needs.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    fix = "run `unet-patches patches` first to create a patch folder"
+    if not path.is_file():
+        raise UserError(f"{path}: not found, so {folder} is not a patch folder; {fix}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise UserError(f"{path}: not a readable JSON file ({reason}); {fix}") from exc
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: expected a JSON object; {fix}")
+    required = ("patch_size", "num_classes", "in_channels", "patches")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise UserError(f"{path}: missing field(s) {', '.join(missing)}; {fix}")
+    patches = manifest["patches"]
+    if not isinstance(patches, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("source"), str)
+        for p in patches
+    ):
+        raise UserError(f"{path}: 'patches' must be a list of records with name and source; {fix}")
+    return manifest
+
+
+def split_by_source(
+    manifest: dict, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split patch names into ``(train_names, val_names)`` by whole source image.
+
+    All patches of one source image (its windows and their flips) go to the same side, so no
+    near-copy leaks into validation. ``round(val_fraction * n_sources)`` sources go to validation,
+    at least one when ``val_fraction > 0`` and there are >= 2 sources, and never all of them (one
+    source: validation is empty). Names keep manifest order. Deterministic for a given ``seed``.
+    Raises ``UserError`` unless ``0 <= val_fraction < 1``.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (
+        0.0 <= val_fraction < 1.0
+    ):
+        raise UserError(f"val_fraction={val_fraction!r}: expected a number in [0, 1), e.g. 0.1")
+    patches = manifest["patches"]
+    sources = sorted({p["source"] for p in patches})
+    n_val = int(round(val_fraction * len(sources)))
+    if val_fraction > 0 and len(sources) >= 2:
+        n_val = min(max(n_val, 1), len(sources) - 1)
+    else:
+        n_val = min(n_val, max(len(sources) - 1, 0))
+    order = np.random.default_rng(seed).permutation(len(sources))
+    val_sources = {sources[i] for i in order[:n_val]}
+    train = [p["name"] for p in patches if p["source"] not in val_sources]
+    val = [p["name"] for p in patches if p["source"] in val_sources]
+    return train, val
+
+
+class PatchFolder(Dataset):
+    """The patches of a folder written by :func:`extract_patches`.
+
+    ``names`` picks patches (default: all, in manifest order), e.g. one side of
+    :func:`split_by_source`. Items are ``(image, mask)``: float32 tensor ``(in_channels, h, w)`` in
+    [0, 1] and int64 tensor ``(h, w)``. Files are read lazily in ``__getitem__`` (nothing cached):
+    the PNGs are small, reading them is cheap next to a training step, and DataLoader workers then
+    share no large arrays. Raises ``UserError`` for a missing manifest or unknown names.
+    """
+
+    def __init__(
+        self, folder: str | Path, names: list[str] | None = None, in_channels: int = 1
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.in_channels = in_channels
+        self.num_classes = int(self.manifest["num_classes"])
+        known = [p["name"] for p in self.manifest["patches"]]
+        if names is None:
+            self.names = known
+        else:
+            unknown = sorted(set(names) - set(known))
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise UserError(
+                    f"{self.folder}: {len(unknown)} patch name(s) not in its manifest ({shown}); "
+                    "use names from that folder's manifest.json"
+                )
+            self.names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.names[index]
+        image_path = self.folder / "images" / f"{name}.png"
+        image = image_to_array(read_image(image_path), self.in_channels, name=str(image_path))
+        mask = read_mask(self.folder / "masks" / f"{name}.png", self.num_classes)
+        return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))

@@ -1,0 +1,480 @@
+"""On-the-fly patch sampling from full images held in memory, and class weights.
+
+`RandomPatches` draws a fresh random window (optionally forced onto foreground,
+nnU-Net style) for every index of every epoch; `FixedWindows` is the matching
+validation set whose windows never change. Both read from arrays in memory, so
+there is no round trip through patch files on disk.
+
+Reproducibility contract of `RandomPatches`: everything about sample ``i`` of
+epoch ``e`` comes from ``numpy.random.default_rng([seed, e, i])`` and nothing
+else. The samples are therefore identical whatever the number of DataLoader
+workers, the order they run in, or how a `DistributedSampler` shards the
+indices, and resuming at epoch ``e`` reproduces that epoch exactly.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unet_patches.errors import UserError
+
+# Bits of `Window.flip`.
+FLIP_LR = 1  # mirror the columns (left <-> right)
+FLIP_UD = 2  # mirror the rows (up <-> down)
+
+
+class Window(NamedTuple):
+    """Where one sample comes from and how it is transformed.
+
+    The window is ``image[:, y:y + p, x:x + p]`` of image ``image_index``. Then
+    ``flip`` is applied (a bit set: 1 = left-right, 2 = up-down, so 0..3), then
+    ``rot`` quarter turns counter-clockwise (`numpy.rot90` on the last two axes).
+    For whole images (`FixedWindows` with ``patch_size=None``) y = x = 0.
+    """
+
+    image_index: int
+    y: int
+    x: int
+    flip: int
+    rot: int
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _as_images_and_masks(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Check and return the images as float32 (C,H,W) and masks as integer (H,W) arrays.
+
+    Raises:
+        UserError: different list lengths, no images, wrong dimensions or
+            dtypes, or an image and its mask of different sizes.
+    """
+    if len(images) != len(masks):
+        raise UserError(
+            f"got {len(images)} images but {len(masks)} masks; expected one mask per image, "
+            "pass the lists in matching order"
+        )
+    if len(images) == 0:
+        raise UserError("got no images; expected at least one image and mask to sample from")
+    out_images, out_masks = [], []
+    for j, (image, mask) in enumerate(zip(images, masks)):
+        image, mask = np.asarray(image), np.asarray(mask)
+        if image.ndim != 3:
+            raise UserError(
+                f"image {j} has shape {image.shape}; expected (C, H, W), "
+                "convert it with imageio.image_to_array"
+            )
+        if not np.issubdtype(image.dtype, np.floating):
+            raise UserError(
+                f"image {j} has dtype {image.dtype}; expected float32 values in [0, 1], "
+                "convert it with imageio.image_to_array"
+            )
+        if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+            raise UserError(
+                f"mask {j} has shape {mask.shape} and dtype {mask.dtype}; expected an integer "
+                "(H, W) array of class indices, read it with imageio"
+            )
+        if image.shape[1:] != mask.shape:
+            raise UserError(
+                f"image {j} is {image.shape[1]}x{image.shape[2]} but its mask is "
+                f"{mask.shape[0]}x{mask.shape[1]} (HxW); expected the same size, check the pairing"
+            )
+        out_images.append(image.astype(np.float32, copy=False))
+        out_masks.append(mask)
+    channels = {image.shape[0] for image in out_images}
+    if len(channels) > 1:
+        raise UserError(
+            f"images have different channel counts {sorted(channels)}; expected one count, "
+            "convert them all with the same in_channels"
+        )
+    return out_images, out_masks
+
+
+def _check_patch_fits(images: list[np.ndarray], patch_size: int) -> None:
+    """Raise `UserError` naming the first image smaller than ``patch_size`` on either side."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)):
+        raise UserError(f"patch_size={patch_size!r}; expected a positive integer such as 128")
+    if patch_size < 1:
+        raise UserError(f"patch_size={patch_size!r}; expected a positive integer such as 128")
+    for j, image in enumerate(images):
+        h, w = image.shape[1:]
+        if h < patch_size or w < patch_size:
+            raise UserError(
+                f"image {j} is {h}x{w} (HxW), smaller than patch_size={patch_size}; expected "
+                f"both sides >= {patch_size}, use a smaller patch_size or drop that image"
+            )
+
+
+def _check_positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name}={value!r}; expected a positive integer")
+    return int(value)
+
+
+def _check_seed(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UserError(f"{name}={value!r}; expected an integer >= 0")
+    return int(value)
+
+
+def _check_mask_values(
+    masks: Sequence[np.ndarray], num_classes: int, ignore_index: int | None
+) -> None:
+    """Raise `UserError` naming the first mask holding a value outside [0, num_classes)."""
+    for j, mask in enumerate(masks):
+        values = np.unique(mask)
+        bad = values[(values < 0) | (values >= num_classes)]
+        if ignore_index is not None:
+            bad = bad[bad != ignore_index]
+        if bad.size:
+            raise UserError(
+                f"mask {j} holds class value {int(bad[0])}; expected values 0..{num_classes - 1}"
+                + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+                + ", raise num_classes or fix the mask"
+            )
+
+
+# ------------------------------------------------------------------ cropping
+
+
+def _crop(
+    image: np.ndarray, mask: np.ndarray, window: Window, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``window`` out of an image and its mask and apply its flip and rotation together.
+
+    Returns:
+        image float32 tensor (C, h, w) and mask int64 tensor (h, w), both
+        contiguous and never sharing memory with the inputs.
+    """
+    h, w = size
+    img = image[:, window.y : window.y + h, window.x : window.x + w]
+    msk = mask[window.y : window.y + h, window.x : window.x + w]
+    if window.flip & FLIP_LR:
+        img, msk = img[:, :, ::-1], msk[:, ::-1]
+    if window.flip & FLIP_UD:
+        img, msk = img[:, ::-1, :], msk[::-1, :]
+    if window.rot:
+        img = np.rot90(img, window.rot, axes=(1, 2))
+        msk = np.rot90(msk, window.rot, axes=(0, 1))
+    # np.array(copy=True) gives a C-contiguous copy: the caller may modify the
+    # tensors without touching the images the dataset holds.
+    return (
+        torch.from_numpy(np.array(img, dtype=np.float32, order="C", copy=True)),
+        torch.from_numpy(np.array(msk, dtype=np.int64, order="C", copy=True)),
+    )
+
+
+def _foreground_pixels(
+    mask: np.ndarray, num_classes: int, ignore_index: int | None
+) -> dict[int, np.ndarray]:
+    """Flat indices of each foreground class (1..K-1) present in ``mask``.
+
+    One stable sort groups the pixels by class (radix sort for uint8 masks), so
+    this costs a single pass rather than one per class.
+    """
+    flat = mask.ravel()
+    if ignore_index is not None and ignore_index < 0:
+        # bincount takes no negative values; the ignored pixels are never foreground anyway.
+        flat = np.where(flat == ignore_index, 0, flat)
+    order = np.argsort(flat, kind="stable")
+    counts = np.bincount(flat, minlength=num_classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    index_dtype = np.int32 if flat.size < 2**31 else np.int64
+    return {
+        c: order[starts[c] : starts[c] + counts[c]].astype(index_dtype)
+        for c in range(1, num_classes)
+        if counts[c] > 0 and c != ignore_index
+    }
+
+
+# ------------------------------------------------------------------ datasets
+
+
+class RandomPatches(Dataset):
+    """Random square windows cut on the fly from full images, new ones every epoch.
+
+    Sample ``i`` of epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e, i])``
+    alone, in this order:
+
+    1. an image, with probability proportional to its area (H x W), so every
+       pixel of the data set is about equally likely to be seen, whatever the
+       mix of image sizes;
+    2. with probability ``foreground_fraction``: a foreground class chosen
+       uniformly among the classes 1..K-1 present in that image, a pixel of that
+       class chosen uniformly, and the window centred on it (shifted to stay
+       inside the image, so it always contains that pixel); an image without
+       foreground falls back to step 3;
+    3. otherwise a window position uniform over all positions fully inside;
+    4. one of the four flips (none, left-right, up-down, both) uniformly when
+       ``flips``, then 0-3 quarter turns uniformly when ``rotate90``.
+
+    Class 0 is the background. The foreground pixel positions are found once,
+    in ``__init__``, and only when ``foreground_fraction > 0``.
+
+    Call `set_epoch` before each epoch. The DataLoader copies the dataset into
+    its workers when an epoch's iteration starts, so this works with the default
+    ``persistent_workers=False``; persistent workers keep the epoch they were
+    started with.
+
+    Args:
+        images: float32 arrays (C, H, W), values in [0, 1]; held, not copied.
+        masks: integer arrays (H, W) of class indices, one per image.
+        patch_size: side p of the square windows; every image must be at least p x p.
+        samples_per_epoch: the dataset's length.
+        num_classes: K, background included; mask values must be below it.
+        flips: random flips as described above.
+        rotate90: random quarter turns as described above.
+        foreground_fraction: probability in [0, 1] that a window is centred on foreground.
+        seed: integer >= 0.
+        ignore_index: a mask value that is allowed although >= K and is never foreground.
+
+    Raises:
+        UserError: any argument out of range, an image smaller than the patch,
+            mismatched images and masks, or a mask value outside [0, K).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        patch_size: int,
+        samples_per_epoch: int,
+        *,
+        num_classes: int,
+        flips: bool = True,
+        rotate90: bool = False,
+        foreground_fraction: float = 0.0,
+        seed: int = 0,
+        ignore_index: int | None = None,
+    ) -> None:
+        self.images, self.masks = _as_images_and_masks(images, masks)
+        _check_patch_fits(self.images, patch_size)
+        self.patch_size = int(patch_size)
+        self.samples_per_epoch = _check_positive_int("samples_per_epoch", samples_per_epoch)
+        self.num_classes = _check_positive_int("num_classes", num_classes)
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise UserError(
+                f"foreground_fraction={foreground_fraction!r}; expected a probability in [0, 1] "
+                "such as 0.33"
+            )
+        self.foreground_fraction = float(foreground_fraction)
+        self.flips = bool(flips)
+        self.rotate90 = bool(rotate90)
+        self.seed = _check_seed("seed", seed)
+        self.ignore_index = ignore_index
+        self.epoch = 0
+        _check_mask_values(self.masks, self.num_classes, ignore_index)
+
+        areas = np.array([m.size for m in self.masks], dtype=np.float64)
+        self._image_probs = areas / areas.sum()
+        self._foreground: list[dict[int, np.ndarray]] = (
+            [_foreground_pixels(m, self.num_classes, ignore_index) for m in self.masks]
+            if self.foreground_fraction > 0
+            else [{} for _ in self.masks]
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose samples ``__getitem__`` returns (an integer >= 0)."""
+        self.epoch = _check_seed("epoch", epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def window(self, i: int, epoch: int | None = None) -> Window:
+        """The window of sample ``i`` in ``epoch`` (default: the current epoch).
+
+        Raises:
+            IndexError: ``i`` outside [0, len(self)).
+        """
+        if not 0 <= i < self.samples_per_epoch:
+            raise IndexError(f"sample {i} out of range for {self.samples_per_epoch} samples")
+        epoch = self.epoch if epoch is None else _check_seed("epoch", epoch)
+        rng = np.random.default_rng([self.seed, epoch, int(i)])
+        p = self.patch_size
+
+        j = int(rng.choice(len(self.images), p=self._image_probs))
+        h, w = self.masks[j].shape
+        foreground = self._foreground[j]
+        if foreground and rng.random() < self.foreground_fraction:
+            classes = sorted(foreground)
+            pixels = foreground[classes[int(rng.integers(len(classes)))]]
+            cy, cx = divmod(int(pixels[int(rng.integers(len(pixels)))]), w)
+            y = min(max(cy - p // 2, 0), h - p)
+            x = min(max(cx - p // 2, 0), w - p)
+        else:
+            y = int(rng.integers(h - p + 1))
+            x = int(rng.integers(w - p + 1))
+        flip = int(rng.integers(4)) if self.flips else 0
+        rot = int(rng.integers(4)) if self.rotate90 else 0
+        return Window(j, y, x, flip, rot)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``i`` of the current epoch: image float32 (C, p, p), mask int64 (p, p)."""
+        window = self.window(i)
+        j = window.image_index
+        return _crop(self.images[j], self.masks[j], window, (self.patch_size, self.patch_size))
+
+
+class FixedWindows(Dataset):
+    """A fixed validation set: the same windows of held-back images every epoch and every run.
+
+    With an integer ``patch_size``, ``per_image`` windows are placed uniformly at
+    random inside each image, once, in ``__init__``: image ``j``'s windows come
+    from ``numpy.random.default_rng([seed, j])``, so they do not depend on the
+    other images. Windows are never flipped or rotated. Item order is image by
+    image: items ``j * per_image`` to ``(j + 1) * per_image - 1`` come from image ``j``.
+
+    With ``patch_size=None`` each whole image is one item (``per_image`` must be
+    1). Images of different sizes then cannot be stacked into one batch: use a
+    DataLoader with ``batch_size=1``, or give the model the image through tiled
+    inference.
+
+    ``__getitem__`` returns image float32 (C, h, w) and mask int64 (h, w), where
+    h = w = patch_size, or the image's own size for whole images.
+
+    Raises:
+        UserError: ``patch_size`` not a positive integer or None, an image smaller
+            than the patch, ``per_image`` not a positive integer (or not 1 for
+            whole images), a negative seed, or mismatched images and masks.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        patch_size: int | None,
+        per_image: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.images, self.masks = _as_images_and_masks(images, masks)
+        self.patch_size = patch_size
+        self.per_image = _check_positive_int("per_image", per_image)
+        self.seed = _check_seed("seed", seed)
+        if patch_size is None:
+            if self.per_image != 1:
+                raise UserError(
+                    f"per_image={per_image} with patch_size=None; whole images are taken once "
+                    "each, set per_image=1 or give a patch_size"
+                )
+            self.windows = [Window(j, 0, 0, 0, 0) for j in range(len(self.images))]
+            return
+        _check_patch_fits(self.images, patch_size)
+        self.windows = []
+        for j, mask in enumerate(self.masks):
+            rng = np.random.default_rng([self.seed, j])
+            h, w = mask.shape
+            ys = rng.integers(h - patch_size + 1, size=self.per_image)
+            xs = rng.integers(w - patch_size + 1, size=self.per_image)
+            self.windows += [Window(j, int(y), int(x), 0, 0) for y, x in zip(ys, xs)]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def window(self, i: int) -> Window:
+        """The window of item ``i``."""
+        return self.windows[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        window = self.windows[i]
+        mask = self.masks[window.image_index]
+        size = mask.shape if self.patch_size is None else (self.patch_size, self.patch_size)
+        return _crop(self.images[window.image_index], mask, window, size)
+
+
+# ------------------------------------------------------------- class weights
+
+
+def class_pixel_counts(
+    masks: Sequence[np.ndarray],
+    num_classes: int,
+    *,
+    per_image: bool = False,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """Count the pixels of each class.
+
+    Args:
+        masks: integer arrays (H, W) of class indices.
+        num_classes: K.
+        per_image: return one row per mask instead of the total.
+        ignore_index: a mask value that is allowed although >= K and is not counted.
+
+    Returns:
+        int64 array (K,), or (N, K) with ``per_image`` for N masks.
+
+    Raises:
+        UserError: a mask that is not an integer 2-D array, or holds a value
+            outside [0, K) other than ``ignore_index``.
+    """
+    num_classes = _check_positive_int("num_classes", num_classes)
+    rows = []
+    for j, mask in enumerate(masks):
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+            raise UserError(
+                f"mask {j} has shape {mask.shape} and dtype {mask.dtype}; expected an integer "
+                "(H, W) array of class indices, read it with imageio"
+            )
+        _check_mask_values([mask], num_classes, ignore_index)
+        flat = mask.ravel()
+        if ignore_index is not None:
+            flat = flat[flat != ignore_index]
+        rows.append(np.bincount(flat, minlength=num_classes)[:num_classes].astype(np.int64))
+    counts = np.stack(rows) if rows else np.zeros((0, num_classes), dtype=np.int64)
+    return counts if per_image else counts.sum(axis=0, dtype=np.int64)
+
+
+def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """Median frequency balancing (Eigen & Fergus, 2015): weight_c = median(freq) / freq_c.
+
+    freq_c is the pixels of class c divided by the total pixels of the images
+    that contain class c. That needs per-image counts, shape (N, K), from
+    ``class_pixel_counts(masks, K, per_image=True)``. Given totals of shape (K,),
+    the whole set is treated as one image and the weights reduce to
+    median(counts) / counts_c.
+
+    Classes that never occur get weight 0 and are left out of the median, so a
+    class missing from the training set neither gets an infinite weight nor
+    shifts the others. The median of an even number of classes is the mean of
+    the two middle ones. The most common class gets the smallest weight and the
+    class of median frequency gets exactly 1.
+
+    Args:
+        counts: non-negative pixel counts, shape (K,) or (N, K).
+
+    Returns:
+        float32 array (K,).
+
+    Raises:
+        UserError: counts of another shape, negative, or all zero.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim == 1:
+        counts = counts[None, :]
+    if counts.ndim != 2 or counts.shape[1] == 0:
+        raise UserError(
+            f"counts has shape {counts.shape}; expected (K,) or (N, K) from class_pixel_counts"
+        )
+    if (counts < 0).any():
+        raise UserError(
+            "counts holds negative values; expected pixel counts from class_pixel_counts"
+        )
+    counts = counts.astype(np.float64)
+    class_pixels = counts.sum(axis=0)
+    present = class_pixels > 0
+    if not present.any():
+        raise UserError("counts is all zero; expected masks with at least one labelled pixel")
+    image_pixels = counts.sum(axis=1)
+    # Pixels of the images in which each class occurs at least once.
+    pixels_of_images_with = (counts > 0).astype(np.float64).T @ image_pixels
+    freq = np.zeros_like(class_pixels)
+    freq[present] = class_pixels[present] / pixels_of_images_with[present]
+    weights = np.zeros_like(freq)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return weights.astype(np.float32)
