@@ -132,13 +132,18 @@ class UNet(nn.Module):
         self.outc = nn.Conv2d(widths[0], config.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        smallest = 2**self.config.depth
+        if height < smallest or width < smallest:
+            # Pooling needs at least 2 ** depth pixels per side; pad tiny inputs, crop back.
+            x = F.pad(x, (0, max(smallest - width, 0), 0, max(smallest - height, 0)), mode="replicate")
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
-        return self.outc(x)
+        return self.outc(x)[..., :height, :width]
 
 
 def build_model(config: ModelConfig | dict[str, Any]) -> UNet:

@@ -1,0 +1,36 @@
+# Every target sets up its own virtual environment in .venv/ first.
+# constraints.txt pins torch to the CPU build on this machine's disk; elsewhere,
+# `make PIP_CONSTRAINTS=` (empty) lets pip pick any torch that pyproject.toml allows.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_CONSTRAINTS ?= -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_CONSTRAINTS) -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## demo: generate synthetic data, extract patches, train, evaluate on unseen test images
+demo: setup
+	$(PY) -m unet_patches.demo
+
+## test: the default test suite (fast; slow and multi-process tests are in test-all)
+test: setup
+	$(PY) -m pytest -m "not slow and not distributed"
+
+## test-all: every test, the slow and multi-process ones included (CI runs this)
+test-all: setup
+	$(PY) -m pytest
+
+## bench: benchmarks; results printed and written under benchmarks/results/
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

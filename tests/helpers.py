@@ -1,0 +1,28 @@
+"""Small data sets and configs shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unet_patches.config import default_config
+from unet_patches.synthetic import SyntheticSpec, generate_dataset
+
+SMALL_SPEC = SyntheticSpec(height=64, width=48, lines=(1, 3), ellipses=(1, 3), line_length=(10, 40))
+
+
+def small_dataset(root: Path, n_train: int = 6, n_test: int = 2, seed: int = 0) -> Path:
+    generate_dataset(root, n_train=n_train, n_test=n_test, seed=seed, spec=SMALL_SPEC)
+    return root
+
+
+def tiny_config(root: Path, folder: str, **training):
+    """A config for a tiny, fast model that trains in about a second."""
+    config = default_config().replace("data", root=str(root))
+    config = config.replace("model", base_width=4, depth=2)
+    config = config.replace("patches", patch_size=32)
+    values = dict(
+        folder=folder, epochs=2, batch_size=4, learning_rate=0.05, samples_per_epoch=16, val_windows_per_image=2,
+        checkpoint_dir=str(root / "checkpoints"), log_dir=str(root / "runs"), precision="fp32",
+    )
+    values.update(training)
+    return config.replace("training", **values)

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from unet_patches.config import config_from_dict, default_config, load_config
+from unet_patches.errors import UserError
+
+
+def test_defaults_are_valid_and_shipped_file_loads(repo_root):
+    assert default_config().training.optimizer == "sgd"
+    shipped = load_config(repo_root / "parameters.json")
+    assert shipped.model.num_classes == shipped.data.num_classes == 3
+
+
+def test_shipped_file_names_every_setting(repo_root):
+    """parameters.json holds every setting, so users can see and change all of them."""
+    shipped = json.loads((repo_root / "parameters.json").read_text())
+    defaults = default_config().to_dict()
+    for section, values in defaults.items():
+        assert section in shipped, section
+        missing = set(values) - set(shipped[section])
+        assert not missing, f"{section}: {missing}"
+
+
+def test_file_values_override_defaults_and_flags_override_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"training": {"batch_size": 4, "learning_rate": 0.5}}))
+    config = load_config(path)
+    assert config.training.batch_size == 4 and config.training.epochs == default_config().training.epochs
+    config = config.replace("training", batch_size=16, learning_rate=None)
+    assert config.training.batch_size == 16 and config.training.learning_rate == 0.5
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"training": {"batchsize": 4}}, r"unknown key 'training.batchsize' \(did you mean 'batch_size'\?\)"),
+        ({"trainng": {}}, "unknown key 'trainng'"),
+        ({"training": {"batch_size": "8"}}, r"'training.batch_size' = '8': expected an integer"),
+        ({"training": {"batch_size": 0}}, r"training.batch_size = 0: expected a value >= 1"),
+        ({"training": {"flips": 1}}, "expected true or false"),
+        ({"training": {"learning_rate": -1}}, "learning_rate"),
+        ({"training": {"optimizer": "sdg"}}, r"did you mean 'sgd'"),
+        ({"training": {"loss": "dise"}}, "loss"),
+        ({"training": {"class_weights": [1, 2]}}, "class_weights has 2 values"),
+        ({"training": {"class_weights": "inverse"}}, "median_frequency"),
+        ({"inference": {"overlap": 1.0}}, r"inference.overlap = 1.0: expected a value in \[0.0, 1.0\)"),
+        ({"model": {"num_classes": 4}}, "differ from data"),
+        ({"synthetic": {"lines": [5, 1]}}, "low <= high"),
+        ({"patches": {"patch_size": 4}}, "patch_size"),
+        ({"data": {"class_names": ["a"]}}, "class_names"),
+        ([], "expected a JSON object"),
+    ],
+)
+def test_bad_values_name_the_key(values, message):
+    with pytest.raises(UserError, match=message):
+        config_from_dict(values)
+
+
+def test_comments_are_allowed(tmp_path):
+    config = config_from_dict({"_comment": "hi", "training": {"_note": "x", "epochs": 3}})
+    assert config.training.epochs == 3
+
+
+def test_unreadable_or_broken_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_config(bad)

@@ -1,0 +1,387 @@
+"""Settings: code defaults < ``parameters.json`` < command-line flags.
+
+Everything resolves into one typed :class:`Config`. Loading checks every key:
+an unknown key, a wrong type or an out-of-range value raises :class:`UserError`
+naming the key (``training.batch_size``), the value and what was expected.
+The resolved config is written into each run's checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from .errors import UserError
+from .model import UPSAMPLING_MODES, ModelConfig
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where data lives and what it holds."""
+
+    root: str = "data"
+    in_channels: int = 1
+    num_classes: int = 3
+    class_names: Optional[list[str]] = None
+
+    def check(self) -> None:
+        _at_least("data.in_channels", self.in_channels, 1)
+        _at_least("data.num_classes", self.num_classes, 2)
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise UserError(
+                f"data.class_names has {len(self.class_names)} names but data.num_classes = {self.num_classes}: "
+                "give one name per class or null"
+            )
+
+    def names(self) -> list[str]:
+        return list(self.class_names) if self.class_names else [f"class{c}" for c in range(self.num_classes)]
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The synthetic generator (``unet-patches generate``)."""
+
+    n_train: int = 100
+    n_test: int = 10
+    seed: int = 0
+    height: int = 400
+    width: int = 200
+    lines: tuple[int, int] = (1, 9)
+    ellipses: tuple[int, int] = (1, 9)
+    ellipse_radius: tuple[int, int] = (5, 19)
+    ellipse_aspect: tuple[float, float] = (0.5, 2.0)
+    line_length: tuple[int, int] = (20, 199)
+    line_dilation: tuple[int, int] = (1, 2)
+    shape_gray: tuple[float, float] = (0.0, 0.7)
+    background_mean: tuple[float, float] = (0.7, 0.9)
+    noise_std: float = 0.1
+    background_clip: tuple[float, float] = (0.6, 1.0)
+
+    def check(self) -> None:
+        _at_least("synthetic.n_train", self.n_train, 1)
+        _at_least("synthetic.n_test", self.n_test, 0)
+        self.spec().validate()
+
+    def spec(self):
+        from .synthetic import SyntheticSpec
+
+        names = {f.name for f in dataclasses.fields(SyntheticSpec)}
+        return SyntheticSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Random patch extraction (``unet-patches patches``)."""
+
+    patch_size: int = 96
+    per_image: int = 20
+    foreground_only: bool = True
+    flips: bool = True
+    resize_width: Optional[int] = None
+    seed: int = 0
+
+    def check(self) -> None:
+        _at_least("patches.patch_size", self.patch_size, 8)
+        _at_least("patches.per_image", self.per_image, 1)
+        if self.resize_width is not None:
+            _at_least("patches.resize_width", self.resize_width, self.patch_size)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training loop (``train.py`` / ``unet-patches train``)."""
+
+    folder: str = "patches_s96"
+    epochs: int = 5
+    batch_size: int = 8
+    learning_rate: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    step_fraction: float = 0.3
+    step_gamma: float = 0.1
+    warmup_fraction: float = 0.0
+    loss: str = "ce"
+    class_weights: Union[None, str, list[float]] = None
+    val_fraction: float = 0.1
+    samples_per_epoch: int = 4000
+    foreground_fraction: float = 0.33
+    flips: bool = True
+    rotate90: bool = False
+    val_windows_per_image: int = 8
+    precision: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    time_budget_minutes: Optional[float] = None
+    run_name: Optional[str] = None
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "runs"
+    log_images_every: int = 1
+
+    def check(self) -> None:
+        from .losses import LOSSES
+        from .training import OPTIMIZERS, SCHEDULES
+
+        _at_least("training.epochs", self.epochs, 1)
+        _at_least("training.batch_size", self.batch_size, 1)
+        _positive("training.learning_rate", self.learning_rate)
+        _choice("training.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("training.schedule", self.schedule, SCHEDULES)
+        _choice("training.loss", self.loss, LOSSES)
+        _choice("training.precision", self.precision, PRECISIONS)
+        _in_range("training.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _in_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
+        _in_range("training.step_fraction", self.step_fraction, 0.0, 1.0, low_open=True)
+        _in_range("training.step_gamma", self.step_gamma, 0.0, 1.0, low_open=True)
+        _in_range("training.warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        _in_range("training.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        _in_range("training.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
+        _at_least("training.samples_per_epoch", self.samples_per_epoch, 1)
+        _at_least("training.val_windows_per_image", self.val_windows_per_image, 1)
+        _at_least("training.num_workers", self.num_workers, 0)
+        _at_least("training.log_images_every", self.log_images_every, 0)
+        if self.time_budget_minutes is not None:
+            _positive("training.time_budget_minutes", self.time_budget_minutes)
+        if isinstance(self.class_weights, str) and self.class_weights != "median_frequency":
+            raise UserError(
+                f"training.class_weights = {self.class_weights!r}: expected null, \"median_frequency\" "
+                "or a list of one weight per class"
+            )
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window inference (``unet-patches predict`` / ``evaluate``)."""
+
+    overlap: float = 0.5
+    batch_size: int = 32
+    blend: str = "mean"
+    padding: str = "reflect"
+    tta: bool = False
+    precision: str = "auto"
+
+    def check(self) -> None:
+        _in_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
+        _at_least("inference.batch_size", self.batch_size, 1)
+        _choice("inference.blend", self.blend, ("mean", "gaussian", "hann"))
+        _choice("inference.padding", self.padding, ("reflect", "constant"))
+        _choice("inference.precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def check(self) -> "Config":
+        for section in (self.data, self.synthetic, self.patches, self.training, self.inference):
+            section.check()
+        if self.model.in_channels != self.data.in_channels or self.model.num_classes != self.data.num_classes:
+            raise UserError(
+                f"model.in_channels/num_classes ({self.model.in_channels}/{self.model.num_classes}) differ from "
+                f"data.in_channels/num_classes ({self.data.in_channels}/{self.data.num_classes}): make them equal"
+            )
+        weights = self.training.class_weights
+        if isinstance(weights, list) and len(weights) != self.data.num_classes:
+            raise UserError(
+                f"training.class_weights has {len(weights)} values but there are {self.data.num_classes} classes"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, section: str, **values: Any) -> "Config":
+        """A copy with some values of one section replaced (``None`` values are ignored)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self
+        current = dataclasses.asdict(getattr(self, section))
+        current.update(values)
+        return _build(type(self), {**_sections(self), section: current}, "")
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def default_config() -> Config:
+    return Config().check()
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read ``parameters.json`` (or return the defaults when ``path`` is None).
+
+    Raises:
+        UserError: the file is missing or not JSON, or holds an unknown key, a value of the
+            wrong type or out of range.
+    """
+    if path is None:
+        return default_config()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+    return config_from_dict(values, source=str(path))
+
+
+def config_from_dict(values: Any, source: str = "parameters") -> Config:
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a JSON object with sections {', '.join(_section_names())}")
+    values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_comment" keys are allowed
+    return _build(Config, values, f"{source}: ").check()
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+# --- building and checking -------------------------------------------------------------------
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _sections(config: Config) -> dict[str, dict[str, Any]]:
+    return {name: dataclasses.asdict(getattr(config, name)) for name in _section_names()}
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            if path and key.startswith("_"):
+                continue
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{prefix}unknown key {path + key!r}{hint}; valid keys: {', '.join(known)}")
+    kwargs = {}
+    for name in known:
+        if name not in values:
+            continue
+        value, hint = values[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{prefix}{path + name!r} must be an object of settings, got {value!r}")
+            kwargs[name] = _build(hint, value, prefix, f"{path}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{path + name!r}")
+    try:
+        return cls(**kwargs)
+    except UserError as exc:
+        raise UserError(f"{prefix}{exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except UserError:
+                continue
+        raise UserError(f"{where} = {value!r}: expected {_describe(hint)}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in args:
+            return value
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+                if len(value) != 2:
+                    raise UserError(f"{where} = {value!r}: expected a pair [low, high]")
+                items = [_coerce(v, a, where) for v, a in zip(value, args)]
+                if items[0] > items[1]:
+                    raise UserError(f"{where} = {value!r}: expected low <= high")
+                return tuple(items)
+            return [_coerce(v, args[0], where) for v in value]
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where} = {value!r}: expected {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is tuple:
+        return "a pair [low, high]"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise UserError(f"{name} = {value}: expected a value >= {low}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"{name} = {value}: expected a value > 0")
+
+
+def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise UserError(f"{name} = {value}: expected a value in {left}{low}, {high}{right}")
+
+
+def _choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{name} = {value!r}: expected one of {', '.join(choices)}{hint}")
+
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "InferenceConfig",
+    "ModelConfig",
+    "PatchConfig",
+    "SyntheticConfig",
+    "TrainingConfig",
+    "UPSAMPLING_MODES",
+    "PRECISIONS",
+    "config_from_dict",
+    "default_config",
+    "load_config",
+    "save_config",
+]

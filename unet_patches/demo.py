@@ -1,0 +1,113 @@
+"""``make demo``: the whole pipeline on built-in synthetic data, then the figures.
+
+1. generate 100 training and 10 test images (seeded) into ``data/demo/synthetic``;
+2. cut random patches with flips into ``data/demo/patches_s96`` (the original's on-disk patch set);
+3. train with the settings of ``parameters.json`` under its time budget (``checkpoints/demo/``,
+   ``runs/demo/``);
+4. score full-image sliding-window predictions on the 10 unseen test images;
+5. write label masks and colour overlays of the test images to ``data/demo/predictions``.
+
+The demo owns ``data/demo``, ``checkpoints/demo`` and ``runs/demo`` and replaces what an
+earlier demo left there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .cli import DEFAULT_PARAMS, run_guarded
+
+
+def run(params: str | None, minutes: float | None) -> int:
+    from .api import evaluate_folder, load_model
+    from .config import default_config, load_config
+    from .patches import extract_patches
+    from .synthetic import generate_dataset
+    from .tiling import predict_files
+    from .training import fit
+
+    started = time.monotonic()
+    if params is None and Path(DEFAULT_PARAMS).is_file():
+        params = DEFAULT_PARAMS
+    config = load_config(params) if params else default_config()
+    root = Path(config.data.root) / "demo"
+    synthetic, patches = root / "synthetic", root / f"patches_s{config.patches.patch_size}"
+    s, p = config.synthetic, config.patches
+
+    print(f"[1/5] generating {s.n_train} training + {s.n_test} test images in {synthetic}")
+    generate_dataset(synthetic, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=True)
+    print(f"[2/5] extracting {p.per_image} random {p.patch_size}x{p.patch_size} patches per image into {patches}")
+    summary = extract_patches(
+        synthetic / "train", patches, patch_size=p.patch_size, per_image=p.per_image, foreground_only=p.foreground_only,
+        flips=p.flips, resize_width=p.resize_width, seed=p.seed, overwrite=True,
+        in_channels=config.data.in_channels, num_classes=config.data.num_classes,
+    )
+    print(f"      kept {summary['windows_kept']} of {summary['windows_drawn']} windows")
+
+    # training.folder picks the kind of source inside data/demo: a patch folder (name starting
+    # with "patches") or the full training images, sampled on the fly.
+    folder = patches if Path(config.training.folder).name.startswith("patches") else synthetic / "train"
+    training = config.replace("training", folder=str(folder), run_name="demo", time_budget_minutes=minutes)
+    budget = training.training.time_budget_minutes
+    print(f"[3/5] training ({'up to ' + format(budget, 'g') + ' min' if budget else str(training.training.epochs) + ' epochs'})"
+          f" on {folder}; TensorBoard: tensorboard --logdir {config.training.log_dir}")
+    shutil.rmtree(Path(config.training.log_dir) / "demo", ignore_errors=True)
+    result = fit(training, overwrite=True)
+
+    print(f"[4/5] full-image evaluation on the {s.n_test} unseen test images")
+    model = load_model(result["best_checkpoint"])
+    inference = config.inference
+    scores = evaluate_folder(
+        model, synthetic / "test", overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend,
+        padding=inference.padding, tta=inference.tta, precision=inference.precision,
+    )
+    out = root / "predictions"
+    print(f"[5/5] writing label masks and overlays of the test images to {out}")
+    predict_files(
+        model, [str(synthetic / "test" / "images")], out, window=model.patch_size, in_channels=model.in_channels,
+        overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend, tta=inference.tta,
+        precision=inference.precision, overwrite=True, progress=False,
+    )
+    total = time.monotonic() - started
+    report = {
+        "full_image_test_miou": round(scores["miou"], 4),
+        "iou": {k: (None if v is None else round(v, 4)) for k, v in scores["iou"].items()},
+        "dice": {k: (None if v is None else round(v, 4)) for k, v in scores["dice"].items()},
+        "best_validation_miou": None if result["best_val_miou"] is None else round(result["best_val_miou"], 4),
+        "epochs": result["epochs"],
+        "training_seconds": round(result["seconds"]),
+        "total_seconds": round(total),
+        "precision": result["precision"],
+        "checkpoint": result["best_checkpoint"],
+        "overlays": str(out),
+    }
+    (root / "demo_result.json").write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print("demo result")
+    print(f"  full-image mIoU on {s.n_test} unseen test images: {scores['miou']:.4f}")
+    for name in scores["iou"]:
+        iou, dice = scores["iou"][name], scores["dice"][name]
+        print(f"    {name:<12} IoU {iou:.4f}  Dice {dice:.4f}")
+    print(f"  best validation mIoU (patches of held-back images): {report['best_validation_miou']}")
+    print(f"  trained {result['epochs']} epochs in {result['seconds']:.0f} s ({result['precision']}); whole demo {total:.0f} s")
+    print(f"  checkpoint: {result['best_checkpoint']}   overlays: {out}/*_overlay.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unet_patches.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", help=f"settings file (default: ./{DEFAULT_PARAMS} when present)")
+    parser.add_argument("--minutes", type=float, help="training time budget (default: training.time_budget_minutes)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run_guarded(lambda: run(args.params, args.minutes), "demo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
