@@ -211,7 +211,7 @@ class Config:
             return self
         current = dataclasses.asdict(getattr(self, section))
         current.update(values)
-        return _build(type(self), {**_sections(self), section: current}, "")
+        return _build(type(self), {**_sections(self), section: current}, "").check()
 
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
