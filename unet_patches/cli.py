@@ -182,9 +182,10 @@ def run_train(args: argparse.Namespace) -> int:
             config, resume=args.resume, init_weights=args.load, overwrite=args.overwrite, device=args.device,
             progress_bars=not args.no_progress,
         )
+        main_process = is_main_process()  # ask before the process group is gone
     finally:
         cleanup_distributed()
-    if is_main_process():
+    if main_process:
         if args.json:
             print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
         else:

@@ -91,17 +91,29 @@ class Progress:
     elapsed: float = 0.0  # seconds spent in earlier sessions of a resumed run
     _started: float = 0.0
 
+    _clock: float = 0.0  # seconds as agreed by all ranks at the last sync()
+
     def start(self) -> None:
         self._started = time.monotonic()
+        self.sync()
 
     def seconds(self) -> float:
         return self.elapsed + time.monotonic() - self._started
+
+    def sync(self) -> None:
+        """Read the clock once for all ranks (the slowest rank's time), so that under DDP every
+        rank takes the same number of steps and the same learning rates under a time budget."""
+        self._clock = self.seconds()
+        if self.budget_seconds is not None and torch.distributed.is_initialized():
+            clock = torch.tensor([self._clock], dtype=torch.float64)
+            torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
+            self._clock = float(clock)
 
     def fraction(self) -> float:
         by_steps = self.step / max(self.total_steps, 1)
         if self.budget_seconds is None:
             return by_steps
-        return max(by_steps, self.seconds() / self.budget_seconds)
+        return max(by_steps, self._clock / self.budget_seconds)
 
     def done(self) -> bool:
         return self.fraction() >= 1.0
@@ -249,6 +261,7 @@ def train_one_epoch(
     steps = 0
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
     for images, masks in loader:
+        progress.sync()
         if progress.done():
             break
         set_lr(progress.fraction())
@@ -343,6 +356,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -505,7 +521,12 @@ def fit(
         epoch += 1
         record: dict[str, Any] = {"epoch": epoch, "step": progress.step, "train_loss": train_loss,
                                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(progress.seconds(), 1)}
+        progress.sync()
         first = None
+        if torch.distributed.is_initialized():
+            # BatchNorm running statistics drift apart per rank; validate rank 0's model, the one saved.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         if val_loader is not None:
             val_loss, matrix, first = evaluate(model, val_loader, loss_fn, config.data.num_classes, device=device_, precision=precision)
             record.update(val_loss=val_loss, **matrix.summary(class_names))
