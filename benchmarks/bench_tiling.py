@@ -1,0 +1,405 @@
+"""Tiled inference: MONAI's sliding_window_inference against unet_patches.tiling, same model, same image.
+
+Part 1 (one process, same weights, same image):
+  - MONAI ``sliding_window_inference``: float32, window 96, overlap 0.5, ``sw_batch_size`` 32,
+    constant mode, under ``torch.no_grad`` with the model in eval mode - the way a user calls it on
+    CPU. Its predictor is ``softmax(model(x))`` so that both tools average probabilities.
+  - ours at the same window and overlap: float32 eager, ``precision=auto`` (bf16 on CPUs with
+    hardware bf16, float32 elsewhere), and ``auto`` + ``compile``;
+  - ours at the recommended fast settings (``--fast-window`` / ``--fast-overlap``, compiled).
+  For each: image megapixels per second (wall and process-CPU time), ratio to MONAI, peak memory
+  above the start of the run, argmax agreement with MONAI, and the engine's overhead over the bare
+  forward passes it makes (the same number of passes timed on ready-made batches).
+  With ``--checkpoint`` (a trained model) also mIoU against the synthetic ground truth.
+
+Part 2 (a fresh subprocess per size): the streamed path (TIFF in, label TIFF out) on synthetic
+images of ``--flat-sizes``; time per megapixel and peak resident memory (VmHWM) per size.
+
+Run from the repository root:
+    .venv/bin/python benchmarks/bench_tiling.py            # full
+    .venv/bin/python benchmarks/bench_tiling.py --quick    # about 2 minutes
+Results: a markdown table on stdout, and JSON + markdown in benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakSampler, Timer, machine, peak_rss_mb  # noqa: E402
+
+from unet_patches.model import UNet  # noqa: E402
+from unet_patches.tiling import TiledPredictor, predict_files  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NUM_CLASSES = 3
+
+
+# --------------------------------------------------------------------------------------- inputs
+
+
+def synthetic_image(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size x size`` uint8 gray image and its mask, with the training data's shape density."""
+    from unet_patches.synthetic import SyntheticSpec, generate_sample
+
+    base = SyntheticSpec()
+    scale = size * size / (base.height * base.width)
+    counts = (max(1, round(base.lines[0] * scale)), max(1, round(base.lines[1] * scale)))
+    spec = SyntheticSpec(height=size, width=size, lines=counts, ellipses=counts)
+    image, mask = generate_sample(np.random.default_rng(seed), spec)
+    return np.round(image * 255).astype(np.uint8), mask
+
+
+def build_model(width: int, checkpoint: str | None) -> torch.nn.Module:
+    """The trained model at ``checkpoint``, or a UNet of ``base_width=width`` with seeded random weights."""
+    if checkpoint:
+        from unet_patches.api import load_model
+
+        loaded = load_model(checkpoint)
+        return (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, num_classes=NUM_CLASSES, base_width=width)
+    # Non-trivial BatchNorm statistics, so that folding them into the convolutions is exercised.
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+def miou(labels: np.ndarray, truth: np.ndarray, classes: int = NUM_CLASSES) -> float:
+    confusion = np.bincount(truth.ravel().astype(np.int64) * classes + labels.ravel(), minlength=classes * classes)
+    confusion = confusion.reshape(classes, classes).astype(np.float64)
+    inter = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    present = union > 0
+    return float(np.mean(inter[present] / union[present]))
+
+
+# --------------------------------------------------------------------------------------- part 1
+
+
+def run_monai(model: torch.nn.Module, image: np.ndarray, passes: list[float]) -> np.ndarray:
+    """MONAI as a user calls it; the time of each network call is appended to ``passes``."""
+    from monai.inferers import sliding_window_inference
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = torch.softmax(model(batch), dim=1)
+        passes.append(time.perf_counter() - start)
+        return out
+
+    x = torch.from_numpy(image)[None]
+    with torch.no_grad():
+        out = sliding_window_inference(x, (96, 96), 32, predictor, overlap=0.5, mode="constant")
+    return out[0].argmax(0).to(torch.uint8).numpy()
+
+
+class PassTimer:
+    """Wraps a predictor's ``run_network`` to record the duration of every forward pass."""
+
+    def __init__(self, predictor: TiledPredictor) -> None:
+        self.predictor, self.passes = predictor, []
+        self.inner = predictor.run_network
+
+    def __enter__(self) -> list[float]:
+        def timed(batch: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            out = self.inner(batch)
+            self.passes.append(time.perf_counter() - start)
+            return out
+
+        self.predictor.run_network = timed  # type: ignore[method-assign]
+        return self.passes
+
+    def __exit__(self, *exc: object) -> None:
+        del self.predictor.run_network  # back to the class's method
+
+
+def bare_forward_seconds(predictor: TiledPredictor, passes: int, last: int) -> float:
+    """Wall time of ``passes`` forward passes alone, on ready-made batches shaped as the run's."""
+    c = 1
+    full = predictor.windows_per_batch * predictor.n_aug
+    sizes = [full] * (passes - 1) + [full if predictor.compiled else last * predictor.n_aug]
+    batches = {n: torch.rand(n, c, *predictor.window) for n in set(sizes)}
+    start = time.perf_counter()
+    for n in sizes:
+        predictor.run_network(batches[n])
+    return time.perf_counter() - start
+
+
+def compare(args: argparse.Namespace) -> dict:
+    model = build_model(args.width, args.checkpoint)
+    params = sum(p.numel() for p in model.parameters())
+    raw, truth = synthetic_image(args.size, seed=7)
+    image = (raw.astype(np.float32) / 255.0)[None]
+    megapixels = args.size * args.size / 1e6
+    monai_model = copy.deepcopy(model).eval()
+
+    configs = {
+        "ours fp32 (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="fp32"),
+        "ours auto (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="auto"),
+        "ours auto+compile (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="auto", compile=True),
+        f"ours fast (window {args.fast_window}, overlap {args.fast_overlap}, compiled)": dict(
+            window=args.fast_window, overlap=args.fast_overlap, batch_size=args.fast_batch,
+            precision="auto", compile=True, blend="gaussian",
+        ),
+    }
+    if args.no_compile:
+        configs = {k: v for k, v in configs.items() if not v.get("compile")}
+    predictors: dict[str, TiledPredictor] = {}
+    warmup: dict[str, float] = {}
+    for name, options in configs.items():
+        predictor = TiledPredictor(model, **options)
+        if predictor.precision.name == "fp32" and name.startswith("ours auto (same"):
+            continue  # auto is float32 on this CPU: the same run as the fp32 row
+        with Timer() as t:  # compiles (once) and warms oneDNN's caches
+            predictor.forward_windows(torch.rand(predictor.windows_per_batch, 1, *predictor.window))
+        warmup[name] = t.result.wall
+        predictors[name] = predictor
+    with torch.no_grad():  # MONAI's warm-up: one batch
+        monai_model(torch.rand(32, 1, 96, 96))
+
+    rows: dict[str, dict] = {}
+    labels: dict[str, np.ndarray] = {}
+    pass_log: dict[str, list[list[float]]] = {}
+    engine_log: dict[str, list[float]] = {}
+    for repeat in range(args.repeats):
+        # Interleaved, so that MONAI and ours share the machine's load as far as possible.
+        for name, predictor in [("MONAI", None), *predictors.items()]:
+            passes: list[float] = []
+            with PeakSampler() as memory, Timer() as t:
+                if predictor is None:
+                    out = run_monai(monai_model, image, passes)
+                else:
+                    with PassTimer(predictor) as passes:
+                        out = predictor.labels(image)
+            pass_log.setdefault(name, []).append(list(passes))
+            engine_log.setdefault(name, []).append(t.result.wall - sum(passes))
+            best = rows.get(name)
+            if best is None or t.result.wall < best["wall_s"]:
+                rows[name] = {"wall_s": t.result.wall, "cpu_s": t.result.cpu, "peak_mb": memory.peak_mb,
+                              "overhead_in_run": 1.0 - sum(passes) / t.result.wall}
+            labels[name] = out
+            print(f"  [{repeat + 1}/{args.repeats}] {name}: {t.result.wall:.1f} s "
+                  f"(forward passes {sum(passes):.1f} s)", file=sys.stderr, flush=True)
+
+    for name, row in rows.items():
+        # Quiet-machine estimate: each forward pass at its fastest over the repeats (the passes do
+        # the same work in every repeat) plus the smallest time outside the passes.
+        per_pass = np.min(np.array(pass_log[name]), axis=0)
+        row["quiet_s"] = float(per_pass.sum() + min(engine_log[name]))
+    monai = rows["MONAI"]
+    for name, row in rows.items():
+        row["mpx_per_s"] = megapixels / row["wall_s"]
+        row["quiet_mpx_per_s"] = megapixels / row["quiet_s"]
+        row["ratio_wall"] = monai["wall_s"] / row["wall_s"]
+        row["ratio_cpu"] = monai["cpu_s"] / row["cpu_s"]
+        row["ratio_quiet"] = monai["quiet_s"] / row["quiet_s"]
+        row["agree_monai"] = float(np.mean(labels[name] == labels["MONAI"]))
+        row["miou"] = miou(labels[name], truth) if args.checkpoint else None
+        row["passes"] = len(pass_log[name][0])
+        predictor = predictors.get(name)
+        if predictor is not None:
+            windows = predictor.count_windows((args.size, args.size))
+            last = windows - (row["passes"] - 1) * predictor.windows_per_batch
+            bare = bare_forward_seconds(predictor, row["passes"], last)
+            row.update(windows=windows, bare_s=bare, overhead=1.0 - bare / row["wall_s"],
+                       precision=predictor.precision.name, warmup_s=warmup[name])
+        else:
+            row.update(windows=(-(-(args.size - 96) // 48) + 1) ** 2, precision="fp32")
+    return {"size": args.size, "megapixels": megapixels, "model_width": args.width, "parameters": params,
+            "checkpoint": args.checkpoint, "rows": rows}
+
+
+def precision_check(args: argparse.Namespace) -> dict:
+    """Argmax agreement of bf16 autocast with float32 on a crop (bf16 is emulated, hence slow, on
+    CPUs without hardware bf16, so the crop is small there)."""
+    model = build_model(args.width, args.checkpoint)
+    raw, _ = synthetic_image(args.precision_size, seed=5)
+    image = (raw.astype(np.float32) / 255.0)[None]
+    out: dict = {"size": args.precision_size}
+    reference = None
+    for precision in ("fp32", "bf16"):
+        predictor = TiledPredictor(model, 96, 0.5, batch_size=32, precision=precision)
+        with Timer() as t:
+            labels, probs = predictor.labels(image, return_probs=True)
+        if reference is None:
+            reference = (labels, probs)
+        out[precision] = {"wall_s": t.result.wall, "agree_fp32": float(np.mean(labels == reference[0])),
+                          "max_prob_diff": float(np.abs(probs - reference[1]).max())}
+        print(f"  precision {precision}: {t.result.wall:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------- part 2
+
+
+def child_stream(args: argparse.Namespace) -> None:
+    """Subprocess: stream one TIFF to a label TIFF with the fast settings; print one JSON line."""
+    model = build_model(args.flat_width, args.checkpoint)
+    predictor = TiledPredictor(
+        model, args.fast_window, args.fast_overlap, batch_size=args.fast_batch, precision="auto",
+        compile=not args.no_compile, blend="gaussian",
+    )
+    with Timer() as warm:
+        predictor.forward_windows(torch.rand(predictor.windows_per_batch, 1, *predictor.window))
+    ready_rss = peak_rss_mb()
+    with PassTimer(predictor) as passes, Timer() as t:
+        predict_files(predictor, [args.child_tiff], args.child_out, stream_threshold_px=0, overlay=False,
+                      progress=False, overwrite=True)
+    engine = t.result.wall - sum(passes)
+    print(json.dumps({"wall_s": t.result.wall, "cpu_s": t.result.cpu, "warmup_s": warm.result.wall,
+                      "passes": len(passes), "forward_s": sum(passes), "engine_s": engine,
+                      "median_pass_s": float(np.median(passes)),
+                      "steady_s": float(np.median(passes)) * len(passes) + engine,
+                      "peak_rss_mb": peak_rss_mb(), "ready_rss_mb": ready_rss}))
+
+
+def flatness(args: argparse.Namespace) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_tiling_") as tmp:
+        for size in args.flat_sizes:
+            raw, _ = synthetic_image(size, seed=11)
+            path = Path(tmp) / f"synthetic_{size}.tif"
+            tifffile.imwrite(path, raw)
+            del raw
+            command = [sys.executable, __file__, "--child-tiff", str(path), "--child-out", str(Path(tmp) / "out"),
+                       "--flat-width", str(args.flat_width), "--fast-window", str(args.fast_window),
+                       "--fast-overlap", str(args.fast_overlap), "--fast-batch", str(args.fast_batch)]
+            if args.no_compile:
+                command.append("--no-compile")
+            if args.checkpoint:
+                command += ["--checkpoint", args.checkpoint]
+            row: dict = {}
+            for repeat in range(args.flat_repeats):
+                print(f"  streaming {size}x{size} in a fresh process ({repeat + 1}/{args.flat_repeats}) ...",
+                      file=sys.stderr, flush=True)
+                done = subprocess.run(command, check=True, capture_output=True, text=True)
+                run = json.loads(done.stdout.strip().splitlines()[-1])
+                print(f"    {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
+                if not row or run["wall_s"] < row["wall_s"]:
+                    row = {**run, "peak_rss_mb": max(run["peak_rss_mb"], row.get("peak_rss_mb", 0))}
+                else:
+                    row["peak_rss_mb"] = max(run["peak_rss_mb"], row["peak_rss_mb"])
+            row["megapixels"] = size * size / 1e6
+            row["s_per_mpx"] = row["wall_s"] / row["megapixels"]
+            row["cpu_s_per_mpx"] = row["cpu_s"] / row["megapixels"]
+            row["steady_s_per_mpx"] = row["steady_s"] / row["megapixels"]
+            results[size] = row
+            path.unlink()
+    sizes = sorted(results)
+    small, large = results[sizes[0]], results[sizes[-1]]
+    return {"model_width": args.flat_width, "sizes": results,
+            "time_ratio": large["s_per_mpx"] / small["s_per_mpx"],
+            "steady_time_ratio": large["steady_s_per_mpx"] / small["steady_s_per_mpx"],
+            "cpu_time_ratio": large["cpu_s_per_mpx"] / small["cpu_s_per_mpx"],
+            "memory_ratio": large["peak_rss_mb"] / small["peak_rss_mb"]}
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    m = report["machine"]
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads, "
+                 f"capability {m['cpu_capability']}), load average at start {tuple(round(v, 2) for v in m['load_average'])}")
+    if "compare" in report:
+        c = report["compare"]
+        lines += ["", f"Image {c['size']}x{c['size']} ({c['megapixels']:.2f} Mpx), UNet base_width={c['model_width']} "
+                  f"({c['parameters'] / 1e6:.2f} M parameters){', checkpoint ' + c['checkpoint'] if c['checkpoint'] else ', random weights'}",
+                  "",
+                  "| run | precision | windows (passes) | Mpx/s (best wall) | x MONAI (wall) | x MONAI (CPU time) "
+                  "| Mpx/s (quiet est.) | x MONAI (quiet est.) | peak memory (MiB) | argmax = MONAI "
+                  "| overhead in run | overhead vs ready-made batches | mIoU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in c["rows"].items():
+            overhead = f"{100 * r['overhead']:.1f} %" if "overhead" in r else "-"
+            miou_text = f"{r['miou']:.4f}" if r.get("miou") is not None else "n/a"
+            lines.append(f"| {name} | {r['precision']} | {r['windows']} ({r['passes']}) | {r['mpx_per_s']:.4f} | "
+                         f"{r['ratio_wall']:.2f} | {r['ratio_cpu']:.2f} | {r['quiet_mpx_per_s']:.4f} | "
+                         f"{r['ratio_quiet']:.2f} | {r['peak_mb']:.0f} | {100 * r['agree_monai']:.3f} % | "
+                         f"{100 * r['overhead_in_run']:.1f} % | {overhead} | {miou_text} |")
+        warm = {k: v["warmup_s"] for k, v in c["rows"].items() if "warmup_s" in v}
+        lines.append("")
+        lines.append("One-off warm-up (compile) seconds, not in the times above: "
+                     + ", ".join(f"{k}: {v:.1f}" for k, v in warm.items()))
+    if "precision" in report:
+        p = report["precision"]
+        lines += ["", f"bf16 autocast against float32, {p['size']}x{p['size']} crop, same model, window 96, overlap 0.5: "
+                  f"argmax agreement {100 * p['bf16']['agree_fp32']:.3f} %, largest probability difference "
+                  f"{p['bf16']['max_prob_diff']:.4f}; time {p['bf16']['wall_s']:.1f} s (bf16) vs {p['fp32']['wall_s']:.1f} s (fp32)"]
+    if "flatness" in report:
+        f = report["flatness"]
+        lines += ["", f"Streamed TIFF -> label TIFF, fast settings, UNet base_width={f['model_width']}, fresh process per size",
+                  "", "| size | Mpx | passes | wall s | s per Mpx | CPU s per Mpx | s per Mpx at median pass speed "
+                  "| engine s outside passes | peak RSS (MiB) | RSS after warm-up (MiB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for size, r in f["sizes"].items():
+            lines.append(f"| {size}x{size} | {r['megapixels']:.1f} | {r['passes']} | {r['wall_s']:.1f} | "
+                         f"{r['s_per_mpx']:.3f} | {r['cpu_s_per_mpx']:.3f} | {r['steady_s_per_mpx']:.3f} | "
+                         f"{r['engine_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['ready_rss_mb']:.0f} |")
+        lines += ["", f"Time per Mpx, largest / smallest: {f['time_ratio']:.3f} (wall), {f['cpu_time_ratio']:.3f} (CPU), "
+                  f"{f['steady_time_ratio']:.3f} (at median pass speed); peak RSS largest / smallest: {f['memory_ratio']:.3f}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=1024, help="image side for the MONAI comparison")
+    parser.add_argument("--width", type=int, default=32, help="UNet base_width for the comparison")
+    parser.add_argument("--checkpoint", help="trained checkpoint (gives mIoU against ground truth)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per run (best is kept)")
+    parser.add_argument("--flat-sizes", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--flat-width", type=int, default=8, help="UNet base_width for the streaming runs")
+    parser.add_argument("--flat-repeats", type=int, default=1, help="fresh processes per size (best is kept)")
+    parser.add_argument("--fast-window", type=int, default=256)
+    parser.add_argument("--fast-overlap", type=float, default=0.25)
+    parser.add_argument("--fast-batch", type=int, default=4)
+    parser.add_argument("--precision-size", type=int, default=256,
+                        help="image side for the bf16-vs-fp32 agreement check (0 skips it)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile everywhere")
+    parser.add_argument("--skip-monai", action="store_true", help="skip part 1")
+    parser.add_argument("--skip-flat", action="store_true", help="skip part 2")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (about 2 minutes)")
+    parser.add_argument("--child-tiff", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_tiff:
+        child_stream(args)
+        return
+    if args.quick:
+        args.size, args.repeats, args.flat_sizes, args.precision_size = 384, 1, [512, 1024], 128
+
+    report: dict = {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    if not args.skip_monai:
+        report["compare"] = compare(args)
+    if args.precision_size:
+        report["precision"] = precision_check(args)
+    if not args.skip_flat:
+        report["flatness"] = flatness(args)
+    text = markdown(report)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"tiling-{stamp}.json").write_text(json.dumps(report, indent=2, default=str))
+    (RESULTS / f"tiling-{stamp}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,99 @@
+"""Small helpers shared by the benchmarks: timers, peak memory, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+@dataclass
+class Timing:
+    wall: float  # seconds of wall-clock time
+    cpu: float  # seconds of CPU time of this process (all threads)
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.result`` holds wall and process CPU seconds."""
+
+    def __enter__(self) -> "Timer":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.result = Timing(time.perf_counter() - self._wall, time.process_time() - self._cpu)
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average": os.getloadavg(),
+    }
+
+
+class PeakSampler:
+    """Peak resident memory above the starting level while the block runs, sampled every ``period`` s.
+
+    ``with PeakSampler() as p: ...`` then ``p.peak_mb`` (above the level at entry). Used to compare
+    the memory of two runs in one process, where VmHWM only ever grows.
+    """
+
+    def __init__(self, period: float = 0.01) -> None:
+        self.period = period
+
+    def __enter__(self) -> "PeakSampler":
+        import threading
+
+        self._start = current_rss_mb()
+        self._peak = self._start
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.period):
+                self._peak = max(self._peak, current_rss_mb())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, current_rss_mb())
+        self.peak_mb = self._peak - self._start

@@ -1,0 +1,612 @@
+"""The runner: windows in batches through the network, blended into bands of rows.
+
+Three parts, each testable alone (docs/style.md item 10):
+
+1. placement (:mod:`.placement`): where the windows go;
+2. the batched network (:meth:`TiledPredictor.forward_windows`): a batch of windows in, blended
+   probabilities out, with flip test-time augmentation inside the same batch and a precision policy;
+3. the merger (:class:`_BandAccumulator`): weighted sums over a band of rows only. A row is
+   finished as soon as no later window touches it; it is then divided by the summed weights,
+   argmax-ed and handed out (:meth:`TiledPredictor.bands`).
+
+The in-memory functions (:func:`sliding_window`, :func:`predict_labels`) run the same band
+generator over an image in memory, so in-memory and streamed results are the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import platform
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from unet_patches.errors import UserError
+
+from .blending import BLEND_MODES, axis_weights, weight_sums
+from .placement import axis_starts, pair, place_windows, stride_for
+from .sources import ArraySource, RowSource
+
+__all__ = [
+    "ACTIVATIONS",
+    "PADDING_MODES",
+    "PRECISIONS",
+    "Band",
+    "Precision",
+    "TiledPredictor",
+    "cpu_has_fast_bf16",
+    "pad_indices",
+    "predict_labels",
+    "resolve_precision",
+    "sliding_window",
+]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PADDING_MODES = ("reflect", "constant", "replicate")
+ACTIVATIONS = ("softmax", "sigmoid", None)
+
+# Flips used by test-time augmentation: none, columns, rows, both. Each is its own inverse.
+_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision policy
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bfloat16 matrix products in hardware (AMX or AVX512-BF16 on x86,
+    BF16 on Arm). Without them oneDNN emulates bfloat16, several times slower than float32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+            break
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: ``name`` is fp32, bf16 or fp16; ``autocast`` the autocast dtype or None."""
+
+    name: str
+    autocast: torch.dtype | None
+    channels_last: bool
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """Turn ``auto`` / ``fp32`` / ``bf16`` / ``fp16`` into what runs on ``device``.
+
+    ``auto``: fp16 autocast on CUDA; bf16 autocast on a CPU with hardware bf16 (see
+    :func:`cpu_has_fast_bf16`); otherwise fp32. Channels-last memory is used on CPU for every
+    precision (oneDNN's convolutions are faster in it) and on CUDA under autocast.
+    Raises ``UserError`` for an unknown name.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        precision = "fp16" if cuda else ("bf16" if cpu_has_fast_bf16() else "fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return Precision(precision, dtype, channels_last=(not cuda) or dtype is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Network preparation
+# --------------------------------------------------------------------------------------------------
+
+
+def _fold_batchnorm(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` with each Conv2d -> BatchNorm2d pair (adjacent in a Sequential) folded into
+    one convolution; the network itself if it has no such pair. Eval mode only."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def pairs(model: nn.Module) -> Iterator[tuple[nn.Sequential, str, str]]:
+        for module in model.modules():
+            if isinstance(module, nn.Sequential):
+                names = list(module._modules)
+                for first, second in zip(names, names[1:]):
+                    conv, norm = module._modules[first], module._modules[second]
+                    if (
+                        type(conv) is nn.Conv2d
+                        and type(norm) is nn.BatchNorm2d
+                        and norm.track_running_stats
+                        and norm.num_features == conv.out_channels
+                    ):
+                        yield module, first, second
+
+    if next(pairs(network), None) is None:
+        return network
+    try:
+        folded = copy.deepcopy(network)
+    except Exception:  # not every module can be copied; folding is only an optimisation
+        return network
+    folded.eval()
+    for parameter in folded.parameters():
+        parameter.requires_grad_(False)
+    for module, first, second in list(pairs(folded)):
+        module._modules[first] = fuse_conv_bn_eval(module._modules[first], module._modules[second])
+        module._modules[second] = nn.Identity()
+    return folded
+
+
+def _inductor_freezing() -> contextlib.AbstractContextManager:
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+def _resolve_device(device: str | torch.device | None, network: nn.Module) -> torch.device:
+    if device is None:
+        parameter = next(network.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Padding
+# --------------------------------------------------------------------------------------------------
+
+
+def pad_indices(length: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index of each position of an axis padded by ``before`` / ``after``; -1 means "fill".
+
+    ``reflect`` mirrors without repeating the edge pixel (``numpy.pad(mode="reflect")``, also when
+    the padding is longer than the axis), ``replicate`` repeats the edge, ``constant`` fills.
+    """
+    index = np.arange(-before, length + after, dtype=np.int64)
+    if mode == "constant":
+        return np.where((index >= 0) & (index < length), index, -1)
+    if mode == "replicate" or length == 1:
+        return np.clip(index, 0, length - 1)
+    period = 2 * (length - 1)
+    index = np.mod(index, period)
+    return np.where(index >= length, period - index, index)
+
+
+# --------------------------------------------------------------------------------------------------
+# The merger
+# --------------------------------------------------------------------------------------------------
+
+
+class _BandAccumulator:
+    """Weighted sums ``(K, rows, W)`` for the rows from ``start`` on that windows still touch.
+
+    NumPy rather than torch: these are plain memory-bound adds, and torch would split each one
+    over its thread pool, which costs a synchronisation per window on a busy machine.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.start = 0
+        self.sums: np.ndarray | None = None
+
+    def add(self, outputs: np.ndarray, positions: Sequence[tuple[int, int]]) -> None:
+        """Add window outputs ``(n, K, h, w)`` at their ``(row, column)`` positions (padded coordinates)."""
+        _, classes, h, w = outputs.shape
+        needed = max(y for y, _ in positions) + h - self.start
+        if self.sums is None or self.sums.shape[1] < needed:
+            grown = np.zeros((classes, needed, self.width), dtype=np.float32)
+            if self.sums is not None:
+                grown[:, : self.sums.shape[1]] = self.sums
+            self.sums = grown
+        for output, (y, x) in zip(outputs, positions):
+            self.sums[:, y - self.start : y - self.start + h, x : x + w] += output
+
+    def finished(self, stop: int) -> np.ndarray:
+        """View of rows ``start:stop``, which no window still to come touches. It may be changed in
+        place; :meth:`drop` then reuses its memory."""
+        assert self.sums is not None and 0 < stop - self.start <= self.sums.shape[1]
+        return self.sums[:, : stop - self.start]
+
+    def drop(self, stop: int) -> None:
+        """Forget rows before ``stop``: shift the rest to the top of the buffer, in place."""
+        assert self.sums is not None
+        count = stop - self.start
+        rest = self.sums.shape[1] - count
+        # Copy in chunks of at most `count` rows: each source chunk lies wholly below its
+        # destination, so nothing is overwritten before it is read and no temporary is needed.
+        for top in range(0, rest, count):
+            rows = min(count, rest - top)
+            self.sums[:, top : top + rows] = self.sums[:, count + top : count + top + rows]
+        self.sums[:, max(rest, 0) :] = 0.0
+        self.start = stop
+
+
+@dataclass
+class Band:
+    """Finished rows ``start:start + len(labels)`` of the image (original, unpadded coordinates).
+
+    ``labels``: uint8 ``(rows, W)``; ``probs``: float32 ``(K, rows, W)`` blended probabilities
+    (or blended raw outputs when the activation is None), present when asked for.
+    """
+
+    start: int
+    labels: np.ndarray
+    probs: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------------
+
+
+class TiledPredictor:
+    """Sliding-window inference with a fixed network and settings; reusable across images.
+
+    Args:
+        network: maps ``(N, C, h, w)`` float to ``(N, K, h, w)`` (logits for a segmentation model).
+            With ``fold_batchnorm`` (default) a network with Conv2d -> BatchNorm2d pairs is copied,
+            the copy put in eval mode with the BatchNorm folded into the convolutions, and the
+            network itself is left as it was. Otherwise the network itself is put in eval mode,
+            moved to ``device`` and, where the precision policy says so, to channels-last memory.
+        window: window size, one int or ``(h, w)``.
+        overlap: fraction in [0, 1) or whole pixels; one value or ``(rows, columns)``.
+        batch_size: network inputs per forward pass. With ``tta`` each window brings its three
+            flipped copies into the same batch, so ``max(1, batch_size // 4)`` windows go per pass.
+        blend: ``mean`` (plain average), ``gaussian`` (sigma = ``sigma_scale`` x window) or ``hann``.
+        padding: ``reflect`` (default), ``constant`` (``pad_value``) or ``replicate``; used only for
+            an axis shorter than the window, padded on both sides and cropped back.
+        tta: average over the four flips (none, columns, rows, both), un-flipped, in probability space.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :func:`resolve_precision`);
+            sums are always float32.
+        activation: ``softmax`` / ``sigmoid`` over the class axis, or None to blend raw outputs.
+        device: where the network runs (default: where its parameters are). Blending runs on CPU.
+        compile: run the network through ``torch.compile`` with weight freezing (about 2-4x faster
+            float32 on CPUs without hardware bf16, at a one-off cost of about 30 s); batches are
+            then padded to a fixed size so that one compiled graph serves every pass.
+
+    Raises ``UserError`` for invalid settings.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        window: int | Sequence[int],
+        overlap: float | int | Sequence[float | int] = 0.5,
+        *,
+        batch_size: int = 32,
+        blend: str = "mean",
+        sigma_scale: float = 0.125,
+        padding: str = "reflect",
+        pad_value: float = 0.0,
+        tta: bool = False,
+        precision: str = "auto",
+        activation: str | None = "softmax",
+        device: str | torch.device | None = None,
+        compile: bool = False,
+        fold_batchnorm: bool = True,
+    ) -> None:
+        place_windows((1, 1), window, overlap)  # validates window and overlap
+        self.window = tuple(int(v) for v in pair(window, "window"))
+        self.strides = tuple(stride_for(w, o) for w, o in zip(self.window, pair(overlap, "overlap")))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UserError(f"batch_size={batch_size!r}: expected a whole number >= 1")
+        if blend not in BLEND_MODES:
+            raise UserError(f"blend={blend!r}: expected one of {', '.join(BLEND_MODES)}")
+        if padding not in PADDING_MODES:
+            raise UserError(f"padding={padding!r}: expected one of {', '.join(PADDING_MODES)}")
+        if activation not in ACTIVATIONS:
+            raise UserError(f"activation={activation!r}: expected 'softmax', 'sigmoid' or None")
+        self.blend, self.padding, self.pad_value = blend, padding, float(pad_value)
+        self.activation, self.tta = activation, bool(tta)
+        self.profiles = tuple(axis_weights(w, blend, sigma_scale) for w in self.window)
+        self.weights = None if blend == "mean" else np.outer(*self.profiles).astype(np.float32)
+        self.n_aug = len(_FLIPS) if self.tta else 1
+        self.windows_per_batch = max(1, int(batch_size) // self.n_aug)
+
+        module = network if isinstance(network, nn.Module) else None
+        self.device = _resolve_device(device, module) if module is not None else torch.device(device or "cpu")
+        self.precision = resolve_precision(precision, self.device)
+        if module is not None:
+            folded = _fold_batchnorm(module) if fold_batchnorm else module
+            if folded is module:
+                module.eval()
+            module = folded
+            module.to(self.device)
+            if self.precision.channels_last:
+                module.to(memory_format=torch.channels_last)
+            network = module
+        self.compiled = bool(compile)
+        self._eager = network
+        self._compile_checked = False
+        # Static shapes: batches are padded to one size, and dynamic shapes do not mix with freezing.
+        self.network = torch.compile(network, dynamic=False) if compile else network
+        log.debug(
+            "tiled inference: window %s, stride %s, %s blending, precision %s (asked %s) on %s, compile=%s",
+            self.window, self.strides, blend, self.precision.name, precision, self.device, self.compiled,
+        )
+
+    # ----------------------------------------------------------------------------------- network
+
+    def run_network(self, batch: torch.Tensor) -> torch.Tensor:
+        """The bare forward pass: ``batch`` moved to the device (channels-last when the precision
+        policy says so), the network under ``inference_mode`` and autocast; raw outputs back."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.precision.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.precision.autocast)
+            if self.precision.autocast is not None
+            else contextlib.nullcontext()
+        )
+        # Weight freezing (constant-folded BatchNorm, pre-packed oneDNN weights) is what makes the
+        # compiled graph fast on CPU; it is an inductor setting read when the graph is compiled,
+        # i.e. on the first call, and it is set only around our own calls.
+        frozen = _inductor_freezing() if self.compiled else contextlib.nullcontext()
+        with torch.inference_mode(), autocast, frozen:
+            if not self.compiled or self._compile_checked:
+                return self.network(batch)
+            try:  # the first call compiles
+                out = self.network(batch)
+            except Exception as exc:  # no C++ compiler, unsupported op, ...: run eagerly instead
+                log.warning("torch.compile failed (%s); running the network uncompiled", " ".join(str(exc).split())[:200])
+                self.network, self.compiled = self._eager, False
+                out = self.network(batch)
+            self._compile_checked = True
+            return out
+
+    def forward_windows(self, windows: torch.Tensor) -> np.ndarray:
+        """Run ``(n, C, h, w)`` windows (``n <= windows_per_batch``) in one forward pass.
+
+        Returns float32 ``(n, K, h, w)``: activation applied, flips averaged back when ``tta``, and
+        multiplied by the blending weights (except for ``mean``). Everything after the network is
+        NumPy on the CPU: single-threaded, memory-bound work that gains nothing from torch's thread
+        pool and would pay a synchronisation per operation on a busy machine.
+        """
+        n = windows.shape[0]
+        batch = torch.cat([windows.flip(dims) if dims else windows for dims in _FLIPS]) if self.tta else windows
+        full = self.windows_per_batch * self.n_aug
+        if self.compiled and batch.shape[0] < full:
+            # One fixed shape, so the compiled graph is never rebuilt for the last, short batch.
+            batch = torch.cat([batch, batch.new_zeros((full - batch.shape[0], *batch.shape[1:]))])
+        out = self.run_network(batch)[: n * self.n_aug]
+        scores = out.to("cpu", torch.float32).numpy()
+        if self.activation == "softmax":
+            scores = _softmax(scores)
+        elif self.activation == "sigmoid":
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        if self.tta:
+            merged = scores[:n].copy()
+            for index, dims in enumerate(_FLIPS[1:], start=1):
+                merged += np.flip(scores[index * n : (index + 1) * n], axis=dims)
+            scores = merged
+            scores /= np.float32(self.n_aug)
+        if self.weights is not None:
+            scores = scores * self.weights
+        return scores
+
+    # ------------------------------------------------------------------------------------- bands
+
+    def window_starts(self, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Window starts ``(rows, columns)`` for an image of ``size = (H, W)``, in padded coordinates."""
+        (wh, ww), (sy, sx) = self.window, self.strides
+        return axis_starts(max(int(size[0]), wh), wh, sy), axis_starts(max(int(size[1]), ww), ww, sx)
+
+    def count_windows(self, size: Sequence[int]) -> int:
+        """How many windows an image of ``size = (H, W)`` takes (before flips)."""
+        rows, cols = self.window_starts(size)
+        return len(rows) * len(cols)
+
+    def bands(self, source: RowSource | np.ndarray, *, probs: bool = False, progress: bool = False) -> Iterator[Band]:
+        """Blend windows over ``source`` and yield finished bands of rows, top to bottom.
+
+        ``source``: a :class:`~.sources.RowSource` or a float image ``(C, H, W)``. Memory use is a
+        band of rows (about ``window + stride`` rows x width x classes float32), not the image.
+        """
+        if not isinstance(source, RowSource):
+            source = ArraySource(np.asarray(source))
+        height, width = source.height, source.width
+        wh, ww = self.window
+        hp, wp = max(height, wh), max(width, ww)
+        top, left = (hp - height) // 2, (wp - width) // 2
+        ys, xs = axis_starts(hp, wh, self.strides[0]), axis_starts(wp, ww, self.strides[1])
+        row_map = pad_indices(height, top, hp - height - top, self.padding)
+        col_map = pad_indices(width, left, wp - width - left, self.padding)
+        cols_plain = wp == width
+        row_sums = weight_sums(hp, ys, self.profiles[0]).astype(np.float32)
+        col_sums = weight_sums(wp, xs, self.profiles[1]).astype(np.float32)
+
+        def read_band(y: int) -> np.ndarray:
+            rows = row_map[y : y + wh]
+            valid = rows >= 0
+            lo, hi = int(rows[valid].min()), int(rows[valid].max()) + 1
+            raw = source.read_rows(lo, hi)
+            if valid.all() and hi - lo == wh and rows[0] == lo and np.all(np.diff(rows) == 1):
+                band = raw
+            else:
+                band = np.full((raw.shape[0], wh, width), self.pad_value, dtype=np.float32)
+                band[:, valid] = raw[:, rows[valid] - lo]
+            if not cols_plain:
+                valid_cols = col_map >= 0
+                padded = np.full((band.shape[0], wh, wp), self.pad_value, dtype=np.float32)
+                padded[:, :, valid_cols] = band[:, :, col_map[valid_cols]]
+                band = padded
+            return band
+
+        total, per_batch = len(ys) * len(xs), self.windows_per_batch
+        accumulator = _BandAccumulator(wp)
+        bands_read: dict[int, np.ndarray] = {}
+        bar = tqdm(total=total, unit="window", disable=not progress, leave=False, desc="windows")
+        try:
+            for first in range(0, total, per_batch):
+                # Windows in row-major order; window i is at row i // columns, column i % columns.
+                batch = [divmod(i, len(xs)) for i in range(first, min(first + per_batch, total))]
+                for r in [r for r in bands_read if r < batch[0][0]]:
+                    del bands_read[r]
+                for r, _ in batch:
+                    if r not in bands_read:
+                        bands_read[r] = read_band(int(ys[r]))
+                windows = np.stack([bands_read[r][:, :, xs[c] : xs[c] + ww] for r, c in batch])
+                outputs = self.forward_windows(torch.from_numpy(windows))
+                accumulator.add(outputs, [(int(ys[r]), int(xs[c])) for r, c in batch])
+                bar.update(len(batch))
+                following = first + per_batch
+                # Rows above the next window's row are finished: later windows start lower down.
+                stop = int(ys[following // len(xs)]) if following < total else hp
+                if stop > accumulator.start:
+                    band = self._finish(accumulator, stop, row_sums, col_sums, top, left, height, width, probs)
+                    if band is not None:
+                        yield band
+        finally:
+            bar.close()
+
+    def _finish(
+        self,
+        accumulator: _BandAccumulator,
+        stop: int,
+        row_sums: np.ndarray,
+        col_sums: np.ndarray,
+        top: int,
+        left: int,
+        height: int,
+        width: int,
+        want_probs: bool,
+    ) -> Band | None:
+        start = accumulator.start
+        sums = accumulator.finished(stop)
+        band = None
+        # Crop the padding back off (padded rows/columns never reach the output).
+        y0, y1 = max(start, top), min(stop, top + height)
+        if y1 > y0:
+            sums = sums[:, y0 - start : y1 - start, left : left + width]
+            if sums.shape[0] > 256:
+                raise UserError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
+            # Divided in place: these rows of the buffer are dropped right after.
+            blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[left : left + width]), out=sums)
+            labels = _argmax_classes(blended)
+            band = Band(y0 - top, labels, blended.copy() if want_probs else None)
+        accumulator.drop(stop)
+        return band
+
+    # --------------------------------------------------------------------------------- in memory
+
+    def probabilities(self, image: np.ndarray | torch.Tensor, progress: bool = False) -> np.ndarray:
+        """Blended map float32 ``(K, H, W)`` of a float image ``(C, H, W)``."""
+        image = _as_image(image)
+        out: np.ndarray | None = None
+        for band in self.bands(image, probs=True, progress=progress):
+            assert band.probs is not None
+            if out is None:
+                out = np.empty((band.probs.shape[0], *image.shape[1:]), dtype=np.float32)
+            out[:, band.start : band.start + band.labels.shape[0]] = band.probs
+        assert out is not None
+        return out
+
+    def labels(
+        self, image: np.ndarray | torch.Tensor, return_probs: bool = False, progress: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """uint8 labels ``(H, W)`` (argmax of the blended map), and the map itself if ``return_probs``."""
+        image = _as_image(image)
+        labels = np.empty(image.shape[1:], dtype=np.uint8)
+        probs: np.ndarray | None = None
+        for band in self.bands(image, probs=return_probs, progress=progress):
+            rows = slice(band.start, band.start + band.labels.shape[0])
+            labels[rows] = band.labels
+            if return_probs:
+                assert band.probs is not None
+                if probs is None:
+                    probs = np.empty((band.probs.shape[0], *image.shape[1:]), dtype=np.float32)
+                probs[:, rows] = band.probs
+        return (labels, probs) if return_probs else labels
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of ``(n, K, h, w)`` float32, shifted by the maximum for stability."""
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    exp /= exp.sum(axis=1, keepdims=True)
+    return exp
+
+
+def _argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """uint8 argmax over the class axis of ``(K, rows, W)``; ties go to the lowest class, as in
+    ``numpy.argmax``. One comparison per class over contiguous planes: several times faster than
+    ``argmax(axis=0)``, which walks the strided class axis."""
+    best = scores[0].copy()
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, scores.shape[0]):
+        higher = scores[k] > best
+        labels[higher] = k
+        np.maximum(best, scores[k], out=best)
+    return labels
+
+
+def _as_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().to("cpu", torch.float32).numpy()
+    image = np.asarray(image)
+    if image.ndim != 3 or 0 in image.shape:
+        raise UserError(f"image of shape {image.shape}: expected a non-empty float array (C,H,W)")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise UserError(
+            f"image of dtype {image.dtype}: expected float (C,H,W) in [0, 1]; "
+            "convert it with imageio.image_to_array"
+        )
+    return image.astype(np.float32, copy=False)
+
+
+def sliding_window(
+    image: np.ndarray | torch.Tensor,
+    network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    window: int | Sequence[int],
+    overlap: float | int | Sequence[float | int] = 0.5,
+    *,
+    batch_size: int = 32,
+    blend: str = "mean",
+    sigma_scale: float = 0.125,
+    padding: str = "reflect",
+    pad_value: float = 0.0,
+    tta: bool = False,
+    precision: str = "auto",
+    activation: str | None = "softmax",
+    device: str | torch.device | None = None,
+    compile: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """Blend ``activation(network(window))`` over a float image ``(C, H, W)``; float32 ``(K, H, W)``.
+
+    See :class:`TiledPredictor` for the arguments. Raises ``UserError`` for invalid settings.
+    """
+    predictor = TiledPredictor(
+        network, window, overlap, batch_size=batch_size, blend=blend, sigma_scale=sigma_scale,
+        padding=padding, pad_value=pad_value, tta=tta, precision=precision, activation=activation,
+        device=device, compile=compile,
+    )
+    return predictor.probabilities(image, progress=progress)
+
+
+def predict_labels(
+    image: np.ndarray | torch.Tensor,
+    network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    window: int | Sequence[int],
+    overlap: float | int | Sequence[float | int] = 0.5,
+    *,
+    return_probs: bool = False,
+    progress: bool = False,
+    **options: object,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 label map ``(H, W)`` of a float image ``(C, H, W)``; with ``return_probs`` also the
+    float32 ``(K, H, W)`` blended probabilities. ``options`` are :class:`TiledPredictor`'s."""
+    predictor = TiledPredictor(network, window, overlap, **options)  # type: ignore[arg-type]
+    return predictor.labels(image, return_probs=return_probs, progress=progress)

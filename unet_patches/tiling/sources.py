@@ -1,0 +1,253 @@
+"""Row sources: an image read a band of rows at a time, normalised band by band.
+
+The engine asks for rows in increasing order (bands overlap by the window overlap). A source returns
+float32 ``(C, rows, W)`` normalised exactly as :func:`unet_patches.imageio.image_to_array` does,
+because it calls that function on each band of raw rows.
+
+- :class:`ArraySource`: an image already in memory, float32 ``(C, H, W)``.
+- :class:`RawSource`: a raw ``(H, W)`` / ``(H, W, C)`` array in the file's dtype, normalised per band
+  (a large 8-bit image then costs 1 byte per pixel in memory, not 4 per channel).
+- :class:`TiffSource`: a TIFF on disk. Uncompressed contiguous data is read row by row with
+  positioned reads; compressed or tiled files are decoded one strip/tile row at a time. Peak memory
+  is a band, not the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from unet_patches.errors import UserError
+from unet_patches.imageio import image_to_array, read_image
+
+__all__ = ["ArraySource", "RawSource", "RowSource", "TiffSource", "open_source"]
+
+log = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class RowSource:
+    """An image of ``channels x height x width`` read by bands of rows."""
+
+    channels: int
+    height: int
+    width: int
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32 ``(channels, stop - start, width)`` in [0, 1]."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files; the source cannot be read afterwards."""
+
+    def __enter__(self) -> "RowSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArraySource(RowSource):
+    """A float image ``(C, H, W)`` already in memory; bands are views, not copies."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        image = np.asarray(image)
+        if image.ndim != 3 or 0 in image.shape:
+            raise UserError(f"image of shape {image.shape}: expected a non-empty (C,H,W) array")
+        self.image = image if image.dtype == np.float32 else image.astype(np.float32)
+        self.channels, self.height, self.width = self.image.shape
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.image[:, start:stop]
+
+
+class RawSource(RowSource):
+    """A raw image as stored in a file, ``(H, W)`` or ``(H, W, C)``, normalised per band."""
+
+    def __init__(self, raw: np.ndarray, in_channels: int, name: str = "image") -> None:
+        self.raw = np.asarray(raw)
+        self.name = name
+        self.in_channels = in_channels
+        # Normalising one row validates dtype and channels up front, with the usual messages.
+        first = image_to_array(self.raw[:1], in_channels, name)
+        self.channels, self.height, self.width = first.shape[0], self.raw.shape[0], self.raw.shape[1]
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return image_to_array(self.raw[start:stop], self.in_channels, self.name)
+
+
+class _ContiguousReader:
+    """Rows of uncompressed, contiguous, byte-aligned TIFF data, by positioned reads."""
+
+    def __init__(self, path: Path, offset: int, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.offset = offset
+        self.row_shape = row_shape
+        self.dtype = dtype
+        self.row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        size = (stop - start) * self.row_bytes
+        data = os.pread(self.fd, size, self.offset + start * self.row_bytes)
+        if len(data) != size:
+            raise UserError(f"TIFF data ends early (rows {start}..{stop}); the file is truncated")
+        array = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.row_shape))
+        return array.astype(self.dtype.newbyteorder("="), copy=False)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _ChunkReader:
+    """Rows of a stripped or tiled TIFF (any compression tifffile decodes), one chunk row at a time."""
+
+    def __init__(self, tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
+        self.tif = tif
+        self.page = page
+        self.height, self.width = page.imagelength, page.imagewidth
+        self.samples = page.samplesperpixel
+        if page.is_tiled:
+            self.chunk_rows, self.chunk_cols = page.tilelength, page.tilewidth
+        else:
+            self.chunk_rows, self.chunk_cols = page.rowsperstrip or self.height, self.width
+        self.chunk_rows = min(self.chunk_rows, self.height)
+        self.across = math.ceil(self.width / self.chunk_cols)
+        self.cache: dict[int, np.ndarray] = {}
+        self.jpegtables = getattr(page, "jpegtables", None)
+
+    def _chunk_row(self, index: int) -> np.ndarray:
+        if index not in self.cache:
+            top = index * self.chunk_rows
+            rows = min(self.chunk_rows, self.height - top)
+            out = np.zeros((rows, self.width, self.samples), dtype=self.page.dtype)
+            fh = self.tif.filehandle
+            for k in range(index * self.across, (index + 1) * self.across):
+                offset, count = self.page.dataoffsets[k], self.page.databytecounts[k]
+                data = None
+                if count:
+                    fh.seek(offset)
+                    data = fh.read(count)
+                segment, position, _ = self.page.decode(data, k, jpegtables=self.jpegtables)
+                if segment is None:
+                    continue
+                segment = segment.reshape(segment.shape[-3:])  # (length, width, samples)
+                y, x = position[-3] - top, position[-2]
+                h = min(segment.shape[0], rows - y)
+                w = min(segment.shape[1], self.width - x)
+                out[y : y + h, x : x + w] = segment[:h, :w]
+            self.cache[index] = out
+        return self.cache[index]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        for index in [i for i in self.cache if i < first]:
+            del self.cache[index]  # rows are requested in increasing order
+        parts = [self._chunk_row(i) for i in range(first, last + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        offset = first * self.chunk_rows
+        block = block[start - offset : stop - offset]
+        return block[..., 0] if self.samples == 1 else block
+
+    def close(self) -> None:
+        self.cache.clear()
+
+
+class TiffSource(RowSource):
+    """The first image of a TIFF, read a band of rows at a time without loading the whole file.
+
+    Raises ``UserError`` when the file cannot be read as a single 2-D image.
+    """
+
+    def __init__(self, path: str | Path, in_channels: int) -> None:
+        self.path = Path(path)
+        self.name = str(self.path)
+        self.in_channels = in_channels
+        try:
+            self.tif = tifffile.TiffFile(self.path)
+            page = self.tif.pages.first
+            series_shape = tuple(self.tif.series[0].shape)
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise UserError(
+                f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); "
+                "re-save it as TIFF or PNG"
+            ) from exc
+        squeezed = tuple(s for s in series_shape if s != 1)
+        if len(squeezed) > 3 or (len(squeezed) == 3 and min(squeezed) > 4):
+            self.tif.close()
+            raise UserError(
+                f"{self.path}: TIFF of shape {series_shape} is not a single 2-D image (H,W) or "
+                "(H,W,C<=4); save each plane of a stack as its own file"
+            )
+        self.page = page
+        self.height, self.width = page.imagelength, page.imagewidth
+        self.reader = self._make_reader()
+        first = image_to_array(self.reader.rows(0, 1), in_channels, self.name)
+        self.channels = first.shape[0]
+
+    def _make_reader(self) -> "_ContiguousReader | _ChunkReader | _WholeReader":
+        page = self.page
+        samples = page.samplesperpixel
+        separate = samples > 1 and page.planarconfig == 2
+        byte_aligned = page.bitspersample in (8, 16, 32, 64) and page.dtype is not None
+        plain = page.compression == 1 and page.fillorder == 1 and not separate and byte_aligned
+        if plain and page.is_contiguous:
+            row_shape = (self.width,) if samples == 1 else (self.width, samples)
+            dtype = np.dtype(page.dtype).newbyteorder(self.tif.byteorder)
+            expected = self.height * int(np.prod(row_shape)) * dtype.itemsize
+            if sum(page.databytecounts) >= expected:
+                return _ContiguousReader(self.path, page.dataoffsets[0], row_shape, dtype)
+        if not separate and page.dataoffsets and not page.is_subsampled:
+            return _ChunkReader(self.tif, page)
+        log.warning("%s: this TIFF layout is read whole into memory (no band-wise reading)", self.path)
+        return _WholeReader(read_image(self.path))
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return image_to_array(self.reader.rows(start, stop), self.in_channels, self.name)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.tif.close()
+
+
+class _WholeReader:
+    def __init__(self, raw: np.ndarray) -> None:
+        self.raw = raw
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.raw[start:stop]
+
+    def close(self) -> None:
+        self.raw = None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file without decoding its pixels. Raises ``UserError`` if unreadable."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                return int(page.imagelength), int(page.imagewidth)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return int(image.height), int(image.width)
+    except Exception as exc:  # Pillow and tifffile raise many types for broken files
+        raise UserError(
+            f"{path}: cannot read as an image ({' '.join(str(exc).split())}); "
+            "expected a readable PNG, TIFF, JPEG or BMP file"
+        ) from exc
+
+
+def open_source(path: str | Path, in_channels: int, stream: bool) -> RowSource:
+    """A row source for an image file: band-wise from disk for a TIFF when ``stream``, else in memory."""
+    path = Path(path)
+    if stream and path.suffix.lower() in TIFF_SUFFIXES:
+        return TiffSource(path, in_channels)
+    return RawSource(read_image(path), in_channels, str(path))
