@@ -49,6 +49,18 @@ class Timer:
         self.result = Timing(time.perf_counter() - self._wall, time.process_time() - self._cpu)
 
 
+def matmul_gflops(dtype: torch.dtype, size: int, repeats: int = 3) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size``-cube matrix product in ``dtype``."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     model = platform.processor()
@@ -64,7 +76,18 @@ def machine() -> dict[str, object]:
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_average": os.getloadavg(),
+        "matmul_gflops_fp32": round(matmul_gflops(torch.float32, 2048), 1),
+        "matmul_gflops_bf16": round(matmul_gflops(torch.bfloat16, 512, repeats=1), 2),
     }
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class PeakSampler:
@@ -78,8 +101,13 @@ class PeakSampler:
         self.period = period
 
     def __enter__(self) -> "PeakSampler":
+        import gc
         import threading
 
+        # Hand memory freed by earlier runs back to the system first, so that this run's growth
+        # shows instead of being absorbed by the allocator's free lists.
+        gc.collect()
+        _malloc_trim()
         self._start = current_rss_mb()
         self._peak = self._start
         self._stop = threading.Event()

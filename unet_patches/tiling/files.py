@@ -123,10 +123,10 @@ def predict_files(
 
     ``model`` is a network (logits out) or a ready :class:`TiledPredictor` (then the window, overlap,
     batch, blend, padding, tta, precision, compile and device arguments are ignored); see
-    :class:`TiledPredictor` for their meaning. ``in_channels``
-    defaults to ``model.config.in_channels`` when the model has one, else 1.
+    :class:`TiledPredictor` for their meaning. ``in_channels`` defaults to the model's
+    ``in_channels`` or ``config.in_channels`` attribute, else 1.
 
-    Before anything is written, every input is checked to be a readable image and every output path
+    Before anything is written, every input is opened (its header read) and every output path is checked
     to be free: an existing output raises ``UserError`` unless ``overwrite``. Images above
     ``stream_threshold_px`` pixels are streamed: TIFFs are read by bands of rows and labels are
     written as TIFF; peak memory then does not grow with the image size.
@@ -136,8 +136,9 @@ def predict_files(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
     if in_channels is None:
-        config = getattr(model, "config", None)
-        in_channels = int(getattr(config, "in_channels", 1))
+        network = model._eager if isinstance(model, TiledPredictor) else model
+        config = getattr(network, "config", None)
+        in_channels = int(getattr(network, "in_channels", getattr(config, "in_channels", 1)))
 
     plans: list[tuple[Path, tuple[int, int], bool, dict[str, Path]]] = []
     for path in files:
