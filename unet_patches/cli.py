@@ -219,7 +219,8 @@ def _inference_options(args: argparse.Namespace) -> dict:
         "inference", overlap=args.overlap, batch_size=args.batch_size, blend=args.blend, padding=args.padding,
         tta=args.tta, precision=args.precision,
     ).inference
-    return dict(overlap=c.overlap, batch_size=c.batch_size, blend=c.blend, tta=c.tta, precision=c.precision)
+    return dict(overlap=c.overlap, batch_size=c.batch_size, blend=c.blend, padding=c.padding, tta=c.tta,
+                precision=c.precision)
 
 
 def _predict_parser(sub) -> None:

@@ -276,7 +276,7 @@ class TiledPredictor:
         compile: run the network through ``torch.compile`` with weight freezing (oneDNN weights
             pre-packed, BatchNorm and ReLU fused). On this project's CPU it was 5-10 % faster than
             eager for the 7.8 M-parameter U-Net and up to 1.8x for small ones, for a one-off 10-25 s
-            compile (benchmarks/TILING_RESULTS.md). Batches are padded to a fixed size so one graph
+            compile (BENCHMARKS.md, tiled inference). Batches are padded to a fixed size so one graph
             serves every pass; if compiling fails (e.g. no C++ compiler) the network runs eagerly.
 
     Raises ``UserError`` for invalid settings.
@@ -363,7 +363,8 @@ class TiledPredictor:
             try:  # the first call compiles
                 out = self.network(batch)
             except Exception as exc:  # no C++ compiler, unsupported op, ...: run eagerly instead
-                log.warning("torch.compile failed (%s); running the network uncompiled", " ".join(str(exc).split())[:200])
+                reason = " ".join(str(exc).split())[:200]
+                log.warning("torch.compile failed (%s); running the network uncompiled", reason)
                 self.network, self.compiled = self._eager, False
                 out = self.network(batch)
             self._compile_checked = True
