@@ -260,11 +260,11 @@ def test_mean_blending_equals_monai_constant_mode(size: tuple[int, int]) -> None
 
 def test_precision_policy() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("fp32", cpu).autocast is None
-    assert resolve_precision("auto", cuda).autocast is torch.float16
+    assert resolve_precision("fp32", cpu).dtype is None
+    assert resolve_precision("auto", cuda).dtype is torch.float16
     auto = resolve_precision("auto", cpu)
     assert auto.channels_last
-    assert auto.autocast is (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    assert auto.dtype is (torch.bfloat16 if cpu_has_fast_bf16() else None)
     image = random_image((1, 24, 24), seed=8)
     fp32 = sliding_window(image, tiny_net(), 16, 0.5, precision="fp32")
     bf16 = sliding_window(image, tiny_net(), 16, 0.5, precision="bf16")

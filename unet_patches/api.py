@@ -34,10 +34,13 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu") -> n
     return model
 
 
-def _window_of(model: nn.Module, window: int | None) -> int:
-    if window is not None:
-        return window
-    return int(getattr(model, "patch_size", 96))
+def _predictor(model: nn.Module, window: int | None, **options: Any):
+    """A TiledPredictor whose window defaults to the training patch size stored with the model."""
+    from .tiling import TiledPredictor
+
+    if window is None:
+        window = int(getattr(model, "patch_size", 96))
+    return TiledPredictor(model, window, **options)
 
 
 def predict(
@@ -71,16 +74,12 @@ def predict(
     Raises:
         UserError: the image has an unsupported shape or dtype, or an option is invalid.
     """
-    from .tiling import TiledPredictor
-
     if not isinstance(image, np.ndarray):
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
     in_channels = int(getattr(model, "in_channels", getattr(getattr(model, "config", None), "in_channels", 1)))
     array = image_to_array(image, in_channels)
-    predictor = TiledPredictor(
-        model, _window_of(model, window), overlap, batch_size=batch_size, blend=blend, padding=padding,
-        tta=tta, precision=precision, device=device,
-    )
+    predictor = _predictor(model, window, overlap=overlap, batch_size=batch_size, blend=blend, padding=padding,
+                           tta=tta, precision=precision, device=device)
     return predictor.labels(array, return_probs=return_probs)
 
 
@@ -106,15 +105,11 @@ def evaluate_folder(
     """
     from tqdm.auto import tqdm
 
-    from .tiling import TiledPredictor
-
     num_classes = int(model.config.num_classes)
     in_channels = int(model.config.in_channels)
     samples = load_pairs(folder, in_channels, num_classes)
-    predictor = TiledPredictor(
-        model, _window_of(model, window), overlap, batch_size=batch_size, blend=blend, padding=padding,
-        tta=tta, precision=precision, device=device,
-    )
+    predictor = _predictor(model, window, overlap=overlap, batch_size=batch_size, blend=blend, padding=padding,
+                           tta=tta, precision=precision, device=device)
     matrix = ConfusionMatrix(num_classes)
     for sample in tqdm(samples, desc="evaluate", disable=not progress, leave=False):
         matrix.update(torch.from_numpy(predictor.labels(sample.image)), torch.from_numpy(sample.mask))

@@ -19,8 +19,8 @@ from typing import Any, Literal, Optional, Union
 
 from .errors import UserError
 from .model import UPSAMPLING_MODES, ModelConfig
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .runtime import PRECISIONS
+from .synthetic import SyntheticSpec
 
 
 @dataclass(frozen=True)
@@ -46,35 +46,21 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
-    """The synthetic generator (``unet-patches generate``)."""
+class SyntheticConfig(SyntheticSpec):
+    """The synthetic generator (``unet-patches generate``): the image spec plus counts and seed."""
 
     n_train: int = 100
     n_test: int = 10
     seed: int = 0
-    height: int = 400
-    width: int = 200
-    lines: tuple[int, int] = (1, 9)
-    ellipses: tuple[int, int] = (1, 9)
-    ellipse_radius: tuple[int, int] = (5, 19)
-    ellipse_aspect: tuple[float, float] = (0.5, 2.0)
-    line_length: tuple[int, int] = (20, 199)
-    line_dilation: tuple[int, int] = (1, 2)
-    shape_gray: tuple[float, float] = (0.0, 0.7)
-    background_mean: tuple[float, float] = (0.7, 0.9)
-    noise_std: float = 0.1
-    background_clip: tuple[float, float] = (0.6, 1.0)
 
     def check(self) -> None:
         _at_least("synthetic.n_train", self.n_train, 1)
         _at_least("synthetic.n_test", self.n_test, 0)
         self.spec().validate()
 
-    def spec(self):
-        from .synthetic import SyntheticSpec
-
-        names = {f.name for f in dataclasses.fields(SyntheticSpec)}
-        return SyntheticSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+    def spec(self) -> SyntheticSpec:
+        names = [f.name for f in dataclasses.fields(SyntheticSpec)]
+        return SyntheticSpec(**{name: getattr(self, name) for name in names})
 
 
 @dataclass(frozen=True)

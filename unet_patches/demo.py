@@ -111,14 +111,14 @@ def write_panel(model, folder: Path, path: Path, inference) -> None:
     import numpy as np
 
     from .api import predict
-    from .imageio import colour_overlay, find_pairs, read_image, read_mask, write_png
+    from .imageio import colour_overlay, find_pairs, image_to_array, read_image, read_mask, write_png
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)
     labels = predict(model, raw, overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend,
                      padding=inference.padding, tta=inference.tta, precision=inference.precision)
-    image = raw.astype(np.float32)[None] / 255.0 if raw.ndim == 2 else raw.mean(-1).astype(np.float32)[None] / 255.0
-    gray = (np.repeat(image[0][..., None], 3, axis=2) * 255).astype(np.uint8)
+    image = image_to_array(raw, model.in_channels, str(pair.image))
+    gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
     truth = read_mask(pair.mask, model.config.num_classes)
     gap = np.full((gray.shape[0], 4, 3), 255, np.uint8)
     write_png(path, np.concatenate([gray, gap, colour_overlay(image, labels), gap, colour_overlay(image, truth)], axis=1))

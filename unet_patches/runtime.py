@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from .errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -27,13 +31,26 @@ def pick_device(name: str | None = None) -> torch.device:
 
 @lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU runs bfloat16 matrix work natively (AMX or AVX-512 BF16).
+    """True when the CPU computes bfloat16 matrix products in hardware (AMX or AVX512-BF16 on x86,
+    BF16 on Arm).
 
-    Without them (AVX2-only CPUs, e.g. AMD Zen 3) PyTorch falls back to slow
-    convolution kernels under bfloat16 autocast, several times slower than fp32.
+    Without them (AVX2-only CPUs, e.g. AMD Zen 3) oneDNN emulates bfloat16 and PyTorch falls back to
+    slow convolution kernels under bfloat16 autocast, several times slower than fp32.
     """
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+            break
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 @dataclass(frozen=True)
@@ -62,26 +79,22 @@ class Precision:
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """Turn ``auto`` / ``fp32`` / ``bf16`` / ``fp16`` into a :class:`Precision` for ``device``.
 
-    ``auto`` is bf16 on CPUs with native bf16 (AMX / AVX-512 BF16), fp16 on CUDA, and fp32
-    otherwise. channels_last is used on CPU in every mode because oneDNN convolutions are
-    faster in that layout (measured 1.6x for fp32 on an AVX2 CPU).
+    ``auto`` is fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), and fp32
+    otherwise. channels_last is used on CPU in every mode, because oneDNN convolutions are faster in
+    that layout (1.6x for fp32 on an AVX2 CPU), and on CUDA under autocast.
+
+    Raises:
+        UserError: an unknown name, or fp16 without a CUDA device.
     """
+    if name not in PRECISIONS:
+        raise UserError(f"precision {name!r}: expected one of {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
     if name == "auto":
-        if device.type == "cuda":
-            name = "fp16"
-        elif device.type == "cpu" and cpu_has_fast_bf16():
-            name = "bf16"
-        else:
-            name = "fp32"
-    if name == "fp32":
-        return Precision("fp32", None, device.type == "cpu")
-    if name == "bf16":
-        return Precision("bf16", torch.bfloat16, True)
-    if name == "fp16":
-        if device.type != "cuda":
-            raise UserError("precision 'fp16' needs a CUDA device; use auto, fp32 or bf16 on CPU")
-        return Precision("fp16", torch.float16, False)
-    raise UserError(f"precision {name!r}: expected one of auto, fp32, bf16, fp16")
+        name = "fp16" if cuda else ("bf16" if cpu_has_fast_bf16() else "fp32")
+    if name == "fp16" and not cuda:
+        raise UserError("precision 'fp16' needs a CUDA device; use auto, fp32 or bf16 on CPU")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return Precision(name, dtype, channels_last=not cuda or dtype is not None)
 
 
 # --- torch.distributed --------------------------------------------------------------------------

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
-import platform
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unet_patches.errors import UserError
+from unet_patches.runtime import PRECISIONS, Precision, cpu_has_fast_bf16, resolve_precision
 
 from .blending import BLEND_MODES, axis_weights, weight_sums
 from .placement import axis_starts, pair, place_windows, stride_for
@@ -51,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PADDING_MODES = ("reflect", "constant", "replicate")
 ACTIVATIONS = ("softmax", "sigmoid", None)
 
@@ -62,51 +59,6 @@ _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 # --------------------------------------------------------------------------------------------------
 # Precision policy
 # --------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU computes bfloat16 matrix products in hardware (AMX or AVX512-BF16 on x86,
-    BF16 on Arm). Without them oneDNN emulates bfloat16, several times slower than float32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-            break
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "bf16" in flags
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
-
-
-@dataclass(frozen=True)
-class Precision:
-    """A resolved precision: ``name`` is fp32, bf16 or fp16; ``autocast`` the autocast dtype or None."""
-
-    name: str
-    autocast: torch.dtype | None
-    channels_last: bool
-
-
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """Turn ``auto`` / ``fp32`` / ``bf16`` / ``fp16`` into what runs on ``device``.
-
-    ``auto``: fp16 autocast on CUDA; bf16 autocast on a CPU with hardware bf16 (see
-    :func:`cpu_has_fast_bf16`); otherwise fp32. Channels-last memory is used on CPU for every
-    precision (oneDNN's convolutions are faster in it) and on CUDA under autocast.
-    Raises ``UserError`` for an unknown name.
-    """
-    if precision not in PRECISIONS:
-        raise UserError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
-    cuda = device.type == "cuda"
-    if precision == "auto":
-        precision = "fp16" if cuda else ("bf16" if cpu_has_fast_bf16() else "fp32")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return Precision(precision, dtype, channels_last=(not cuda) or dtype is not None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,8 +301,8 @@ class TiledPredictor:
         if self.precision.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         autocast = (
-            torch.autocast(self.device.type, dtype=self.precision.autocast)
-            if self.precision.autocast is not None
+            torch.autocast(self.device.type, dtype=self.precision.dtype)
+            if self.precision.dtype is not None
             else contextlib.nullcontext()
         )
         # Weight freezing (constant-folded BatchNorm, pre-packed oneDNN weights) is what makes the
