@@ -69,3 +69,13 @@ def test_evaluate_folder_scores_the_test_images(checkpoint):
     scores = evaluate_folder(load_model(path), root / "synthetic" / "test", precision="fp32")
     assert scores["images"] == 2 and 0 <= scores["miou"] <= 1
     assert set(scores["iou"]) == set(scores["dice"]) == {"class0", "class1", "class2"}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_compiled_evaluation_scores_like_eager(checkpoint):
+    root, path = checkpoint
+    model = load_model(path)
+    eager = evaluate_folder(model, root / "synthetic" / "test", precision="fp32")
+    compiled = evaluate_folder(model, root / "synthetic" / "test", precision="fp32", compile=True)
+    assert compiled["miou"] == pytest.approx(eager["miou"], abs=1e-3)

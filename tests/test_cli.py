@@ -140,3 +140,14 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_compile_flag_reaches_the_inference_options(params):
+    from unet_patches.cli import _inference_options, build_parser
+
+    parser = build_parser()
+    for command in (["predict", "ck.pt", "x.png", "-o", "out"], ["evaluate", "ck.pt", "data"]):
+        plain = parser.parse_args([*command, "--params", str(params)])
+        flagged = parser.parse_args([*command, "--params", str(params), "--compile"])
+        assert _inference_options(plain)["compile"] is False
+        assert _inference_options(flagged)["compile"] is True

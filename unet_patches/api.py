@@ -54,6 +54,7 @@ def predict(
     padding: str = "reflect",
     tta: bool = False,
     precision: str = "auto",
+    compile: bool = False,
     return_probs: bool = False,
     device: str | torch.device | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -65,7 +66,7 @@ def predict(
             line preprocesses files (uint8 / 255, uint16 / 65535, float as is; gray repeated or colour
             averaged to the model's input channels).
         window: window size; defaults to the training patch size stored with the model.
-        overlap, batch_size, blend, padding, tta, precision: see ``unet-patches predict --help``.
+        overlap, batch_size, blend, padding, tta, precision, compile: see ``unet-patches predict --help``.
         return_probs: also return the blended ``(K, H, W)`` float32 probabilities.
 
     Returns:
@@ -79,7 +80,7 @@ def predict(
     in_channels = int(getattr(model, "in_channels", getattr(getattr(model, "config", None), "in_channels", 1)))
     array = image_to_array(image, in_channels)
     predictor = _predictor(model, window, overlap=overlap, batch_size=batch_size, blend=blend, padding=padding,
-                           tta=tta, precision=precision, device=device)
+                           tta=tta, precision=precision, compile=compile, device=device)
     return predictor.labels(array, return_probs=return_probs)
 
 
@@ -94,6 +95,7 @@ def evaluate_folder(
     padding: str = "reflect",
     tta: bool = False,
     precision: str = "auto",
+    compile: bool = False,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def evaluate_folder(
     in_channels = int(model.config.in_channels)
     samples = load_pairs(folder, in_channels, num_classes)
     predictor = _predictor(model, window, overlap=overlap, batch_size=batch_size, blend=blend, padding=padding,
-                           tta=tta, precision=precision, device=device)
+                           tta=tta, precision=precision, compile=compile, device=device)
     matrix = ConfusionMatrix(num_classes)
     for sample in tqdm(samples, desc="evaluate", disable=not progress, leave=False):
         matrix.update(torch.from_numpy(predictor.labels(sample.image)), torch.from_numpy(sample.mask))

@@ -210,6 +210,9 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--padding", choices=("reflect", "constant"), help="padding for images smaller than a window (default: inference.padding)")
     p.add_argument("--tta", action="store_true", default=None, help="flip test-time augmentation (4 flips, batched together)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: inference.precision")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
+                        "for many or large images (default: inference.compile)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     _add_params(p)
 
@@ -217,10 +220,10 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
 def _inference_options(args: argparse.Namespace) -> dict:
     c = _config(args).replace(
         "inference", overlap=args.overlap, batch_size=args.batch_size, blend=args.blend, padding=args.padding,
-        tta=args.tta, precision=args.precision,
+        tta=args.tta, precision=args.precision, compile=args.compile,
     ).inference
     return dict(overlap=c.overlap, batch_size=c.batch_size, blend=c.blend, padding=c.padding, tta=c.tta,
-                precision=c.precision)
+                precision=c.precision, compile=c.compile)
 
 
 def _predict_parser(sub) -> None:

@@ -154,6 +154,7 @@ class InferenceConfig:
     padding: str = "reflect"
     tta: bool = False
     precision: str = "auto"
+    compile: bool = False
 
     def check(self) -> None:
         _in_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
