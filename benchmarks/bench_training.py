@@ -17,7 +17,8 @@ Part B (one process): the data pipeline's share of the step time. Steps fed by t
   which is the difference of two noisy timings and only meaningful on a quiet machine.
 Part C (``--ddp``): ``train.py`` under ``torchrun --nproc_per_node 2`` against one process, on the
   same samples per epoch and the same epochs (and one process at DDP's global batch); final
-  validation mIoU as recorded by training and re-evaluated here in one process from last.pt.
+  validation mIoU as recorded by training and re-evaluated here in one process from last.pt, and
+  the full-image mIoU of last.pt on ``--test-images`` unseen synthetic images.
   The model is that of parameters.json but for ``--ddp-width`` (8 with --quick). A --quick
   run is far too short to learn the foreground classes: it checks the plumbing, not the accuracy.
 
@@ -26,6 +27,8 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_training.py --quick         # patch 48, 2 steps x 2 repeats: seconds when idle,
                                                                   # ~2 minutes on a busy 2-core machine
     .venv/bin/python benchmarks/bench_training.py --quick --ddp   # plus the DDP comparison
+    .venv/bin/python benchmarks/bench_training.py --ddp --skip-precision --skip-pipeline --images 100 \
+        --ddp-samples 2000 --ddp-epochs 10                        # DDP at the demo's scale, ~15 min
 Results: markdown tables on stdout, and JSON + markdown in benchmarks/results/.
 """
 
@@ -50,6 +53,7 @@ sys.path.insert(1, str(REPO))
 from common import Timer, machine  # noqa: E402
 
 from unet_patches import runtime, training  # noqa: E402
+from unet_patches.api import evaluate_folder, load_model  # noqa: E402
 from unet_patches.config import config_from_dict, load_config  # noqa: E402
 from unet_patches.losses import build_loss  # noqa: E402
 from unet_patches.model import build_model, count_parameters  # noqa: E402
@@ -76,7 +80,8 @@ def make_config(args: argparse.Namespace, root: Path, folder: str, **training_va
 def make_data(args: argparse.Namespace, root: Path) -> None:
     """Full synthetic images (the generator settings of parameters.json) and a patch folder cut from them."""
     base = load_config(args.params)
-    generate_dataset(root / "synthetic", n_train=args.images, n_test=0, seed=base.synthetic.seed, spec=base.synthetic.spec())
+    generate_dataset(root / "synthetic", n_train=args.images, n_test=args.test_images if args.ddp else 0,
+                     seed=base.synthetic.seed, spec=base.synthetic.spec())
     extract_patches(
         root / "synthetic" / "train", root / "patches", patch_size=args.patch_size, per_image=args.patches_per_image,
         foreground_only=base.patches.foreground_only, flips=base.patches.flips, seed=base.patches.seed,
@@ -239,8 +244,9 @@ def pipeline_part(args: argparse.Namespace, root: Path) -> dict:
 # ------------------------------------------------------------------------------------- part C
 
 
-def final_miou(last: Path) -> dict:
-    """The last epoch's validation mIoU as recorded, and the saved model re-evaluated in this process."""
+def final_miou(last: Path, test: Path) -> dict:
+    """The last epoch's validation mIoU as recorded, the saved model re-evaluated in this process,
+    and its full-image mIoU on the unseen test images of ``test``."""
     state = training.load_checkpoint(last)
     config = config_from_dict(state["config"])
     sources = training.make_datasets(config)
@@ -252,7 +258,8 @@ def final_miou(last: Path) -> dict:
     return {"recorded_miou": state["history"][-1].get("miou"), "reevaluated_miou": matrix.mean_iou(),
             "reevaluated_iou": [None if math.isnan(v) else float(v) for v in iou],
             "foreground_iou": float(iou[1:].mean()) if len(iou) > 1 and not math.isnan(iou[1:].mean()) else None,
-            "val_windows": len(sources.val), "steps": state["step"]}
+            "val_windows": len(sources.val), "steps": state["step"],
+            "test_miou": evaluate_folder(load_model(last), test, precision=config.inference.precision)["miou"]}
 
 
 def ddp_part(args: argparse.Namespace, root: Path) -> dict:
@@ -287,10 +294,10 @@ def ddp_part(args: argparse.Namespace, root: Path) -> dict:
         summary = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")][-1]
         row = {"run": label, "processes": processes, "threads_per_process": threads, "batch_per_process": batch,
                "samples_per_epoch": samples, "epochs": epochs, "wall_s": wall, "train_s": summary["seconds"]}
-        row.update(final_miou(Path(summary["last_checkpoint"])))
+        row.update(final_miou(Path(summary["last_checkpoint"]), root / "synthetic" / "test"))
         rows.append(row)
         print(f"  C {label}: final val mIoU {row['recorded_miou']:.4f} (re-evaluated {row['reevaluated_miou']:.4f}), "
-              f"{wall:.0f} s", flush=True)
+              f"full-image test mIoU {row['test_miou']:.4f}, {wall:.0f} s", flush=True)
     return {"rows": rows}
 
 
@@ -344,15 +351,17 @@ def markdown(report: dict) -> str:
             "## C. 2-process DDP vs 1 process (same samples per epoch, same epochs)",
             "",
             f"base_width {report['settings']['ddp_width']}, {report['settings']['ddp_samples']} samples per epoch, "
-            f"{report['settings']['ddp_epochs']} epochs, on-the-fly patches; validation: fixed windows of held-back images.",
+            f"{report['settings']['ddp_epochs']} epochs, on-the-fly patches from {report['settings']['images']} images; "
+            f"validation: fixed windows of held-back images; test: full-image mIoU of the last checkpoint on "
+            f"{report['settings']['test_images']} unseen images.",
             "",
-            "| run | processes x threads | batch / process | steps / process | wall s | final val mIoU (recorded) | final val mIoU (re-evaluated, 1 process) | mean foreground IoU (re-evaluated) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| run | processes x threads | batch / process | steps / process | wall s | final val mIoU (recorded) | final val mIoU (re-evaluated, 1 process) | mean foreground IoU (re-evaluated) | full-image test mIoU |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in report["ddp"]["rows"]:
             lines.append(f"| {r['run']} | {r['processes']} x {r['threads_per_process']} | {r['batch_per_process']} | {r['steps']} | "
                          f"{r['wall_s']:.0f} | {r['recorded_miou']:.4f} | {r['reevaluated_miou']:.4f} | "
-                         f"{'n/a' if r['foreground_iou'] is None else format(r['foreground_iou'], '.4f')} |")
+                         f"{'n/a' if r['foreground_iou'] is None else format(r['foreground_iou'], '.4f')} | {r['test_miou']:.4f} |")
         if all(not r["foreground_iou"] for r in report["ddp"]["rows"]):
             lines += ["", "No run learned any foreground (IoU 0 for every foreground class): the run is too short to "
                           "compare accuracy; use the full settings."]
@@ -375,6 +384,7 @@ def main() -> None:
     parser.add_argument("--ddp", action="store_true", help="also part C: torchrun 2 processes vs 1 process")
     parser.add_argument("--ddp-samples", type=int, help="samples per epoch in part C (default 1000, 64 with --quick)")
     parser.add_argument("--ddp-epochs", type=int, help="epochs in part C (default 3, 1 with --quick)")
+    parser.add_argument("--test-images", type=int, help="unseen full images scored in part C (default 20, 2 with --quick)")
     parser.add_argument("--ddp-width", type=int, help="model.base_width in part C (default: that of --params, 8 with --quick)")
     parser.add_argument("--quick", action="store_true", help="few steps, smaller patches: about a minute")
     args = parser.parse_args()
@@ -383,7 +393,7 @@ def main() -> None:
     defaults = dict(batch_size=base.training.batch_size, patch_size=48 if quick else base.patches.patch_size,
                     steps=2 if quick else 8, warmup=1 if quick else 3, repeats=2 if quick else 3,
                     images=8 if quick else 40, patches_per_image=4 if quick else 10,
-                    ddp_samples=64 if quick else 1000, ddp_epochs=1 if quick else 3,
+                    test_images=2 if quick else 20, ddp_samples=64 if quick else 1000, ddp_epochs=1 if quick else 3,
                     ddp_width=8 if quick else base.model.base_width)
     for key, value in defaults.items():
         if getattr(args, key) is None:
