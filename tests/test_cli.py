@@ -151,3 +151,23 @@ def test_compile_flag_reaches_the_inference_options(params):
         flagged = parser.parse_args([*command, "--params", str(params), "--compile"])
         assert _inference_options(plain)["compile"] is False
         assert _inference_options(flagged)["compile"] is True
+
+
+def test_time_budget_alone_means_train_for_that_long(params, monkeypatch, capsys):
+    from unet_patches import training
+
+    seen = []
+
+    def fake_fit(config, **_):
+        seen.append(config.training)
+        return {"best_val_miou": None, "epochs": 0, "steps": 0, "seconds": 0.0, "precision": "fp32",
+                "best_epoch": None, "best_checkpoint": "x"}
+
+    monkeypatch.setattr(training, "fit", fake_fit)
+    assert train_main(["--params", str(params), "--time-budget", "10"]) == 0
+    assert train_main(["--params", str(params), "--time-budget", "10", "-e", "3"]) == 0
+    assert train_main(["--params", str(params)]) == 0
+    capsys.readouterr()
+    assert (seen[0].epochs, seen[0].time_budget_minutes) == (None, 10)
+    assert (seen[1].epochs, seen[1].time_budget_minutes) == (3, 10)
+    assert (seen[2].epochs, seen[2].time_budget_minutes) == (1, None)

@@ -44,6 +44,7 @@ def test_file_values_override_defaults_and_flags_override_file(tmp_path):
         ({"training": {"loss": "dise"}}, "loss"),
         ({"training": {"class_weights": [1, 2]}}, "class_weights has 2 values"),
         ({"training": {"class_weights": "inverse"}}, "median_frequency"),
+        ({"training": {"epochs": None}}, "training.epochs = null needs training.time_budget_minutes"),
         ({"inference": {"overlap": 1.0}}, r"inference.overlap = 1.0: expected a value in \[0.0, 1.0\)"),
         ({"model": {"num_classes": 4}}, "differ from data"),
         ({"synthetic": {"lines": [5, 1]}}, "low <= high"),
@@ -69,3 +70,12 @@ def test_unreadable_or_broken_file(tmp_path):
     bad.write_text("{ not json")
     with pytest.raises(UserError, match="not valid JSON"):
         load_config(bad)
+
+
+def test_no_epoch_limit_with_a_time_budget():
+    config = config_from_dict({"training": {"epochs": None, "time_budget_minutes": 10}})
+    assert config.training.epochs is None
+    # replace() ignores None (an absent flag); set() stores it.
+    assert config_from_dict({}).replace("training", epochs=None).training.epochs == default_config().training.epochs
+    budget = config_from_dict({"training": {"time_budget_minutes": 1}})
+    assert budget.set("training", epochs=None).training.epochs is None

@@ -131,6 +131,23 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(data, monkeypat
         assert torch.equal(a[key], b[key]), key
 
 
+def test_without_an_epoch_limit_the_budget_alone_drives_the_schedule():
+    progress = training.Progress(total_steps=None, budget_seconds=100.0)
+    progress.step, progress._clock = 10**6, 25.0
+    assert progress.fraction() == 0.25 and not progress.done()
+    progress._clock = 100.0
+    assert progress.done()
+    capped = training.Progress(total_steps=40, budget_seconds=100.0)
+    capped.step, capped._clock = 30, 25.0
+    assert capped.fraction() == 0.75  # with both limits the nearer one leads
+
+
+def test_time_budget_without_epochs_trains_until_the_budget(data):
+    config = tiny_config(data, "patches", run_name="budget_only", time_budget_minutes=0.03).set("training", epochs=None)
+    result = fit(config, progress_bars=False)
+    assert result["epochs"] >= 1 and 0.03 * 60 <= result["seconds"] < 60
+
+
 def test_time_budget_ends_the_run_and_keeps_best(data):
     config = tiny_config(data, "patches", epochs=1000, run_name="budget", time_budget_minutes=0.05)
     result = fit(config, progress_bars=False)

@@ -141,7 +141,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                                           "or an images/+masks/ folder sampled on the fly (default: training.folder)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.pt (exactly)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="end training after this many minutes, the schedule stretched to fit (default: training.time_budget_minutes)")
+                   help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
+                        "the run, with -e whichever comes first (default: training.time_budget_minutes)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: training.precision")
     p.add_argument("--loss", help="loss name: ce, dice, dice_ce, focal, tversky, jaccard (default: training.loss)")
     p.add_argument("--optimizer", help="sgd, adam or adamw (default: training.optimizer)")
@@ -175,6 +176,8 @@ def run_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, schedule=args.schedule, seed=args.seed, num_workers=args.workers,
         run_name=args.run_name,
     )
+    if args.time_budget is not None and args.epochs is None:
+        config = config.set("training", epochs=None)  # "train for N minutes", whatever training.epochs says
     if args.resume and args.load:
         raise UserError("--resume and -c/--load both given: --resume continues a run, --load starts a new one from weights; pick one")
     try:

@@ -86,7 +86,7 @@ class TrainingConfig:
     """The training loop (``train.py`` / ``unet-patches train``)."""
 
     folder: str = "patches_s96"
-    epochs: int = 5
+    epochs: Optional[int] = 5  # None: no epoch limit, the time budget alone ends the run
     batch_size: int = 8
     learning_rate: float = 0.1
     optimizer: str = "sgd"
@@ -117,7 +117,12 @@ class TrainingConfig:
         from .losses import LOSSES
         from .training import OPTIMIZERS, SCHEDULES
 
-        _at_least("training.epochs", self.epochs, 1)
+        if self.epochs is None:
+            if self.time_budget_minutes is None:
+                raise UserError("training.epochs = null needs training.time_budget_minutes: set a number of epochs, "
+                                "a time budget, or both")
+        else:
+            _at_least("training.epochs", self.epochs, 1)
         _at_least("training.batch_size", self.batch_size, 1)
         _positive("training.learning_rate", self.learning_rate)
         _choice("training.optimizer", self.optimizer, OPTIMIZERS)
@@ -194,8 +199,10 @@ class Config:
     def replace(self, section: str, **values: Any) -> "Config":
         """A copy with some values of one section replaced (``None`` values are ignored)."""
         values = {k: v for k, v in values.items() if v is not None}
-        if not values:
-            return self
+        return self.set(section, **values) if values else self
+
+    def set(self, section: str, **values: Any) -> "Config":
+        """A copy with values of one section replaced, ``None`` included (e.g. ``epochs=None``)."""
         current = dataclasses.asdict(getattr(self, section))
         current.update(values)
         return _build(type(self), {**_sections(self), section: current}, "").check()

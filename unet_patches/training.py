@@ -82,10 +82,11 @@ class Progress:
     """Where a run is: steps taken, time spent, and the limits that end it.
 
     The schedule follows whichever limit is nearer: the epoch count or the time budget,
-    so a time budget stretches (or squeezes) the schedule to fit it.
+    so a time budget stretches (or squeezes) the schedule to fit it. ``total_steps=None``
+    (no epoch limit) leaves the budget alone in charge.
     """
 
-    total_steps: int
+    total_steps: int | None
     budget_seconds: float | None = None
     step: int = 0
     elapsed: float = 0.0  # seconds spent in earlier sessions of a resumed run
@@ -110,7 +111,7 @@ class Progress:
             self._clock = float(clock)
 
     def fraction(self) -> float:
-        by_steps = self.step / max(self.total_steps, 1)
+        by_steps = 0.0 if self.total_steps is None else self.step / max(self.total_steps, 1)
         if self.budget_seconds is None:
             return by_steps
         return max(by_steps, self._clock / self.budget_seconds)
@@ -475,7 +476,7 @@ def fit(
     if steps_per_epoch == 0:
         raise UserError(f"{sources.folder}: no training batches; add data or lower training.batch_size")
     budget = t.time_budget_minutes * 60 if t.time_budget_minutes else None
-    progress = Progress(total_steps=steps_per_epoch * t.epochs, budget_seconds=budget)
+    progress = Progress(total_steps=None if t.epochs is None else steps_per_epoch * t.epochs, budget_seconds=budget)
 
     def set_lr(fraction: float) -> None:
         lr = t.learning_rate * lr_factor(t.schedule, fraction, t.step_fraction, t.step_gamma, t.warmup_fraction)
@@ -510,9 +511,9 @@ def fit(
     epoch = start_epoch
     from tqdm.auto import tqdm
 
-    while epoch < t.epochs and not progress.done():
+    while (t.epochs is None or epoch < t.epochs) and not progress.done():
         set_epoch(train_loader, epoch)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (main and progress_bars), leave=False)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}" + ("" if t.epochs is None else f"/{t.epochs}"), disable=not (main and progress_bars), leave=False)
         train_loss = train_one_epoch(
             train_model, train_loader, loss_fn, optimizer, progress, set_lr,
             device=device_, precision=precision, scaler=scaler, bar=bar,
