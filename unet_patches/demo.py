@@ -73,6 +73,7 @@ def run(params: str | None, minutes: float | None) -> int:
     )
     out = root / "predictions"
     print(f"[5/5] writing label masks and overlays of the test images to {out}")
+    logging.getLogger("unet_patches.tiling").setLevel(logging.WARNING)  # not one line per file
     predict_files(
         model, [str(synthetic / "test" / "images")], out, window=model.patch_size, in_channels=model.in_channels,
         overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend, tta=inference.tta,
