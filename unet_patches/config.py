@@ -54,8 +54,10 @@ class SyntheticConfig(SyntheticSpec):
     seed: int = 0
 
     def check(self) -> None:
-        _at_least("synthetic.n_train", self.n_train, 1)
+        _at_least("synthetic.n_train", self.n_train, 0)
         _at_least("synthetic.n_test", self.n_test, 0)
+        if self.n_train + self.n_test == 0:
+            raise UserError("synthetic.n_train = 0 and synthetic.n_test = 0: nothing to generate; ask for at least one image")
         self.spec().validate()
 
     def spec(self) -> SyntheticSpec:
