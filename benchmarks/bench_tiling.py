@@ -210,13 +210,13 @@ def compare(args: argparse.Namespace) -> dict:
         # the same work in every repeat) plus the smallest time outside the passes.
         per_pass = np.min(np.array(pass_log[name]), axis=0)
         row["quiet_s"] = float(per_pass.sum() + min(engine_log[name]))
-    monai = rows["MONAI"]
+    baseline = rows["MONAI"]
     for name, row in rows.items():
         row["mpx_per_s"] = megapixels / row["wall_s"]
         row["quiet_mpx_per_s"] = megapixels / row["quiet_s"]
-        row["ratio_wall"] = monai["wall_s"] / row["wall_s"]
-        row["ratio_cpu"] = monai["cpu_s"] / row["cpu_s"]
-        row["ratio_quiet"] = monai["quiet_s"] / row["quiet_s"]
+        row["ratio_wall"] = baseline["wall_s"] / row["wall_s"]
+        row["ratio_cpu"] = baseline["cpu_s"] / row["cpu_s"]
+        row["ratio_quiet"] = baseline["quiet_s"] / row["quiet_s"]
         row["agree_monai"] = float(np.mean(labels[name] == labels["MONAI"]))
         row["miou"] = miou(labels[name], truth) if args.checkpoint else None
         row["passes"] = len(pass_log[name][0])

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
 from unet_patches import UserError, evaluate_folder, load_model, predict
-from unet_patches.imageio import image_to_array, read_image
+from unet_patches.imageio import read_image
 from unet_patches.training import fit
 
 from helpers import small_dataset, tiny_config

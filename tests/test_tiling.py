@@ -345,7 +345,7 @@ def test_in_memory_png_input_writes_labels_png(tmp_path) -> None:
     image = (np.random.default_rng(12).random((33, 50)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "a.png")
     net = tiny_net()
-    written = predict_files(net, [tmp_path / "a.png"], tmp_path / "out", window=16, progress=False)
+    written = predict_files(net, [tmp_path / "a.png"], tmp_path / "out", window=16, blend="gaussian", progress=False)
     expected = predict_labels(image_to_array(image, 1), net, 16, blend="gaussian")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_labels.png")), expected)
     assert sorted(p.name for p in written) == ["a_labels.png", "a_overlay.png"]

@@ -48,15 +48,8 @@ def predict(
     image: np.ndarray,
     *,
     window: int | None = None,
-    overlap: float = 0.5,
-    batch_size: int = 32,
-    blend: str = "mean",
-    padding: str = "reflect",
-    tta: bool = False,
-    precision: str = "auto",
-    compile: bool = False,
     return_probs: bool = False,
-    device: str | torch.device | None = None,
+    **options: Any,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image with sliding windows.
 
@@ -66,8 +59,10 @@ def predict(
             line preprocesses files (uint8 / 255, uint16 / 65535, float as is; gray repeated or colour
             averaged to the model's input channels).
         window: window size; defaults to the training patch size stored with the model.
-        overlap, batch_size, blend, padding, tta, precision, compile: see ``unet-patches predict --help``.
         return_probs: also return the blended ``(K, H, W)`` float32 probabilities.
+        options: keyword arguments of :class:`~unet_patches.tiling.TiledPredictor` (``overlap``,
+            ``batch_size``, ``blend``, ``padding``, ``tta``, ``precision``, ``compile``, ``device``, ...);
+            ``Config.inference.predictor_options()`` gives those of ``parameters.json``.
 
     Returns:
         ``(H, W)`` uint8 label mask, or ``(labels, probs)``.
@@ -79,9 +74,7 @@ def predict(
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
     in_channels = int(getattr(model, "in_channels", getattr(getattr(model, "config", None), "in_channels", 1)))
     array = image_to_array(image, in_channels)
-    predictor = _predictor(model, window, overlap=overlap, batch_size=batch_size, blend=blend, padding=padding,
-                           tta=tta, precision=precision, compile=compile, device=device)
-    return predictor.labels(array, return_probs=return_probs)
+    return _predictor(model, window, **options).labels(array, return_probs=return_probs)
 
 
 def evaluate_folder(
@@ -89,17 +82,12 @@ def evaluate_folder(
     folder: str | Path,
     *,
     window: int | None = None,
-    overlap: float = 0.5,
-    batch_size: int = 32,
-    blend: str = "mean",
-    padding: str = "reflect",
-    tta: bool = False,
-    precision: str = "auto",
-    compile: bool = False,
-    device: str | torch.device | None = None,
     progress: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Full-image predictions for an ``images/`` + ``masks/`` folder scored against its masks.
+
+    ``window`` and ``options`` are as for :func:`predict`.
 
     Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n}``
     from one confusion matrix over the whole folder (classes absent from truth and prediction are
@@ -110,8 +98,7 @@ def evaluate_folder(
     num_classes = int(model.config.num_classes)
     in_channels = int(model.config.in_channels)
     samples = load_pairs(folder, in_channels, num_classes)
-    predictor = _predictor(model, window, overlap=overlap, batch_size=batch_size, blend=blend, padding=padding,
-                           tta=tta, precision=precision, compile=compile, device=device)
+    predictor = _predictor(model, window, **options)
     matrix = ConfusionMatrix(num_classes)
     for sample in tqdm(samples, desc="evaluate", disable=not progress, leave=False):
         matrix.update(torch.from_numpy(predictor.labels(sample.image)), torch.from_numpy(sample.mask))

@@ -221,12 +221,10 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
 
 
 def _inference_options(args: argparse.Namespace) -> dict:
-    c = _config(args).replace(
+    return _config(args).replace(
         "inference", overlap=args.overlap, batch_size=args.batch_size, blend=args.blend, padding=args.padding,
         tta=args.tta, precision=args.precision, compile=args.compile,
-    ).inference
-    return dict(overlap=c.overlap, batch_size=c.batch_size, blend=c.blend, padding=c.padding, tta=c.tta,
-                precision=c.precision, compile=c.compile)
+    ).inference.predictor_options()
 
 
 def _predict_parser(sub) -> None:

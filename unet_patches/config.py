@@ -170,6 +170,11 @@ class InferenceConfig:
         _choice("inference.padding", self.padding, ("reflect", "constant"))
         _choice("inference.precision", self.precision, PRECISIONS)
 
+    def predictor_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of ``TiledPredictor`` (and so of ``predict``,
+        ``evaluate_folder`` and ``predict_files``)."""
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True)
 class Config:

@@ -66,21 +66,17 @@ def run(params: str | None, minutes: float | None) -> int:
 
     print(f"[4/5] full-image evaluation on the {s.n_test} unseen test images")
     model = load_model(result["best_checkpoint"])
-    inference = config.inference
-    scores = evaluate_folder(
-        model, synthetic / "test", overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend,
-        padding=inference.padding, tta=inference.tta, precision=inference.precision,
-    )
+    options = config.inference.predictor_options()
+    scores = evaluate_folder(model, synthetic / "test", **options)
     out = root / "predictions"
     print(f"[5/5] writing label masks and overlays of the test images to {out}")
     logging.getLogger("unet_patches.tiling").setLevel(logging.WARNING)  # not one line per file
     predict_files(
         model, [str(synthetic / "test" / "images")], out, window=model.patch_size, in_channels=model.in_channels,
-        overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend, tta=inference.tta,
-        precision=inference.precision, overwrite=True, progress=False,
+        overwrite=True, progress=False, **options,
     )
     panel = root / "demo_panel.png"
-    write_panel(model, synthetic / "test", panel, inference)
+    write_panel(model, synthetic / "test", panel, options)
     total = time.monotonic() - started
     report = {
         "full_image_test_miou": round(scores["miou"], 4),
@@ -108,7 +104,7 @@ def run(params: str | None, minutes: float | None) -> int:
     return 0
 
 
-def write_panel(model, folder: Path, path: Path, inference) -> None:
+def write_panel(model, folder: Path, path: Path, options: dict) -> None:
     """The first test image | its predicted overlay | the true overlay, side by side."""
     import numpy as np
 
@@ -117,8 +113,7 @@ def write_panel(model, folder: Path, path: Path, inference) -> None:
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)
-    labels = predict(model, raw, overlap=inference.overlap, batch_size=inference.batch_size, blend=inference.blend,
-                     padding=inference.padding, tta=inference.tta, precision=inference.precision)
+    labels = predict(model, raw, **options)
     image = image_to_array(raw, model.in_channels, str(pair.image))
     gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
     truth = read_mask(pair.mask, model.config.num_classes)

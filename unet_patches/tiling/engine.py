@@ -521,27 +521,14 @@ def sliding_window(
     window: int | Sequence[int],
     overlap: float | int | Sequence[float | int] = 0.5,
     *,
-    batch_size: int = 32,
-    blend: str = "mean",
-    sigma_scale: float = 0.125,
-    padding: str = "reflect",
-    pad_value: float = 0.0,
-    tta: bool = False,
-    precision: str = "auto",
-    activation: str | None = "softmax",
-    device: str | torch.device | None = None,
-    compile: bool = False,
     progress: bool = False,
+    **options: object,
 ) -> np.ndarray:
     """Blend ``activation(network(window))`` over a float image ``(C, H, W)``; float32 ``(K, H, W)``.
 
-    See :class:`TiledPredictor` for the arguments. Raises ``UserError`` for invalid settings.
+    ``options`` are :class:`TiledPredictor`'s. Raises ``UserError`` for invalid settings.
     """
-    predictor = TiledPredictor(
-        network, window, overlap, batch_size=batch_size, blend=blend, sigma_scale=sigma_scale,
-        padding=padding, pad_value=pad_value, tta=tta, precision=precision, activation=activation,
-        device=device, compile=compile,
-    )
+    predictor = TiledPredictor(network, window, overlap, **options)  # type: ignore[arg-type]
     return predictor.probabilities(image, progress=progress)
 
 

@@ -18,8 +18,8 @@ import glob
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -104,26 +104,19 @@ def predict_files(
     out_dir: str | Path,
     *,
     window: int | Sequence[int] = 96,
-    overlap: float | int = 0.5,
     in_channels: int | None = None,
-    batch_size: int = 32,
-    blend: str = "gaussian",
-    padding: str = "reflect",
-    tta: bool = False,
-    precision: str = "auto",
-    compile: bool = False,
-    device: str | torch.device | None = None,
     probs: bool = False,
     overlay: bool = True,
     overwrite: bool = False,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     progress: bool = True,
+    **options: Any,
 ) -> list[Path]:
     """Segment image files and write their outputs to ``out_dir``; returns the written paths.
 
-    ``model`` is a network (logits out) or a ready :class:`TiledPredictor` (then the window, overlap,
-    batch, blend, padding, tta, precision, compile and device arguments are ignored); see
-    :class:`TiledPredictor` for their meaning. ``in_channels`` defaults to the model's
+    ``model`` is a network (logits out) or a ready :class:`TiledPredictor` (then ``window`` and
+    ``options`` are ignored). ``options`` are :class:`TiledPredictor`'s keyword arguments (overlap,
+    batch_size, blend, padding, tta, precision, compile, device, ...). ``in_channels`` defaults to the model's
     ``in_channels`` or ``config.in_channels`` attribute, else 1.
 
     Before anything is written, every input is opened (its header read) and every output path is checked
@@ -164,10 +157,7 @@ def predict_files(
     predictor = (
         model
         if isinstance(model, TiledPredictor)
-        else TiledPredictor(
-            model, window, overlap, batch_size=batch_size, blend=blend, padding=padding, tta=tta,
-            precision=precision, compile=compile, device=device,
-        )
+        else TiledPredictor(model, window, **options)
     )
     written: list[Path] = []
     for path, size, large, outs in tqdm(plans, unit="image", desc="predict", disable=not progress or len(plans) < 2):
