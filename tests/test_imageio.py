@@ -103,7 +103,7 @@ def test_bool_image():
         (np.zeros((2, 2, 5), dtype=np.uint8), 3, "5 channel"),
         (np.zeros((2, 2, 3), dtype=np.uint8), 2, "in_channels=2"),
         (np.zeros((2, 2, 2, 2), dtype=np.uint8), 1, "shape"),
-        (np.zeros((2, 2), dtype=np.uint8), 0, "in_channels=0"),
+        (np.zeros((2, 2), dtype=np.uint8), 0, "in_channels = 0"),
     ],
 )
 def test_image_to_array_rejects(raw, in_channels, match):
@@ -208,15 +208,32 @@ def test_colour_overlay():
     assert out[0, 0].tolist() == [51, 51, 51]  # background leaves the image visible
     assert out[0, 1].tolist() == [153, 26, 26]  # 0.5 * 51 + 0.5 * (255, 0, 0), rounded
     assert out[1, 1].tolist() == [26, 153, 26]
-    with pytest.raises(UserError, match="differ in size"):
+    with pytest.raises(ValueError, match="differ in size"):
         colour_overlay(image, np.zeros((3, 3), dtype=int))
 
 
 def test_write_png_rejects_bad_arrays(tmp_path):
-    with pytest.raises(UserError, match="float64"):
+    with pytest.raises(ValueError, match="float64"):
         write_png(tmp_path / "x.png", np.zeros((2, 2)))
-    with pytest.raises(UserError, match="uint16"):
+    with pytest.raises(ValueError, match="uint16"):
         write_png(tmp_path / "x.png", np.zeros((2, 2, 3), dtype=np.uint16))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda tmp: colour_overlay(np.zeros((1, 2, 2), np.float32), np.zeros((3, 3), dtype=int)),
+        lambda tmp: colour_overlay(np.zeros((1, 2, 2), np.float32), np.zeros((2, 2), dtype=int), alpha=2.0),
+        lambda tmp: write_png(tmp / "x.png", np.zeros((2, 2))),
+        lambda tmp: colour_mask(np.zeros((2, 2, 2), dtype=int)),
+    ],
+    ids=["overlay size", "overlay alpha", "png dtype", "labels 3-D"],
+)
+def test_programming_errors_are_value_errors_not_user_errors(tmp_path, call):
+    # Arrays made by the code: a wrong one must keep its traceback, not become a one-line UserError.
+    with pytest.raises(ValueError) as info:
+        call(tmp_path)
+    assert not isinstance(info.value, UserError)
 
 
 # ------------------------------------------------------------------ pairing

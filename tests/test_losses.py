@@ -190,6 +190,12 @@ def test_registry_names_and_options():
         assert LOSSES[name].__doc__.strip()
 
 
+def test_losses_is_a_registry_naming_the_setting():
+    assert LOSSES.names == ("ce", "dice", "dice_ce", "focal", "tversky", "jaccard")
+    with pytest.raises(UserError, match=r"^training\.loss = 'dise': unknown loss \(did you mean 'dice'\?\)"):
+        build_loss("Dise", 3)
+
+
 def test_unknown_name_lists_valid_names_and_closest():
     with pytest.raises(UserError) as info:
         build_loss("dise", 3)
@@ -202,16 +208,16 @@ def test_unknown_name_lists_valid_names_and_closest():
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"num_classes": 1}, "num_classes=1"),
+        ({"num_classes": 1}, "num_classes = 1"),
         ({"class_weights": [1.0, 2.0]}, "class_weights"),
         ({"class_weights": [1.0, -1.0, 1.0]}, "class_weights"),
         ({"class_weights": [0.0, 0.0, 0.0]}, "class_weights"),
         ({"class_weights": [1.0, float("nan"), 1.0]}, "class_weights"),
         ({"ignore_index": "255"}, "ignore_index"),
         ({"name": "ce", "smooth": 1.0}, "smooth"),
-        ({"name": "focal", "gamma": -1.0}, "gamma=-1.0"),
-        ({"smooth": -1.0}, "smooth=-1.0"),
-        ({"name": "tversky", "alpha": -0.1}, "alpha=-0.1"),
+        ({"name": "focal", "gamma": -1.0}, "gamma = -1.0"),
+        ({"smooth": -1.0}, "smooth = -1.0"),
+        ({"name": "tversky", "alpha": -0.1}, "alpha = -0.1"),
         ({"include_background": False, "class_weights": [1.0, 0.0, 0.0]}, "no class left"),
     ],
 )
@@ -224,7 +230,20 @@ def test_bad_arguments_raise_one_line_user_error(kwargs, fragment):
 
 def test_shape_and_class_count_mismatches_raise():
     loss = build_loss("dice_ce", 3)
-    with pytest.raises(UserError, match="expected 3 classes"):
+    with pytest.raises(ValueError, match="expected 3 classes"):
         loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
-    with pytest.raises(UserError, match="target"):
+    with pytest.raises(ValueError, match="target"):
         loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_programming_errors_are_value_errors_not_user_errors(name):
+    # Wrong logits/target shapes come from the code, not the user: they keep their traceback.
+    loss = build_loss(name, 3)
+    for logits, target in [
+        (torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 3, dtype=torch.long)),  # shape mismatch
+        (torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)),  # class count
+    ]:
+        with pytest.raises(ValueError) as info:
+            loss(logits, target)
+        assert not isinstance(info.value, UserError)

@@ -240,8 +240,9 @@ def test_patch_folder(extracted):
     subset = PatchFolder(out, names=["p3", "p1"], in_channels=3)
     assert len(subset) == 2 and subset[0][0].shape == (3, 16, 16)
     assert torch.equal(subset[1][1], dataset[1][1])
-    with pytest.raises(UserError, match="not in its manifest"):
+    with pytest.raises(ValueError, match="not in its manifest") as info:
         PatchFolder(out, names=["p0", "nope"])
+    assert not isinstance(info.value, UserError)  # names come from code, not from the user
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=4)
     images, masks = next(iter(loader))

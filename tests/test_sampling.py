@@ -177,29 +177,31 @@ def test_sharded_indices_give_the_same_samples():
 def test_ignore_index_is_allowed_in_masks_and_never_foreground():
     images, masks = make_data(sizes=[(32, 32)])
     masks[0][:, :16] = 255
-    with pytest.raises(UserError, match="mask 0 holds class value 255"):
+    with pytest.raises(ValueError, match="mask 0 holds class value 255"):
         RandomPatches(images, masks, 16, 4, num_classes=3)
     ds = RandomPatches(images, masks, 16, 50, num_classes=3, ignore_index=255, foreground_fraction=1.0)
     assert set(ds._foreground[0]) == {1, 2}
 
 
+# User settings and user data raise UserError; arrays handed over by code (already checked by the
+# loaders) raise a plain ValueError, which keeps its traceback.
 @pytest.mark.parametrize(
-    "change, fragment",
+    "change, fragment, error",
     [
-        ({"patch_size": 41}, "image 0 is 40x50 (HxW), smaller than patch_size=41"),
-        ({"patch_size": 0}, "patch_size=0"),
-        ({"samples_per_epoch": 0}, "samples_per_epoch=0"),
-        ({"foreground_fraction": 1.5}, "foreground_fraction=1.5"),
-        ({"seed": -1}, "seed=-1"),
-        ({"num_classes": 2}, "holds class value 2"),
-        ({"masks": "short"}, "got 3 images but 2 masks"),
-        ({"masks": "wrong size"}, "image 1 is 64x48 but its mask is 48x64"),
-        ({"images": "integer"}, "image 0 has dtype uint8"),
-        ({"images": "2d"}, "image 0 has shape (40, 50)"),
-        ({"images": "empty"}, "got no images"),
+        ({"patch_size": 41}, "image 0 is 40x50 (HxW), smaller than patch_size=41", UserError),
+        ({"patch_size": 0}, "patch_size = 0", UserError),
+        ({"samples_per_epoch": 0}, "samples_per_epoch = 0", UserError),
+        ({"foreground_fraction": 1.5}, "foreground_fraction = 1.5", UserError),
+        ({"seed": -1}, "seed = -1", UserError),
+        ({"num_classes": 2}, "holds class value 2", ValueError),
+        ({"masks": "short"}, "got 3 images but 2 masks", ValueError),
+        ({"masks": "wrong size"}, "image 1 is 64x48 but its mask is 48x64", ValueError),
+        ({"images": "integer"}, "image 0 has dtype uint8", ValueError),
+        ({"images": "2d"}, "image 0 has shape (40, 50)", ValueError),
+        ({"images": "empty"}, "got no images", UserError),
     ],
 )
-def test_bad_arguments_raise_one_line_user_error(change, fragment):
+def test_bad_arguments_raise_one_line_errors(change, fragment, error):
     images, masks = make_data()
     args = {"patch_size": 16, "samples_per_epoch": 8, "num_classes": 3, "foreground_fraction": 0.0, "seed": 0}
     special = {
@@ -214,16 +216,17 @@ def test_bad_arguments_raise_one_line_user_error(change, fragment):
             images, masks = special[value]()
         else:
             args[key] = value
-    with pytest.raises(UserError) as info:
+    with pytest.raises(error) as info:
         RandomPatches(images, masks, args.pop("patch_size"), args.pop("samples_per_epoch"), **args)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, UserError) == (error is UserError)
 
 
 def test_index_out_of_range_and_bad_epoch():
     ds = make_dataset()
     with pytest.raises(IndexError):
         ds[64]
-    with pytest.raises(UserError, match="epoch=-1"):
+    with pytest.raises(UserError, match="epoch = -1"):
         ds.set_epoch(-1)
 
 
@@ -261,7 +264,7 @@ def test_fixed_windows_whole_images():
         image, mask = ds[j]
         assert torch.equal(image, torch.from_numpy(images[j]))
         assert torch.equal(mask, torch.from_numpy(masks[j]).long())
-    with pytest.raises(UserError, match="per_image=2 with patch_size=None"):
+    with pytest.raises(ValueError, match="per_image=2 with patch_size=None"):
         FixedWindows(images, masks, None, per_image=2)
     with pytest.raises(UserError, match="image 2 is 33x70"):
         FixedWindows(images, masks, 34)
@@ -283,7 +286,7 @@ def test_class_pixel_counts():
     masks = hand_masks()
     masks[0][0, 0] = 255
     assert class_pixel_counts(masks, 4, ignore_index=255).tolist() == [3, 1, 3, 0]
-    with pytest.raises(UserError, match="mask 0 holds class value 255"):
+    with pytest.raises(ValueError, match="mask 0 holds class value 255"):
         class_pixel_counts(masks, 4)
 
 
@@ -300,5 +303,19 @@ def test_median_frequency_weights_by_hand():
 
 @pytest.mark.parametrize("counts", [np.zeros(3), np.array([1, -1, 2]), np.zeros((2, 2, 2))])
 def test_median_frequency_weights_bad_counts(counts):
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError) as info:
         median_frequency_weights(counts)
+    assert not isinstance(info.value, UserError)
+
+
+def test_programming_errors_are_value_errors_not_user_errors():
+    images, masks = make_data()
+    calls = [
+        lambda: RandomPatches(images, [m.T for m in masks], 16, 8, num_classes=3),  # image/mask sizes
+        lambda: FixedWindows([im[0] for im in images], masks, 16),  # (H, W) instead of (C, H, W)
+        lambda: class_pixel_counts([masks[0].astype(np.float32)], 3),  # float mask
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert not isinstance(info.value, UserError)

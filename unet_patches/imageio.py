@@ -8,7 +8,8 @@ Conventions (see docs/DESIGN.md):
   (black 0, red 1, green 2, blue 3) are read as well.
 
 Every problem caused by the user's files raises :class:`~unet_patches.errors.UserError` with a
-one-line message naming the file, what was expected and how to fix it.
+one-line message naming the file, what was expected and how to fix it. Arrays of the wrong shape or
+dtype handed to :func:`colour_overlay` or :func:`write_png` by code raise ``ValueError`` instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from unet_patches.errors import UserError
+from unet_patches.validate import is_int, require_int
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -96,10 +98,6 @@ class Sample:
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -200,11 +198,11 @@ def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np
     model is averaged over its colour channels and a gray image given to a 3-channel model is
     repeated. ``name`` (usually the file) starts the error messages.
 
-    Raises ``UserError`` for other dtypes, NaN/inf values, or channel counts that do not fit.
+    Raises ``UserError`` for an ``in_channels`` that is not an integer >= 1, other dtypes, NaN/inf
+    values, or channel counts that do not fit.
     """
     raw = np.asarray(raw)
-    if not _is_int(in_channels) or in_channels < 1:
-        raise UserError(f"in_channels={in_channels!r}: expected a positive integer such as 1 or 3")
+    require_int("in_channels", in_channels, 1)
     if raw.ndim == 2:
         raw = raw[:, :, None]
     elif raw.ndim != 3:
@@ -284,8 +282,8 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
     Raises ``UserError`` for unreadable files, unknown colours, or values ``>= num_classes``.
     """
     path = Path(path)
-    if not _is_int(num_classes) or not 1 <= num_classes <= 256:
-        raise UserError(f"num_classes={num_classes!r}: expected an integer from 1 to 256")
+    if not is_int(num_classes) or not 1 <= num_classes <= 256:
+        raise UserError(f"num_classes = {num_classes!r}: expected an integer from 1 to 256 (masks are 8-bit)")
     raw = _read_raw(path, keep_palette=True)
     if raw.ndim == 3 and raw.shape[-1] in (2, 4):
         raw = raw[..., :-1]
@@ -343,11 +341,12 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
 def colour_mask(labels: np.ndarray) -> np.ndarray:
     """Colour a ``(H, W)`` label map with ``PALETTE``; returns uint8 ``(H, W, 3)``.
 
-    Raises ``UserError`` for labels that have no palette colour.
+    Raises ``UserError`` for labels that have no palette colour (a ``num_classes`` above the palette
+    size) and ``ValueError`` for labels that are not 2-D (a programming error).
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise UserError(f"labels of shape {labels.shape}: expected a 2-D label map (H,W)")
+        raise ValueError(f"labels of shape {labels.shape}: expected a 2-D label map (H,W)")
     if labels.size and (labels.min() < 0 or labels.max() >= len(PALETTE)):
         raise UserError(
             f"label {int(labels.max())}: only labels 0..{len(PALETTE) - 1} have a colour; "
@@ -361,20 +360,22 @@ def colour_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) ->
 
     ``image`` is float ``(C, H, W)`` in [0, 1] (1 channel shown as gray, 3 as RGB, others averaged);
     ``labels`` is ``(H, W)``. Background (class 0) pixels show the image unchanged; other pixels
-    are ``(1 - alpha) * image + alpha * colour``. Raises ``UserError`` on shape mismatch or a bad
-    ``alpha``.
+    are ``(1 - alpha) * image + alpha * colour``.
+
+    Raises ``ValueError`` (a programming error, not bad user input) on shape mismatch or an
+    ``alpha`` outside [0, 1]; ``UserError`` for labels beyond the palette (see :func:`colour_mask`).
     """
     image = np.asarray(image, dtype=np.float32)
     labels = np.asarray(labels)
     if image.ndim != 3:
-        raise UserError(f"image of shape {image.shape}: expected (C,H,W)")
+        raise ValueError(f"image of shape {image.shape}: expected (C,H,W)")
     if image.shape[1:] != labels.shape:
-        raise UserError(
+        raise ValueError(
             f"image {image.shape[1:]} and labels {labels.shape} differ in size; "
             "give matching arrays"
         )
     if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"alpha={alpha}: expected a value in [0, 1]")
+        raise ValueError(f"alpha = {alpha!r}: expected a value in [0, 1]")
     if image.shape[0] == 3:
         rgb = np.moveaxis(image, 0, -1)
     else:
@@ -389,7 +390,8 @@ def colour_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) ->
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write uint8 ``(H, W)`` / ``(H, W, 3)`` / ``(H, W, 4)`` or uint16 ``(H, W)`` as PNG.
 
-    Parent folders are created. Raises ``UserError`` for other dtypes or shapes.
+    Parent folders are created. Raises ``ValueError`` for other dtypes or shapes: the arrays
+    written are made by the code, so a wrong one is a programming error.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -398,7 +400,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     )
     ok_uint16 = array.dtype == np.uint16 and array.ndim == 2
     if not (ok_uint8 or ok_uint16):
-        raise UserError(
+        raise ValueError(
             f"{path}: cannot write {array.dtype} array of shape {array.shape} as PNG; "
             "expected uint8 (H,W), (H,W,3), (H,W,4) or uint16 (H,W)"
         )

@@ -24,21 +24,24 @@ Shared conventions of every loss here:
 Targets must hold values in [0, K) or ``ignore_index``; they are not checked
 here, because that would force a device synchronisation on every step (the
 datasets check the masks once when they are built).
+
+Errors: loss names and options come from the user's settings and raise
+`UserError`; logits and targets of the wrong shape or class count are a
+programming error and raise plain `ValueError`.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import numbers
-from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unet_patches.errors import UserError
+from unet_patches.registry import Registry
+from unet_patches.validate import is_int, require_int, require_number
 
 # ------------------------------------------------------------ pure functions
 
@@ -58,10 +61,10 @@ def flatten_inputs(
         to 0 (so it is a valid index), valid bool (N, P).
 
     Raises:
-        UserError: the shapes do not match.
+        ValueError: the shapes do not match (a programming error, not bad user input).
     """
     if logits.ndim < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
-        raise UserError(
+        raise ValueError(
             f"logits of shape {tuple(logits.shape)} and target of shape {tuple(target.shape)}; "
             "expected logits (N, K, H, W) and target (N, H, W)"
         )
@@ -160,7 +163,9 @@ def class_mean(per_class: Tensor, class_weights: Tensor) -> Tensor:
 class SegmentationLoss(nn.Module):
     """Base of the losses: holds K, the class weights and the ignore index.
 
-    ``forward(logits (N, K, *spatial), target (N, *spatial)) -> float32 scalar``.
+    ``forward(logits (N, K, *spatial), target (N, *spatial)) -> float32 scalar``; it raises
+    ``ValueError`` when the logits do not have ``num_classes`` channels or the target's shape does
+    not match (a programming error: build the loss with the model's ``num_classes``).
     """
 
     def __init__(
@@ -181,7 +186,7 @@ class SegmentationLoss(nn.Module):
 
     def _check_classes(self, logits: Tensor) -> None:
         if logits.ndim < 2 or logits.shape[1] != self.num_classes:
-            raise UserError(
+            raise ValueError(
                 f"logits of shape {tuple(logits.shape)}; expected {self.num_classes} classes "
                 "on dim 1, build the loss with the model's num_classes"
             )
@@ -214,9 +219,7 @@ class FocalLoss(SegmentationLoss):
         gamma: float = 2.0,
     ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
-        if gamma < 0:
-            raise UserError(f"gamma={gamma!r}; expected a number >= 0 such as 2")
-        self.gamma = float(gamma)
+        self.gamma = require_number("gamma", gamma, 0)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         self._check_classes(logits)
@@ -254,9 +257,7 @@ class OverlapLoss(SegmentationLoss):
         include_background: bool = True,
     ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
-        if smooth < 0:
-            raise UserError(f"smooth={smooth!r}; expected a number >= 0 such as 1")
-        self.smooth = float(smooth)
+        self.smooth = require_number("smooth", smooth, 0)
         self.include_background = bool(include_background)
         keep = torch.ones(num_classes)
         if not include_background:
@@ -314,12 +315,13 @@ class TverskyLoss(OverlapLoss):
         beta: float = 0.7,
     ) -> None:
         super().__init__(num_classes, class_weights, ignore_index, smooth, include_background)
-        if alpha < 0 or beta < 0 or alpha + beta == 0:
+        self.alpha = require_number("alpha", alpha, 0)
+        self.beta = require_number("beta", beta, 0)
+        if self.alpha + self.beta == 0:
             raise UserError(
-                f"alpha={alpha!r}, beta={beta!r}; expected non-negative numbers, not both 0, "
-                "such as alpha=0.3, beta=0.7"
+                f"alpha = {alpha!r}, beta = {beta!r}: expected non-negative numbers, not both 0, "
+                "such as alpha = 0.3, beta = 0.7"
             )
-        self.alpha, self.beta = float(alpha), float(beta)
 
     def score(self, tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
         return tversky_score(tp, fp, fn, self.smooth, self.alpha, self.beta)
@@ -342,13 +344,10 @@ class DiceCELoss(SegmentationLoss):
         ce_weight: float = 1.0,
     ) -> None:
         super().__init__(num_classes, class_weights, ignore_index)
-        if dice_weight < 0 or ce_weight < 0:
-            raise UserError(
-                f"dice_weight={dice_weight!r}, ce_weight={ce_weight!r}; expected numbers >= 0"
-            )
+        self.dice_weight = require_number("dice_weight", dice_weight, 0)
+        self.ce_weight = require_number("ce_weight", ce_weight, 0)
         self.dice = DiceLoss(num_classes, class_weights, ignore_index, smooth, include_background)
         self.ce = CrossEntropyLoss(num_classes, class_weights, ignore_index)
-        self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         dice, ce = self.dice(logits, target), self.ce(logits, target)
@@ -357,7 +356,8 @@ class DiceCELoss(SegmentationLoss):
 
 # ------------------------------------------------------------------ registry
 
-LOSSES: Mapping[str, Callable[..., SegmentationLoss]] = MappingProxyType(
+LOSSES: Registry[Callable[..., SegmentationLoss]] = Registry(
+    "loss",
     {
         "ce": CrossEntropyLoss,
         "dice": DiceLoss,
@@ -365,7 +365,7 @@ LOSSES: Mapping[str, Callable[..., SegmentationLoss]] = MappingProxyType(
         "focal": FocalLoss,
         "tversky": TverskyLoss,
         "jaccard": JaccardLoss,
-    }
+    },
 )
 """Loss name -> constructor. The first docstring line of each says what it is."""
 
@@ -406,20 +406,8 @@ def build_loss(
             an option that loss does not take, or a value out of range.
     """
     key = str(name).strip().lower().replace("-", "_")
-    if key not in LOSSES:
-        close = difflib.get_close_matches(key, list(LOSSES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(
-            f"unknown loss {name!r}; {hint}expected one of: {', '.join(LOSSES)}"
-        )
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or num_classes < 2
-    ):
-        raise UserError(
-            f"num_classes={num_classes!r}; expected an integer >= 2 (background counts as a class)"
-        )
+    constructor = LOSSES.lookup(key, "training.loss")
+    num_classes = require_int("num_classes", num_classes, 2)  # background counts as a class
     if class_weights is not None:
         weights = [float(w) for w in class_weights]
         if (
@@ -428,14 +416,12 @@ def build_loss(
             or not any(w > 0 for w in weights)
         ):
             raise UserError(
-                f"class_weights={weights}; expected {num_classes} finite numbers >= 0, not all 0, "
+                f"class_weights = {weights}: expected {num_classes} finite numbers >= 0, not all 0, "
                 "one per class"
             )
         class_weights = weights
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
-    ):
-        raise UserError(f"ignore_index={ignore_index!r}; expected an integer such as 255, or None")
+    if ignore_index is not None and not is_int(ignore_index):
+        raise UserError(f"ignore_index = {ignore_index!r}: expected an integer such as 255, or None")
     accepted = loss_options(key)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -444,4 +430,4 @@ def build_loss(
             f"{', '.join(accepted) or 'none'}"
         )
     ignore_index = None if ignore_index is None else int(ignore_index)
-    return LOSSES[key](int(num_classes), class_weights, ignore_index, **options)
+    return constructor(num_classes, class_weights, ignore_index, **options)

@@ -1,6 +1,6 @@
 """Random patch extraction to disk, the patch folder's ``manifest.json``, and a dataset over it.
 
-A patch folder (docs/seed-system.md 1.2) looks like::
+A patch folder (docs/ORIGINAL.md 1.2) looks like::
 
     out_dir/images/p0.png ...   8-bit gray (or RGB when in_channels == 3)
     out_dir/masks/p0.png ...    single-channel class indices
@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, load_pairs, read_image, read_mask, write_png
+from unet_patches.validate import is_int, require_int, require_number
 
 __all__ = [
     "FLIPS",
@@ -44,15 +45,6 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 FLIPS = ("none", "lr", "ud", "both")
 _FLIP_AXES = {"none": (), "lr": (-1,), "ud": (-2,), "both": (-2, -1)}
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _require_int(name: str, value: object, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise UserError(f"{name}={value!r}: expected an integer >= {minimum}")
 
 
 def flip(array: np.ndarray, kind: str) -> np.ndarray:
@@ -142,13 +134,13 @@ def extract_patches(
     ``masks/`` and ``manifest.json`` there are replaced).
     """
     source, out_dir = Path(source), Path(out_dir)
-    _require_int("patch_size", patch_size, 1)
-    _require_int("per_image", per_image, 1)
-    _require_int("seed", seed, 0)
+    require_int("patch_size", patch_size, 1)
+    require_int("per_image", per_image, 1)
+    require_int("seed", seed, 0)
     if resize_width is not None:
-        _require_int("resize_width", resize_width, 1)
-    if in_channels not in (1, 3) or isinstance(in_channels, bool):
-        raise UserError(f"in_channels={in_channels!r}: patches are written as gray (1) or RGB (3)")
+        require_int("resize_width", resize_width, 1)
+    if not is_int(in_channels) or in_channels not in (1, 3):
+        raise UserError(f"in_channels = {in_channels!r}: patches are written as gray (1) or RGB (3)")
     _prepare_output(out_dir, source, overwrite)
 
     samples = load_pairs(source, in_channels, num_classes)
@@ -269,12 +261,10 @@ def split_by_source(
     near-copy leaks into validation. ``round(val_fraction * n_sources)`` sources go to validation,
     at least one when ``val_fraction > 0`` and there are >= 2 sources, and never all of them (one
     source: validation is empty). Names keep manifest order. Deterministic for a given ``seed``.
-    Raises ``UserError`` unless ``0 <= val_fraction < 1``.
+    Raises ``UserError`` unless ``0 <= val_fraction < 1`` and ``seed`` is an integer >= 0.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (
-        0.0 <= val_fraction < 1.0
-    ):
-        raise UserError(f"val_fraction={val_fraction!r}: expected a number in [0, 1), e.g. 0.1")
+    require_number("val_fraction", val_fraction, 0, 1, high_open=True)
+    require_int("seed", seed, 0)
     patches = manifest["patches"]
     sources = sorted({p["source"] for p in patches})
     n_val = int(round(val_fraction * len(sources)))
@@ -296,7 +286,9 @@ class PatchFolder(Dataset):
     :func:`split_by_source`. Items are ``(image, mask)``: float32 tensor ``(in_channels, h, w)`` in
     [0, 1] and int64 tensor ``(h, w)``. Files are read lazily in ``__getitem__`` (nothing cached):
     the PNGs are small, reading them is cheap next to a training step, and DataLoader workers then
-    share no large arrays. Raises ``UserError`` for a missing manifest or unknown names.
+    share no large arrays. Raises ``UserError`` for a missing or broken manifest, and ``ValueError``
+    for ``names`` not in the manifest (they come from the caller, e.g. :func:`split_by_source` of
+    the same manifest, so an unknown one is a programming error).
     """
 
     def __init__(
@@ -313,7 +305,7 @@ class PatchFolder(Dataset):
             unknown = sorted(set(names) - set(known))
             if unknown:
                 shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-                raise UserError(
+                raise ValueError(
                     f"{self.folder}: {len(unknown)} patch name(s) not in its manifest ({shown}); "
                     "use names from that folder's manifest.json"
                 )

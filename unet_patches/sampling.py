@@ -10,6 +10,12 @@ epoch ``e`` comes from ``numpy.random.default_rng([seed, e, i])`` and nothing
 else. The samples are therefore identical whatever the number of DataLoader
 workers, the order they run in, or how a `DistributedSampler` shards the
 indices, and resuming at epoch ``e`` reproduces that epoch exactly.
+
+Errors: settings (patch size, seed, counts, fractions) and an image smaller than
+the patch raise `UserError`; arrays of the wrong shape or dtype, mismatched
+lists and mask values outside the classes raise plain `ValueError`, because the
+loaders (`imageio.load_pairs`, `imageio.read_mask`) have already checked the
+user's files and such arrays mean a programming error.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unet_patches.errors import UserError
+from unet_patches.validate import require_int, require_number
 
 # Bits of `Window.flip`.
 FLIP_LR = 1  # mirror the columns (left <-> right)
@@ -52,11 +59,12 @@ def _as_images_and_masks(
     """Check and return the images as float32 (C,H,W) and masks as integer (H,W) arrays.
 
     Raises:
-        UserError: different list lengths, no images, wrong dimensions or
-            dtypes, or an image and its mask of different sizes.
+        UserError: no images (left for training by the user's data and settings).
+        ValueError: different list lengths, wrong dimensions or dtypes, an image
+            and its mask of different sizes, or different channel counts.
     """
     if len(images) != len(masks):
-        raise UserError(
+        raise ValueError(
             f"got {len(images)} images but {len(masks)} masks; expected one mask per image, "
             "pass the lists in matching order"
         )
@@ -66,22 +74,22 @@ def _as_images_and_masks(
     for j, (image, mask) in enumerate(zip(images, masks)):
         image, mask = np.asarray(image), np.asarray(mask)
         if image.ndim != 3:
-            raise UserError(
+            raise ValueError(
                 f"image {j} has shape {image.shape}; expected (C, H, W), "
                 "convert it with imageio.image_to_array"
             )
         if not np.issubdtype(image.dtype, np.floating):
-            raise UserError(
+            raise ValueError(
                 f"image {j} has dtype {image.dtype}; expected float32 values in [0, 1], "
                 "convert it with imageio.image_to_array"
             )
         if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
-            raise UserError(
+            raise ValueError(
                 f"mask {j} has shape {mask.shape} and dtype {mask.dtype}; expected an integer "
                 "(H, W) array of class indices, read it with imageio"
             )
         if image.shape[1:] != mask.shape:
-            raise UserError(
+            raise ValueError(
                 f"image {j} is {image.shape[1]}x{image.shape[2]} but its mask is "
                 f"{mask.shape[0]}x{mask.shape[1]} (HxW); expected the same size, check the pairing"
             )
@@ -89,7 +97,7 @@ def _as_images_and_masks(
         out_masks.append(mask)
     channels = {image.shape[0] for image in out_images}
     if len(channels) > 1:
-        raise UserError(
+        raise ValueError(
             f"images have different channel counts {sorted(channels)}; expected one count, "
             "convert them all with the same in_channels"
         )
@@ -97,11 +105,9 @@ def _as_images_and_masks(
 
 
 def _check_patch_fits(images: list[np.ndarray], patch_size: int) -> None:
-    """Raise `UserError` naming the first image smaller than ``patch_size`` on either side."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)):
-        raise UserError(f"patch_size={patch_size!r}; expected a positive integer such as 128")
-    if patch_size < 1:
-        raise UserError(f"patch_size={patch_size!r}; expected a positive integer such as 128")
+    """Raise `UserError` for a ``patch_size`` that is not an integer >= 1, or naming the first
+    image smaller than ``patch_size`` on either side."""
+    require_int("patch_size", patch_size, 1)
     for j, image in enumerate(images):
         h, w = image.shape[1:]
         if h < patch_size or w < patch_size:
@@ -111,29 +117,17 @@ def _check_patch_fits(images: list[np.ndarray], patch_size: int) -> None:
             )
 
 
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UserError(f"{name}={value!r}; expected a positive integer")
-    return int(value)
-
-
-def _check_seed(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise UserError(f"{name}={value!r}; expected an integer >= 0")
-    return int(value)
-
-
 def _check_mask_values(
     masks: Sequence[np.ndarray], num_classes: int, ignore_index: int | None
 ) -> None:
-    """Raise `UserError` naming the first mask holding a value outside [0, num_classes)."""
+    """Raise `ValueError` naming the first mask holding a value outside [0, num_classes)."""
     for j, mask in enumerate(masks):
         values = np.unique(mask)
         bad = values[(values < 0) | (values >= num_classes)]
         if ignore_index is not None:
             bad = bad[bad != ignore_index]
         if bad.size:
-            raise UserError(
+            raise ValueError(
                 f"mask {j} holds class value {int(bad[0])}; expected values 0..{num_classes - 1}"
                 + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
                 + ", raise num_classes or fix the mask"
@@ -235,8 +229,9 @@ class RandomPatches(Dataset):
         ignore_index: a mask value that is allowed although >= K and is never foreground.
 
     Raises:
-        UserError: any argument out of range, an image smaller than the patch,
-            mismatched images and masks, or a mask value outside [0, K).
+        UserError: a setting out of range, no images, or an image smaller than the patch.
+        ValueError: images or masks of the wrong shape or dtype, mismatched
+            images and masks, or a mask value outside [0, K).
     """
 
     def __init__(
@@ -256,17 +251,12 @@ class RandomPatches(Dataset):
         self.images, self.masks = _as_images_and_masks(images, masks)
         _check_patch_fits(self.images, patch_size)
         self.patch_size = int(patch_size)
-        self.samples_per_epoch = _check_positive_int("samples_per_epoch", samples_per_epoch)
-        self.num_classes = _check_positive_int("num_classes", num_classes)
-        if not 0.0 <= foreground_fraction <= 1.0:
-            raise UserError(
-                f"foreground_fraction={foreground_fraction!r}; expected a probability in [0, 1] "
-                "such as 0.33"
-            )
-        self.foreground_fraction = float(foreground_fraction)
+        self.samples_per_epoch = require_int("samples_per_epoch", samples_per_epoch, 1)
+        self.num_classes = require_int("num_classes", num_classes, 1)
+        self.foreground_fraction = require_number("foreground_fraction", foreground_fraction, 0, 1)
         self.flips = bool(flips)
         self.rotate90 = bool(rotate90)
-        self.seed = _check_seed("seed", seed)
+        self.seed = require_int("seed", seed, 0)
         self.ignore_index = ignore_index
         self.epoch = 0
         _check_mask_values(self.masks, self.num_classes, ignore_index)
@@ -281,7 +271,7 @@ class RandomPatches(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose samples ``__getitem__`` returns (an integer >= 0)."""
-        self.epoch = _check_seed("epoch", epoch)
+        self.epoch = require_int("epoch", epoch, 0)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -294,7 +284,7 @@ class RandomPatches(Dataset):
         """
         if not 0 <= i < self.samples_per_epoch:
             raise IndexError(f"sample {i} out of range for {self.samples_per_epoch} samples")
-        epoch = self.epoch if epoch is None else _check_seed("epoch", epoch)
+        epoch = self.epoch if epoch is None else require_int("epoch", epoch, 0)
         rng = np.random.default_rng([self.seed, epoch, int(i)])
         p = self.patch_size
 
@@ -340,8 +330,10 @@ class FixedWindows(Dataset):
 
     Raises:
         UserError: ``patch_size`` not a positive integer or None, an image smaller
-            than the patch, ``per_image`` not a positive integer (or not 1 for
-            whole images), a negative seed, or mismatched images and masks.
+            than the patch, ``per_image`` not a positive integer, a negative seed,
+            or no images.
+        ValueError: ``per_image`` not 1 for whole images (only the Python API
+            asks for whole images), or images and masks of the wrong shape or dtype.
     """
 
     def __init__(
@@ -354,11 +346,11 @@ class FixedWindows(Dataset):
     ) -> None:
         self.images, self.masks = _as_images_and_masks(images, masks)
         self.patch_size = patch_size
-        self.per_image = _check_positive_int("per_image", per_image)
-        self.seed = _check_seed("seed", seed)
+        self.per_image = require_int("per_image", per_image, 1)
+        self.seed = require_int("seed", seed, 0)
         if patch_size is None:
             if self.per_image != 1:
-                raise UserError(
+                raise ValueError(
                     f"per_image={per_image} with patch_size=None; whole images are taken once "
                     "each, set per_image=1 or give a patch_size"
                 )
@@ -409,15 +401,16 @@ def class_pixel_counts(
         int64 array (K,), or (N, K) with ``per_image`` for N masks.
 
     Raises:
-        UserError: a mask that is not an integer 2-D array, or holds a value
+        UserError: ``num_classes`` not an integer >= 1.
+        ValueError: a mask that is not an integer 2-D array, or holds a value
             outside [0, K) other than ``ignore_index``.
     """
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_classes = require_int("num_classes", num_classes, 1)
     rows = []
     for j, mask in enumerate(masks):
         mask = np.asarray(mask)
         if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
-            raise UserError(
+            raise ValueError(
                 f"mask {j} has shape {mask.shape} and dtype {mask.dtype}; expected an integer "
                 "(H, W) array of class indices, read it with imageio"
             )
@@ -452,24 +445,26 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
         float32 array (K,).
 
     Raises:
-        UserError: counts of another shape, negative, or all zero.
+        ValueError: counts of another shape, negative, or all zero (counts come
+            from `class_pixel_counts` or the manifest `patches.extract_patches`
+            writes, never straight from the user).
     """
     counts = np.asarray(counts)
     if counts.ndim == 1:
         counts = counts[None, :]
     if counts.ndim != 2 or counts.shape[1] == 0:
-        raise UserError(
+        raise ValueError(
             f"counts has shape {counts.shape}; expected (K,) or (N, K) from class_pixel_counts"
         )
     if (counts < 0).any():
-        raise UserError(
+        raise ValueError(
             "counts holds negative values; expected pixel counts from class_pixel_counts"
         )
     counts = counts.astype(np.float64)
     class_pixels = counts.sum(axis=0)
     present = class_pixels > 0
     if not present.any():
-        raise UserError("counts is all zero; expected masks with at least one labelled pixel")
+        raise ValueError("counts is all zero; expected masks with at least one labelled pixel")
     image_pixels = counts.sum(axis=1)
     # Pixels of the images in which each class occurs at least once.
     pixels_of_images_with = (counts > 0).astype(np.float64).T @ image_pixels

@@ -1,6 +1,6 @@
 """Seeded generator of gray images: lines (class 1) and ellipses (class 2) on a noisy background.
 
-Reproduces the original system's data (docs/seed-system.md 1.1) without its defects: every draw
+Reproduces the original system's data (docs/ORIGINAL.md 1.1) without its defects: every draw
 comes from an explicit ``numpy.random.Generator``; the numbers of lines and of ellipses are drawn
 independently; shapes that cross an edge are clipped there instead of wrapping round to the
 opposite edge; and an existing output folder is only touched with ``overwrite=True``.
@@ -19,6 +19,7 @@ from skimage.morphology import disk
 
 from unet_patches.errors import UserError
 from unet_patches.imageio import write_png
+from unet_patches.validate import require_int, require_number, require_pair
 
 __all__ = ["CLASS_NAMES", "SyntheticSpec", "generate_dataset", "generate_sample"]
 
@@ -54,53 +55,17 @@ class SyntheticSpec:
     def validate(self) -> SyntheticSpec:
         """Return ``self`` if every field makes sense; else raise ``UserError`` naming the field."""
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise UserError(f"{name}={value!r}: expected a positive integer number of pixels")
-        _check_range("lines", self.lines, minimum=0, integer=True)
-        _check_range("ellipses", self.ellipses, minimum=0, integer=True)
-        _check_range("ellipse_radius", self.ellipse_radius, minimum=1, integer=True)
-        _check_range("ellipse_aspect", self.ellipse_aspect, minimum=0, integer=False, open_low=True)
-        _check_range("line_length", self.line_length, minimum=1, integer=True)
-        _check_range("line_dilation", self.line_dilation, minimum=0, integer=True)
+            require_int(name, getattr(self, name), 1)
+        require_pair("lines", self.lines, integer=True, low=0)
+        require_pair("ellipses", self.ellipses, integer=True, low=0)
+        require_pair("ellipse_radius", self.ellipse_radius, integer=True, low=1)
+        require_pair("ellipse_aspect", self.ellipse_aspect, integer=False, low=0, low_open=True)
+        require_pair("line_length", self.line_length, integer=True, low=1)
+        require_pair("line_dilation", self.line_dilation, integer=True, low=0)
         for name in ("shape_gray", "background_mean", "background_clip"):
-            _check_range(name, getattr(self, name), minimum=0.0, maximum=1.0, integer=False)
-        if not _is_number(self.noise_std) or self.noise_std < 0:
-            raise UserError(f"noise_std={self.noise_std!r}: expected a number >= 0")
+            require_pair(name, getattr(self, name), integer=False, low=0, high=1)
+        require_number("noise_std", self.noise_std, 0)
         return self
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _check_range(
-    name: str,
-    value: object,
-    *,
-    minimum: float,
-    maximum: float | None = None,
-    integer: bool,
-    open_low: bool = False,
-) -> None:
-    kind = "integers" if integer else "numbers"
-    bounds = f">{minimum}" if open_low else f">={minimum}"
-    if maximum is not None:
-        bounds += f" and <={maximum}"
-    expected = f"expected (low, high) {kind} {bounds} with low <= high"
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise UserError(f"{name}={value!r}: {expected}")
-    ok_type = _is_int if integer else _is_number
-    low, high = value
-    if not (ok_type(low) and ok_type(high)):
-        raise UserError(f"{name}={value!r}: {expected}")
-    too_low = low <= minimum if open_low else low < minimum
-    if too_low or low > high or (maximum is not None and high > maximum):
-        raise UserError(f"{name}={value!r}: {expected}")
 
 
 def _integer(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
@@ -215,13 +180,11 @@ def generate_dataset(
     """
     out_dir = Path(out_dir)
     spec.validate()
-    for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if not _is_int(value) or value < 0:
-            raise UserError(f"{name}={value!r}: expected an integer >= 0")
+    require_int("n_train", n_train, 0)
+    require_int("n_test", n_test, 0)
     if n_train + n_test == 0:
-        raise UserError("n_train=0 and n_test=0: nothing to generate; ask for at least one image")
-    if not _is_int(seed) or seed < 0:
-        raise UserError(f"seed={seed!r}: expected an integer >= 0")
+        raise UserError("n_train = 0 and n_test = 0: nothing to generate; ask for at least one image")
+    require_int("seed", seed, 0)
     _prepare_output(out_dir, overwrite)
 
     class_pixels = np.zeros(len(CLASS_NAMES), dtype=np.int64)

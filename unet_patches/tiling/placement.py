@@ -4,6 +4,10 @@ MONAI steps by a fixed stride and pulls the last window back to the edge, which 
 two windows nearly coincide; here the ``n`` windows of an axis are spread evenly instead
 (nnU-Net's rule): ``n = ceil((L - w) / stride_max) + 1`` and ``starts = round(linspace(0, L - w, n))``.
 The actual stride is never larger than ``stride_max``, so the overlap is never smaller than asked.
+
+Window and overlap settings come from the user and raise ``UserError``; windows the code placed
+itself that fail :func:`check_coverage`, or an image size that is not two positive integers, are
+programming errors and raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -14,24 +18,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from unet_patches.errors import UserError
+from unet_patches.validate import is_int, is_number
 
 __all__ = ["axis_starts", "check_coverage", "padded_size", "place_windows", "pair", "stride_for"]
 
 Overlap = float | int | Sequence[float | int]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def pair(value: object, name: str) -> tuple:
     """``value`` as a per-axis ``(rows, columns)`` pair (a scalar is used for both axes)."""
     if isinstance(value, (str, bytes)):
-        raise UserError(f"{name}={value!r}: expected a number or a (rows, columns) pair")
+        raise UserError(f"{name} = {value!r}: expected a number or a (rows, columns) pair")
     if isinstance(value, Sequence) or isinstance(value, np.ndarray):
         values = tuple(value)
         if len(values) != 2:
-            raise UserError(f"{name}={value!r}: expected one value or two (rows, columns)")
+            raise UserError(f"{name} = {value!r}: expected one value or two (rows, columns)")
         return values
     return (value, value)
 
@@ -39,8 +40,8 @@ def pair(value: object, name: str) -> tuple:
 def _window_pair(window: int | Sequence[int]) -> tuple[int, int]:
     sizes = pair(window, "window")
     for size in sizes:
-        if not _is_int(size) or size < 1:
-            raise UserError(f"window={window!r}: expected a positive whole number of pixels per axis")
+        if not is_int(size) or size < 1:
+            raise UserError(f"window = {window!r}: expected a positive whole number of pixels per axis")
     return int(sizes[0]), int(sizes[1])
 
 
@@ -50,17 +51,17 @@ def stride_for(window: int, overlap: float | int) -> int:
     A fraction gives ``floor(window * (1 - overlap))`` (at least 1), MONAI's rule, so both tools agree
     on the stride for the same settings. Raises ``UserError`` for an overlap outside those ranges.
     """
-    if _is_int(overlap):
+    if is_int(overlap):
         if not 0 <= overlap < window:
             raise UserError(
-                f"overlap={overlap} pixels with a window of {window}: expected 0 <= overlap < window "
+                f"overlap = {overlap} pixels with a window of {window}: expected 0 <= overlap < window "
                 "(or a fraction such as 0.5)"
             )
         return window - int(overlap)
-    if isinstance(overlap, (float, np.floating)) and 0.0 <= overlap < 1.0:
+    if is_number(overlap) and 0.0 <= overlap < 1.0:
         return max(1, int(window * (1.0 - float(overlap))))
     raise UserError(
-        f"overlap={overlap!r}: expected a fraction in [0, 1) such as 0.5, or whole pixels below the window"
+        f"overlap = {overlap!r}: expected a fraction in [0, 1) such as 0.5, or whole pixels below the window"
     )
 
 
@@ -81,27 +82,28 @@ def axis_starts(length: int, window: int, stride: int) -> np.ndarray:
 
 
 def check_coverage(starts: Sequence[int] | np.ndarray, window: int, length: int) -> None:
-    """Raise ``UserError`` unless windows at ``starts`` cover every pixel of the axis exactly once or more.
+    """Raise ``ValueError`` unless windows at ``starts`` cover every pixel of the axis exactly once or more.
 
-    Also rejects windows that run past the border or repeat a start (wasted work).
+    Also rejects windows that run past the border or repeat a start (wasted work). The starts are
+    placed by the code (:func:`axis_starts`), so a failure is a programming error, not bad user input.
     """
     starts = np.asarray(starts, dtype=np.int64)
     if starts.size == 0:
-        raise UserError(f"no windows for an axis of {length} pixels; expected at least one")
+        raise ValueError(f"no windows for an axis of {length} pixels; expected at least one")
     if starts[0] != 0:
-        raise UserError(f"pixels 0..{starts[0] - 1} are not covered by any window; the first window must start at 0")
+        raise ValueError(f"pixels 0..{starts[0] - 1} are not covered by any window; the first window must start at 0")
     if starts[-1] + window != length:
-        raise UserError(
+        raise ValueError(
             f"the last window ends at {starts[-1] + window}, not at the border ({length}); "
             "windows must end exactly at the border"
         )
     steps = np.diff(starts)
     if np.any(steps <= 0):
-        raise UserError(f"window starts {starts.tolist()} repeat or go backwards; expected increasing starts")
+        raise ValueError(f"window starts {starts.tolist()} repeat or go backwards; expected increasing starts")
     gaps = np.nonzero(steps > window)[0]
     if gaps.size:
         first = int(starts[gaps[0]] + window)
-        raise UserError(
+        raise ValueError(
             f"pixels {first}..{int(starts[gaps[0] + 1]) - 1} are not covered by any window "
             f"(step {int(steps[gaps[0]])} > window {window}); lower the stride or raise the overlap"
         )
@@ -121,11 +123,12 @@ def place_windows(
     ``window`` and ``overlap`` take one value for both axes or a ``(rows, columns)`` pair; overlap is a
     fraction in [0, 1) or whole pixels. An axis shorter than its window gets a single start at 0 of the
     padded axis (see :func:`padded_size`): padding and cropping back are the runner's job.
-    Raises ``UserError`` for invalid sizes, windows or overlaps.
+    Raises ``UserError`` for invalid windows or overlaps (user settings) and ``ValueError`` for an
+    invalid ``size`` (it is taken from an image that was already checked).
     """
     wh, ww = _window_pair(window)
     oh, ow = pair(overlap, "overlap")
-    if len(size) != 2 or not all(_is_int(s) and s >= 1 for s in size):
-        raise UserError(f"image size {tuple(size)!r}: expected two positive whole numbers (H, W)")
+    if len(size) != 2 or not all(is_int(s) and s >= 1 for s in size):
+        raise ValueError(f"image size {tuple(size)!r}: expected two positive whole numbers (H, W)")
     hp, wp = padded_size(size, (wh, ww))
     return axis_starts(hp, wh, stride_for(wh, oh)), axis_starts(wp, ww, stride_for(ww, ow))

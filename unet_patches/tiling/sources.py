@@ -2,7 +2,8 @@
 
 The engine asks for rows in increasing order (bands overlap by the window overlap). A source returns
 float32 ``(C, rows, W)`` normalised exactly as :func:`unet_patches.imageio.image_to_array` does,
-because it calls that function on each band of raw rows.
+because it calls that function on each band of raw rows. A file that cannot be read (broken,
+truncated, not a 2-D image) raises ``UserError``; an in-memory array of the wrong shape, ``ValueError``.
 
 - :class:`ArraySource`: an image already in memory, float32 ``(C, H, W)``.
 - :class:`RawSource`: a raw ``(H, W)`` / ``(H, W, C)`` array in the file's dtype, normalised per band
@@ -25,7 +26,7 @@ import tifffile
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, read_image
 
-__all__ = ["ArraySource", "RawSource", "RowSource", "TiffSource", "open_source"]
+__all__ = ["ArraySource", "RawSource", "RowSource", "TiffSource", "image_size"]
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,16 @@ class RowSource:
 
 
 class ArraySource(RowSource):
-    """A float image ``(C, H, W)`` already in memory; bands are views, not copies."""
+    """A float image ``(C, H, W)`` already in memory; bands are views, not copies.
+
+    Raises ``ValueError`` for an array that is not a non-empty ``(C, H, W)`` image: arrays come from
+    :func:`~unet_patches.imageio.image_to_array` or a Python caller, so that is a programming error.
+    """
 
     def __init__(self, image: np.ndarray) -> None:
         image = np.asarray(image)
         if image.ndim != 3 or 0 in image.shape:
-            raise UserError(f"image of shape {image.shape}: expected a non-empty (C,H,W) array")
+            raise ValueError(f"image of shape {image.shape}: expected a non-empty (C,H,W) array")
         self.image = image if image.dtype == np.float32 else image.astype(np.float32)
         self.channels, self.height, self.width = self.image.shape
 
@@ -86,6 +91,7 @@ class _ContiguousReader:
     """Rows of uncompressed, contiguous, byte-aligned TIFF data, by positioned reads."""
 
     def __init__(self, path: Path, offset: int, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = path
         self.fd = os.open(path, os.O_RDONLY)
         self.offset = offset
         self.row_shape = row_shape
@@ -96,7 +102,9 @@ class _ContiguousReader:
         size = (stop - start) * self.row_bytes
         data = os.pread(self.fd, size, self.offset + start * self.row_bytes)
         if len(data) != size:
-            raise UserError(f"TIFF data ends early (rows {start}..{stop}); the file is truncated")
+            raise UserError(
+                f"{self.path}: TIFF data ends early (rows {start}..{stop}); the file is truncated, re-save it"
+            )
         array = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.row_shape))
         return array.astype(self.dtype.newbyteorder("="), copy=False)
 
@@ -129,11 +137,17 @@ class _ChunkReader:
             fh = self.tif.filehandle
             for k in range(index * self.across, (index + 1) * self.across):
                 offset, count = self.page.dataoffsets[k], self.page.databytecounts[k]
-                data = None
-                if count:
-                    fh.seek(offset)
-                    data = fh.read(count)
-                segment, position, _ = self.page.decode(data, k, jpegtables=self.jpegtables)
+                try:
+                    data = None
+                    if count:
+                        fh.seek(offset)
+                        data = fh.read(count)
+                    segment, position, _ = self.page.decode(data, k, jpegtables=self.jpegtables)
+                except Exception as exc:  # codecs raise many types for truncated or damaged data
+                    raise UserError(
+                        f"{fh.path}: cannot decode TIFF data at rows {top}..{top + rows} "
+                        f"({' '.join(str(exc).split())}); the file is truncated or damaged, re-save it"
+                    ) from exc
                 if segment is None:
                     continue
                 segment = segment.reshape(segment.shape[-3:])  # (length, width, samples)
@@ -243,11 +257,3 @@ def image_size(path: str | Path) -> tuple[int, int]:
             f"{path}: cannot read as an image ({' '.join(str(exc).split())}); "
             "expected a readable PNG, TIFF, JPEG or BMP file"
         ) from exc
-
-
-def open_source(path: str | Path, in_channels: int, stream: bool) -> RowSource:
-    """A row source for an image file: band-wise from disk for a TIFF when ``stream``, else in memory."""
-    path = Path(path)
-    if stream and path.suffix.lower() in TIFF_SUFFIXES:
-        return TiffSource(path, in_channels)
-    return RawSource(read_image(path), in_channels, str(path))
