@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakSampler, Timer, machine, peak_rss_mb  # noqa: E402
 
-from unet_patches.model import UNet  # noqa: E402
-from unet_patches.tiling import TiledPredictor, predict_files  # noqa: E402
+from unet_patches.models import UNet  # noqa: E402
+from unet_patches.tiling import TiledPredictor, open_image, plan_outputs, write_outputs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 3
@@ -65,10 +65,9 @@ def synthetic_image(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def build_model(width: int, checkpoint: str | None) -> torch.nn.Module:
     """The trained model at ``checkpoint``, or a UNet of ``base_width=width`` with seeded random weights."""
     if checkpoint:
-        from unet_patches.api import load_model
+        from unet_patches.api import Segmenter
 
-        loaded = load_model(checkpoint)
-        return (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+        return Segmenter.from_checkpoint(checkpoint).network
     torch.manual_seed(0)
     model = UNet(in_channels=1, num_classes=NUM_CLASSES, base_width=width)
     # Non-trivial BatchNorm statistics, so that folding them into the convolutions is exercised.
@@ -268,8 +267,10 @@ def child_stream(args: argparse.Namespace) -> None:
         predictor.forward_windows(torch.rand(predictor.windows_per_batch, 1, *predictor.window))
     ready_rss = peak_rss_mb()
     with PassTimer(predictor) as passes, Timer() as t:
-        predict_files(predictor, [args.child_tiff], args.child_out, stream_threshold_px=0, overlay=False,
-                      progress=False, overwrite=True)
+        (plan,) = plan_outputs([Path(args.child_tiff)], args.child_out, overlay=False, probs=False, overwrite=True,
+                               stream_threshold_px=0)
+        with open_image(plan.image, 1, plan.large) as source:
+            write_outputs(predictor, source, plan.outputs, plan.large, progress=False)
     engine = t.result.wall - sum(passes)
     print(json.dumps({"wall_s": t.result.wall, "cpu_s": t.result.cpu, "warmup_s": warm.result.wall,
                       "passes": len(passes), "forward_s": sum(passes), "engine_s": engine,

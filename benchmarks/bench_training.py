@@ -9,7 +9,7 @@ Part A (one process, same model, same batches): training throughput in patches p
   bf16 (AMX / AVX-512 BF16); on an AVX2-only CPU it is fp32 + channels_last, so auto / fp32 is ~1
   there by construction and the bf16 row shows the slowdown that auto avoids.
 Part B (one process): the data pipeline's share of the step time. Steps fed by the real DataLoader
-  (``training.make_datasets`` + ``training.make_loader``: on-the-fly ``RandomPatches`` from full
+  (``data.make_datasets`` + ``data.make_loader``: on-the-fly ``RandomPatches`` from full
   synthetic images, and a ``PatchFolder`` of PNG patches) against the same batches as ready-made
   tensors, interleaved step by step so that both see the same background load. The share is
   measured two ways: the time spent waiting for the next batch over the loader-fed step time
@@ -52,11 +52,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
 from common import Timer, machine  # noqa: E402
 
-from unet_patches import runtime, training  # noqa: E402
-from unet_patches.api import evaluate_folder, load_model  # noqa: E402
+from unet_patches import checkpoints, data, optim, runtime, training  # noqa: E402
+from unet_patches.api import Segmenter, evaluate_folder  # noqa: E402
 from unet_patches.config import config_from_dict, load_config  # noqa: E402
 from unet_patches.losses import build_loss  # noqa: E402
-from unet_patches.model import build_model, count_parameters  # noqa: E402
+from unet_patches.models import build_model, count_parameters  # noqa: E402
 from unet_patches.patches import extract_patches  # noqa: E402
 from unet_patches.synthetic import generate_dataset  # noqa: E402
 
@@ -70,11 +70,10 @@ PIPELINE_TARGET = 0.10
 
 def make_config(args: argparse.Namespace, root: Path, folder: str, **training_values):
     """parameters.json with the data under ``root`` and this benchmark's batch and patch size."""
-    config = load_config(args.params)
-    config = config.replace("data", root=str(root)).replace("patches", patch_size=args.patch_size)
     values = dict(folder=folder, batch_size=args.batch_size, checkpoint_dir=str(root / "ck"), log_dir=str(root / "runs"))
     values.update(training_values)
-    return config.replace("training", **values)
+    overrides = {"data": {"root": str(root)}, "patches": {"patch_size": args.patch_size}, "training": values}
+    return load_config(args.params, overrides)
 
 
 def make_data(args: argparse.Namespace, root: Path) -> None:
@@ -99,12 +98,12 @@ class Trainer:
         if precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(t.loss, config.data.num_classes)
-        self.optimizer = training.build_optimizer(t.optimizer, self.model.parameters(), t.learning_rate, t.momentum, t.weight_decay)
+        self.optimizer = optim.build_optimizer(t.optimizer, self.model.parameters(), t.learning_rate, t.momentum, t.weight_decay)
         self.precision = precision
 
     def run(self, batches) -> tuple[float, float, float]:
         """One pass of ``train_one_epoch`` over ``batches``: (wall s, process CPU s, mean loss)."""
-        progress = training.Progress(total_steps=10**9)
+        progress = optim.Progress(total_steps=10**9)
         progress.start()
         with Timer() as timer:
             loss = training.train_one_epoch(
@@ -163,8 +162,8 @@ def take(loader, n: int) -> list:
 
 def precision_part(args: argparse.Namespace, root: Path) -> dict:
     config = make_config(args, root, "synthetic/train", samples_per_epoch=args.steps * args.batch_size)
-    sources = training.make_datasets(config)
-    loader = training.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=0)
+    sources = data.make_datasets(config)
+    loader = data.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=0)
     batches = take(loader, args.steps)
     auto = runtime.resolve_precision("auto", CPU)
     modes = [("auto", auto), ("fp32", runtime.resolve_precision("fp32", CPU)), ("bf16 (forced)", runtime.resolve_precision("bf16", CPU))]
@@ -211,18 +210,18 @@ def pipeline_part(args: argparse.Namespace, root: Path) -> dict:
     }
     loaders = {}
     for label, config in configs.items():
-        sources = training.make_datasets(config)
+        sources = data.make_datasets(config)
         workers = config.training.num_workers if args.workers is None else args.workers
-        loaders[label] = (training.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=workers), workers)
+        loaders[label] = (data.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=workers), workers)
     trainer = Trainer(next(iter(configs.values())), precision)
     trainer.run(take(loaders[next(iter(loaders))][0], args.warmup))  # warm up on ready-made batches
     rows: dict[str, dict] = {}
     for label, (loader, workers) in loaders.items():
         timed = Interleaved([], loader)
         for repeat in range(args.repeats):
-            training.set_epoch(loader, repeat)
+            data.set_epoch(loader, repeat)
             ready = take(loader, n)  # the very batches the loader is about to give again
-            training.set_epoch(loader, repeat)
+            data.set_epoch(loader, repeat)
             pass_ = Interleaved(ready, loader)
             trainer.run(pass_)
             assert pass_.count == {"ready": n, "loader": n}, f"{label}: {pass_.count}, expected {n} of each"
@@ -247,19 +246,19 @@ def pipeline_part(args: argparse.Namespace, root: Path) -> dict:
 def final_miou(last: Path, test: Path) -> dict:
     """The last epoch's validation mIoU as recorded, the saved model re-evaluated in this process,
     and its full-image mIoU on the unseen test images of ``test``."""
-    state = training.load_checkpoint(last)
+    state = checkpoints.load_checkpoint(last)
     config = config_from_dict(state["config"])
-    sources = training.make_datasets(config)
-    loader = training.make_loader(sources.val, config.training.batch_size, train=False, seed=0, num_workers=0)
+    sources = data.make_datasets(config)
+    loader = data.make_loader(sources.val, config.training.batch_size, train=False, seed=0, num_workers=0)
     precision = runtime.resolve_precision(config.training.precision, CPU)
-    _, matrix, _ = training.evaluate(training.model_from_checkpoint(state), loader, None, config.data.num_classes,
+    _, matrix, _ = training.evaluate(checkpoints.model_from_checkpoint(state), loader, None, config.data.num_classes,
                                      device=CPU, precision=precision)
     iou = matrix.iou()
     return {"recorded_miou": state["history"][-1].get("miou"), "reevaluated_miou": matrix.mean_iou(),
             "reevaluated_iou": [None if math.isnan(v) else float(v) for v in iou],
             "foreground_iou": float(iou[1:].mean()) if len(iou) > 1 and not math.isnan(iou[1:].mean()) else None,
             "val_windows": len(sources.val), "steps": state["step"],
-            "test_miou": evaluate_folder(load_model(last), test, precision=config.inference.precision)["miou"]}
+            "test_miou": evaluate_folder(Segmenter.from_checkpoint(last), test, precision=config.inference.precision)["miou"]}
 
 
 def ddp_part(args: argparse.Namespace, root: Path) -> dict:
@@ -274,7 +273,7 @@ def ddp_part(args: argparse.Namespace, root: Path) -> dict:
         run_name = f"ddp{processes}_b{batch}"
         config = make_config(args, root, "synthetic/train", samples_per_epoch=samples, epochs=epochs, run_name=run_name,
                              batch_size=batch)
-        config = config.replace("model", base_width=args.ddp_width)
+        config = config.merged({"model": {"base_width": args.ddp_width}})
         params = root / f"{run_name}.json"
         params.write_text(json.dumps(config.to_dict()))
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

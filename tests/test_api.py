@@ -1,9 +1,9 @@
-"""The Python API: load_model / predict / evaluate_folder on a tiny trained checkpoint."""
+"""The Python API: Segmenter / predict / evaluate_folder on a tiny trained checkpoint."""
 
 import numpy as np
 import pytest
 
-from unet_patches import UserError, evaluate_folder, load_model, predict
+from unet_patches import Segmenter, UserError, evaluate_folder, predict
 from unet_patches.imageio import read_image
 from unet_patches.training import fit
 
@@ -18,16 +18,16 @@ def checkpoint(tmp_path_factory):
     return root, result["best_checkpoint"]
 
 
-def test_load_model_needs_only_the_checkpoint(checkpoint):
+def test_segmenter_needs_only_the_checkpoint(checkpoint):
     _, path = checkpoint
-    model = load_model(path)
-    assert not model.training
+    model = Segmenter.from_checkpoint(path)
+    assert not model.network.training
     assert model.patch_size == 32 and model.in_channels == 1 and len(model.class_names) == 3
 
 
 def test_predict_preprocesses_like_the_cli(checkpoint):
     root, path = checkpoint
-    model = load_model(path)
+    model = Segmenter.from_checkpoint(path)
     raw = read_image(next((root / "synthetic" / "test" / "images").iterdir()))
     labels = predict(model, raw, precision="fp32")
     assert labels.shape == raw.shape[:2] and labels.dtype == np.uint8 and labels.max() < 3
@@ -46,7 +46,7 @@ def test_predict_preprocesses_like_the_cli(checkpoint):
 
 def test_predict_any_size_including_smaller_than_a_window(checkpoint):
     _, path = checkpoint
-    model = load_model(path)
+    model = Segmenter.from_checkpoint(path)
     for shape in [(5, 7), (33, 100), (32, 32)]:
         image = np.random.default_rng(0).random(shape, dtype=np.float32)
         assert predict(model, image, precision="fp32").shape == shape
@@ -58,14 +58,14 @@ def test_predict_any_size_including_smaller_than_a_window(checkpoint):
     (np.full((8, 8), np.nan, np.float32), "NaN"),
 ])
 def test_predict_rejects_bad_arrays_with_user_error(checkpoint, bad, message):
-    model = load_model(checkpoint[1])
+    model = Segmenter.from_checkpoint(checkpoint[1])
     with pytest.raises(UserError, match=message):
         predict(model, bad)
 
 
 def test_evaluate_folder_scores_the_test_images(checkpoint):
     root, path = checkpoint
-    scores = evaluate_folder(load_model(path), root / "synthetic" / "test", precision="fp32")
+    scores = evaluate_folder(Segmenter.from_checkpoint(path), root / "synthetic" / "test", precision="fp32")
     assert scores["images"] == 2 and 0 <= scores["miou"] <= 1
     assert set(scores["iou"]) == set(scores["dice"]) == {"class0", "class1", "class2"}
 
@@ -74,7 +74,7 @@ def test_evaluate_folder_scores_the_test_images(checkpoint):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_compiled_evaluation_scores_like_eager(checkpoint):
     root, path = checkpoint
-    model = load_model(path)
+    model = Segmenter.from_checkpoint(path)
     eager = evaluate_folder(model, root / "synthetic" / "test", precision="fp32")
     compiled = evaluate_folder(model, root / "synthetic" / "test", precision="fp32", compile=True)
     assert compiled["miou"] == pytest.approx(eager["miou"], abs=1e-3)

@@ -27,8 +27,11 @@ def test_file_values_override_defaults_and_flags_override_file(tmp_path):
     path.write_text(json.dumps({"training": {"batch_size": 4, "learning_rate": 0.5}}))
     config = load_config(path)
     assert config.training.batch_size == 4 and config.training.epochs == default_config().training.epochs
-    config = config.replace("training", batch_size=16, learning_rate=None)
+    config = load_config(path, {"training": {"batch_size": 16}})  # only the flags given are overrides
     assert config.training.batch_size == 16 and config.training.learning_rate == 0.5
+    # Overrides are validated with the file's values, as one whole.
+    with pytest.raises(UserError, match="training.batch_size = 0"):
+        load_config(path, {"training": {"batch_size": 0}})
 
 
 @pytest.mark.parametrize(
@@ -37,7 +40,7 @@ def test_file_values_override_defaults_and_flags_override_file(tmp_path):
         ({"training": {"batchsize": 4}}, r"unknown key 'training.batchsize' \(did you mean 'batch_size'\?\)"),
         ({"trainng": {}}, "unknown key 'trainng'"),
         ({"training": {"batch_size": "8"}}, r"'training.batch_size' = '8': expected an integer"),
-        ({"training": {"batch_size": 0}}, r"training.batch_size = 0: expected a value >= 1"),
+        ({"training": {"batch_size": 0}}, r"training.batch_size = 0: expected an integer >= 1"),
         ({"training": {"flips": 1}}, "expected true or false"),
         ({"training": {"learning_rate": -1}}, "learning_rate"),
         ({"training": {"optimizer": "sdg"}}, r"did you mean 'sgd'"),
@@ -45,7 +48,10 @@ def test_file_values_override_defaults_and_flags_override_file(tmp_path):
         ({"training": {"class_weights": [1, 2]}}, "class_weights has 2 values"),
         ({"training": {"class_weights": "inverse"}}, "median_frequency"),
         ({"training": {"epochs": None}}, "training.epochs = null needs training.time_budget_minutes"),
-        ({"inference": {"overlap": 1.0}}, r"inference.overlap = 1.0: expected a value in \[0.0, 1.0\)"),
+        ({"inference": {"overlap": 1.0}}, r"inference.overlap = 1.0: expected a number in \[0.0, 1.0\)"),
+        ({"inference": {"padding": "zeros"}}, r"inference.padding = 'zeros'.*reflect, constant, replicate"),
+        ({"inference": {"blend": "gauss"}}, r"did you mean 'gaussian'"),
+        ({"model": {"name": "unett"}}, r"model.name = 'unett'.*did you mean 'unet'"),
         ({"model": {"num_classes": 4}}, "differ from data"),
         ({"synthetic": {"lines": [5, 1]}}, "low <= high"),
         ({"patches": {"patch_size": 4}}, "patch_size"),
@@ -75,7 +81,15 @@ def test_unreadable_or_broken_file(tmp_path):
 def test_no_epoch_limit_with_a_time_budget():
     config = config_from_dict({"training": {"epochs": None, "time_budget_minutes": 10}})
     assert config.training.epochs is None
-    # replace() ignores None (an absent flag); set() stores it.
-    assert config_from_dict({}).replace("training", epochs=None).training.epochs == default_config().training.epochs
+    # A None override stores null, like the file's null.
     budget = config_from_dict({"training": {"time_budget_minutes": 1}})
-    assert budget.set("training", epochs=None).training.epochs is None
+    assert budget.merged({"training": {"epochs": None}}).training.epochs is None
+
+
+def test_code_defaults_are_the_shipped_file(repo_root):
+    """One set of defaults: what the code assumes is what parameters.json says, key for key."""
+    shipped = json.loads((repo_root / "parameters.json").read_text())
+    shipped = {section: {k: v for k, v in values.items() if not k.startswith("_")}
+               for section, values in shipped.items() if not section.startswith("_")}
+    defaults = json.loads(json.dumps(default_config().to_dict()))  # tuples as lists, like JSON
+    assert defaults == shipped

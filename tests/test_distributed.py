@@ -4,7 +4,7 @@ One short run on a tiny patch folder is shared by the tests of this module. Whil
 audit hook (a ``sitecustomize`` put on ``PYTHONPATH``) logs every file each rank opens, creates,
 renames or removes, so the tests can check from the outside that only rank 0 writes and that the
 two ranks read disjoint shards of every epoch. The sharding is also checked directly on
-``training.make_loader`` with the world size and rank patched.
+``data.make_loader`` with the world size and rank patched.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from unet_patches import runtime, training
+from unet_patches import checkpoints, data, runtime, training
 from unet_patches.config import config_from_dict, load_config
 from unet_patches.losses import build_loss
 from unet_patches.patches import extract_patches
@@ -57,18 +57,18 @@ if "RANK" in os.environ and os.environ.get("AUDIT_DIR"):
 EVALUATE = r'''
 import json, sys
 import torch
-from unet_patches import runtime, training
+from unet_patches import checkpoints, data, runtime, training
 from unet_patches.config import config_from_dict
 from unet_patches.losses import build_loss
 
-state = training.load_checkpoint(sys.argv[1])
+state = checkpoints.load_checkpoint(sys.argv[1])
 config = config_from_dict(state["config"])
 device = runtime.init_distributed(torch.device("cpu"))
-sources = training.make_datasets(config)
+sources = data.make_datasets(config)
 t = config.training
-loader = training.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
-loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=training.resolve_class_weights(config, sources))
-model = training.model_from_checkpoint(state, device)
+loader = data.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
+loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=data.resolve_class_weights(config, sources))
+model = checkpoints.model_from_checkpoint(state, device)
 loss, matrix, _ = training.evaluate(model, loader, loss_fn, config.data.num_classes, device=device,
                                     precision=runtime.resolve_precision(t.precision, device))
 if runtime.is_main_process():
@@ -104,7 +104,9 @@ def ddp_run(tmp_path_factory):
         "data": {"root": str(root)},
         "patches": {"patch_size": 32},
         "model": {"base_width": 4, "depth": 2},
-        "training": {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.05, "precision": "fp32",
+        # Cross-entropy is a mean over pixels, so its value does not depend on how samples are batched
+        # (a Dice term's batch statistics would), and one- and two-process evaluations can be compared.
+        "training": {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.05, "precision": "fp32", "loss": "ce",
                      "num_workers": 0, "checkpoint_dir": str(root / "ck"), "log_dir": str(root / "runs")},
     }))
     hooks, audit = root / "hooks", root / "audit"
@@ -117,22 +119,22 @@ def ddp_run(tmp_path_factory):
                       "--no-progress", "--json", env=env)
     assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     env.pop("AUDIT_DIR")
-    config = load_config(params).replace("training", folder="patches")
+    config = load_config(params, {"training": {"folder": "patches"}})
     return {"root": root, "params": params, "env": env, "result": result, "audit": audit, "config": config,
             "run_dir": root / "ck" / "ddp"}
 
 
 def test_two_process_run_writes_each_checkpoint_from_rank_0_only(ddp_run):
     summary = json_lines(ddp_run["result"].stdout)[-1]
-    sources = training.make_datasets(ddp_run["config"])
+    sources = data.make_datasets(ddp_run["config"])
     steps_per_epoch = len(sources.train) // 2 // BATCH  # each rank takes half of every epoch
     assert summary["epochs"] == EPOCHS and summary["steps"] == EPOCHS * steps_per_epoch
     run_dir = ddp_run["run_dir"]
     # Exactly the expected files: no duplicates, no temporary files left from a partial write.
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt"]
-    last = training.load_checkpoint(run_dir / "last.pt")
+    last = checkpoints.load_checkpoint(run_dir / "last.pt")
     assert last["epoch"] == EPOCHS and [h["epoch"] for h in last["history"]] == list(range(1, EPOCHS + 1))
-    training.load_checkpoint(run_dir / "best.pt")
+    checkpoints.load_checkpoint(run_dir / "best.pt")
 
     root = str(ddp_run["root"])
     rank1 = audit_events(ddp_run["audit"], 1)
@@ -172,7 +174,7 @@ def _epochs_of_reads(events: list[list[str]], folder: Path, names: set[str]) -> 
 
 
 def test_ranks_read_disjoint_shards_that_cover_each_epoch(ddp_run):
-    sources = training.make_datasets(ddp_run["config"])
+    sources = data.make_datasets(ddp_run["config"])
     folder = sources.folder
     train_names, val_names = set(sources.train.names), set(sources.val.names)
     steps_per_epoch = len(sources.train) // 2 // BATCH
@@ -209,8 +211,8 @@ def _shards(monkeypatch, n: int, batch: int, train: bool, epoch: int = 0) -> lis
     for rank in (0, 1):
         monkeypatch.setattr(runtime, "world_size", lambda: 2)
         monkeypatch.setattr(runtime, "rank", lambda rank=rank: rank)
-        loader = training.make_loader(Indices(n), batch, train=train, seed=3, num_workers=0)
-        training.set_epoch(loader, epoch)
+        loader = data.make_loader(Indices(n), batch, train=train, seed=3, num_workers=0)
+        data.set_epoch(loader, epoch)
         shards.append([int(i) for b in loader for i in b])
     monkeypatch.undo()
     return shards
@@ -233,13 +235,13 @@ def test_make_loader_gives_each_rank_a_distinct_shard(monkeypatch, n):
 
 
 def _single_process(state_path: Path) -> dict:
-    state = training.load_checkpoint(state_path)
+    state = checkpoints.load_checkpoint(state_path)
     config = config_from_dict(state["config"])
     t, device = config.training, torch.device("cpu")
-    sources = training.make_datasets(config)
-    loader = training.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
-    loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=training.resolve_class_weights(config, sources))
-    loss, matrix, _ = training.evaluate(training.model_from_checkpoint(state), loader, loss_fn, config.data.num_classes,
+    sources = data.make_datasets(config)
+    loader = data.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
+    loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=data.resolve_class_weights(config, sources))
+    loss, matrix, _ = training.evaluate(checkpoints.model_from_checkpoint(state), loader, loss_fn, config.data.num_classes,
                                         device=device, precision=runtime.resolve_precision(t.precision, device))
     return {"matrix": matrix.matrix.tolist(), "loss": loss, "summary": matrix.summary(config.data.names())}
 
@@ -255,18 +257,42 @@ def two_process_evaluation(ddp_run):
     return printed
 
 
+# Tolerances. The same weights are evaluated in batches of other compositions (two shards against one
+# set) or in another memory layout (the training process keeps its model channels_last; a model rebuilt
+# from a checkpoint is contiguous), and oneDNN picks its float32 kernels per shape, layout and CPU family:
+# on an AVX-512 CPU a recorded loss and its re-evaluation differed by 2e-8 relative, on AVX2 by nothing.
+# Float32 kernels agree to about 1e-6 relative on a mean over a few thousand pixels, so the losses get
+# rel=1e-5. A pixel whose two top classes tie within that rounding may flip its argmax, so the
+# confusion matrices may move a few pixels between cells (never their total) and IoUs get abs=2e-3
+# (one pixel of a class of 500 is 2e-3). A wrong shard, a dropped sample or another rank's BatchNorm
+# statistics, which these tests guard against, change the figures by far more.
+LOSS_RTOL = 1e-5
+MOVED_PIXELS = 8
+IOU_ATOL = 2e-3
+
+
+def _moved_pixels(a: list[list[int]], b: list[list[int]]) -> int:
+    return sum(abs(x - y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b)) // 2
+
+
 def test_confusion_matrix_reduced_over_two_ranks_equals_single_process(ddp_run, two_process_evaluation):
     single = _single_process(ddp_run["run_dir"] / "last.pt")
-    assert two_process_evaluation["matrix"] == single["matrix"]  # exact counts
-    assert sum(map(sum, single["matrix"])) == len(training.make_datasets(ddp_run["config"]).val) * 32 * 32
-    assert two_process_evaluation["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    pixels = len(data.make_datasets(ddp_run["config"]).val) * 32 * 32
+    assert sum(map(sum, single["matrix"])) == sum(map(sum, two_process_evaluation["matrix"])) == pixels
+    assert _moved_pixels(two_process_evaluation["matrix"], single["matrix"]) <= MOVED_PIXELS
+    assert two_process_evaluation["loss"] == pytest.approx(single["loss"], rel=LOSS_RTOL)
 
 
 def test_metrics_recorded_by_ddp_training_match_the_saved_model(ddp_run, two_process_evaluation):
-    recorded = training.load_checkpoint(ddp_run["run_dir"] / "last.pt")["metrics"]
+    recorded = checkpoints.load_checkpoint(ddp_run["run_dir"] / "last.pt")["metrics"]
     single = _single_process(ddp_run["run_dir"] / "last.pt")
-    assert recorded["iou"] == single["summary"]["iou"]
-    assert recorded["val_loss"] == pytest.approx(two_process_evaluation["loss"], rel=1e-9)
+    assert recorded["iou"].keys() == single["summary"]["iou"].keys()
+    for name, value in recorded["iou"].items():
+        expected = single["summary"]["iou"][name]
+        assert (value is None) == (expected is None), name
+        if value is not None:
+            assert value == pytest.approx(expected, abs=IOU_ATOL), name
+    assert recorded["val_loss"] == pytest.approx(two_process_evaluation["loss"], rel=LOSS_RTOL)
 
 
 def test_only_rank_0_prints_the_summary(ddp_run):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from unet_patches.errors import UserError
-from unet_patches.model import ModelConfig, UNet, build_model, count_parameters
+from unet_patches.models import ModelConfig, UNet, build_model, count_parameters
 
 
 @pytest.mark.parametrize("size", [(96, 96), (37, 53), (1, 1), (17, 100)])

@@ -28,12 +28,13 @@ from unet_patches.tiling import (
     expand_inputs,
     pad_indices,
     place_windows,
-    predict_files,
     predict_labels,
-    resolve_precision,
     sliding_window,
 )
-from unet_patches.tiling.engine import cpu_has_fast_bf16
+from unet_patches.tiling.blending import MIN_WEIGHT
+from unet_patches.tiling.sources import ArraySource
+from unet_patches.api import Segmenter, predict_files
+from unet_patches.runtime import cpu_has_fast_bf16, resolve_precision
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -46,6 +47,11 @@ def tiny_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> nn.Module
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 2.0)
     return net.eval()
+
+
+def as_segmenter(net: nn.Module, in_channels: int = 1, classes: int = 3) -> Segmenter:
+    """``net`` with the facts predict_files needs (a 16-pixel training patch)."""
+    return Segmenter(net, 16, tuple(f"class{c}" for c in range(classes)), in_channels)
 
 
 def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -105,8 +111,28 @@ def test_place_windows_matches_the_issue_rule_and_accepts_pairs() -> None:
     ],
 )
 def test_check_coverage_fails_loudly(starts: list[int], window: int, length: int, message: str) -> None:
-    with pytest.raises(UserError, match=message):
+    # The windows are placed by the code, so a failure is a bug with a traceback, not a UserError.
+    with pytest.raises(ValueError, match=message) as info:
         check_coverage(starts, window, length)
+    assert not isinstance(info.value, UserError)
+
+
+@pytest.mark.parametrize("options", [{}, {"compression": "zlib", "rowsperstrip": 5}], ids=["plain", "zlib"])
+def test_truncated_tiff_is_a_user_error_naming_the_file(tmp_path, options: dict) -> None:
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.random.default_rng(5).integers(0, 256, (200, 64), dtype=np.uint8), **options)
+    with tifffile.TiffFile(path) as tif:
+        offsets = tif.pages.first.dataoffsets
+    path.write_bytes(path.read_bytes()[: offsets[len(offsets) // 2] + 100])
+    with pytest.raises(UserError, match="cut.tif.*truncated"), TiffSource(path, in_channels=1) as source:
+        source.read_rows(0, 200)
+
+
+def test_arrays_from_code_raise_value_error_not_user_error() -> None:
+    for call in (lambda: place_windows((0, 16), 16), lambda: ArraySource(np.zeros((16, 16), np.float32))):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert not isinstance(info.value, UserError)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +149,6 @@ def test_check_coverage_fails_loudly(starts: list[int], window: int, length: int
         ({"blend": "median"}, "blend"),
         ({"padding": "wrap"}, "padding"),
         ({"precision": "int8"}, "precision"),
-        ({"activation": "tanh"}, "activation"),
         ({"blend": "gaussian", "sigma_scale": 0.0}, "sigma_scale"),
     ],
 )
@@ -131,6 +156,13 @@ def test_bad_settings_raise_user_error(kwargs: dict, message: str) -> None:
     settings = {"window": 16, "overlap": 0.5, **kwargs}
     with pytest.raises(UserError, match=message):
         TiledPredictor(lambda x: x, **settings)
+
+
+def test_unknown_activation_is_a_programmer_error() -> None:
+    # No setting or flag chooses the activation: only Python code passes it.
+    with pytest.raises(ValueError, match="activation") as info:
+        TiledPredictor(lambda x: x, 16, 0.5, activation="tanh")
+    assert not isinstance(info.value, UserError)
 
 
 # ------------------------------------------------------------------------------------ weights
@@ -157,6 +189,18 @@ def test_blend_weights_are_outer_products_and_sigma_matters() -> None:
     narrow, wide = axis_weights(32, "gaussian", 0.05), axis_weights(32, "gaussian", 0.3)
     assert narrow[4] < wide[4]
     assert axis_weights(96, "gaussian", 0.01).min() > 0  # floored, no underflow to zero
+
+
+def test_blend_modes_registry() -> None:
+    assert list(BLEND_MODES) == ["mean", "gaussian", "hann"] and "hann" in BLEND_MODES
+    for mode, profile in BLEND_MODES.items():
+        raw = profile(17, 0.125)
+        assert raw.dtype == np.float64 and raw.shape == (17,)
+        np.testing.assert_array_equal(axis_weights(17, mode), np.maximum(raw / raw.max(), MIN_WEIGHT))
+    with pytest.raises(UserError, match=r"blend = 'median': unknown blend mode \(did you mean 'mean'\?\)"):
+        axis_weights(16, "median")
+    with pytest.raises(UserError, match="sigma_scale = 0"):
+        axis_weights(16, "gaussian", 0)
 
 
 # ------------------------------------------------------------------------------------ oracles
@@ -331,7 +375,7 @@ def test_streamed_tiff_gives_exactly_the_in_memory_labels(tmp_path, kind: str) -
     expected, expected_probs = predict_labels(image_to_array(raw, 1), net, return_probs=True, **options)
 
     written = predict_files(
-        net, [path], tmp_path / "out", stream_threshold_px=0, probs=True, progress=False, in_channels=1, **options
+        as_segmenter(net), [path], tmp_path / "out", stream_threshold_px=0, probs=True, progress=False, **options
     )
     labels_path = tmp_path / "out" / f"{path.stem}_labels.tif"
     assert labels_path in written
@@ -345,7 +389,7 @@ def test_in_memory_png_input_writes_labels_png(tmp_path) -> None:
     image = (np.random.default_rng(12).random((33, 50)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "a.png")
     net = tiny_net()
-    written = predict_files(net, [tmp_path / "a.png"], tmp_path / "out", window=16, blend="gaussian", progress=False)
+    written = predict_files(as_segmenter(net), [tmp_path / "a.png"], tmp_path / "out", window=16, blend="gaussian", progress=False)
     expected = predict_labels(image_to_array(image, 1), net, 16, blend="gaussian")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_labels.png")), expected)
     assert sorted(p.name for p in written) == ["a_labels.png", "a_overlay.png"]
@@ -386,13 +430,13 @@ def test_writers_round_trip_in_bands(tmp_path) -> None:
 def test_predict_files_refuses_to_overwrite(tmp_path) -> None:
     Image.fromarray(np.full((20, 20), 128, np.uint8)).save(tmp_path / "b.png")
     out = tmp_path / "out"
-    predict_files(tiny_net(), [str(tmp_path / "b.png")], out, window=16, progress=False)
+    predict_files(as_segmenter(tiny_net()), [str(tmp_path / "b.png")], out, window=16, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     Image.fromarray(np.full((20, 20), 10, np.uint8)).save(tmp_path / "b.png")
     with pytest.raises(UserError, match="already exists.*overwrite"):
-        predict_files(tiny_net(), [str(tmp_path / "b.png")], out, window=16, progress=False)
+        predict_files(as_segmenter(tiny_net()), [str(tmp_path / "b.png")], out, window=16, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    predict_files(tiny_net(), [str(tmp_path / "b.png")], out, window=16, progress=False, overwrite=True)
+    predict_files(as_segmenter(tiny_net()), [str(tmp_path / "b.png")], out, window=16, progress=False, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} != before
 
 
@@ -417,13 +461,13 @@ def test_same_stem_in_two_folders_is_refused(tmp_path) -> None:
         (tmp_path / folder).mkdir()
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / "img.png")
     with pytest.raises(UserError, match="both write"):
-        predict_files(tiny_net(), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", window=16, progress=False)
+        predict_files(as_segmenter(tiny_net()), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", window=16, progress=False)
 
 
 def test_unreadable_file_is_a_user_error(tmp_path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="bad.png"):
-        predict_files(tiny_net(), [tmp_path / "bad.png"], tmp_path / "out", window=16, progress=False)
+        predict_files(as_segmenter(tiny_net()), [tmp_path / "bad.png"], tmp_path / "out", window=16, progress=False)
     assert not (tmp_path / "out").exists()
 
 

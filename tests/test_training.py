@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from unet_patches import training
+from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint
 from unet_patches.errors import UserError
 from unet_patches.patches import extract_patches
-from unet_patches.training import fit, load_checkpoint, lr_factor, model_from_checkpoint, save_checkpoint
+from unet_patches.training import fit, resume
 
 from helpers import small_dataset, tiny_config
 
@@ -17,19 +18,6 @@ def data(tmp_path_factory):
     small_dataset(root / "synthetic")
     extract_patches(root / "synthetic" / "train", root / "patches", patch_size=32, per_image=3)
     return root
-
-
-def test_step_schedule_is_the_originals():
-    # x0.1 after 30 % of the run and every 30 % after that.
-    assert lr_factor("step", 0.0) == 1.0
-    assert lr_factor("step", 0.29) == 1.0
-    assert lr_factor("step", 0.3) == pytest.approx(0.1)
-    assert lr_factor("step", 0.6) == pytest.approx(0.01)
-    assert lr_factor("step", 0.95) == pytest.approx(0.001)
-    assert lr_factor("cosine", 1.0) == pytest.approx(0.0)
-    assert lr_factor("poly", 0.5) == pytest.approx(0.5**0.9)
-    assert lr_factor("constant", 0.7, warmup=0.1) == 1.0
-    assert lr_factor("constant", 0.05, warmup=0.1) == pytest.approx(0.51)
 
 
 def test_fit_on_patch_folder_writes_checkpoints_that_rebuild_the_model(data):
@@ -53,39 +41,6 @@ def test_existing_run_is_not_overwritten_without_flag(data):
     with pytest.raises(UserError, match="--resume .*--overwrite"):
         fit(config, progress_bars=False)
     fit(config, progress_bars=False, overwrite=True)
-
-
-def test_checkpoint_round_trip_and_atomic_write(tmp_path):
-    model = torch.nn.Linear(2, 2)
-    state = {"model_config": {"base_width": 4}, "model": model.state_dict(), "format_version": 1}
-    save_checkpoint(state, tmp_path / "c.pt")
-    loaded = load_checkpoint(tmp_path / "c.pt")
-    assert torch.equal(loaded["model"]["weight"], model.weight)
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
-
-
-def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    save_checkpoint({"model_config": {}, "model": {"a": torch.ones(1)}}, tmp_path / "c.pt")
-
-    def broken_save(obj, f):
-        f.write(b"partial")
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(training.torch, "save", broken_save)
-    with pytest.raises(RuntimeError):
-        save_checkpoint({"model_config": {}, "model": {}}, tmp_path / "c.pt")
-    monkeypatch.undo()
-    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["a"], torch.ones(1))
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
-
-
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint"])
-def test_bad_checkpoint_is_a_user_error(tmp_path, content):
-    (tmp_path / "bad.pt").write_bytes(content)
-    with pytest.raises(UserError, match="bad.pt"):
-        load_checkpoint(tmp_path / "bad.pt")
-    with pytest.raises(UserError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_on_the_fly_training_from_full_images(data):
@@ -123,26 +78,15 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(data, monkeypat
     monkeypatch.setattr(training, "train_one_epoch", real)
     cut = data / "checkpoints" / "cut" / "last.pt"
     assert load_checkpoint(cut)["epoch"] == 1
-    resumed = fit(None, resume=cut, progress_bars=False)
+    resumed = resume(cut, progress_bars=False)
     assert resumed["epochs"] == 3
     a, b = _weights(whole["last_checkpoint"]), _weights(resumed["last_checkpoint"])
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_without_an_epoch_limit_the_budget_alone_drives_the_schedule():
-    progress = training.Progress(total_steps=None, budget_seconds=100.0)
-    progress.step, progress._clock = 10**6, 25.0
-    assert progress.fraction() == 0.25 and not progress.done()
-    progress._clock = 100.0
-    assert progress.done()
-    capped = training.Progress(total_steps=40, budget_seconds=100.0)
-    capped.step, capped._clock = 30, 25.0
-    assert capped.fraction() == 0.75  # with both limits the nearer one leads
-
-
 def test_time_budget_without_epochs_trains_until_the_budget(data):
-    config = tiny_config(data, "patches", run_name="budget_only", time_budget_minutes=0.03).set("training", epochs=None)
+    config = tiny_config(data, "patches", run_name="budget_only", time_budget_minutes=0.03, epochs=None)
     result = fit(config, progress_bars=False)
     assert result["epochs"] >= 1 and 0.03 * 60 <= result["seconds"] < 60
 

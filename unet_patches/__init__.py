@@ -1,13 +1,15 @@
 """unet-patches: patch-based multiclass segmentation with tiled inference.
 
->>> from unet_patches import load_model, predict
->>> model = load_model("checkpoints/demo/best.pt")
->>> labels = predict(model, image)          # image: (H, W) or (H, W, C) numpy array
+>>> from unet_patches import Segmenter, predict
+>>> segmenter = Segmenter.from_checkpoint("checkpoints/demo/best.pt")
+>>> labels = predict(segmenter, image)          # image: (H, W) or (H, W, C) numpy array
+
+Importing the package loads the inference side only; training lives in ``unet_patches.training``.
 """
 
 __version__ = "0.1.0"
 
-from .api import evaluate_folder, load_model, predict  # noqa: E402
+from .api import Segmenter, evaluate_folder, predict, predict_files  # noqa: E402
 from .errors import UserError  # noqa: E402
 
-__all__ = ["UserError", "evaluate_folder", "load_model", "predict", "__version__"]
+__all__ = ["Segmenter", "UserError", "evaluate_folder", "predict", "predict_files", "__version__"]

@@ -1,7 +1,15 @@
-"""The Python API: load a checkpoint, segment an array, score a folder."""
+"""The Python API: a :class:`Segmenter` (a trained network and what inference needs from its
+training run) and what it does: segment an array, score a folder, predict image files.
+
+>>> segmenter = Segmenter.from_checkpoint("checkpoints/demo/best.pt")
+>>> labels = predict(segmenter, image)          # image: (H, W) or (H, W, C) numpy array
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,42 +17,71 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import console
+from .checkpoints import NORMALIZATION, load_checkpoint, model_from_checkpoint
 from .errors import UserError
 from .imageio import image_to_array, load_pairs
 from .metrics import ConfusionMatrix
 from .runtime import pick_device
-from .training import load_checkpoint, model_from_checkpoint
+from .tiling import TiledPredictor
+from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
+
+__all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files"]
+
+log = logging.getLogger(__name__)
 
 
-def load_model(path: str | Path, device: str | torch.device | None = "cpu") -> nn.Module:
-    """Rebuild the model stored in a checkpoint, in eval mode.
+@dataclass(frozen=True)
+class Segmenter:
+    """A trained network (eval mode, logits out) and the facts of its training run.
 
-    The model carries what inference needs from its training run as attributes:
-    ``patch_size`` (the default window), ``class_names`` and ``in_channels``.
-
-    Raises:
-        UserError: the file is missing or not a unet-patches checkpoint.
+    ``patch_size`` is the training patch size, the default inference window; ``class_names`` has one
+    name per output class; images are turned into ``in_channels`` input channels as
+    ``normalization`` describes (:func:`~unet_patches.imageio.image_to_array`).
     """
-    device = pick_device(None if device is None else str(device))
-    state = load_checkpoint(path, device)
-    model = model_from_checkpoint(state, device)
-    model.patch_size = int(state.get("patch_size", 96))
-    model.class_names = list(state.get("class_names") or [f"class{c}" for c in range(model.config.num_classes)])
-    model.in_channels = int(model.config.in_channels)
-    return model
 
+    network: nn.Module
+    patch_size: int
+    class_names: tuple[str, ...]
+    in_channels: int
+    normalization: str = NORMALIZATION
 
-def _predictor(model: nn.Module, window: int | None, **options: Any):
-    """A TiledPredictor whose window defaults to the training patch size stored with the model."""
-    from .tiling import TiledPredictor
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
-    if window is None:
-        window = int(getattr(model, "patch_size", 96))
-    return TiledPredictor(model, window, **options)
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
+        """Rebuild the network of a checkpoint on ``device`` (None: CUDA when present), in eval mode.
+
+        Raises:
+            UserError: the file is missing or not a unet-patches checkpoint.
+        """
+        device = pick_device(None if device is None else str(device))
+        state = load_checkpoint(path, device)
+        network = model_from_checkpoint(state, device)
+        num_classes = int(state["model_config"]["num_classes"])
+        names = state.get("class_names") or [f"class{c}" for c in range(num_classes)]
+        return cls(
+            network=network,
+            patch_size=int(state.get("patch_size", 96)),
+            class_names=tuple(names),
+            in_channels=int(state["model_config"].get("in_channels", state.get("in_channels", 1))),
+            normalization=str(state.get("normalization", NORMALIZATION)),
+        )
+
+    def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> TiledPredictor:
+        """A :class:`~unet_patches.tiling.TiledPredictor` over this network; ``window`` defaults to the
+        training patch size, ``options`` are its keyword arguments."""
+        return TiledPredictor(self.network, self.patch_size if window is None else window, **options)
+
+    def to_input(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """A raw ``(H, W)`` / ``(H, W, C)`` image as the float32 ``(in_channels, H, W)`` network input."""
+        return image_to_array(image, self.in_channels, name)
 
 
 def predict(
-    model: nn.Module,
+    segmenter: Segmenter,
     image: np.ndarray,
     *,
     window: int | None = None,
@@ -54,11 +91,11 @@ def predict(
     """Segment one image with sliding windows.
 
     Args:
-        model: a network mapping ``(N, C, h, w)`` to ``(N, K, h, w)`` logits, e.g. from :func:`load_model`.
+        segmenter: from :meth:`Segmenter.from_checkpoint`.
         image: ``(H, W)`` or ``(H, W, C)`` array, uint8, uint16 or float; preprocessed as the command
             line preprocesses files (uint8 / 255, uint16 / 65535, float as is; gray repeated or colour
             averaged to the model's input channels).
-        window: window size; defaults to the training patch size stored with the model.
+        window: window size; defaults to the training patch size.
         return_probs: also return the blended ``(K, H, W)`` float32 probabilities.
         options: keyword arguments of :class:`~unet_patches.tiling.TiledPredictor` (``overlap``,
             ``batch_size``, ``blend``, ``padding``, ``tta``, ``precision``, ``compile``, ``device``, ...);
@@ -72,13 +109,11 @@ def predict(
     """
     if not isinstance(image, np.ndarray):
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
-    in_channels = int(getattr(model, "in_channels", getattr(getattr(model, "config", None), "in_channels", 1)))
-    array = image_to_array(image, in_channels)
-    return _predictor(model, window, **options).labels(array, return_probs=return_probs)
+    return segmenter.predictor(window, **options).labels(segmenter.to_input(image), return_probs=return_probs)
 
 
 def evaluate_folder(
-    model: nn.Module,
+    segmenter: Segmenter,
     folder: str | Path,
     *,
     window: int | None = None,
@@ -93,14 +128,53 @@ def evaluate_folder(
     from one confusion matrix over the whole folder (classes absent from truth and prediction are
     ``None`` and left out of the means).
     """
-    from tqdm.auto import tqdm
-
-    num_classes = int(model.config.num_classes)
-    in_channels = int(model.config.in_channels)
-    samples = load_pairs(folder, in_channels, num_classes)
-    predictor = _predictor(model, window, **options)
-    matrix = ConfusionMatrix(num_classes)
-    for sample in tqdm(samples, desc="evaluate", disable=not progress, leave=False):
+    samples = load_pairs(folder, segmenter.in_channels, segmenter.num_classes)
+    predictor = segmenter.predictor(window, **options)
+    matrix = ConfusionMatrix(segmenter.num_classes)
+    bar = console.progress(len(samples), "evaluate", "image", enabled=progress)
+    for sample in samples:
         matrix.update(torch.from_numpy(predictor.labels(sample.image)), torch.from_numpy(sample.mask))
-    names = getattr(model, "class_names", None)
-    return {**matrix.summary(names), "images": len(samples)}
+        bar.update(1)
+    bar.close()
+    return {**matrix.summary(list(segmenter.class_names)), "images": len(samples)}
+
+
+def predict_files(
+    segmenter: Segmenter,
+    inputs: Sequence[str | Path] | str | Path,
+    out_dir: str | Path,
+    *,
+    window: int | Sequence[int] | None = None,
+    probs: bool = False,
+    overlay: bool = True,
+    overwrite: bool = False,
+    stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
+    progress: bool = True,
+    **options: Any,
+) -> list[Path]:
+    """Segment image files and write their outputs to ``out_dir``; returns the written paths.
+
+    ``inputs`` are files, folders (their images) or glob patterns (:func:`~unet_patches.tiling.expand_inputs`).
+    For each ``<stem>`` this writes ``<stem>_labels.png`` (``.tif`` for images above
+    ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
+    (``overlay``) and ``<stem>_probs.npy`` (``probs``). ``window`` and ``options`` are as for :func:`predict`.
+
+    Raises:
+        UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
+            every input and output is checked before anything is written.
+    """
+    plans = plan_outputs(
+        expand_inputs(inputs), out_dir, overlay=overlay, probs=probs, overwrite=overwrite,
+        stream_threshold_px=stream_threshold_px,
+    )
+    predictor = segmenter.predictor(window, **options)
+    written: list[Path] = []
+    bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
+    for plan in plans:
+        with open_image(plan.image, segmenter.in_channels, plan.large) as source:
+            windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
+            written.extend(write_outputs(predictor, source, plan.outputs, plan.large, windows_bar))
+        log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
+        bar.update(1)
+    bar.close()
+    return written

@@ -1,6 +1,8 @@
 """``unet-patches``: generate, patches, train, predict, evaluate.
 
-Settings come from code defaults < ``parameters.json`` (``--params``) < flags. Bad input
+Settings come from code defaults < ``parameters.json`` (``--params``) < flags. A settings flag is
+absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); the given ones are
+merged into the file's values before validation (:func:`overrides_from`). Bad input
 ends the program with exit status 2 and one line naming the file or value, what was
 expected, and how to fix it.
 """
@@ -11,10 +13,17 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
+from .config import Config, load_config
 from .errors import UserError
+from .losses import LOSSES
+from .optim import OPTIMIZERS, SCHEDULES
+from .runtime import PRECISIONS
+from .tiling.blending import BLEND_MODES
+from .tiling.engine import PADDING_MODES
 
 log = logging.getLogger("unet_patches")
 PROG = "unet-patches"
@@ -28,6 +37,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# --- settings flags: only the flags actually given override parameters.json -----------------------
+
+
+def _setting(parser: argparse.ArgumentParser, *flags: str, key: str, help: str, **kwargs: Any) -> None:
+    """A flag that overrides the setting ``key`` (``section.name``); absent unless given."""
+    parser.add_argument(*flags, dest=key, default=argparse.SUPPRESS, help=f"{help} (default: {key})", **kwargs)
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, *, key: str, value: bool, help: str) -> None:
+    """A flag without a value that sets the boolean setting ``key`` to ``value``."""
+    parser.add_argument(flag, dest=key, action="store_const", const=value, default=argparse.SUPPRESS, help=help)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings flags that were given, as ``{section: {key: value}}``."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        if "." in dest:
+            section, key = dest.split(".", 1)
+            overrides.setdefault(section, {})[key] = list(value) if isinstance(value, list) else value
+    return overrides
+
+
 def _add_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params", metavar="JSON", default=None,
@@ -35,33 +67,38 @@ def _add_params(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace):
-    from .config import load_config
-
-    path = args.params
+def params_path(path: str | None) -> str | None:
+    """``path``, else ``./parameters.json`` when it exists, else None (the code defaults)."""
     if path is None and Path(DEFAULT_PARAMS).is_file():
-        path = DEFAULT_PARAMS
-    return load_config(path)
+        return DEFAULT_PARAMS
+    return path
+
+
+def _config(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    return load_config(params_path(args.params), overrides_from(args) if overrides is None else overrides)
 
 
 # --- generate -----------------------------------------------------------------------------------
 
 
-def _generate_parser(sub) -> None:
+def _generate_parser(sub: Any) -> None:
     p = sub.add_parser("generate", help="write a synthetic data set (lines and ellipses on noise)",
                        description="Write train/ and test/ folders of images/ and masks/ PNGs of synthetic data: "
                                    "lines (class 1) and ellipses (class 2) of random gray on a noisy background.")
     p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/synthetic)")
-    p.add_argument("--n-train", type=int, help="training images (default: synthetic.n_train)")
-    p.add_argument("--n-test", type=int, help="test images (default: synthetic.n_test)")
-    p.add_argument("--seed", type=int, help="random seed (default: synthetic.seed)")
-    p.add_argument("--height", type=int, help="image height in pixels (default 400)")
-    p.add_argument("--width", type=int, help="image width in pixels (default 200)")
-    p.add_argument("--lines", type=int, nargs=2, metavar=("MIN", "MAX"), help="lines per image (default 1 9)")
-    p.add_argument("--ellipses", type=int, nargs=2, metavar=("MIN", "MAX"), help="ellipses per image (default 1 9)")
-    p.add_argument("--shape-gray", type=float, nargs=2, metavar=("LOW", "HIGH"), help="shape intensity range (default 0.0 0.7)")
-    p.add_argument("--background-mean", type=float, nargs=2, metavar=("LOW", "HIGH"), help="background mean range (default 0.7 0.9)")
-    p.add_argument("--noise-std", type=float, help="background noise standard deviation (default 0.1)")
+    _setting(p, "--n-train", key="synthetic.n_train", type=int, help="training images")
+    _setting(p, "--n-test", key="synthetic.n_test", type=int, help="test images")
+    _setting(p, "--seed", key="synthetic.seed", type=int, help="random seed")
+    _setting(p, "--height", key="synthetic.height", type=int, help="image height in pixels")
+    _setting(p, "--width", key="synthetic.width", type=int, help="image width in pixels")
+    _setting(p, "--lines", key="synthetic.lines", type=int, nargs=2, metavar=("MIN", "MAX"), help="lines per image")
+    _setting(p, "--ellipses", key="synthetic.ellipses", type=int, nargs=2, metavar=("MIN", "MAX"),
+             help="ellipses per image")
+    _setting(p, "--shape-gray", key="synthetic.shape_gray", type=float, nargs=2, metavar=("LOW", "HIGH"),
+             help="shape intensity range")
+    _setting(p, "--background-mean", key="synthetic.background_mean", type=float, nargs=2, metavar=("LOW", "HIGH"),
+             help="background mean range")
+    _setting(p, "--noise-std", key="synthetic.noise_std", type=float, help="background noise standard deviation")
     p.add_argument("--overwrite", action="store_true", help="replace train/ and test/ in a non-empty output folder")
     _add_params(p)
     p.set_defaults(run=_generate)
@@ -70,11 +107,7 @@ def _generate_parser(sub) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from .synthetic import generate_dataset
 
-    config = _config(args).replace(
-        "synthetic", n_train=args.n_train, n_test=args.n_test, seed=args.seed, height=args.height, width=args.width,
-        lines=_pair(args.lines), ellipses=_pair(args.ellipses), shape_gray=_pair(args.shape_gray),
-        background_mean=_pair(args.background_mean), noise_std=args.noise_std,
-    )
+    config = _config(args)
     s = config.synthetic
     out = Path(args.out) if args.out else Path(config.data.root) / "synthetic"
     summary = generate_dataset(out, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=args.overwrite)
@@ -83,26 +116,23 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pair(values):
-    return tuple(values) if values is not None else None
-
-
 # --- patches ------------------------------------------------------------------------------------
 
 
-def _patches_parser(sub) -> None:
+def _patches_parser(sub: Any) -> None:
     p = sub.add_parser("patches", help="cut random patches (with flips) from an images/+masks/ folder",
                        description="Cut random windows fully inside each image, keep those with foreground, store "
                                    "each in 4 flip variants as OUT/images/pN.png + OUT/masks/pN.png, with "
                                    "OUT/manifest.json recording each patch's source image.")
     p.add_argument("source", help="folder with images/ and masks/ (e.g. data/synthetic/train)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/patches_s<size>)")
-    p.add_argument("-s", "--size", type=int, help="patch size (default: patches.patch_size)")
-    p.add_argument("-n", "--per-image", type=int, help="random windows per image (default: patches.per_image)")
-    p.add_argument("--all-windows", action="store_true", help="keep windows without foreground too")
-    p.add_argument("--no-flips", action="store_true", help="store each window once instead of 4 flip variants")
-    p.add_argument("--resize-width", type=int, help="resize images to this width first (the original used 256)")
-    p.add_argument("--seed", type=int, help="random seed (default: patches.seed)")
+    _setting(p, "-s", "--size", key="patches.patch_size", type=int, help="patch size")
+    _setting(p, "-n", "--per-image", key="patches.per_image", type=int, help="random windows per image")
+    _switch(p, "--all-windows", key="patches.foreground_only", value=False, help="keep windows without foreground too")
+    _switch(p, "--no-flips", key="patches.flips", value=False, help="store each window once instead of 4 flip variants")
+    _setting(p, "--resize-width", key="patches.resize_width", type=int,
+             help="resize images to this width first (the original used 256)")
+    _setting(p, "--seed", key="patches.seed", type=int, help="random seed")
     p.add_argument("--overwrite", action="store_true", help="replace patches in a non-empty output folder")
     _add_params(p)
     p.set_defaults(run=_patches)
@@ -111,10 +141,7 @@ def _patches_parser(sub) -> None:
 def _patches(args: argparse.Namespace) -> int:
     from .patches import extract_patches
 
-    config = _config(args).replace(
-        "patches", patch_size=args.size, per_image=args.per_image, resize_width=args.resize_width, seed=args.seed,
-        foreground_only=False if args.all_windows else None, flips=False if args.no_flips else None,
-    )
+    config = _config(args)
     c = config.patches
     out = Path(args.out) if args.out else Path(config.data.root) / f"patches_s{c.patch_size}"
     summary = extract_patches(
@@ -124,7 +151,7 @@ def _patches(args: argparse.Namespace) -> int:
     )
     print(
         f"kept {summary['windows_kept']} of {summary['windows_drawn']} windows from {summary['sources']} images; "
-        f"wrote {len(list((out / 'images').glob('p*.png')))} patches to {out}"
+        f"wrote {summary['patches']} patches to {out}"
     )
     return 0
 
@@ -133,31 +160,36 @@ def _patches(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-e", "--epochs", type=int, help="number of epochs (default: training.epochs)")
-    p.add_argument("-b", "--batch-size", type=int, help="batch size (default: training.batch_size)")
-    p.add_argument("-l", "--learning-rate", type=float, help="learning rate (default: training.learning_rate)")
+    _setting(p, "-e", "--epochs", key="training.epochs", type=int, help="number of epochs")
+    _setting(p, "-b", "--batch-size", key="training.batch_size", type=int, help="batch size")
+    _setting(p, "-l", "--learning-rate", key="training.learning_rate", type=float, help="base learning rate")
     p.add_argument("-c", "--load", metavar="CKPT", help="start from the weights of this checkpoint")
-    p.add_argument("-f", "--folder", help="data under data.root: a patch folder (from `unet-patches patches`) "
-                                          "or an images/+masks/ folder sampled on the fly (default: training.folder)")
-    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.pt (exactly)")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
-                        "the run, with -e whichever comes first (default: training.time_budget_minutes)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: training.precision")
-    p.add_argument("--loss", help="loss name: ce, dice, dice_ce, focal, tversky, jaccard (default: training.loss)")
-    p.add_argument("--optimizer", help="sgd, adam or adamw (default: training.optimizer)")
-    p.add_argument("--schedule", help="step, cosine, poly or constant (default: training.schedule)")
-    p.add_argument("--seed", type=int, help="random seed (default: training.seed)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: training.num_workers)")
-    p.add_argument("--run-name", help="name of the run folder under checkpoints/ and runs/ (default: <folder>_b<batch>)")
+    _setting(p, "-f", "--folder", key="training.folder",
+             help="data under data.root: a patch folder (from `unet-patches patches`) or an images/+masks/ folder "
+                  "sampled on the fly")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue an interrupted run from its last.pt, exactly, with the settings stored in it")
+    _setting(p, "--time-budget", key="training.time_budget_minutes", type=float, metavar="MINUTES",
+             help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
+                  "the run, with -e whichever comes first")
+    _setting(p, "--precision", key="training.precision", choices=PRECISIONS.names, help="autocast precision")
+    _setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
+    _setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
+    _setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")
+    _setting(p, "--warmup", key="training.warmup_fraction", type=float, metavar="FRACTION",
+             help="linear warm-up over this fraction of the run (0: none)")
+    _setting(p, "--seed", key="training.seed", type=int, help="random seed")
+    _setting(p, "--workers", key="training.num_workers", type=int, help="DataLoader worker processes")
+    _setting(p, "--run-name", key="training.run_name",
+             help="name of the run folder under checkpoints/ and runs/; null gives <folder>_b<batch>")
     p.add_argument("--overwrite", action="store_true", help="start again in a run folder that already holds checkpoints")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON object at the end")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
     _add_params(p)
 
 
-def _train_parser(sub) -> None:
+def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a U-Net (same flags as train.py)",
                        description="Train a multiclass U-Net with the settings of parameters.json, overridden by flags. "
                                    "Checkpoints go to <checkpoint_dir>/<run>/ (last.pt each epoch, best.pt by validation "
@@ -167,39 +199,47 @@ def _train_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from . import training
     from .runtime import cleanup_distributed, is_main_process
-    from .training import fit
 
-    config = _config(args).replace(
-        "training", epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        folder=args.folder, time_budget_minutes=args.time_budget, precision=args.precision, loss=args.loss,
-        optimizer=args.optimizer, schedule=args.schedule, seed=args.seed, num_workers=args.workers,
-        run_name=args.run_name,
-    )
-    if args.time_budget is not None and args.epochs is None:
-        config = config.set("training", epochs=None)  # "train for N minutes", whatever training.epochs says
-    if args.resume and args.load:
-        raise UserError("--resume and -c/--load both given: --resume continues a run, --load starts a new one from weights; pick one")
-    try:
-        summary = fit(
-            config, resume=args.resume, init_weights=args.load, overwrite=args.overwrite, device=args.device,
-            progress_bars=not args.no_progress,
+    overrides = overrides_from(args)
+    if args.resume and (args.load or overrides):
+        given = "-c/--load" if args.load else "settings flags (" + ", ".join(
+            f"{s}.{k}" for s, keys in overrides.items() for k in keys) + ")"
+        raise UserError(
+            f"--resume with {given}: --resume continues a run exactly, with the settings stored in its checkpoint; "
+            "drop the other flags, or start a new run from its weights with -c/--load"
         )
+    training_flags = overrides.get("training", {})
+    if "time_budget_minutes" in training_flags and "epochs" not in training_flags:
+        training_flags["epochs"] = None  # "train for N minutes", whatever training.epochs says
+    try:
+        if args.resume:
+            summary = training.resume(args.resume, device=args.device, progress_bars=not args.no_progress)
+        else:
+            summary = training.fit(
+                _config(args, overrides), init_weights=args.load, overwrite=args.overwrite, device=args.device,
+                progress_bars=not args.no_progress,
+            )
         main_process = is_main_process()  # ask before the process group is gone
     finally:
         cleanup_distributed()
     if main_process:
-        if args.json:
-            print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
-        else:
-            best = summary["best_val_miou"]
-            print(
-                f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s, "
-                f"{summary['precision']}); best validation mIoU "
-                f"{'n/a' if best is None else f'{best:.4f}'} at epoch {summary['best_epoch']}; "
-                f"checkpoint {summary['best_checkpoint']}"
-            )
+        _print_training_summary(summary, args.json)
     return 0
+
+
+def _print_training_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+        return
+    best = summary["best_val_miou"]
+    print(
+        f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s, "
+        f"{summary['precision']}); best validation mIoU "
+        f"{'n/a' if best is None else f'{best:.4f}'} at epoch {summary['best_epoch']}; "
+        f"checkpoint {summary['best_checkpoint']}"
+    )
 
 
 # --- predict / evaluate -------------------------------------------------------------------------
@@ -207,27 +247,26 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="window size (default: the checkpoint's training patch size)")
-    p.add_argument("--overlap", type=float, help="window overlap, fraction in [0, 1) (default: inference.overlap)")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass (default: inference.batch_size)")
-    p.add_argument("--blend", choices=("mean", "gaussian", "hann"), help="how overlapping windows are weighted (default: inference.blend)")
-    p.add_argument("--padding", choices=("reflect", "constant"), help="padding for images smaller than a window (default: inference.padding)")
-    p.add_argument("--tta", action="store_true", default=None, help="flip test-time augmentation (4 flips, batched together)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: inference.precision")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
-                        "for many or large images (default: inference.compile)")
+    _setting(p, "--overlap", key="inference.overlap", type=float, help="window overlap, a fraction in [0, 1)")
+    _setting(p, "--batch-size", key="inference.batch_size", type=int, help="windows per forward pass")
+    _setting(p, "--blend", key="inference.blend", choices=BLEND_MODES.names, help="how overlapping windows are weighted")
+    _setting(p, "--padding", key="inference.padding", choices=PADDING_MODES.names,
+             help="padding for images smaller than a window")
+    _switch(p, "--tta", key="inference.tta", value=True,
+            help="flip test-time augmentation (4 flips, batched together) (default: inference.tta)")
+    _setting(p, "--precision", key="inference.precision", choices=PRECISIONS.names, help="autocast precision")
+    _switch(p, "--compile", key="inference.compile", value=True,
+            help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
+                 "for many or large images (default: inference.compile)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     _add_params(p)
 
 
-def _inference_options(args: argparse.Namespace) -> dict:
-    return _config(args).replace(
-        "inference", overlap=args.overlap, batch_size=args.batch_size, blend=args.blend, padding=args.padding,
-        tta=args.tta, precision=args.precision, compile=args.compile,
-    ).inference.predictor_options()
+def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    return _config(args).inference.predictor_options()
 
 
-def _predict_parser(sub) -> None:
+def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="segment images of any size with sliding windows",
                        description="Segment image files, folders or glob patterns with overlapping windows whose "
                                    "softmax probabilities are blended, then argmax. Writes <name>_labels.png (or .tif "
@@ -239,27 +278,25 @@ def _predict_parser(sub) -> None:
     p.add_argument("--probs", action="store_true", help="also write per-class probability maps")
     p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
     _add_inference(p)
     p.set_defaults(run=_predict)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .api import load_model
-    from .tiling import predict_files
+    from .api import Segmenter, predict_files
 
-    model = load_model(args.checkpoint, device=args.device)
     options = _inference_options(args)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
     written = predict_files(
-        model, args.inputs, args.out, window=args.window or model.patch_size, in_channels=model.in_channels,
-        device=args.device, probs=args.probs, overlay=not args.no_overlay, overwrite=args.overwrite,
-        progress=not args.no_progress, **options,
+        segmenter, args.inputs, args.out, window=args.window, probs=args.probs, overlay=not args.no_overlay,
+        overwrite=args.overwrite, progress=not args.no_progress, **options,
     )
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
 
-def _evaluate_parser(sub) -> None:
+def _evaluate_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="score full-image predictions against masks",
                        description="Predict every image of DATA_DIR/images with sliding windows and score against "
                                    "DATA_DIR/masks: per-class IoU and Dice and their means from one confusion matrix "
@@ -267,21 +304,22 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
     p.add_argument("data_dir", help="folder with images/ and masks/")
     p.add_argument("--json", action="store_true", help="print one JSON object (miou, iou, dice, ...)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
     _add_inference(p)
     p.set_defaults(run=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .api import evaluate_folder, load_model
+    from .api import Segmenter, evaluate_folder
 
-    model = load_model(args.checkpoint, device=args.device)
-    scores = evaluate_folder(model, args.data_dir, window=args.window, device=args.device,
-                             progress=not args.no_progress and not args.json, **_inference_options(args))
+    options = _inference_options(args)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    scores = evaluate_folder(segmenter, args.data_dir, window=args.window,
+                             progress=not args.no_progress and not args.json, **options)
     if args.json:
         print(json.dumps(scores))
         return 0
-    print(f"{scores['images']} images, window {args.window or model.patch_size}")
+    print(f"{scores['images']} images, window {args.window or segmenter.patch_size}")
     print(f"{'class':<14}{'IoU':>8}{'Dice':>8}")
     for name in scores["iou"]:
         iou, dice = scores["iou"][name], scores["dice"][name]

@@ -1,9 +1,13 @@
 """Settings: code defaults < ``parameters.json`` < command-line flags.
 
-Everything resolves into one typed :class:`Config`. Loading checks every key:
-an unknown key, a wrong type or an out-of-range value raises :class:`UserError`
-naming the key (``training.batch_size``), the value and what was expected.
-The resolved config is written into each run's checkpoint folder.
+Everything resolves into one typed :class:`Config`. The code defaults are the values of the shipped
+``parameters.json`` (a test holds them equal). Overrides (the flags that were actually given, or a
+program's changes) are merged into the file's values *before* validation, through one function,
+:func:`config_from_dict`; :func:`load_config` and :meth:`Config.merged` both end there. Loading checks
+every key: an unknown key, a wrong type or an out-of-range value raises :class:`UserError` naming
+the key (``training.batch_size``), the value and what was expected. Names of choices are checked
+against the registries of the modules that implement them. The resolved config is written into
+each run's checkpoint folder.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from .errors import UserError
-from .model import UPSAMPLING_MODES, ModelConfig
+from .losses import LOSSES
+from .models import MODELS, UPSAMPLING_MODES, ModelConfig
+from .optim import OPTIMIZERS, SCHEDULES
 from .runtime import PRECISIONS
-from .synthetic import SyntheticSpec
+from .synthetic import CLASS_NAMES, SyntheticSpec
+from .tiling.blending import BLEND_MODES
+from .tiling.engine import PADDING_MODES
+from .validate import require_int, require_number
 
 
 @dataclass(frozen=True)
@@ -30,11 +39,11 @@ class DataConfig:
     root: str = "data"
     in_channels: int = 1
     num_classes: int = 3
-    class_names: Optional[list[str]] = None
+    class_names: Optional[list[str]] = field(default_factory=lambda: list(CLASS_NAMES))
 
     def check(self) -> None:
-        _at_least("data.in_channels", self.in_channels, 1)
-        _at_least("data.num_classes", self.num_classes, 2)
+        require_int("data.in_channels", self.in_channels, 1)
+        require_int("data.num_classes", self.num_classes, 2)
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise UserError(
                 f"data.class_names has {len(self.class_names)} names but data.num_classes = {self.num_classes}: "
@@ -50,12 +59,12 @@ class SyntheticConfig(SyntheticSpec):
     """The synthetic generator (``unet-patches generate``): the image spec plus counts and seed."""
 
     n_train: int = 100
-    n_test: int = 10
+    n_test: int = 50
     seed: int = 0
 
     def check(self) -> None:
-        _at_least("synthetic.n_train", self.n_train, 0)
-        _at_least("synthetic.n_test", self.n_test, 0)
+        require_int("synthetic.n_train", self.n_train, 0)
+        require_int("synthetic.n_test", self.n_test, 0)
         if self.n_train + self.n_test == 0:
             raise UserError("synthetic.n_train = 0 and synthetic.n_test = 0: nothing to generate; ask for at least one image")
         self.spec().validate()
@@ -77,32 +86,33 @@ class PatchConfig:
     seed: int = 0
 
     def check(self) -> None:
-        _at_least("patches.patch_size", self.patch_size, 8)
-        _at_least("patches.per_image", self.per_image, 1)
+        require_int("patches.patch_size", self.patch_size, 8)
+        require_int("patches.per_image", self.per_image, 1)
+        require_int("patches.seed", self.seed, 0)
         if self.resize_width is not None:
-            _at_least("patches.resize_width", self.resize_width, self.patch_size)
+            require_int("patches.resize_width", self.resize_width, self.patch_size)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """The training loop (``train.py`` / ``unet-patches train``)."""
 
-    folder: str = "patches_s96"
-    epochs: Optional[int] = 5  # None: no epoch limit, the time budget alone ends the run
-    batch_size: int = 8
-    learning_rate: float = 0.1
+    folder: str = "synthetic/train"
+    epochs: Optional[int] = 20  # None: no epoch limit, the time budget alone ends the run
+    batch_size: int = 16
+    learning_rate: float = 0.05
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "step"
+    schedule: str = "cosine"
     step_fraction: float = 0.3
     step_gamma: float = 0.1
-    warmup_fraction: float = 0.0
-    loss: str = "ce"
+    warmup_fraction: float = 0.03
+    loss: str = "dice_ce"
     class_weights: Union[None, str, list[float]] = None
     val_fraction: float = 0.1
-    samples_per_epoch: int = 4000
-    foreground_fraction: float = 0.33
+    samples_per_epoch: int = 2000
+    foreground_fraction: float = 0.5
     flips: bool = True
     rotate90: bool = False
     val_windows_per_image: int = 8
@@ -116,34 +126,34 @@ class TrainingConfig:
     log_images_every: int = 1
 
     def check(self) -> None:
-        from .losses import LOSSES
-        from .training import OPTIMIZERS, SCHEDULES
-
         if self.epochs is None:
             if self.time_budget_minutes is None:
-                raise UserError("training.epochs = null needs training.time_budget_minutes: set a number of epochs, "
-                                "a time budget, or both")
+                raise UserError(
+                    "training.epochs = null needs training.time_budget_minutes: set a number of epochs, "
+                    "a time budget, or both"
+                )
         else:
-            _at_least("training.epochs", self.epochs, 1)
-        _at_least("training.batch_size", self.batch_size, 1)
-        _positive("training.learning_rate", self.learning_rate)
-        _choice("training.optimizer", self.optimizer, OPTIMIZERS)
-        _choice("training.schedule", self.schedule, SCHEDULES)
-        _choice("training.loss", self.loss, LOSSES)
-        _choice("training.precision", self.precision, PRECISIONS)
-        _in_range("training.momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _in_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
-        _in_range("training.step_fraction", self.step_fraction, 0.0, 1.0, low_open=True)
-        _in_range("training.step_gamma", self.step_gamma, 0.0, 1.0, low_open=True)
-        _in_range("training.warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
-        _in_range("training.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
-        _in_range("training.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
-        _at_least("training.samples_per_epoch", self.samples_per_epoch, 1)
-        _at_least("training.val_windows_per_image", self.val_windows_per_image, 1)
-        _at_least("training.num_workers", self.num_workers, 0)
-        _at_least("training.log_images_every", self.log_images_every, 0)
+            require_int("training.epochs", self.epochs, 1)
+        require_int("training.batch_size", self.batch_size, 1)
+        require_number("training.learning_rate", self.learning_rate, 0.0, low_open=True)
+        OPTIMIZERS.check(self.optimizer, "training.optimizer")
+        SCHEDULES.check(self.schedule, "training.schedule")
+        LOSSES.check(self.loss, "training.loss")
+        PRECISIONS.check(self.precision, "training.precision")
+        require_number("training.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        require_number("training.weight_decay", self.weight_decay, 0.0, 1.0)
+        require_number("training.step_fraction", self.step_fraction, 0.0, 1.0, low_open=True)
+        require_number("training.step_gamma", self.step_gamma, 0.0, 1.0, low_open=True)
+        require_number("training.warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        require_number("training.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        require_number("training.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
+        require_int("training.samples_per_epoch", self.samples_per_epoch, 1)
+        require_int("training.val_windows_per_image", self.val_windows_per_image, 1)
+        require_int("training.num_workers", self.num_workers, 0)
+        require_int("training.seed", self.seed, 0)
+        require_int("training.log_images_every", self.log_images_every, 0)
         if self.time_budget_minutes is not None:
-            _positive("training.time_budget_minutes", self.time_budget_minutes)
+            require_number("training.time_budget_minutes", self.time_budget_minutes, 0.0, low_open=True)
         if isinstance(self.class_weights, str) and self.class_weights != "median_frequency":
             raise UserError(
                 f"training.class_weights = {self.class_weights!r}: expected null, \"median_frequency\" "
@@ -164,11 +174,11 @@ class InferenceConfig:
     compile: bool = False
 
     def check(self) -> None:
-        _in_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
-        _at_least("inference.batch_size", self.batch_size, 1)
-        _choice("inference.blend", self.blend, ("mean", "gaussian", "hann"))
-        _choice("inference.padding", self.padding, ("reflect", "constant"))
-        _choice("inference.precision", self.precision, PRECISIONS)
+        require_number("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
+        require_int("inference.batch_size", self.batch_size, 1)
+        BLEND_MODES.check(self.blend, "inference.blend")
+        PADDING_MODES.check(self.padding, "inference.padding")
+        PRECISIONS.check(self.precision, "inference.precision")
 
     def predictor_options(self) -> dict[str, Any]:
         """These settings as keyword arguments of ``TiledPredictor`` (and so of ``predict``,
@@ -188,6 +198,7 @@ class Config:
     def check(self) -> "Config":
         for section in (self.data, self.synthetic, self.patches, self.training, self.inference):
             section.check()
+        MODELS.check(self.model.name, "model.name")
         if self.model.in_channels != self.data.in_channels or self.model.num_classes != self.data.num_classes:
             raise UserError(
                 f"model.in_channels/num_classes ({self.model.in_channels}/{self.model.num_classes}) differ from "
@@ -203,34 +214,26 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, section: str, **values: Any) -> "Config":
-        """A copy with some values of one section replaced (``None`` values are ignored)."""
-        values = {k: v for k, v in values.items() if v is not None}
-        return self.set(section, **values) if values else self
-
-    def set(self, section: str, **values: Any) -> "Config":
-        """A copy with values of one section replaced, ``None`` included (e.g. ``epochs=None``)."""
-        current = dataclasses.asdict(getattr(self, section))
-        current.update(values)
-        return _build(type(self), {**_sections(self), section: current}, "").check()
-
-
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    def merged(self, overrides: dict[str, dict[str, Any]]) -> Config:
+        """A copy with ``overrides`` (``{section: {key: value}}``) merged in and validated as a whole;
+        a ``None`` value sets the key to null."""
+        return config_from_dict(merge(self.to_dict(), overrides), source="settings")
 
 
 def default_config() -> Config:
     return Config().check()
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Read ``parameters.json`` (or return the defaults when ``path`` is None).
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read ``parameters.json`` (the code defaults when ``path`` is None), merge ``overrides``
+    (``{section: {key: value}}``, e.g. the flags that were given) into its values, then validate.
 
     Raises:
-        UserError: the file is missing or not JSON, or holds an unknown key, a value of the
-            wrong type or out of range.
+        UserError: the file is missing or not JSON, or the merged values hold an unknown key, a
+            value of the wrong type or out of range.
     """
     if path is None:
-        return default_config()
+        return config_from_dict(overrides or {}, source="settings")
     path = Path(path)
     try:
         text = path.read_text()
@@ -240,7 +243,18 @@ def load_config(path: str | Path | None = None) -> Config:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+    if overrides and isinstance(values, dict):
+        values = merge(values, overrides)
     return config_from_dict(values, source=str(path))
+
+
+def merge(values: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``values`` with each section's keys replaced by those of ``overrides`` (neither is changed)."""
+    merged = dict(values)
+    for section, changes in overrides.items():
+        current = merged.get(section)
+        merged[section] = {**(current if isinstance(current, dict) else {}), **changes}
+    return merged
 
 
 def config_from_dict(values: Any, source: str = "parameters") -> Config:
@@ -259,10 +273,6 @@ def save_config(config: Config, path: str | Path) -> None:
 
 def _section_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
-
-
-def _sections(config: Config) -> dict[str, dict[str, Any]]:
-    return {name: dataclasses.asdict(getattr(config, name)) for name in _section_names()}
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str, path: str = "") -> Any:
@@ -347,30 +357,6 @@ def _describe(hint: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
-def _at_least(name: str, value: float, low: float) -> None:
-    if value < low:
-        raise UserError(f"{name} = {value}: expected a value >= {low}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise UserError(f"{name} = {value}: expected a value > 0")
-
-
-def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise UserError(f"{name} = {value}: expected a value in {left}{low}, {high}{right}")
-
-
-def _choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"{name} = {value!r}: expected one of {', '.join(choices)}{hint}")
-
-
 __all__ = [
     "Config",
     "DataConfig",
@@ -384,5 +370,6 @@ __all__ = [
     "config_from_dict",
     "default_config",
     "load_config",
+    "merge",
     "save_config",
 ]

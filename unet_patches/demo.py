@@ -1,10 +1,11 @@
 """``make demo``: the whole pipeline on built-in synthetic data, then the figures.
 
-1. generate 100 training and 10 test images (seeded) into ``data/demo/synthetic``;
+1. generate ``synthetic.n_train`` training and ``synthetic.n_test`` test images (seeded, 100 and 50
+   in the shipped settings) into ``data/demo/synthetic``;
 2. cut random patches with flips into ``data/demo/patches_s96`` (the original's on-disk patch set);
 3. train with the settings of ``parameters.json`` under its time budget (``checkpoints/demo/``,
    ``runs/demo/``);
-4. score full-image sliding-window predictions on the 10 unseen test images;
+4. score full-image sliding-window predictions on the unseen test images;
 5. write label masks and colour overlays of the test images to ``data/demo/predictions``.
 
 The demo owns ``data/demo``, ``checkpoints/demo`` and ``runs/demo`` and replaces what an
@@ -20,25 +21,27 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .cli import DEFAULT_PARAMS, run_guarded
+from .cli import DEFAULT_PARAMS, params_path, run_guarded
+
+if TYPE_CHECKING:
+    from .api import Segmenter
+    from .config import Config
 
 # Training time of the demo: 10 minutes, the budget its README figures were measured with.
 DEMO_MINUTES = 10.0
 
 
 def run(params: str | None, minutes: float | None) -> int:
-    from .api import evaluate_folder, load_model
-    from .config import default_config, load_config
+    from .api import Segmenter, evaluate_folder, predict_files
+    from .config import load_config
     from .patches import extract_patches
     from .synthetic import generate_dataset
-    from .tiling import predict_files
     from .training import fit
 
     started = time.monotonic()
-    if params is None and Path(DEFAULT_PARAMS).is_file():
-        params = DEFAULT_PARAMS
-    config = load_config(params) if params else default_config()
+    config = load_config(params_path(params))
     root = Path(config.data.root) / "demo"
     synthetic, patches = root / "synthetic", root / f"patches_s{config.patches.patch_size}"
     s, p = config.synthetic, config.patches
@@ -52,36 +55,48 @@ def run(params: str | None, minutes: float | None) -> int:
         in_channels=config.data.in_channels, num_classes=config.data.num_classes,
     )
 
-    # training.folder picks the kind of source inside data/demo: a patch folder (name starting
-    # with "patches") or the full training images, sampled on the fly.
-    folder = patches if Path(config.training.folder).name.startswith("patches") else synthetic / "train"
-    training = config.replace("training", folder=str(folder), run_name="demo", time_budget_minutes=minutes)
-    if minutes is not None:
-        training = training.set("training", epochs=None)  # the budget alone ends training
-    budget = training.training.time_budget_minutes
-    print(f"[3/5] training ({'up to ' + format(budget, 'g') + ' min' if budget else str(training.training.epochs) + ' epochs'})"
-          f" on {folder}; TensorBoard: tensorboard --logdir {config.training.log_dir}")
-    shutil.rmtree(Path(config.training.log_dir) / "demo", ignore_errors=True)
+    training = config.merged({"training": _demo_training(config, synthetic, patches, minutes)})
+    t = training.training
+    budget = f"up to {t.time_budget_minutes:g} min" if t.time_budget_minutes else f"{t.epochs} epochs"
+    print(f"[3/5] training ({budget}) on {t.folder}; TensorBoard: tensorboard --logdir {t.log_dir}")
+    shutil.rmtree(Path(t.log_dir) / "demo", ignore_errors=True)
     result = fit(training, overwrite=True)
 
     print(f"[4/5] full-image evaluation on the {s.n_test} unseen test images")
-    model = load_model(result["best_checkpoint"])
+    segmenter = Segmenter.from_checkpoint(result["best_checkpoint"])
     options = config.inference.predictor_options()
-    scores = evaluate_folder(model, synthetic / "test", **options)
+    scores = evaluate_folder(segmenter, synthetic / "test", **options)
     out = root / "predictions"
     print(f"[5/5] writing label masks and overlays of the test images to {out}")
-    logging.getLogger("unet_patches.tiling").setLevel(logging.WARNING)  # not one line per file
-    predict_files(
-        model, [str(synthetic / "test" / "images")], out, window=model.patch_size, in_channels=model.in_channels,
-        overwrite=True, progress=False, **options,
-    )
+    logging.getLogger("unet_patches.api").setLevel(logging.WARNING)  # not one line per file
+    predict_files(segmenter, [str(synthetic / "test" / "images")], out, overwrite=True, progress=False, **options)
     panel = root / "demo_panel.png"
-    write_panel(model, synthetic / "test", panel, options)
-    total = time.monotonic() - started
-    report = {
+    write_panel(segmenter, synthetic / "test", panel, options)
+    report = _report(scores, result, time.monotonic() - started, out, panel)
+    (root / "demo_result.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_report(report, scores, s.n_test)
+    return 0
+
+
+def _demo_training(config: Config, synthetic: Path, patches: Path, minutes: float | None) -> dict[str, Any]:
+    """The demo's training settings: its own run name and data; with ``minutes``, the budget alone
+    ends training. ``training.folder`` picks the kind of source inside data/demo: a patch folder (a
+    name starting with "patches") or the full training images, sampled on the fly."""
+    folder = patches if Path(config.training.folder).name.startswith("patches") else synthetic / "train"
+    values: dict[str, Any] = {"folder": str(folder), "run_name": "demo"}
+    if minutes is not None:
+        values.update(time_budget_minutes=minutes, epochs=None)
+    return values
+
+
+def _report(scores: dict, result: dict, total: float, out: Path, panel: Path) -> dict[str, Any]:
+    def rounded(values: dict) -> dict:
+        return {k: (None if v is None else round(v, 4)) for k, v in values.items()}
+
+    return {
         "full_image_test_miou": round(scores["miou"], 4),
-        "iou": {k: (None if v is None else round(v, 4)) for k, v in scores["iou"].items()},
-        "dice": {k: (None if v is None else round(v, 4)) for k, v in scores["dice"].items()},
+        "iou": rounded(scores["iou"]),
+        "dice": rounded(scores["dice"]),
         "best_validation_miou": None if result["best_val_miou"] is None else round(result["best_val_miou"], 4),
         "epochs": result["epochs"],
         "training_seconds": round(result["seconds"]),
@@ -91,32 +106,36 @@ def run(params: str | None, minutes: float | None) -> int:
         "overlays": str(out),
         "panel": str(panel),
     }
-    (root / "demo_result.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _print_report(report: dict[str, Any], scores: dict, n_test: int) -> None:
     print()
     print("demo result")
-    print(f"  full-image mIoU on {s.n_test} unseen test images: {scores['miou']:.4f}")
+    print(f"  full-image mIoU on {n_test} unseen test images: {scores['miou']:.4f}")
     for name in scores["iou"]:
         iou, dice = scores["iou"][name], scores["dice"][name]
         print(f"    {name:<12} IoU {iou:.4f}  Dice {dice:.4f}")
     print(f"  best validation mIoU (patches of held-back images): {report['best_validation_miou']}")
-    print(f"  trained {result['epochs']} epochs in {result['seconds']:.0f} s ({result['precision']}); whole demo {total:.0f} s")
-    print(f"  checkpoint: {result['best_checkpoint']}   overlays: {out}/*_overlay.png   panel: {panel}")
-    return 0
+    print(
+        f"  trained {report['epochs']} epochs in {report['training_seconds']} s ({report['precision']}); "
+        f"whole demo {report['total_seconds']} s"
+    )
+    print(f"  checkpoint: {report['checkpoint']}   overlays: {report['overlays']}/*_overlay.png   panel: {report['panel']}")
 
 
-def write_panel(model, folder: Path, path: Path, options: dict) -> None:
+def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -> None:
     """The first test image | its predicted overlay | the true overlay, side by side."""
     import numpy as np
 
     from .api import predict
-    from .imageio import colour_overlay, find_pairs, image_to_array, read_image, read_mask, write_png
+    from .imageio import colour_overlay, find_pairs, read_image, read_mask, write_png
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)
-    labels = predict(model, raw, **options)
-    image = image_to_array(raw, model.in_channels, str(pair.image))
+    labels = predict(segmenter, raw, **options)
+    image = segmenter.to_input(raw, str(pair.image))
     gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
-    truth = read_mask(pair.mask, model.config.num_classes)
+    truth = read_mask(pair.mask, segmenter.num_classes)
     gap = np.full((gray.shape[0], 4, 3), 255, np.uint8)
     write_png(path, np.concatenate([gray, gap, colour_overlay(image, labels), gap, colour_overlay(image, truth)], axis=1))
 

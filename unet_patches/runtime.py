@@ -12,8 +12,17 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .registry import Registry
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: Registry[str] = Registry(
+    "precision",
+    {
+        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32",
+        "fp32": "full float32",
+        "bf16": "bfloat16 autocast (fast only with native bf16 hardware or on CUDA)",
+        "fp16": "float16 autocast with a gradient scaler for training (CUDA only)",
+    },
+)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -86,8 +95,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     Raises:
         UserError: an unknown name, or fp16 without a CUDA device.
     """
-    if name not in PRECISIONS:
-        raise UserError(f"precision {name!r}: expected one of {', '.join(PRECISIONS)}")
+    PRECISIONS.check(name, "precision")
     cuda = device.type == "cuda"
     if name == "auto":
         name = "fp16" if cuda else ("bf16" if cpu_has_fast_bf16() else "fp32")

@@ -1,4 +1,4 @@
-"""The multiclass U-Net and the parts it is built from.
+"""The multiclass U-Net (``MODELS["unet"]``) and the parts it is built from.
 
 The network returns logits; softmax belongs to the loss and to inference.
 Any input size works: the decoder resizes the upsampled map to the size of the
@@ -7,60 +7,13 @@ skip connection, so sizes that are not multiples of ``2 ** depth`` are fine.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-
-UPSAMPLING_MODES = ("bilinear", "transpose")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a :class:`UNet`; stored in every checkpoint."""
-
-    in_channels: int = 1
-    num_classes: int = 3
-    base_width: int = 16
-    depth: int = 4
-    upsampling: str = "bilinear"
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "base_width", "depth"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} = {getattr(self, name)}: expected an integer >= 1")
-        if self.num_classes < 2:
-            raise UserError(
-                f"model.num_classes = {self.num_classes}: expected >= 2 (background plus at least one class)"
-            )
-        if self.upsampling not in UPSAMPLING_MODES:
-            raise UserError(
-                f"model.upsampling = {self.upsampling!r}: expected one of {', '.join(UPSAMPLING_MODES)}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout = {self.dropout}: expected a value in [0, 1)")
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """Channel widths from the top level down to the bottleneck."""
-        return tuple(self.base_width * 2**level for level in range(self.depth + 1))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown model setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}")
-        return cls(**values)
-
+from .config import ModelConfig
 
 class DoubleConv(nn.Sequential):
     """(3x3 conv -> BatchNorm -> ReLU) twice."""
@@ -144,14 +97,3 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.outc(x)[..., :height, :width]
-
-
-def build_model(config: ModelConfig | dict[str, Any]) -> UNet:
-    """Build a :class:`UNet` from a :class:`ModelConfig` or its dict form."""
-    if isinstance(config, dict):
-        config = ModelConfig.from_dict(config)
-    return UNet(config)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -5,23 +5,13 @@
 - :mod:`.engine`: :class:`TiledPredictor` (batches, flip TTA, precision, band-wise merging),
   :func:`sliding_window`, :func:`predict_labels`;
 - :mod:`.sources` / :mod:`.writers`: images read and written a band of rows at a time;
-- :mod:`.files`: :func:`predict_files`, the command line's ``predict``.
+- :mod:`.files`: inputs expanded, outputs planned and written band by band (``api.predict_files``
+  and the command line's ``predict`` are built on them).
 """
 
 from .blending import BLEND_MODES, axis_weights, blend_weights
-from .engine import (
-    PADDING_MODES,
-    PRECISIONS,
-    Band,
-    Precision,
-    TiledPredictor,
-    cpu_has_fast_bf16,
-    pad_indices,
-    predict_labels,
-    resolve_precision,
-    sliding_window,
-)
-from .files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, output_paths, predict_files
+from .engine import PADDING_MODES, Band, TiledPredictor, pad_indices, predict_labels, sliding_window
+from .files import DEFAULT_STREAM_THRESHOLD_PX, OutputPlan, expand_inputs, open_image, output_paths, plan_outputs, write_outputs
 from .placement import axis_starts, check_coverage, place_windows
 from .sources import ArraySource, RawSource, RowSource, TiffSource
 from .writers import NpyWriter, PngWriter, TiffWriter
@@ -30,12 +20,11 @@ __all__ = [
     "BLEND_MODES",
     "DEFAULT_STREAM_THRESHOLD_PX",
     "PADDING_MODES",
-    "PRECISIONS",
     "ArraySource",
     "Band",
     "NpyWriter",
+    "OutputPlan",
     "PngWriter",
-    "Precision",
     "RawSource",
     "RowSource",
     "TiffSource",
@@ -45,13 +34,13 @@ __all__ = [
     "axis_weights",
     "blend_weights",
     "check_coverage",
-    "cpu_has_fast_bf16",
     "expand_inputs",
     "output_paths",
     "pad_indices",
+    "open_image",
     "place_windows",
-    "predict_files",
+    "plan_outputs",
     "predict_labels",
-    "resolve_precision",
     "sliding_window",
+    "write_outputs",
 ]

@@ -24,41 +24,34 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from unet_patches import console
 from unet_patches.errors import UserError
-from unet_patches.runtime import PRECISIONS, Precision, cpu_has_fast_bf16, resolve_precision
+from unet_patches.registry import Registry
+from unet_patches.runtime import resolve_precision
+from unet_patches.validate import require_int
 
 from .blending import BLEND_MODES, axis_weights, weight_sums
 from .placement import axis_starts, pair, place_windows, stride_for
 from .sources import ArraySource, RowSource
 
-__all__ = [
-    "ACTIVATIONS",
-    "PADDING_MODES",
-    "PRECISIONS",
-    "Band",
-    "Precision",
-    "TiledPredictor",
-    "cpu_has_fast_bf16",
-    "pad_indices",
-    "predict_labels",
-    "resolve_precision",
-    "sliding_window",
-]
+__all__ = ["ACTIVATIONS", "PADDING_MODES", "Band", "TiledPredictor", "pad_indices", "predict_labels", "sliding_window"]
 
 log = logging.getLogger(__name__)
 
-PADDING_MODES = ("reflect", "constant", "replicate")
+PADDING_MODES: Registry[str] = Registry(
+    "padding mode",
+    {
+        "reflect": "mirror the image without repeating its edge pixels",
+        "constant": "fill with a constant (0)",
+        "replicate": "repeat the edge pixels",
+    },
+)
+"""How an image axis shorter than the window is padded (see :func:`pad_indices`)."""
 ACTIVATIONS = ("softmax", "sigmoid", None)
 
 # Flips used by test-time augmentation: none, columns, rows, both. Each is its own inverse.
 _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
-
-# --------------------------------------------------------------------------------------------------
-# Precision policy
-# --------------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,14 +248,11 @@ class TiledPredictor:
         place_windows((1, 1), window, overlap)  # validates window and overlap
         self.window = tuple(int(v) for v in pair(window, "window"))
         self.strides = tuple(stride_for(w, o) for w, o in zip(self.window, pair(overlap, "overlap")))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise UserError(f"batch_size={batch_size!r}: expected a whole number >= 1")
-        if blend not in BLEND_MODES:
-            raise UserError(f"blend={blend!r}: expected one of {', '.join(BLEND_MODES)}")
-        if padding not in PADDING_MODES:
-            raise UserError(f"padding={padding!r}: expected one of {', '.join(PADDING_MODES)}")
+        require_int("batch_size", batch_size, 1)
+        BLEND_MODES.check(blend, "blend")
+        PADDING_MODES.check(padding, "padding")
         if activation not in ACTIVATIONS:
-            raise UserError(f"activation={activation!r}: expected 'softmax', 'sigmoid' or None")
+            raise ValueError(f"activation={activation!r}: expected 'softmax', 'sigmoid' or None")
         self.blend, self.padding, self.pad_value = blend, padding, float(pad_value)
         self.activation, self.tta = activation, bool(tta)
         self.profiles = tuple(axis_weights(w, blend, sigma_scale) for w in self.window)
@@ -300,16 +290,11 @@ class TiledPredictor:
         batch = batch.to(self.device, non_blocking=True)
         if self.precision.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.precision.dtype)
-            if self.precision.dtype is not None
-            else contextlib.nullcontext()
-        )
         # Weight freezing (constant-folded BatchNorm, pre-packed oneDNN weights) is what makes the
         # compiled graph fast on CPU; it is an inductor setting read when the graph is compiled,
         # i.e. on the first call, and it is set only around our own calls.
         frozen = _inductor_freezing() if self.compiled else contextlib.nullcontext()
-        with torch.inference_mode(), autocast, frozen:
+        with torch.inference_mode(), self.precision.autocast(self.device), frozen:
             if not self.compiled or self._compile_checked:
                 return self.network(batch)
             try:  # the first call compiles
@@ -404,7 +389,7 @@ class TiledPredictor:
         total, per_batch = len(ys) * len(xs), self.windows_per_batch
         accumulator = _BandAccumulator(wp)
         bands_read: dict[int, np.ndarray] = {}
-        bar = tqdm(total=total, unit="window", disable=not progress, leave=False, desc="windows")
+        bar = console.progress(total, "windows", "window", enabled=progress)
         try:
             for first in range(0, total, per_batch):
                 # Windows in row-major order; window i is at row i // columns, column i % columns.
@@ -448,7 +433,7 @@ class TiledPredictor:
         if y1 > y0:
             sums = sums[:, y0 - start : y1 - start, left : left + width]
             if sums.shape[0] > 256:
-                raise UserError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
+                raise ValueError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
             # Divided in place: these rows of the buffer are dropped right after.
             blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[left : left + width]), out=sums)
             labels = _argmax_classes(blended)
@@ -506,9 +491,9 @@ def _as_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
         image = image.detach().to("cpu", torch.float32).numpy()
     image = np.asarray(image)
     if image.ndim != 3 or 0 in image.shape:
-        raise UserError(f"image of shape {image.shape}: expected a non-empty float array (C,H,W)")
+        raise ValueError(f"image of shape {image.shape}: expected a non-empty float array (C,H,W)")
     if not np.issubdtype(image.dtype, np.floating):
-        raise UserError(
+        raise ValueError(
             f"image of dtype {image.dtype}: expected float (C,H,W) in [0, 1]; "
             "convert it with imageio.image_to_array"
         )

@@ -1,4 +1,5 @@
-"""Predict image files: expand inputs, choose in-memory or streamed, write labels/overlays/probabilities.
+"""Prediction files: expand inputs, plan and check the outputs, choose in-memory or streamed, write
+labels/overlays/probabilities band by band (``api.predict_files`` puts these together).
 
 Outputs for an input ``<stem>.<ext>`` in ``out_dir``:
 
@@ -15,13 +16,9 @@ holds more than one copy of the image; large TIFFs are also read band by band.
 from __future__ import annotations
 
 import glob
-import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import nn
-from tqdm.auto import tqdm
 
 from unet_patches.errors import UserError
 from unet_patches.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array, read_image
@@ -30,9 +27,15 @@ from .engine import TiledPredictor
 from .sources import TIFF_SUFFIXES, ArraySource, RawSource, RowSource, TiffSource, image_size
 from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter
 
-__all__ = ["DEFAULT_STREAM_THRESHOLD_PX", "expand_inputs", "output_paths", "predict_files"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_STREAM_THRESHOLD_PX",
+    "OutputPlan",
+    "expand_inputs",
+    "open_image",
+    "output_paths",
+    "plan_outputs",
+    "write_outputs",
+]
 
 # Above this many pixels an image is streamed (TIFF read by bands, labels written as TIFF).
 DEFAULT_STREAM_THRESHOLD_PX = 4096 * 4096
@@ -88,7 +91,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 def output_paths(
     image: Path, out_dir: Path, *, large: bool, overlay: bool, probs: bool
 ) -> dict[str, Path]:
-    """The files :func:`predict_files` writes for ``image``: keys ``labels``, ``overlay``, ``probs``."""
+    """The files a prediction of ``image`` writes: keys ``labels``, ``overlay``, ``probs``."""
     stem = image.stem
     paths = {"labels": out_dir / f"{stem}_labels{'.tif' if large else '.png'}"}
     if overlay:
@@ -98,47 +101,39 @@ def output_paths(
     return paths
 
 
-def predict_files(
-    model: nn.Module | TiledPredictor,
-    inputs: Sequence[str | Path] | str | Path,
+@dataclass(frozen=True)
+class OutputPlan:
+    """One input image and the files its prediction goes to (keys of :func:`output_paths`)."""
+
+    image: Path
+    size: tuple[int, int]
+    large: bool  # streamed: TIFF read by bands, labels written as TIFF
+    outputs: dict[str, Path]
+
+
+def plan_outputs(
+    files: Sequence[Path],
     out_dir: str | Path,
     *,
-    window: int | Sequence[int] = 96,
-    in_channels: int | None = None,
-    probs: bool = False,
-    overlay: bool = True,
-    overwrite: bool = False,
+    overlay: bool,
+    probs: bool,
+    overwrite: bool,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
-    progress: bool = True,
-    **options: Any,
-) -> list[Path]:
-    """Segment image files and write their outputs to ``out_dir``; returns the written paths.
+) -> list[OutputPlan]:
+    """Open every input (its header only) and check every output path before anything is written.
 
-    ``model`` is a network (logits out) or a ready :class:`TiledPredictor` (then ``window`` and
-    ``options`` are ignored). ``options`` are :class:`TiledPredictor`'s keyword arguments (overlap,
-    batch_size, blend, padding, tta, precision, compile, device, ...). ``in_channels`` defaults to the model's
-    ``in_channels`` or ``config.in_channels`` attribute, else 1.
-
-    Before anything is written, every input is opened (its header read) and every output path is checked
-    to be free: an existing output raises ``UserError`` unless ``overwrite``. Images above
-    ``stream_threshold_px`` pixels are streamed: TIFFs are read by bands of rows and labels are
-    written as TIFF; peak memory then does not grow with the image size.
+    Raises ``UserError`` for an unreadable input, an output folder that is a file, two inputs that
+    would write the same file, or an existing output without ``overwrite``.
     """
-    files = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
-    if in_channels is None:
-        network = model._eager if isinstance(model, TiledPredictor) else model
-        config = getattr(network, "config", None)
-        in_channels = int(getattr(network, "in_channels", getattr(config, "in_channels", 1)))
-
-    plans: list[tuple[Path, tuple[int, int], bool, dict[str, Path]]] = []
+    plans = []
     for path in files:
         size = image_size(path)
         large = size[0] * size[1] > stream_threshold_px
-        plans.append((path, size, large, output_paths(path, out_dir, large=large, overlay=overlay, probs=probs)))
-    every_output = [p for *_, outs in plans for p in outs.values()]
+        plans.append(OutputPlan(path, size, large, output_paths(path, out_dir, large=large, overlay=overlay, probs=probs)))
+    every_output = [p for plan in plans for p in plan.outputs.values()]
     if len(set(every_output)) != len(every_output):
         seen: set[Path] = set()
         clash = next(p for p in every_output if p in seen or seen.add(p))  # type: ignore[func-returns-value]
@@ -153,31 +148,26 @@ def predict_files(
             f"{existing[0]} already exists{more}; pass --overwrite (overwrite=True) to replace, "
             "or choose another output folder"
         )
-
-    predictor = (
-        model
-        if isinstance(model, TiledPredictor)
-        else TiledPredictor(model, window, **options)
-    )
-    written: list[Path] = []
-    for path, size, large, outs in tqdm(plans, unit="image", desc="predict", disable=not progress or len(plans) < 2):
-        source: RowSource
-        if large and path.suffix.lower() in TIFF_SUFFIXES:
-            source = TiffSource(path, in_channels)
-        elif large:
-            source = RawSource(read_image(path), in_channels, str(path))
-        else:
-            source = ArraySource(image_to_array(read_image(path), in_channels, str(path)))
-        with source:
-            windows_bar = progress and (large or predictor.count_windows(size) >= 1024)
-            written.extend(_predict_one(predictor, source, outs, large, windows_bar))
-        log.info("%s -> %s", path, ", ".join(str(p) for p in outs.values()))
-    return written
+    return plans
 
 
-def _predict_one(
+def open_image(path: Path, in_channels: int, large: bool) -> RowSource:
+    """A row source for an image file: a large TIFF is read band by band from disk, another large
+    image is kept in its stored dtype and converted band by band, a small one is converted whole."""
+    if large and path.suffix.lower() in TIFF_SUFFIXES:
+        return TiffSource(path, in_channels)
+    if large:
+        return RawSource(read_image(path), in_channels, str(path))
+    return ArraySource(image_to_array(read_image(path), in_channels, str(path)))
+
+
+def write_outputs(
     predictor: TiledPredictor, source: RowSource, outs: dict[str, Path], large: bool, progress: bool
 ) -> list[Path]:
+    """Predict ``source`` band by band into the files ``outs`` names; returns the written paths.
+
+    Each file goes through a temporary file that is removed if anything fails.
+    """
     height, width = source.height, source.width
     writers: dict[str, BandWriter] = {}
     try:

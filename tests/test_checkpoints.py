@@ -1,0 +1,63 @@
+"""Checkpoint files: atomic writes, safe reads, and files written by earlier versions."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unet_patches import checkpoints
+from unet_patches.api import Segmenter
+from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unet_patches.errors import UserError
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    state = {"model_config": {"base_width": 4}, "model": model.state_dict(), "format_version": 1}
+    save_checkpoint(state, tmp_path / "c.pt")
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(loaded["model"]["weight"], model.weight)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint({"model_config": {}, "model": {"a": torch.ones(1)}}, tmp_path / "c.pt")
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoints.torch, "save", broken_save)
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"model_config": {}, "model": {}}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["a"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint"])
+def test_bad_checkpoint_is_a_user_error(tmp_path, content):
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(UserError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_written_before_the_module_split_still_loads_and_computes_the_same():
+    """tests/data/README.md: written by the code of commit f8f025a, whose model_config had no "name"."""
+    path = DATA / "checkpoint_format1_f8f025a.pt"
+    state = load_checkpoint(path)
+    assert "name" not in state["model_config"]
+    reference = np.load(DATA / "checkpoint_format1_f8f025a_logits.npz")
+    model = model_from_checkpoint(state)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(reference["input"])).numpy()
+    # Same weights, same float32 operations; only the kernels (and so the rounding) may differ per CPU.
+    np.testing.assert_allclose(logits, reference["logits"], rtol=1e-4, atol=1e-4)
+    segmenter = Segmenter.from_checkpoint(path)
+    assert segmenter.patch_size == 32 and segmenter.in_channels == 1
+    assert segmenter.class_names == ("class0", "class1", "class2")

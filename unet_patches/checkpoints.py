@@ -1,0 +1,127 @@
+"""Checkpoint files: what one holds (:func:`checkpoint_state`), atomic writing, safe reading, and
+rebuilding the network it describes.
+
+A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_only=True``. Format 1
+(the only one so far) holds:
+
+- ``format_version``: 1;
+- ``model_config``: :class:`~unet_patches.models.ModelConfig` as a dict (files written before the
+  ``name`` key existed rebuild as a U-Net), ``model``: the weights (unwrapped from DDP);
+- ``optimizer``, ``scaler`` (or None), ``epoch``, ``step``, ``elapsed`` (seconds), ``best_miou``,
+  ``best_epoch``, ``torch_rng``, ``history`` (one record per epoch), ``metrics`` (the last record):
+  what ``--resume`` needs to continue exactly;
+- ``config``: the whole resolved configuration; ``class_names``, ``in_channels``, ``patch_size`` and
+  ``normalization``: what inference needs, so ``predict`` needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .models import build_model
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .optim import Progress
+
+__all__ = ["CHECKPOINT_FORMAT", "NORMALIZATION", "checkpoint_state", "load_checkpoint", "model_from_checkpoint",
+           "save_checkpoint"]
+
+CHECKPOINT_FORMAT = 1
+
+# How images become network input; written into checkpoints so that readers can tell.
+NORMALIZATION = "uint8 / 255, uint16 / 65535, float as is; gray repeated / colour averaged to in_channels"
+
+
+def checkpoint_state(
+    *,
+    config: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    progress: Progress,
+    epoch: int,
+    best_miou: float,
+    best_epoch: int | None,
+    history: list[dict[str, Any]],
+    patch_size: int,
+) -> dict[str, Any]:
+    """Everything a checkpoint holds after ``epoch`` (``model`` already unwrapped from DDP)."""
+    return {
+        "format_version": CHECKPOINT_FORMAT,
+        "model_config": config.model.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "step": progress.step,
+        "elapsed": progress.seconds(),
+        "best_miou": best_miou,
+        "best_epoch": best_epoch,
+        "torch_rng": torch.get_rng_state(),
+        "config": config.to_dict(),
+        "class_names": config.data.names(),
+        "in_channels": config.data.in_channels,
+        "patch_size": patch_size,
+        "normalization": NORMALIZATION,
+        "history": history,
+        "metrics": history[-1] if history else {},
+    }
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors land on ``device``).
+
+    Raises:
+        UserError: the file is missing, not a checkpoint, or of an unknown format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; pass the path of a .pt file written by training")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise UserError(
+            f"{path}: not a readable unet-patches checkpoint ({type(exc).__name__}); pass a best.pt or last.pt"
+        ) from None
+    if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
+        raise UserError(f"{path}: not a unet-patches checkpoint (no model_config/model); pass a best.pt or last.pt")
+    if state.get("format_version", 0) > CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path}: checkpoint format {state['format_version']} is newer than this version reads "
+            f"({CHECKPOINT_FORMAT}); upgrade unet-patches"
+        )
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """The network a loaded checkpoint describes, with its weights, on ``device``, in eval mode."""
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

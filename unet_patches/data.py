@@ -1,0 +1,146 @@
+"""Training data: the datasets named by ``training.folder`` and the loaders over this rank's shard.
+
+A folder with ``manifest.json`` holds patches on disk (from ``unet-patches patches``): validation is
+the patches of held-back source images. A folder with ``images/`` and ``masks/`` holds full images:
+training patches are sampled on the fly and validation uses fixed windows of held-back images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from . import runtime
+from .errors import UserError
+from .imageio import load_pairs
+from .patches import PatchFolder, read_manifest, split_by_source
+from .sampling import FixedWindows, RandomPatches, class_pixel_counts, median_frequency_weights
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["DataSources", "make_datasets", "make_loader", "resolve_class_weights", "resolve_folder", "set_epoch"]
+
+
+@dataclass
+class DataSources:
+    """What :func:`make_datasets` found: the datasets and facts about them."""
+
+    train: Dataset
+    val: Dataset | None
+    kind: str  # "patches" (a folder made by `unet-patches patches`) or "images" (sampled on the fly)
+    folder: Path
+    patch_size: int
+    class_pixels: np.ndarray  # (K,) or (N, K) pixel counts, for median-frequency weights
+    description: str
+
+
+def resolve_folder(config: Config) -> Path:
+    """``training.folder`` as given when it exists or is absolute, else under ``data.root``."""
+    folder = Path(config.training.folder)
+    if not folder.is_absolute() and not folder.exists():
+        folder = Path(config.data.root) / folder
+    return folder
+
+
+def make_datasets(config: Config) -> DataSources:
+    """Build the training and validation sets named by ``training.folder``.
+
+    Raises:
+        UserError: the folder is neither a patch folder nor an images/ + masks/ folder, or its
+            contents do not match ``data.in_channels`` / ``data.num_classes``.
+    """
+    folder = resolve_folder(config)
+    if (folder / "manifest.json").is_file():
+        return _patch_folder(config, folder)
+    if (folder / "images").is_dir() or (folder / "masks").is_dir():
+        return _image_folder(config, folder)
+    raise UserError(
+        f"{folder}: found neither manifest.json (a patch folder) nor images/ and masks/ (full images); "
+        f"make patches with `unet-patches patches SOURCE -o {folder}` or point -f at an images/+masks/ folder"
+    )
+
+
+def _patch_folder(config: Config, folder: Path) -> DataSources:
+    t, d = config.training, config.data
+    manifest = read_manifest(folder)
+    if manifest["num_classes"] != d.num_classes or manifest["in_channels"] != d.in_channels:
+        raise UserError(
+            f"{folder}: patches have {manifest['in_channels']} channel(s) and {manifest['num_classes']} classes, "
+            f"but data.in_channels = {d.in_channels} and data.num_classes = {d.num_classes}; "
+            "make parameters.json match the patches"
+        )
+    train_names, val_names = split_by_source(manifest, t.val_fraction, t.seed)
+    train = PatchFolder(folder, train_names, in_channels=d.in_channels)
+    val = PatchFolder(folder, val_names, in_channels=d.in_channels) if val_names else None
+    held_back = set(val_names)
+    sources = {p["source"] for p in manifest["patches"]}
+    n_val_sources = len({p["source"] for p in manifest["patches"] if p["name"] in held_back})
+    return DataSources(
+        train, val, "patches", folder, int(manifest["patch_size"]),
+        np.asarray(manifest["class_pixels"], dtype=np.int64),
+        f"{len(train_names)} training and {len(val_names)} validation patches from {folder} "
+        f"({len(sources) - n_val_sources} / {n_val_sources} source images)",
+    )
+
+
+def _image_folder(config: Config, folder: Path) -> DataSources:
+    t, d = config.training, config.data
+    samples = load_pairs(folder, d.in_channels, d.num_classes)
+    order = np.random.default_rng([t.seed, 7]).permutation(len(samples))
+    n_val = int(round(t.val_fraction * len(samples)))
+    if t.val_fraction > 0 and len(samples) >= 2:
+        n_val = min(max(n_val, 1), len(samples) - 1)
+    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    masks = [samples[i].mask for i in train_idx]
+    size = config.patches.patch_size
+    train = RandomPatches(
+        [samples[i].image for i in train_idx], masks, size, t.samples_per_epoch, num_classes=d.num_classes,
+        flips=t.flips, rotate90=t.rotate90, foreground_fraction=t.foreground_fraction, seed=t.seed,
+    )
+    val = None
+    if val_idx:
+        val = FixedWindows(
+            [samples[i].image for i in val_idx], [samples[i].mask for i in val_idx], size,
+            per_image=t.val_windows_per_image, seed=t.seed,
+        )
+    return DataSources(
+        train, val, "images", folder, size, class_pixel_counts(masks, d.num_classes, per_image=True),
+        f"{t.samples_per_epoch} random {size}x{size} patches per epoch from {len(train_idx)} images in {folder}; "
+        f"validation: {len(val) if val else 0} fixed windows of {len(val_idx)} held-back images",
+    )
+
+
+def resolve_class_weights(config: Config, sources: DataSources) -> list[float] | None:
+    """``training.class_weights`` as numbers: ``median_frequency`` computed from the training masks."""
+    weights = config.training.class_weights
+    if weights == "median_frequency":
+        return [float(w) for w in median_frequency_weights(sources.class_pixels)]
+    return weights
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, num_workers: int) -> DataLoader:
+    """A loader over this rank's shard: a seeded shuffle for training, a strided split for validation."""
+    world, rank = runtime.world_size(), runtime.rank()
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        shard_size = len(dataset) // world
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+            drop_last=shard_size >= batch_size, persistent_workers=False,
+        )
+    # Validation shards must not repeat samples, or the summed confusion matrix would be wrong.
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the sampler and an on-the-fly dataset which epoch is next (they are seeded by it)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
