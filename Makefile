@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP_CONSTRAINTS ?= -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean-venv
+.PHONY: setup demo test test-all lint format bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ test: setup
 ## test-all: every test, the slow and multi-process ones included (CI runs this)
 test-all: setup
 	$(PY) -m pytest
+
+## lint: the formatter and linter (ruff, settings in pyproject.toml) check the code; CI runs this
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## format: format the code and apply ruff's safe fixes
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 ## bench: benchmarks; results printed and written under benchmarks/results/
 bench: setup

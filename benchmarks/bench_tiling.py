@@ -154,8 +154,12 @@ def compare(args: argparse.Namespace) -> dict:
         "ours auto (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="auto"),
         "ours auto+compile (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="auto", compile=True),
         f"ours fast (window {args.fast_window}, overlap {args.fast_overlap}, compiled)": dict(
-            window=args.fast_window, overlap=args.fast_overlap, batch_size=args.fast_batch,
-            precision="auto", compile=True, blend="gaussian",
+            window=args.fast_window,
+            overlap=args.fast_overlap,
+            batch_size=args.fast_batch,
+            precision="auto",
+            compile=True,
+            blend="gaussian",
         ),
     }
     if args.no_compile:
@@ -198,11 +202,18 @@ def compare(args: argparse.Namespace) -> dict:
                 bare_log.setdefault(name, []).append((bare, t.result.wall))
             best = rows.get(name)
             if best is None or t.result.wall < best["wall_s"]:
-                rows[name] = {"wall_s": t.result.wall, "cpu_s": t.result.cpu, "peak_mb": memory.peak_mb,
-                              "overhead_in_run": 1.0 - sum(passes) / t.result.wall}
+                rows[name] = {
+                    "wall_s": t.result.wall,
+                    "cpu_s": t.result.cpu,
+                    "peak_mb": memory.peak_mb,
+                    "overhead_in_run": 1.0 - sum(passes) / t.result.wall,
+                }
             labels[name] = out
-            print(f"  [{repeat + 1}/{args.repeats}] {name}: {t.result.wall:.1f} s "
-                  f"(forward passes {sum(passes):.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  [{repeat + 1}/{args.repeats}] {name}: {t.result.wall:.1f} s (forward passes {sum(passes):.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     for name, row in rows.items():
         # Quiet-machine estimate: each forward pass at its fastest over the repeats (the passes do
@@ -223,14 +234,25 @@ def compare(args: argparse.Namespace) -> dict:
         if predictor is not None:
             # Median over the repeats of 1 - bare / run, each bare timing taken right after its run.
             overheads = [1.0 - bare / wall for bare, wall in bare_log[name]]
-            row.update(windows=predictor.count_windows((args.size, args.size)),
-                       bare_s=min(b for b, _ in bare_log[name]), overhead=float(np.median(overheads)),
-                       overheads=overheads, precision=predictor.precision.name, warmup_s=warmup[name])
+            row.update(
+                windows=predictor.count_windows((args.size, args.size)),
+                bare_s=min(b for b, _ in bare_log[name]),
+                overhead=float(np.median(overheads)),
+                overheads=overheads,
+                precision=predictor.precision.name,
+                warmup_s=warmup[name],
+            )
         else:
             row.update(windows=(-(-(args.size - 96) // 48) + 1) ** 2, precision="fp32")
     width = model.config.base_width if hasattr(model, "config") else args.width
-    return {"size": args.size, "megapixels": megapixels, "model_width": width, "parameters": params,
-            "checkpoint": args.checkpoint, "rows": rows}
+    return {
+        "size": args.size,
+        "megapixels": megapixels,
+        "model_width": width,
+        "parameters": params,
+        "checkpoint": args.checkpoint,
+        "rows": rows,
+    }
 
 
 def precision_check(args: argparse.Namespace) -> dict:
@@ -247,8 +269,11 @@ def precision_check(args: argparse.Namespace) -> dict:
             labels, probs = predictor.labels(image, return_probs=True)
         if reference is None:
             reference = (labels, probs)
-        out[precision] = {"wall_s": t.result.wall, "agree_fp32": float(np.mean(labels == reference[0])),
-                          "max_prob_diff": float(np.abs(probs - reference[1]).max())}
+        out[precision] = {
+            "wall_s": t.result.wall,
+            "agree_fp32": float(np.mean(labels == reference[0])),
+            "max_prob_diff": float(np.abs(probs - reference[1]).max()),
+        }
         print(f"  precision {precision}: {t.result.wall:.1f} s", file=sys.stderr, flush=True)
     return out
 
@@ -260,24 +285,41 @@ def child_stream(args: argparse.Namespace) -> None:
     """Subprocess: stream one TIFF to a label TIFF with the fast settings; print one JSON line."""
     model = build_model(args.flat_width, args.checkpoint)
     predictor = TiledPredictor(
-        model, args.fast_window, args.fast_overlap, batch_size=args.fast_batch, precision="auto",
-        compile=not args.no_compile, blend="gaussian",
+        model,
+        args.fast_window,
+        args.fast_overlap,
+        batch_size=args.fast_batch,
+        precision="auto",
+        compile=not args.no_compile,
+        blend="gaussian",
     )
     with Timer() as warm:
         predictor.forward_windows(torch.rand(predictor.windows_per_batch, 1, *predictor.window))
     ready_rss = peak_rss_mb()
     with PassTimer(predictor) as passes, Timer() as t:
-        (plan,) = plan_outputs([Path(args.child_tiff)], args.child_out, overlay=False, probs=False, overwrite=True,
-                               stream_threshold_px=0)
+        (plan,) = plan_outputs(
+            [Path(args.child_tiff)], args.child_out, overlay=False, probs=False, overwrite=True, stream_threshold_px=0
+        )
         with open_image(plan.image, 1, plan.large) as source:
             write_outputs(predictor, source, plan.outputs, plan.large, progress=False)
     engine = t.result.wall - sum(passes)
-    print(json.dumps({"wall_s": t.result.wall, "cpu_s": t.result.cpu, "warmup_s": warm.result.wall,
-                      "passes": len(passes), "forward_s": sum(passes), "engine_s": engine,
-                      "median_pass_s": float(np.median(passes)),
-                      "steady_s": float(np.median(passes)) * len(passes) + engine,
-                      "quiet_s": float(np.percentile(passes, 10)) * len(passes) + engine,
-                      "peak_rss_mb": peak_rss_mb(), "ready_rss_mb": ready_rss}))
+    print(
+        json.dumps(
+            {
+                "wall_s": t.result.wall,
+                "cpu_s": t.result.cpu,
+                "warmup_s": warm.result.wall,
+                "passes": len(passes),
+                "forward_s": sum(passes),
+                "engine_s": engine,
+                "median_pass_s": float(np.median(passes)),
+                "steady_s": float(np.median(passes)) * len(passes) + engine,
+                "quiet_s": float(np.percentile(passes, 10)) * len(passes) + engine,
+                "peak_rss_mb": peak_rss_mb(),
+                "ready_rss_mb": ready_rss,
+            }
+        )
+    )
 
 
 def flatness(args: argparse.Namespace) -> dict:
@@ -288,17 +330,33 @@ def flatness(args: argparse.Namespace) -> dict:
             path = Path(tmp) / f"synthetic_{size}.tif"
             tifffile.imwrite(path, raw)
             del raw
-            command = [sys.executable, __file__, "--child-tiff", str(path), "--child-out", str(Path(tmp) / "out"),
-                       "--flat-width", str(args.flat_width), "--fast-window", str(args.fast_window),
-                       "--fast-overlap", str(args.fast_overlap), "--fast-batch", str(args.fast_batch)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child-tiff",
+                str(path),
+                "--child-out",
+                str(Path(tmp) / "out"),
+                "--flat-width",
+                str(args.flat_width),
+                "--fast-window",
+                str(args.fast_window),
+                "--fast-overlap",
+                str(args.fast_overlap),
+                "--fast-batch",
+                str(args.fast_batch),
+            ]
             if args.no_compile:
                 command.append("--no-compile")
             if args.checkpoint:
                 command += ["--checkpoint", args.checkpoint]
             row: dict = {}
             for repeat in range(args.flat_repeats):
-                print(f"  streaming {size}x{size} in a fresh process ({repeat + 1}/{args.flat_repeats}) ...",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  streaming {size}x{size} in a fresh process ({repeat + 1}/{args.flat_repeats}) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 done = subprocess.run(command, check=True, capture_output=True, text=True)
                 run = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"    {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
@@ -315,12 +373,15 @@ def flatness(args: argparse.Namespace) -> dict:
             path.unlink()
     sizes = sorted(results)
     small, large = results[sizes[0]], results[sizes[-1]]
-    return {"model_width": args.flat_width, "sizes": results,
-            "time_ratio": large["s_per_mpx"] / small["s_per_mpx"],
-            "steady_time_ratio": large["steady_s_per_mpx"] / small["steady_s_per_mpx"],
-            "quiet_time_ratio": large["quiet_s_per_mpx"] / small["quiet_s_per_mpx"],
-            "cpu_time_ratio": large["cpu_s_per_mpx"] / small["cpu_s_per_mpx"],
-            "memory_ratio": large["peak_rss_mb"] / small["peak_rss_mb"]}
+    return {
+        "model_width": args.flat_width,
+        "sizes": results,
+        "time_ratio": large["s_per_mpx"] / small["s_per_mpx"],
+        "steady_time_ratio": large["steady_s_per_mpx"] / small["steady_s_per_mpx"],
+        "quiet_time_ratio": large["quiet_s_per_mpx"] / small["quiet_s_per_mpx"],
+        "cpu_time_ratio": large["cpu_s_per_mpx"] / small["cpu_s_per_mpx"],
+        "memory_ratio": large["peak_rss_mb"] / small["peak_rss_mb"],
+    }
 
 
 # --------------------------------------------------------------------------------------- report
@@ -329,46 +390,67 @@ def flatness(args: argparse.Namespace) -> dict:
 def markdown(report: dict) -> str:
     lines = []
     m = report["machine"]
-    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads, "
-                 f"capability {m['cpu_capability']}), matmul {m['matmul_gflops_fp32']} GFLOP/s fp32, "
-                 f"{m['matmul_gflops_bf16']} GFLOP/s bf16; load average at start {tuple(round(v, 2) for v in m['load_average'])}")
+    lines.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads, "
+        f"capability {m['cpu_capability']}), matmul {m['matmul_gflops_fp32']} GFLOP/s fp32, "
+        f"{m['matmul_gflops_bf16']} GFLOP/s bf16; load average at start {tuple(round(v, 2) for v in m['load_average'])}"
+    )
     if "compare" in report:
         c = report["compare"]
-        lines += ["", f"Image {c['size']}x{c['size']} ({c['megapixels']:.2f} Mpx), UNet base_width={c['model_width']} "
-                  f"({c['parameters'] / 1e6:.2f} M parameters){', checkpoint ' + c['checkpoint'] if c['checkpoint'] else ', random weights'}",
-                  "",
-                  "| run | precision | windows (passes) | Mpx/s (best wall) | x MONAI (wall) | x MONAI (CPU time) "
-                  "| Mpx/s (quiet est.) | x MONAI (quiet est.) | peak memory (MiB) | argmax = MONAI "
-                  "| overhead in run | overhead vs ready-made batches | mIoU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Image {c['size']}x{c['size']} ({c['megapixels']:.2f} Mpx), UNet base_width={c['model_width']} "
+            f"({c['parameters'] / 1e6:.2f} M parameters){', checkpoint ' + c['checkpoint'] if c['checkpoint'] else ', random weights'}",
+            "",
+            "| run | precision | windows (passes) | Mpx/s (best wall) | x MONAI (wall) | x MONAI (CPU time) "
+            "| Mpx/s (quiet est.) | x MONAI (quiet est.) | peak memory (MiB) | argmax = MONAI "
+            "| overhead in run | overhead vs ready-made batches | mIoU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in c["rows"].items():
             overhead = f"{100 * r['overhead']:.1f} %" if "overhead" in r else "-"
             miou_text = f"{r['miou']:.4f}" if r.get("miou") is not None else "n/a"
-            lines.append(f"| {name} | {r['precision']} | {r['windows']} ({r['passes']}) | {r['mpx_per_s']:.4f} | "
-                         f"{r['ratio_wall']:.2f} | {r['ratio_cpu']:.2f} | {r['quiet_mpx_per_s']:.4f} | "
-                         f"{r['ratio_quiet']:.2f} | {r['peak_mb']:.0f} | {100 * r['agree_monai']:.3f} % | "
-                         f"{100 * r['overhead_in_run']:.1f} % | {overhead} | {miou_text} |")
+            lines.append(
+                f"| {name} | {r['precision']} | {r['windows']} ({r['passes']}) | {r['mpx_per_s']:.4f} | "
+                f"{r['ratio_wall']:.2f} | {r['ratio_cpu']:.2f} | {r['quiet_mpx_per_s']:.4f} | "
+                f"{r['ratio_quiet']:.2f} | {r['peak_mb']:.0f} | {100 * r['agree_monai']:.3f} % | "
+                f"{100 * r['overhead_in_run']:.1f} % | {overhead} | {miou_text} |"
+            )
         warm = {k: v["warmup_s"] for k, v in c["rows"].items() if "warmup_s" in v}
         lines.append("")
-        lines.append("One-off warm-up (compile) seconds, not in the times above: "
-                     + ", ".join(f"{k}: {v:.1f}" for k, v in warm.items()))
+        lines.append(
+            "One-off warm-up (compile) seconds, not in the times above: "
+            + ", ".join(f"{k}: {v:.1f}" for k, v in warm.items())
+        )
     if "precision" in report:
         p = report["precision"]
-        lines += ["", f"bf16 autocast against float32, {p['size']}x{p['size']} crop, same model, window 96, overlap 0.5: "
-                  f"argmax agreement {100 * p['bf16']['agree_fp32']:.3f} %, largest probability difference "
-                  f"{p['bf16']['max_prob_diff']:.4f}; time {p['bf16']['wall_s']:.1f} s (bf16) vs {p['fp32']['wall_s']:.1f} s (fp32)"]
+        lines += [
+            "",
+            f"bf16 autocast against float32, {p['size']}x{p['size']} crop, same model, window 96, overlap 0.5: "
+            f"argmax agreement {100 * p['bf16']['agree_fp32']:.3f} %, largest probability difference "
+            f"{p['bf16']['max_prob_diff']:.4f}; time {p['bf16']['wall_s']:.1f} s (bf16) vs {p['fp32']['wall_s']:.1f} s (fp32)",
+        ]
     if "flatness" in report:
         f = report["flatness"]
-        lines += ["", f"Streamed TIFF -> label TIFF, fast settings, UNet base_width={f['model_width']}, fresh process per size",
-                  "", "| size | Mpx | passes | wall s | s per Mpx | CPU s per Mpx | s per Mpx, passes at median "
-                  "| s per Mpx, passes at 10th percentile | engine s outside passes | peak RSS (MiB) | RSS after warm-up (MiB) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Streamed TIFF -> label TIFF, fast settings, UNet base_width={f['model_width']}, fresh process per size",
+            "",
+            "| size | Mpx | passes | wall s | s per Mpx | CPU s per Mpx | s per Mpx, passes at median "
+            "| s per Mpx, passes at 10th percentile | engine s outside passes | peak RSS (MiB) | RSS after warm-up (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for size, r in f["sizes"].items():
-            lines.append(f"| {size}x{size} | {r['megapixels']:.1f} | {r['passes']} | {r['wall_s']:.1f} | "
-                         f"{r['s_per_mpx']:.3f} | {r['cpu_s_per_mpx']:.3f} | {r['steady_s_per_mpx']:.3f} | "
-                         f"{r['quiet_s_per_mpx']:.3f} | {r['engine_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['ready_rss_mb']:.0f} |")
-        lines += ["", f"Time per Mpx, largest / smallest: {f['time_ratio']:.3f} (wall), {f['cpu_time_ratio']:.3f} (CPU), "
-                  f"{f['steady_time_ratio']:.3f} (passes at median), {f['quiet_time_ratio']:.3f} (passes at 10th percentile); peak RSS largest / smallest: {f['memory_ratio']:.3f}"]
+            lines.append(
+                f"| {size}x{size} | {r['megapixels']:.1f} | {r['passes']} | {r['wall_s']:.1f} | "
+                f"{r['s_per_mpx']:.3f} | {r['cpu_s_per_mpx']:.3f} | {r['steady_s_per_mpx']:.3f} | "
+                f"{r['quiet_s_per_mpx']:.3f} | {r['engine_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['ready_rss_mb']:.0f} |"
+            )
+        lines += [
+            "",
+            f"Time per Mpx, largest / smallest: {f['time_ratio']:.3f} (wall), {f['cpu_time_ratio']:.3f} (CPU), "
+            f"{f['steady_time_ratio']:.3f} (passes at median), {f['quiet_time_ratio']:.3f} (passes at 10th percentile); peak RSS largest / smallest: {f['memory_ratio']:.3f}",
+        ]
     return "\n".join(lines)
 
 
@@ -384,8 +466,9 @@ def main() -> None:
     parser.add_argument("--fast-window", type=int, default=256)
     parser.add_argument("--fast-overlap", type=float, default=0.25)
     parser.add_argument("--fast-batch", type=int, default=4)
-    parser.add_argument("--precision-size", type=int, default=256,
-                        help="image side for the bf16-vs-fp32 agreement check (0 skips it)")
+    parser.add_argument(
+        "--precision-size", type=int, default=256, help="image side for the bf16-vs-fp32 agreement check (0 skips it)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile everywhere")
     parser.add_argument("--skip-monai", action="store_true", help="skip part 1")
     parser.add_argument("--skip-flat", action="store_true", help="skip part 2")

@@ -70,7 +70,9 @@ PIPELINE_TARGET = 0.10
 
 def make_config(args: argparse.Namespace, root: Path, folder: str, **training_values):
     """parameters.json with the data under ``root`` and this benchmark's batch and patch size."""
-    values = dict(folder=folder, batch_size=args.batch_size, checkpoint_dir=str(root / "ck"), log_dir=str(root / "runs"))
+    values = dict(
+        folder=folder, batch_size=args.batch_size, checkpoint_dir=str(root / "ck"), log_dir=str(root / "runs")
+    )
     values.update(training_values)
     overrides = {"data": {"root": str(root)}, "patches": {"patch_size": args.patch_size}, "training": values}
     return load_config(args.params, overrides)
@@ -79,12 +81,23 @@ def make_config(args: argparse.Namespace, root: Path, folder: str, **training_va
 def make_data(args: argparse.Namespace, root: Path) -> None:
     """Full synthetic images (the generator settings of parameters.json) and a patch folder cut from them."""
     base = load_config(args.params)
-    generate_dataset(root / "synthetic", n_train=args.images, n_test=args.test_images if args.ddp else 0,
-                     seed=base.synthetic.seed, spec=base.synthetic.spec())
+    generate_dataset(
+        root / "synthetic",
+        n_train=args.images,
+        n_test=args.test_images if args.ddp else 0,
+        seed=base.synthetic.seed,
+        spec=base.synthetic.spec(),
+    )
     extract_patches(
-        root / "synthetic" / "train", root / "patches", patch_size=args.patch_size, per_image=args.patches_per_image,
-        foreground_only=base.patches.foreground_only, flips=base.patches.flips, seed=base.patches.seed,
-        in_channels=base.data.in_channels, num_classes=base.data.num_classes,
+        root / "synthetic" / "train",
+        root / "patches",
+        patch_size=args.patch_size,
+        per_image=args.patches_per_image,
+        foreground_only=base.patches.foreground_only,
+        flips=base.patches.flips,
+        seed=base.patches.seed,
+        in_channels=base.data.in_channels,
+        num_classes=base.data.num_classes,
     )
 
 
@@ -98,7 +111,9 @@ class Trainer:
         if precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(t.loss, config.data.num_classes)
-        self.optimizer = optim.build_optimizer(t.optimizer, self.model.parameters(), t.learning_rate, t.momentum, t.weight_decay)
+        self.optimizer = optim.build_optimizer(
+            t.optimizer, self.model.parameters(), t.learning_rate, t.momentum, t.weight_decay
+        )
         self.precision = precision
 
     def run(self, batches) -> tuple[float, float, float]:
@@ -107,8 +122,14 @@ class Trainer:
         progress.start()
         with Timer() as timer:
             loss = training.train_one_epoch(
-                self.model, batches, self.loss_fn, self.optimizer, progress, lambda fraction: None,
-                device=CPU, precision=self.precision,
+                self.model,
+                batches,
+                self.loss_fn,
+                self.optimizer,
+                progress,
+                lambda fraction: None,
+                device=CPU,
+                precision=self.precision,
             )
         return timer.result.wall, timer.result.cpu, loss
 
@@ -135,7 +156,7 @@ class Interleaved:
         self.wait["loader"] += time.perf_counter() - start
         for i, batch_ready in enumerate(self.ready):
             # Alternate which kind goes first, so that neither always follows the other.
-            for kind in (("ready", "loader") if i % 2 == 0 else ("loader", "ready")):
+            for kind in ("ready", "loader") if i % 2 == 0 else ("loader", "ready"):
                 start = time.perf_counter()
                 batch = batch_ready if kind == "ready" else next(iterator)
                 got = time.perf_counter()
@@ -166,7 +187,11 @@ def precision_part(args: argparse.Namespace, root: Path) -> dict:
     loader = data.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=0)
     batches = take(loader, args.steps)
     auto = runtime.resolve_precision("auto", CPU)
-    modes = [("auto", auto), ("fp32", runtime.resolve_precision("fp32", CPU)), ("bf16 (forced)", runtime.resolve_precision("bf16", CPU))]
+    modes = [
+        ("auto", auto),
+        ("fp32", runtime.resolve_precision("fp32", CPU)),
+        ("bf16 (forced)", runtime.resolve_precision("bf16", CPU)),
+    ]
     if not args.quick:
         modes.insert(2, ("fp32, contiguous layout", runtime.Precision("fp32", None, False)))
     trainers = {label: Trainer(config, precision) for label, precision in modes}
@@ -180,12 +205,18 @@ def precision_part(args: argparse.Namespace, root: Path) -> dict:
     rows = []
     for label, precision in modes:
         wall, cpu, loss = min(runs[label])
-        rows.append({
-            "mode": label, "resolved": precision.name, "channels_last": precision.channels_last,
-            "step_s": wall / len(batches), "cpu_s_per_step": cpu / len(batches),
-            "patches_per_s": len(batches) * args.batch_size / wall, "all_step_s": [r[0] / len(batches) for r in runs[label]],
-            "loss_finite": math.isfinite(loss),
-        })
+        rows.append(
+            {
+                "mode": label,
+                "resolved": precision.name,
+                "channels_last": precision.channels_last,
+                "step_s": wall / len(batches),
+                "cpu_s_per_step": cpu / len(batches),
+                "patches_per_s": len(batches) * args.batch_size / wall,
+                "all_step_s": [r[0] / len(batches) for r in runs[label]],
+                "loss_finite": math.isfinite(loss),
+            }
+        )
         print(f"  A {label}: {rows[-1]['patches_per_s']:.2f} patches/s", flush=True)
     by = {r["mode"]: r for r in rows}
     return {
@@ -205,14 +236,19 @@ def pipeline_part(args: argparse.Namespace, root: Path) -> dict:
     precision = runtime.resolve_precision("auto", CPU)
     n = args.steps
     configs = {
-        "on-the-fly RandomPatches (full images)": make_config(args, root, "synthetic/train", samples_per_epoch=n * args.batch_size),
+        "on-the-fly RandomPatches (full images)": make_config(
+            args, root, "synthetic/train", samples_per_epoch=n * args.batch_size
+        ),
         "PatchFolder (PNG patches)": make_config(args, root, "patches"),
     }
     loaders = {}
     for label, config in configs.items():
         sources = data.make_datasets(config)
         workers = config.training.num_workers if args.workers is None else args.workers
-        loaders[label] = (data.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=workers), workers)
+        loaders[label] = (
+            data.make_loader(sources.train, args.batch_size, train=True, seed=0, num_workers=workers),
+            workers,
+        )
     trainer = Trainer(next(iter(configs.values())), precision)
     trainer.run(take(loaders[next(iter(loaders))][0], args.warmup))  # warm up on ready-made batches
     rows: dict[str, dict] = {}
@@ -231,9 +267,14 @@ def pipeline_part(args: argparse.Namespace, root: Path) -> dict:
         step_loader, step_ready = timed.step("loader"), timed.step("ready")
         wait = timed.wait["loader"] / timed.count["loader"]
         rows[label] = {
-            "source": label, "workers": workers, "steps": timed.count["loader"],
-            "step_s_loader": step_loader, "step_s_ready": step_ready, "wait_s_per_step": wait,
-            "share_waiting": wait / step_loader, "share_difference": (step_loader - step_ready) / step_loader,
+            "source": label,
+            "workers": workers,
+            "steps": timed.count["loader"],
+            "step_s_loader": step_loader,
+            "step_s_ready": step_ready,
+            "wait_s_per_step": wait,
+            "share_waiting": wait / step_loader,
+            "share_difference": (step_loader - step_ready) / step_loader,
             "within_target": wait / step_loader <= PIPELINE_TARGET,
         }
         print(f"  B {label}: waiting {100 * wait / step_loader:.1f} % of the step", flush=True)
@@ -251,14 +292,21 @@ def final_miou(last: Path, test: Path) -> dict:
     sources = data.make_datasets(config)
     loader = data.make_loader(sources.val, config.training.batch_size, train=False, seed=0, num_workers=0)
     precision = runtime.resolve_precision(config.training.precision, CPU)
-    _, matrix, _ = training.evaluate(checkpoints.model_from_checkpoint(state), loader, None, config.data.num_classes,
-                                     device=CPU, precision=precision)
+    _, matrix, _ = training.evaluate(
+        checkpoints.model_from_checkpoint(state), loader, None, config.data.num_classes, device=CPU, precision=precision
+    )
     iou = matrix.iou()
-    return {"recorded_miou": state["history"][-1].get("miou"), "reevaluated_miou": matrix.mean_iou(),
-            "reevaluated_iou": [None if math.isnan(v) else float(v) for v in iou],
-            "foreground_iou": float(iou[1:].mean()) if len(iou) > 1 and not math.isnan(iou[1:].mean()) else None,
-            "val_windows": len(sources.val), "steps": state["step"],
-            "test_miou": evaluate_folder(Segmenter.from_checkpoint(last), test, precision=config.inference.precision)["miou"]}
+    return {
+        "recorded_miou": state["history"][-1].get("miou"),
+        "reevaluated_miou": matrix.mean_iou(),
+        "reevaluated_iou": [None if math.isnan(v) else float(v) for v in iou],
+        "foreground_iou": float(iou[1:].mean()) if len(iou) > 1 and not math.isnan(iou[1:].mean()) else None,
+        "val_windows": len(sources.val),
+        "steps": state["step"],
+        "test_miou": evaluate_folder(Segmenter.from_checkpoint(last), test, precision=config.inference.precision)[
+            "miou"
+        ],
+    }
 
 
 def ddp_part(args: argparse.Namespace, root: Path) -> dict:
@@ -271,8 +319,9 @@ def ddp_part(args: argparse.Namespace, root: Path) -> dict:
     rows = []
     for label, processes, batch in runs:
         run_name = f"ddp{processes}_b{batch}"
-        config = make_config(args, root, "synthetic/train", samples_per_epoch=samples, epochs=epochs, run_name=run_name,
-                             batch_size=batch)
+        config = make_config(
+            args, root, "synthetic/train", samples_per_epoch=samples, epochs=epochs, run_name=run_name, batch_size=batch
+        )
         config = config.merged({"model": {"base_width": args.ddp_width}})
         params = root / f"{run_name}.json"
         params.write_text(json.dumps(config.to_dict()))
@@ -281,7 +330,15 @@ def ddp_part(args: argparse.Namespace, root: Path) -> dict:
             command = [sys.executable, "train.py"]
             threads = torch.get_num_threads()
         else:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "train.py"]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(processes),
+                "train.py",
+            ]
             threads = max(1, torch.get_num_threads() // processes)
             env["OMP_NUM_THREADS"] = str(threads)
         command += ["--params", str(params), "--no-progress", "--json", "--overwrite"]
@@ -291,12 +348,23 @@ def ddp_part(args: argparse.Namespace, root: Path) -> dict:
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
         summary = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")][-1]
-        row = {"run": label, "processes": processes, "threads_per_process": threads, "batch_per_process": batch,
-               "samples_per_epoch": samples, "epochs": epochs, "wall_s": wall, "train_s": summary["seconds"]}
+        row = {
+            "run": label,
+            "processes": processes,
+            "threads_per_process": threads,
+            "batch_per_process": batch,
+            "samples_per_epoch": samples,
+            "epochs": epochs,
+            "wall_s": wall,
+            "train_s": summary["seconds"],
+        }
         row.update(final_miou(Path(summary["last_checkpoint"]), root / "synthetic" / "test"))
         rows.append(row)
-        print(f"  C {label}: final val mIoU {row['recorded_miou']:.4f} (re-evaluated {row['reevaluated_miou']:.4f}), "
-              f"full-image test mIoU {row['test_miou']:.4f}, {wall:.0f} s", flush=True)
+        print(
+            f"  C {label}: final val mIoU {row['recorded_miou']:.4f} (re-evaluated {row['reevaluated_miou']:.4f}), "
+            f"full-image test mIoU {row['test_miou']:.4f}, {wall:.0f} s",
+            flush=True,
+        )
     return {"rows": rows}
 
 
@@ -325,12 +393,16 @@ def markdown(report: dict) -> str:
         ]
         fp32 = next(r for r in a["rows"] if r["mode"] == "fp32")["patches_per_s"]
         for r in a["rows"]:
-            lines.append(f"| {r['mode']} | {r['resolved']} | {r['channels_last']} | {r['step_s']:.3f} | "
-                         f"{r['cpu_s_per_step']:.3f} | {r['patches_per_s']:.2f} | {r['patches_per_s'] / fp32:.2f} |")
+            lines.append(
+                f"| {r['mode']} | {r['resolved']} | {r['channels_last']} | {r['step_s']:.3f} | "
+                f"{r['cpu_s_per_step']:.3f} | {r['patches_per_s']:.2f} | {r['patches_per_s'] / fp32:.2f} |"
+            )
         lines += ["", f"auto / fp32 = {a['auto_over_fp32']:.2f}; forced bf16 / fp32 = {a['bf16_over_fp32']:.2f}."]
         if a["auto_resolves_to"] == "fp32":
-            lines.append("On this CPU auto *is* fp32 (no native bf16), so auto / fp32 differs from 1 by noise only; "
-                         "the bf16 row is what auto avoids.")
+            lines.append(
+                "On this CPU auto *is* fp32 (no native bf16), so auto / fp32 differs from 1 by noise only; "
+                "the bf16 row is what auto avoids."
+            )
     if "pipeline" in report:
         b = report["pipeline"]
         lines += [
@@ -341,9 +413,11 @@ def markdown(report: dict) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in b["rows"]:
-            lines.append(f"| {r['source']} | {r['workers']} | {r['step_s_loader']:.3f} | {r['step_s_ready']:.3f} | "
-                         f"{r['wait_s_per_step']:.4f} | {100 * r['share_waiting']:.1f} % | {100 * r['share_difference']:.1f} % | "
-                         f"{'yes' if r['within_target'] else 'NO'} |")
+            lines.append(
+                f"| {r['source']} | {r['workers']} | {r['step_s_loader']:.3f} | {r['step_s_ready']:.3f} | "
+                f"{r['wait_s_per_step']:.4f} | {100 * r['share_waiting']:.1f} % | {100 * r['share_difference']:.1f} % | "
+                f"{'yes' if r['within_target'] else 'NO'} |"
+            )
     if "ddp" in report:
         lines += [
             "",
@@ -358,50 +432,74 @@ def markdown(report: dict) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in report["ddp"]["rows"]:
-            lines.append(f"| {r['run']} | {r['processes']} x {r['threads_per_process']} | {r['batch_per_process']} | {r['steps']} | "
-                         f"{r['wall_s']:.0f} | {r['recorded_miou']:.4f} | {r['reevaluated_miou']:.4f} | "
-                         f"{'n/a' if r['foreground_iou'] is None else format(r['foreground_iou'], '.4f')} | {r['test_miou']:.4f} |")
+            lines.append(
+                f"| {r['run']} | {r['processes']} x {r['threads_per_process']} | {r['batch_per_process']} | {r['steps']} | "
+                f"{r['wall_s']:.0f} | {r['recorded_miou']:.4f} | {r['reevaluated_miou']:.4f} | "
+                f"{'n/a' if r['foreground_iou'] is None else format(r['foreground_iou'], '.4f')} | {r['test_miou']:.4f} |"
+            )
         if all(not r["foreground_iou"] for r in report["ddp"]["rows"]):
-            lines += ["", "No run learned any foreground (IoU 0 for every foreground class): the run is too short to "
-                          "compare accuracy; use the full settings."]
+            lines += [
+                "",
+                "No run learned any foreground (IoU 0 for every foreground class): the run is too short to "
+                "compare accuracy; use the full settings.",
+            ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default=str(REPO / "parameters.json"), help="settings file (model, batch, data generator)")
+    parser.add_argument(
+        "--params", default=str(REPO / "parameters.json"), help="settings file (model, batch, data generator)"
+    )
     parser.add_argument("--batch-size", type=int, help="default: training.batch_size of --params")
     parser.add_argument("--patch-size", type=int, help="default: patches.patch_size of --params (48 with --quick)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (default 8, 2 with --quick)")
     parser.add_argument("--warmup", type=int, help="warm-up steps (default 3, 1 with --quick)")
     parser.add_argument("--repeats", type=int, help="timed repeats, the fastest kept (default 3, 2 with --quick)")
     parser.add_argument("--images", type=int, help="synthetic full images to sample from (default 40, 8 with --quick)")
-    parser.add_argument("--patches-per-image", type=int, help="windows per image for the patch folder (default 10, 4 with --quick)")
+    parser.add_argument(
+        "--patches-per-image", type=int, help="windows per image for the patch folder (default 10, 4 with --quick)"
+    )
     parser.add_argument("--workers", type=int, help="DataLoader workers for part B (default: training.num_workers)")
     parser.add_argument("--skip-precision", action="store_true", help="skip part A")
     parser.add_argument("--skip-pipeline", action="store_true", help="skip part B")
     parser.add_argument("--ddp", action="store_true", help="also part C: torchrun 2 processes vs 1 process")
     parser.add_argument("--ddp-samples", type=int, help="samples per epoch in part C (default 1000, 64 with --quick)")
     parser.add_argument("--ddp-epochs", type=int, help="epochs in part C (default 3, 1 with --quick)")
-    parser.add_argument("--test-images", type=int, help="unseen full images scored in part C (default 20, 2 with --quick)")
-    parser.add_argument("--ddp-width", type=int, help="model.base_width in part C (default: that of --params, 8 with --quick)")
+    parser.add_argument(
+        "--test-images", type=int, help="unseen full images scored in part C (default 20, 2 with --quick)"
+    )
+    parser.add_argument(
+        "--ddp-width", type=int, help="model.base_width in part C (default: that of --params, 8 with --quick)"
+    )
     parser.add_argument("--quick", action="store_true", help="few steps, smaller patches: about a minute")
     args = parser.parse_args()
     base = load_config(args.params)
     quick = args.quick
-    defaults = dict(batch_size=base.training.batch_size, patch_size=48 if quick else base.patches.patch_size,
-                    steps=2 if quick else 8, warmup=1 if quick else 3, repeats=2 if quick else 3,
-                    images=8 if quick else 40, patches_per_image=4 if quick else 10,
-                    test_images=2 if quick else 20, ddp_samples=64 if quick else 1000, ddp_epochs=1 if quick else 3,
-                    ddp_width=8 if quick else base.model.base_width)
+    defaults = dict(
+        batch_size=base.training.batch_size,
+        patch_size=48 if quick else base.patches.patch_size,
+        steps=2 if quick else 8,
+        warmup=1 if quick else 3,
+        repeats=2 if quick else 3,
+        images=8 if quick else 40,
+        patches_per_image=4 if quick else 10,
+        test_images=2 if quick else 20,
+        ddp_samples=64 if quick else 1000,
+        ddp_epochs=1 if quick else 3,
+        ddp_width=8 if quick else base.model.base_width,
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
     report: dict = {
         "machine": machine(),
-        "settings": {**{k: v for k, v in vars(args).items()}, "model": base.model.to_dict(),
-                     "parameters": count_parameters(build_model(base.model))},
+        "settings": {
+            **{k: v for k, v in vars(args).items()},
+            "model": base.model.to_dict(),
+            "parameters": count_parameters(build_model(base.model)),
+        },
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:

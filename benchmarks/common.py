@@ -41,7 +41,7 @@ class Timing:
 class Timer:
     """``with Timer() as t: ...`` then ``t.result`` holds wall and process CPU seconds."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
@@ -100,7 +100,7 @@ class PeakSampler:
     def __init__(self, period: float = 0.01) -> None:
         self.period = period
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         import gc
         import threading
 

@@ -23,14 +23,16 @@ REPO = HERE.parent
 def discover(only: list[str] | None = None) -> list[Path]:
     scripts = sorted(HERE.glob("bench_*.py"))
     if only:
-        scripts = [s for s in scripts if any(name in s.stem[len("bench_"):] for name in only)]
+        scripts = [s for s in scripts if any(name in s.stem[len("bench_") :] for name in only)]
     return scripts
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only benchmarks whose name (after bench_) contains NAME")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only benchmarks whose name (after bench_) contains NAME"
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
 
@@ -39,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(str(s.relative_to(REPO)) for s in scripts))
         return 0
     if not scripts:
-        print(f"run_all: no benchmarks/bench_*.py{' matching ' + ' '.join(args.only) if args.only else ''}", file=sys.stderr)
+        print(
+            f"run_all: no benchmarks/bench_*.py{' matching ' + ' '.join(args.only) if args.only else ''}",
+            file=sys.stderr,
+        )
         return 1
 
     results: list[tuple[str, int, float]] = []

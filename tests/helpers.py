@@ -19,14 +19,26 @@ def tiny_config(root: Path, folder: str, **training):
     """A config for a tiny, fast model that trains in about a second: the original's recipe (cross-entropy,
     SGD, step schedule, no warm-up), unnamed classes, and ``training`` settings on top."""
     values = dict(
-        folder=folder, epochs=2, batch_size=4, learning_rate=0.05, samples_per_epoch=16, val_windows_per_image=2,
-        checkpoint_dir=str(root / "checkpoints"), log_dir=str(root / "runs"), precision="fp32",
-        loss="ce", schedule="step", warmup_fraction=0.0, foreground_fraction=0.33,
+        folder=folder,
+        epochs=2,
+        batch_size=4,
+        learning_rate=0.05,
+        samples_per_epoch=16,
+        val_windows_per_image=2,
+        checkpoint_dir=str(root / "checkpoints"),
+        log_dir=str(root / "runs"),
+        precision="fp32",
+        loss="ce",
+        schedule="step",
+        warmup_fraction=0.0,
+        foreground_fraction=0.33,
     )
     values.update(training)
-    return default_config().merged({
-        "data": {"root": str(root), "class_names": None},
-        "model": {"base_width": 4, "depth": 2},
-        "patches": {"patch_size": 32},
-        "training": values,
-    })
+    return default_config().merged(
+        {
+            "data": {"root": str(root), "class_names": None},
+            "model": {"base_width": 4, "depth": 2},
+            "patches": {"patch_size": 32},
+            "training": values,
+        }
+    )

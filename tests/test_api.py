@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from helpers import small_dataset, tiny_config
 
 from unet_patches import Segmenter, UserError, evaluate_folder, predict
 from unet_patches.imageio import read_image
 from unet_patches.training import fit
-
-from helpers import small_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +51,14 @@ def test_predict_any_size_including_smaller_than_a_window(checkpoint):
         assert predict(model, image, precision="fp32").shape == shape
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([[0.0, 1.0]], "numpy array"),
-    (np.zeros((4, 4, 2, 2), np.float32), "not an image"),
-    (np.full((8, 8), np.nan, np.float32), "NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([[0.0, 1.0]], "numpy array"),
+        (np.zeros((4, 4, 2, 2), np.float32), "not an image"),
+        (np.full((8, 8), np.nan, np.float32), "NaN"),
+    ],
+)
 def test_predict_rejects_bad_arrays_with_user_error(checkpoint, bad, message):
     model = Segmenter.from_checkpoint(checkpoint[1])
     with pytest.raises(UserError, match=message):

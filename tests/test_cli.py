@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import SMALL_SPEC
 from PIL import Image
 
 from unet_patches.cli import main, train_main
-
-from helpers import SMALL_SPEC
 
 
 def run(capsys, *argv):
@@ -33,12 +32,25 @@ def params(tmp_path):
     """A parameter file for a tiny model and small synthetic images."""
     values = {
         "data": {"root": str(tmp_path / "data")},
-        "synthetic": {"height": SMALL_SPEC.height, "width": SMALL_SPEC.width, "lines": [1, 3], "ellipses": [1, 3],
-                      "line_length": [10, 40], "n_train": 6, "n_test": 2},
+        "synthetic": {
+            "height": SMALL_SPEC.height,
+            "width": SMALL_SPEC.width,
+            "lines": [1, 3],
+            "ellipses": [1, 3],
+            "line_length": [10, 40],
+            "n_train": 6,
+            "n_test": 2,
+        },
         "patches": {"patch_size": 32, "per_image": 3},
         "model": {"base_width": 4, "depth": 2},
-        "training": {"epochs": 1, "batch_size": 4, "precision": "fp32", "checkpoint_dir": str(tmp_path / "ck"),
-                     "log_dir": str(tmp_path / "runs"), "folder": "patches_s32"},
+        "training": {
+            "epochs": 1,
+            "batch_size": 4,
+            "precision": "fp32",
+            "checkpoint_dir": str(tmp_path / "ck"),
+            "log_dir": str(tmp_path / "runs"),
+            "folder": "patches_s32",
+        },
         "inference": {"batch_size": 8},
     }
     path = tmp_path / "parameters.json"
@@ -52,7 +64,9 @@ def test_whole_pipeline_through_the_cli(tmp_path, params, capsys):
     data = tmp_path / "data"
     code, out, _ = run(capsys, "patches", data / "synthetic" / "train", "--params", params)
     assert code == 0 and (data / "patches_s32" / "manifest.json").is_file()
-    code = train_main(["--params", str(params), "-e", "1", "-b", "4", "-l", "0.05", "-f", "patches_s32", "--no-progress", "--json"])
+    code = train_main(
+        ["--params", str(params), "-e", "1", "-b", "4", "-l", "0.05", "-f", "patches_s32", "--no-progress", "--json"]
+    )
     out, _ = capsys.readouterr()
     assert code == 0
     summary = json.loads(out.strip().splitlines()[-1])
@@ -64,14 +78,26 @@ def test_whole_pipeline_through_the_cli(tmp_path, params, capsys):
     assert code == 0 and {"miou", "iou", "dice"} <= set(scores) and 0 <= scores["miou"] <= 1
 
     outdir = tmp_path / "pred"
-    code, out, _ = run(capsys, "predict", ckpt, data / "synthetic" / "test" / "images", "-o", outdir, "--params", params,
-                       "--probs", "--no-progress")
+    code, out, _ = run(
+        capsys,
+        "predict",
+        ckpt,
+        data / "synthetic" / "test" / "images",
+        "-o",
+        outdir,
+        "--params",
+        params,
+        "--probs",
+        "--no-progress",
+    )
     assert code == 0
     labels = np.asarray(Image.open(outdir / "0000_labels.png"))
     assert labels.shape == (SMALL_SPEC.height, SMALL_SPEC.width) and labels.max() < 3
     assert (outdir / "0000_overlay.png").is_file()
     # Existing outputs are kept unless --overwrite is given.
-    code, _, err = run(capsys, "predict", ckpt, data / "synthetic" / "test" / "images", "-o", outdir, "--params", params)
+    code, _, err = run(
+        capsys, "predict", ckpt, data / "synthetic" / "test" / "images", "-o", outdir, "--params", params
+    )
     assert_one_line_error(code, err, "--overwrite")
 
 
@@ -126,10 +152,16 @@ def test_bad_checkpoint_file_is_one_line(tmp_path, capsys):
 
 def test_real_process_exit_status_and_message(tmp_path):
     """The installed entry points, in a real process: status 2, one line, no traceback."""
-    for command in ([sys.executable, "-m", "unet_patches", "train", "-f", "nowhere"],
-                    [sys.executable, "train.py", "-f", "nowhere"]):
-        result = subprocess.run(command + ["--params", str(tmp_path / "none.json")], capture_output=True, text=True,
-                                cwd=__import__("pathlib").Path(__file__).resolve().parent.parent)
+    for command in (
+        [sys.executable, "-m", "unet_patches", "train", "-f", "nowhere"],
+        [sys.executable, "train.py", "-f", "nowhere"],
+    ):
+        result = subprocess.run(
+            command + ["--params", str(tmp_path / "none.json")],
+            capture_output=True,
+            text=True,
+            cwd=__import__("pathlib").Path(__file__).resolve().parent.parent,
+        )
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert "none.json" in result.stderr
@@ -161,8 +193,15 @@ def test_time_budget_alone_means_train_for_that_long(params, monkeypatch, capsys
 
     def fake_fit(config, **_):
         seen.append(config.training)
-        return {"best_val_miou": None, "epochs": 0, "steps": 0, "seconds": 0.0, "precision": "fp32",
-                "best_epoch": None, "best_checkpoint": "x"}
+        return {
+            "best_val_miou": None,
+            "epochs": 0,
+            "steps": 0,
+            "seconds": 0.0,
+            "precision": "fp32",
+            "best_epoch": None,
+            "best_checkpoint": "x",
+        }
 
     monkeypatch.setattr(training, "fit", fake_fit)
     assert train_main(["--params", str(params), "--time-budget", "10"]) == 0

@@ -89,7 +89,10 @@ def test_no_epoch_limit_with_a_time_budget():
 def test_code_defaults_are_the_shipped_file(repo_root):
     """One set of defaults: what the code assumes is what parameters.json says, key for key."""
     shipped = json.loads((repo_root / "parameters.json").read_text())
-    shipped = {section: {k: v for k, v in values.items() if not k.startswith("_")}
-               for section, values in shipped.items() if not section.startswith("_")}
+    shipped = {
+        section: {k: v for k, v in values.items() if not k.startswith("_")}
+        for section, values in shipped.items()
+        if not section.startswith("_")
+    }
     defaults = json.loads(json.dumps(default_config().to_dict()))  # tuples as lists, like JSON
     assert defaults == shipped

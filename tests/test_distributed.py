@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import small_dataset
 from torch.utils.data import Dataset
 
 from unet_patches import checkpoints, data, runtime, training
 from unet_patches.config import config_from_dict, load_config
 from unet_patches.losses import build_loss
 from unet_patches.patches import extract_patches
-
-from helpers import small_dataset
 
 pytestmark = pytest.mark.distributed
 
@@ -34,7 +33,7 @@ TIMEOUT = 120  # seconds per torchrun launch; a hang (mismatched collectives) fa
 
 # Logs, per rank, the file events of the process: "open" (builtins.open and os.open: read or write),
 # "os.rename" (os.rename / os.replace), "os.mkdir", "os.remove". Only torchrun's workers (RANK set) log.
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = r"""
 import os, sys
 if "RANK" in os.environ and os.environ.get("AUDIT_DIR"):
     _log = open(os.path.join(os.environ["AUDIT_DIR"], f"rank{os.environ['RANK']}-{os.getpid()}.log"), "w", buffering=1)
@@ -50,11 +49,11 @@ if "RANK" in os.environ and os.environ.get("AUDIT_DIR"):
         elif event in ("os.mkdir", "os.remove"):
             _log.write(f"{event}\t{os.fsdecode(args[0])}\n")
     sys.addaudithook(_hook)
-'''
+"""
 
 # Evaluates a checkpoint on the validation set of its stored config, sharded as training shards it,
 # and prints (rank 0) the reduced confusion matrix and mean loss as JSON.
-EVALUATE = r'''
+EVALUATE = r"""
 import json, sys
 import torch
 from unet_patches import checkpoints, data, runtime, training
@@ -74,7 +73,7 @@ loss, matrix, _ = training.evaluate(model, loader, loss_fn, config.data.num_clas
 if runtime.is_main_process():
     print(json.dumps({"world": runtime.world_size(), "matrix": matrix.matrix.tolist(), "loss": loss}))
 runtime.cleanup_distributed()
-'''
+"""
 
 
 def torchrun(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -100,28 +99,52 @@ def ddp_run(tmp_path_factory):
     small_dataset(root / "synthetic")
     extract_patches(root / "synthetic" / "train", root / "patches", patch_size=32, per_image=3)
     params = root / "parameters.json"
-    params.write_text(json.dumps({
-        "data": {"root": str(root)},
-        "patches": {"patch_size": 32},
-        "model": {"base_width": 4, "depth": 2},
-        # Cross-entropy is a mean over pixels, so its value does not depend on how samples are batched
-        # (a Dice term's batch statistics would), and one- and two-process evaluations can be compared.
-        "training": {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.05, "precision": "fp32", "loss": "ce",
-                     "num_workers": 0, "checkpoint_dir": str(root / "ck"), "log_dir": str(root / "runs")},
-    }))
+    params.write_text(
+        json.dumps(
+            {
+                "data": {"root": str(root)},
+                "patches": {"patch_size": 32},
+                "model": {"base_width": 4, "depth": 2},
+                # Cross-entropy is a mean over pixels, so its value does not depend on how samples are batched
+                # (a Dice term's batch statistics would), and one- and two-process evaluations can be compared.
+                "training": {
+                    "epochs": EPOCHS,
+                    "batch_size": BATCH,
+                    "learning_rate": 0.05,
+                    "precision": "fp32",
+                    "loss": "ce",
+                    "num_workers": 0,
+                    "checkpoint_dir": str(root / "ck"),
+                    "log_dir": str(root / "runs"),
+                },
+            }
+        )
+    )
     hooks, audit = root / "hooks", root / "audit"
     hooks.mkdir()
     audit.mkdir()
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(hooks), str(REPO)]), AUDIT_DIR=str(audit))
-    result = torchrun("train.py", "--params", str(params), "-f", "patches", "--run-name", "ddp",
-                      "--no-progress", "--json", env=env)
+    result = torchrun(
+        "train.py", "--params", str(params), "-f", "patches", "--run-name", "ddp", "--no-progress", "--json", env=env
+    )
     assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     env.pop("AUDIT_DIR")
     config = load_config(params, {"training": {"folder": "patches"}})
-    return {"root": root, "params": params, "env": env, "result": result, "audit": audit, "config": config,
-            "run_dir": root / "ck" / "ddp"}
+    return {
+        "root": root,
+        "params": params,
+        "env": env,
+        "result": result,
+        "audit": audit,
+        "config": config,
+        "run_dir": root / "ck" / "ddp",
+    }
 
 
 def test_two_process_run_writes_each_checkpoint_from_rank_0_only(ddp_run):
@@ -241,8 +264,14 @@ def _single_process(state_path: Path) -> dict:
     sources = data.make_datasets(config)
     loader = data.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
     loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=data.resolve_class_weights(config, sources))
-    loss, matrix, _ = training.evaluate(checkpoints.model_from_checkpoint(state), loader, loss_fn, config.data.num_classes,
-                                        device=device, precision=runtime.resolve_precision(t.precision, device))
+    loss, matrix, _ = training.evaluate(
+        checkpoints.model_from_checkpoint(state),
+        loader,
+        loss_fn,
+        config.data.num_classes,
+        device=device,
+        precision=runtime.resolve_precision(t.precision, device),
+    )
     return {"matrix": matrix.matrix.tolist(), "loss": loss, "summary": matrix.summary(config.data.names())}
 
 
@@ -301,8 +330,22 @@ def test_only_rank_0_prints_the_summary(ddp_run):
 
 def test_time_budget_ends_both_ranks_together(ddp_run):
     """Each rank reads its own clock; the run must still stop on the same step on both ranks."""
-    result = torchrun("train.py", "--params", str(ddp_run["params"]), "-f", "patches", "--run-name", "budget",
-                      "-e", "1000", "--time-budget", "0.05", "--no-progress", "--json", env=ddp_run["env"])
+    result = torchrun(
+        "train.py",
+        "--params",
+        str(ddp_run["params"]),
+        "-f",
+        "patches",
+        "--run-name",
+        "budget",
+        "-e",
+        "1000",
+        "--time-budget",
+        "0.05",
+        "--no-progress",
+        "--json",
+        env=ddp_run["env"],
+    )
     assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     summary = json_lines(result.stdout)
     assert len(summary) == 1 and summary[0]["epochs"] < 1000

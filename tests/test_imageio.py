@@ -283,9 +283,7 @@ def test_pairs_missing_partner(tmp_path):
     assert "1 mask(s) without an image: c.png" in message
 
 
-@pytest.mark.parametrize(
-    "layout, match", [("none", "missing"), ("images", "masks"), ("empty", "no images")]
-)
+@pytest.mark.parametrize("layout, match", [("none", "missing"), ("images", "masks"), ("empty", "no images")])
 def test_pairs_missing_folders(tmp_path, layout, match):
     if layout == "images":
         (tmp_path / "images").mkdir()

@@ -115,9 +115,7 @@ def test_focal_by_hand():
 def test_dice_ce_is_the_sum_of_its_terms():
     logits, target = random_batch(2)
     total = build_loss("dice_ce", 4, ignore_index=0)(logits, target)
-    parts = build_loss("dice", 4, ignore_index=0)(logits, target) + build_loss("ce", 4, ignore_index=0)(
-        logits, target
-    )
+    parts = build_loss("dice", 4, ignore_index=0)(logits, target) + build_loss("ce", 4, ignore_index=0)(logits, target)
     assert total.item() == pytest.approx(parts.item(), rel=1e-6)
     scaled = build_loss("dice_ce", 4, dice_weight=0.0, ce_weight=2.0)(logits, target)
     assert scaled.item() == pytest.approx(2 * build_loss("ce", 4)(logits, target).item(), rel=1e-6)

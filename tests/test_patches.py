@@ -10,13 +10,7 @@ import torch
 
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, load_pairs, read_image, read_mask, write_png
-from unet_patches.patches import (
-    PatchFolder,
-    extract_patches,
-    flip,
-    read_manifest,
-    split_by_source,
-)
+from unet_patches.patches import PatchFolder, extract_patches, flip, read_manifest, split_by_source
 
 
 def _write_source(root, n=3, shape=(40, 30), seed=0, rgb=False):
@@ -80,7 +74,10 @@ def test_foreground_only_and_manifest_contents(extracted):
     _, out, summary = extracted
     manifest = json.loads((out / "manifest.json").read_text())
     assert {k: manifest[k] for k in ("patch_size", "num_classes", "in_channels", "seed")} == {
-        "patch_size": 16, "num_classes": 3, "in_channels": 1, "seed": 3,
+        "patch_size": 16,
+        "num_classes": 3,
+        "in_channels": 1,
+        "seed": 3,
     }
     names = [p["name"] for p in manifest["patches"]]
     assert names == [f"p{i}" for i in range(len(names))]
@@ -102,9 +99,7 @@ def test_foreground_only_and_manifest_contents(extracted):
 
 def test_without_foreground_filter_or_flips_keeps_every_window(tmp_path):
     source = _write_source(tmp_path / "src", n=2)
-    summary = extract_patches(
-        source, tmp_path / "out", patch_size=16, per_image=5, foreground_only=False, flips=False
-    )
+    summary = extract_patches(source, tmp_path / "out", patch_size=16, per_image=5, foreground_only=False, flips=False)
     manifest = read_manifest(tmp_path / "out")
     assert summary["patches"] == summary["windows_kept"] == 10
     assert {p["flip"] for p in manifest["patches"]} == {"none"}
@@ -113,9 +108,7 @@ def test_without_foreground_filter_or_flips_keeps_every_window(tmp_path):
 def test_same_seed_same_windows(tmp_path):
     source = _write_source(tmp_path / "src", n=2)
     for folder, seed in (("a", 1), ("b", 1), ("c", 2)):
-        extract_patches(
-            source, tmp_path / folder, patch_size=16, per_image=6, seed=seed, foreground_only=False
-        )
+        extract_patches(source, tmp_path / folder, patch_size=16, per_image=6, seed=seed, foreground_only=False)
     a, b, c = (read_manifest(tmp_path / d)["patches"] for d in "abc")
     assert a == b and a != c
 
@@ -123,8 +116,7 @@ def test_same_seed_same_windows(tmp_path):
 def test_resize_width_and_rgb(tmp_path):
     source = _write_source(tmp_path / "src", n=1, shape=(40, 30), rgb=True)
     extract_patches(
-        source, tmp_path / "out", patch_size=16, per_image=4, resize_width=60,
-        foreground_only=False, in_channels=3,
+        source, tmp_path / "out", patch_size=16, per_image=4, resize_width=60, foreground_only=False, in_channels=3
     )
     manifest = read_manifest(tmp_path / "out")
     assert manifest["sources"] == {"Img_1": {"height": 80, "width": 60}}
@@ -163,8 +155,7 @@ def test_refuses_non_empty_output(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"patch_size": 0}, {"per_image": 0}, {"resize_width": -5}, {"in_channels": 2}, {"seed": -1}],
+    "kwargs", [{"patch_size": 0}, {"per_image": 0}, {"resize_width": -5}, {"in_channels": 2}, {"seed": -1}]
 )
 def test_bad_arguments(tmp_path, kwargs):
     source = _write_source(tmp_path / "src", n=1)
@@ -192,9 +183,7 @@ def _fake_manifest(n_sources, per_source=4):
     return {"patch_size": 8, "num_classes": 2, "in_channels": 1, "patches": patches}
 
 
-@pytest.mark.parametrize(
-    "n_sources, val_fraction, n_val", [(20, 0.1, 2), (5, 0.1, 1), (2, 0.5, 1), (3, 0.9, 2)]
-)
+@pytest.mark.parametrize("n_sources, val_fraction, n_val", [(20, 0.1, 2), (5, 0.1, 1), (2, 0.5, 1), (3, 0.9, 2)])
 def test_split_by_source(n_sources, val_fraction, n_val):
     manifest = _fake_manifest(n_sources)
     source_of = {p["name"]: p["source"] for p in manifest["patches"]}

@@ -6,12 +6,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from unet_patches.errors import UserError
-from unet_patches.sampling import (
-    FixedWindows,
-    RandomPatches,
-    class_pixel_counts,
-    median_frequency_weights,
-)
+from unet_patches.sampling import FixedWindows, RandomPatches, class_pixel_counts, median_frequency_weights
 
 SIZES = [(40, 50), (64, 48), (33, 70)]
 

@@ -56,8 +56,13 @@ def test_each_shape_has_one_gray():
 def test_line_drawn_over_ellipse():
     # A huge ellipse covering the whole image and one line: the line must show on top of it.
     spec = SyntheticSpec(
-        height=50, width=50, lines=(1, 1), ellipses=(1, 1), ellipse_radius=(200, 200),
-        ellipse_aspect=(1.0, 1.0), line_length=(30, 30),
+        height=50,
+        width=50,
+        lines=(1, 1),
+        ellipses=(1, 1),
+        ellipse_radius=(200, 200),
+        ellipse_aspect=(1.0, 1.0),
+        line_length=(30, 30),
     )
     for seed in range(5):
         _, mask = generate_sample(np.random.default_rng(seed), spec)
@@ -68,16 +73,15 @@ def test_line_drawn_over_ellipse():
 def test_lines_dilated_to_disk_width():
     # A horizontal-ish line of radius-2 dilation is 5 px thick away from its ends.
     spec = SyntheticSpec(
-        height=100, width=100, lines=(1, 1), ellipses=(0, 0), line_length=(60, 60),
-        line_dilation=(2, 2),
+        height=100, width=100, lines=(1, 1), ellipses=(0, 0), line_length=(60, 60), line_dilation=(2, 2)
     )
     image, mask = generate_sample(np.random.default_rng(1), spec)
     assert (mask == 2).sum() == 0
     columns = np.nonzero((mask == 1).any(axis=0))[0]
     rows = np.nonzero((mask == 1).any(axis=1))[0]
     # Thickness across the line, measured along whichever axis the line is flatter in.
-    thickness = (mask == 1).sum(axis=0)[columns].max() if len(columns) >= len(rows) else (
-        (mask == 1).sum(axis=1)[rows].max()
+    thickness = (
+        (mask == 1).sum(axis=0)[columns].max() if len(columns) >= len(rows) else ((mask == 1).sum(axis=1)[rows].max())
     )
     assert thickness >= 5
 
@@ -87,8 +91,14 @@ def test_no_wrap_around_at_edges(shape):
     # One shape per image, at most 65 px across in a 200 x 200 image: if it touches one edge it
     # cannot touch the opposite one unless it wrapped round.
     spec = SyntheticSpec(
-        height=200, width=200, lines=(0, 0), ellipses=(0, 0), ellipse_radius=(30, 30),
-        ellipse_aspect=(1.0, 1.0), line_length=(60, 60), line_dilation=(2, 2),
+        height=200,
+        width=200,
+        lines=(0, 0),
+        ellipses=(0, 0),
+        ellipse_radius=(30, 30),
+        ellipse_aspect=(1.0, 1.0),
+        line_length=(60, 60),
+        line_dilation=(2, 2),
     )
     spec = dataclasses.replace(spec, **{"ellipses" if shape == "ellipse" else "lines": (1, 1)})
     crossing = 0
@@ -105,8 +115,7 @@ def test_no_wrap_around_at_edges(shape):
 
 def test_ellipse_near_corner_stays_in_corner():
     spec = SyntheticSpec(
-        height=100, width=100, lines=(0, 0), ellipses=(1, 1), ellipse_radius=(19, 19),
-        ellipse_aspect=(2.0, 2.0),
+        height=100, width=100, lines=(0, 0), ellipses=(1, 1), ellipse_radius=(19, 19), ellipse_aspect=(2.0, 2.0)
     )
     for seed in range(30):
         rng = np.random.default_rng(seed)
@@ -167,8 +176,7 @@ def test_generate_dataset_layout_and_reproducible(tmp_path):
     generate_dataset(tmp_path / "b", n_train=1, n_test=2, seed=5, spec=SMALL)
     for name in ("0000.png", "0001.png"):
         assert np.array_equal(
-            read_image(tmp_path / "a" / "test" / "images" / name),
-            read_image(tmp_path / "b" / "test" / "images" / name),
+            read_image(tmp_path / "a" / "test" / "images" / name), read_image(tmp_path / "b" / "test" / "images" / name)
         )
     pixels = sum(summary["class_pixels"])
     assert pixels == 5 * 60 * 40

@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unet_patches.api import Segmenter, predict_files
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, read_image
+from unet_patches.runtime import cpu_has_fast_bf16, resolve_precision
 from unet_patches.tiling import (
     BLEND_MODES,
     NpyWriter,
@@ -33,8 +35,6 @@ from unet_patches.tiling import (
 )
 from unet_patches.tiling.blending import MIN_WEIGHT
 from unet_patches.tiling.sources import ArraySource
-from unet_patches.api import Segmenter, predict_files
-from unet_patches.runtime import cpu_has_fast_bf16, resolve_precision
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -285,7 +285,9 @@ def test_tta_with_a_flip_equivariant_network_equals_no_tta() -> None:
     plain = sliding_window(image, conv, 16, 0.5, blend="gaussian")
     flipped = sliding_window(image, conv, 16, 0.5, blend="gaussian", tta=True)
     np.testing.assert_allclose(flipped, plain, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(sliding_window(image, tiny_net(), 16, 0.5, tta=True), sliding_window(image, tiny_net(), 16, 0.5))
+    assert not np.allclose(
+        sliding_window(image, tiny_net(), 16, 0.5, tta=True), sliding_window(image, tiny_net(), 16, 0.5)
+    )
 
 
 @pytest.mark.parametrize("size", [(40, 56), (16, 32), (10, 13)])
@@ -296,8 +298,13 @@ def test_mean_blending_equals_monai_constant_mode(size: tuple[int, int]) -> None
     ours = sliding_window(image, net, 16, 0.5, blend="mean", padding="constant", precision="fp32", batch_size=4)
     with torch.no_grad():
         theirs = monai.sliding_window_inference(
-            torch.from_numpy(image)[None], (16, 16), 4, lambda x: torch.softmax(net(x), 1),
-            overlap=0.5, mode="constant", padding_mode="constant",
+            torch.from_numpy(image)[None],
+            (16, 16),
+            4,
+            lambda x: torch.softmax(net(x), 1),
+            overlap=0.5,
+            mode="constant",
+            padding_mode="constant",
         )[0].numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
@@ -349,11 +356,7 @@ def test_bands_cover_the_rows_once_in_order_and_stay_small() -> None:
 
 
 def _write_tiffs(folder, image_u16, image_rgb):
-    paths = {
-        "contiguous": folder / "contiguous.tif",
-        "strips": folder / "strips.tif",
-        "tiled": folder / "tiled.tiff",
-    }
+    paths = {"contiguous": folder / "contiguous.tif", "strips": folder / "strips.tif", "tiled": folder / "tiled.tiff"}
     tifffile.imwrite(paths["contiguous"], image_u16)
     tifffile.imwrite(paths["strips"], (image_u16 >> 8).astype(np.uint8), compression="zlib", rowsperstrip=5)
     tifffile.imwrite(paths["tiled"], image_rgb, compression="zlib", tile=(32, 32), photometric="rgb")
@@ -389,7 +392,9 @@ def test_in_memory_png_input_writes_labels_png(tmp_path) -> None:
     image = (np.random.default_rng(12).random((33, 50)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "a.png")
     net = tiny_net()
-    written = predict_files(as_segmenter(net), [tmp_path / "a.png"], tmp_path / "out", window=16, blend="gaussian", progress=False)
+    written = predict_files(
+        as_segmenter(net), [tmp_path / "a.png"], tmp_path / "out", window=16, blend="gaussian", progress=False
+    )
     expected = predict_labels(image_to_array(image, 1), net, 16, blend="gaussian")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_labels.png")), expected)
     assert sorted(p.name for p in written) == ["a_labels.png", "a_overlay.png"]
@@ -461,7 +466,9 @@ def test_same_stem_in_two_folders_is_refused(tmp_path) -> None:
         (tmp_path / folder).mkdir()
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / "img.png")
     with pytest.raises(UserError, match="both write"):
-        predict_files(as_segmenter(tiny_net()), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", window=16, progress=False)
+        predict_files(
+            as_segmenter(tiny_net()), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", window=16, progress=False
+        )
 
 
 def test_unreadable_file_is_a_user_error(tmp_path) -> None:

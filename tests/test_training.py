@@ -2,14 +2,13 @@ import json
 
 import pytest
 import torch
+from helpers import small_dataset, tiny_config
 
 from unet_patches import training
 from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint
 from unet_patches.errors import UserError
 from unet_patches.patches import extract_patches
 from unet_patches.training import fit, resume
-
-from helpers import small_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,15 @@ def test_existing_run_is_not_overwritten_without_flag(data):
 
 
 def test_on_the_fly_training_from_full_images(data):
-    config = tiny_config(data, "synthetic/train", epochs=1, run_name="otf", foreground_fraction=0.5,
-                         class_weights="median_frequency", loss="dice_ce")
+    config = tiny_config(
+        data,
+        "synthetic/train",
+        epochs=1,
+        run_name="otf",
+        foreground_fraction=0.5,
+        class_weights="median_frequency",
+        loss="dice_ce",
+    )
     result = fit(config, progress_bars=False)
     assert "random 32x32 patches per epoch" in result["data"]
     assert result["steps"] == 16 // 4

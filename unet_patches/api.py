@@ -81,12 +81,7 @@ class Segmenter:
 
 
 def predict(
-    segmenter: Segmenter,
-    image: np.ndarray,
-    *,
-    window: int | None = None,
-    return_probs: bool = False,
-    **options: Any,
+    segmenter: Segmenter, image: np.ndarray, *, window: int | None = None, return_probs: bool = False, **options: Any
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image with sliding windows.
 
@@ -113,12 +108,7 @@ def predict(
 
 
 def evaluate_folder(
-    segmenter: Segmenter,
-    folder: str | Path,
-    *,
-    window: int | None = None,
-    progress: bool = False,
-    **options: Any,
+    segmenter: Segmenter, folder: str | Path, *, window: int | None = None, progress: bool = False, **options: Any
 ) -> dict[str, Any]:
     """Full-image predictions for an ``images/`` + ``masks/`` folder scored against its masks.
 
@@ -164,7 +154,11 @@ def predict_files(
             every input and output is checked before anything is written.
     """
     plans = plan_outputs(
-        expand_inputs(inputs), out_dir, overlay=overlay, probs=probs, overwrite=overwrite,
+        expand_inputs(inputs),
+        out_dir,
+        overlay=overlay,
+        probs=probs,
+        overwrite=overwrite,
         stream_threshold_px=stream_threshold_px,
     )
     predictor = segmenter.predictor(window, **options)

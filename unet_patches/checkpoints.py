@@ -31,8 +31,14 @@ if TYPE_CHECKING:
     from .config import Config
     from .optim import Progress
 
-__all__ = ["CHECKPOINT_FORMAT", "NORMALIZATION", "checkpoint_state", "load_checkpoint", "model_from_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "NORMALIZATION",
+    "checkpoint_state",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = 1
 

@@ -62,7 +62,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--params", metavar="JSON", default=None,
+        "--params",
+        metavar="JSON",
+        default=None,
         help=f"settings file (default: ./{DEFAULT_PARAMS} when present, else built-in defaults)",
     )
 
@@ -82,9 +84,12 @@ def _config(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | Non
 
 
 def _generate_parser(sub: Any) -> None:
-    p = sub.add_parser("generate", help="write a synthetic data set (lines and ellipses on noise)",
-                       description="Write train/ and test/ folders of images/ and masks/ PNGs of synthetic data: "
-                                   "lines (class 1) and ellipses (class 2) of random gray on a noisy background.")
+    p = sub.add_parser(
+        "generate",
+        help="write a synthetic data set (lines and ellipses on noise)",
+        description="Write train/ and test/ folders of images/ and masks/ PNGs of synthetic data: "
+        "lines (class 1) and ellipses (class 2) of random gray on a noisy background.",
+    )
     p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/synthetic)")
     _setting(p, "--n-train", key="synthetic.n_train", type=int, help="training images")
     _setting(p, "--n-test", key="synthetic.n_test", type=int, help="test images")
@@ -92,12 +97,27 @@ def _generate_parser(sub: Any) -> None:
     _setting(p, "--height", key="synthetic.height", type=int, help="image height in pixels")
     _setting(p, "--width", key="synthetic.width", type=int, help="image width in pixels")
     _setting(p, "--lines", key="synthetic.lines", type=int, nargs=2, metavar=("MIN", "MAX"), help="lines per image")
-    _setting(p, "--ellipses", key="synthetic.ellipses", type=int, nargs=2, metavar=("MIN", "MAX"),
-             help="ellipses per image")
-    _setting(p, "--shape-gray", key="synthetic.shape_gray", type=float, nargs=2, metavar=("LOW", "HIGH"),
-             help="shape intensity range")
-    _setting(p, "--background-mean", key="synthetic.background_mean", type=float, nargs=2, metavar=("LOW", "HIGH"),
-             help="background mean range")
+    _setting(
+        p, "--ellipses", key="synthetic.ellipses", type=int, nargs=2, metavar=("MIN", "MAX"), help="ellipses per image"
+    )
+    _setting(
+        p,
+        "--shape-gray",
+        key="synthetic.shape_gray",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="shape intensity range",
+    )
+    _setting(
+        p,
+        "--background-mean",
+        key="synthetic.background_mean",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="background mean range",
+    )
     _setting(p, "--noise-std", key="synthetic.noise_std", type=float, help="background noise standard deviation")
     p.add_argument("--overwrite", action="store_true", help="replace train/ and test/ in a non-empty output folder")
     _add_params(p)
@@ -110,7 +130,9 @@ def _generate(args: argparse.Namespace) -> int:
     config = _config(args)
     s = config.synthetic
     out = Path(args.out) if args.out else Path(config.data.root) / "synthetic"
-    summary = generate_dataset(out, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=args.overwrite)
+    summary = generate_dataset(
+        out, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=args.overwrite
+    )
     shares = ", ".join(f"{n} {100 * v:.1f} %" for n, v in zip(summary["class_names"], summary["class_shares"]))
     print(f"wrote {s.n_train} training and {s.n_test} test images to {out} ({shares})")
     return 0
@@ -120,18 +142,26 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _patches_parser(sub: Any) -> None:
-    p = sub.add_parser("patches", help="cut random patches (with flips) from an images/+masks/ folder",
-                       description="Cut random windows fully inside each image, keep those with foreground, store "
-                                   "each in 4 flip variants as OUT/images/pN.png + OUT/masks/pN.png, with "
-                                   "OUT/manifest.json recording each patch's source image.")
+    p = sub.add_parser(
+        "patches",
+        help="cut random patches (with flips) from an images/+masks/ folder",
+        description="Cut random windows fully inside each image, keep those with foreground, store "
+        "each in 4 flip variants as OUT/images/pN.png + OUT/masks/pN.png, with "
+        "OUT/manifest.json recording each patch's source image.",
+    )
     p.add_argument("source", help="folder with images/ and masks/ (e.g. data/synthetic/train)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/patches_s<size>)")
     _setting(p, "-s", "--size", key="patches.patch_size", type=int, help="patch size")
     _setting(p, "-n", "--per-image", key="patches.per_image", type=int, help="random windows per image")
     _switch(p, "--all-windows", key="patches.foreground_only", value=False, help="keep windows without foreground too")
     _switch(p, "--no-flips", key="patches.flips", value=False, help="store each window once instead of 4 flip variants")
-    _setting(p, "--resize-width", key="patches.resize_width", type=int,
-             help="resize images to this width first (the original used 256)")
+    _setting(
+        p,
+        "--resize-width",
+        key="patches.resize_width",
+        type=int,
+        help="resize images to this width first (the original used 256)",
+    )
     _setting(p, "--seed", key="patches.seed", type=int, help="random seed")
     p.add_argument("--overwrite", action="store_true", help="replace patches in a non-empty output folder")
     _add_params(p)
@@ -145,9 +175,17 @@ def _patches(args: argparse.Namespace) -> int:
     c = config.patches
     out = Path(args.out) if args.out else Path(config.data.root) / f"patches_s{c.patch_size}"
     summary = extract_patches(
-        args.source, out, patch_size=c.patch_size, per_image=c.per_image, foreground_only=c.foreground_only,
-        flips=c.flips, resize_width=c.resize_width, seed=c.seed, overwrite=args.overwrite,
-        in_channels=config.data.in_channels, num_classes=config.data.num_classes,
+        args.source,
+        out,
+        patch_size=c.patch_size,
+        per_image=c.per_image,
+        foreground_only=c.foreground_only,
+        flips=c.flips,
+        resize_width=c.resize_width,
+        seed=c.seed,
+        overwrite=args.overwrite,
+        in_channels=config.data.in_channels,
+        num_classes=config.data.num_classes,
     )
     print(
         f"kept {summary['windows_kept']} of {summary['windows_drawn']} windows from {summary['sources']} images; "
@@ -164,25 +202,51 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _setting(p, "-b", "--batch-size", key="training.batch_size", type=int, help="batch size")
     _setting(p, "-l", "--learning-rate", key="training.learning_rate", type=float, help="base learning rate")
     p.add_argument("-c", "--load", metavar="CKPT", help="start from the weights of this checkpoint")
-    _setting(p, "-f", "--folder", key="training.folder",
-             help="data under data.root: a patch folder (from `unet-patches patches`) or an images/+masks/ folder "
-                  "sampled on the fly")
-    p.add_argument("--resume", metavar="CKPT",
-                   help="continue an interrupted run from its last.pt, exactly, with the settings stored in it")
-    _setting(p, "--time-budget", key="training.time_budget_minutes", type=float, metavar="MINUTES",
-             help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
-                  "the run, with -e whichever comes first")
+    _setting(
+        p,
+        "-f",
+        "--folder",
+        key="training.folder",
+        help="data under data.root: a patch folder (from `unet-patches patches`) or an images/+masks/ folder "
+        "sampled on the fly",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue an interrupted run from its last.pt, exactly, with the settings stored in it",
+    )
+    _setting(
+        p,
+        "--time-budget",
+        key="training.time_budget_minutes",
+        type=float,
+        metavar="MINUTES",
+        help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
+        "the run, with -e whichever comes first",
+    )
     _setting(p, "--precision", key="training.precision", choices=PRECISIONS.names, help="autocast precision")
     _setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
     _setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
     _setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")
-    _setting(p, "--warmup", key="training.warmup_fraction", type=float, metavar="FRACTION",
-             help="linear warm-up over this fraction of the run (0: none)")
+    _setting(
+        p,
+        "--warmup",
+        key="training.warmup_fraction",
+        type=float,
+        metavar="FRACTION",
+        help="linear warm-up over this fraction of the run (0: none)",
+    )
     _setting(p, "--seed", key="training.seed", type=int, help="random seed")
     _setting(p, "--workers", key="training.num_workers", type=int, help="DataLoader worker processes")
-    _setting(p, "--run-name", key="training.run_name",
-             help="name of the run folder under checkpoints/ and runs/; null gives <folder>_b<batch>")
-    p.add_argument("--overwrite", action="store_true", help="start again in a run folder that already holds checkpoints")
+    _setting(
+        p,
+        "--run-name",
+        key="training.run_name",
+        help="name of the run folder under checkpoints/ and runs/; null gives <folder>_b<batch>",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="start again in a run folder that already holds checkpoints"
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON object at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -190,10 +254,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a U-Net (same flags as train.py)",
-                       description="Train a multiclass U-Net with the settings of parameters.json, overridden by flags. "
-                                   "Checkpoints go to <checkpoint_dir>/<run>/ (last.pt each epoch, best.pt by validation "
-                                   "mIoU), TensorBoard logs to <log_dir>/<run>/.")
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net (same flags as train.py)",
+        description="Train a multiclass U-Net with the settings of parameters.json, overridden by flags. "
+        "Checkpoints go to <checkpoint_dir>/<run>/ (last.pt each epoch, best.pt by validation "
+        "mIoU), TensorBoard logs to <log_dir>/<run>/.",
+    )
     add_train_arguments(p)
     p.set_defaults(run=run_train)
 
@@ -204,8 +271,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = overrides_from(args)
     if args.resume and (args.load or overrides):
-        given = "-c/--load" if args.load else "settings flags (" + ", ".join(
-            f"{s}.{k}" for s, keys in overrides.items() for k in keys) + ")"
+        given = (
+            "-c/--load"
+            if args.load
+            else "settings flags (" + ", ".join(f"{s}.{k}" for s, keys in overrides.items() for k in keys) + ")"
+        )
         raise UserError(
             f"--resume with {given}: --resume continues a run exactly, with the settings stored in its checkpoint; "
             "drop the other flags, or start a new run from its weights with -c/--load"
@@ -218,7 +288,10 @@ def run_train(args: argparse.Namespace) -> int:
             summary = training.resume(args.resume, device=args.device, progress_bars=not args.no_progress)
         else:
             summary = training.fit(
-                _config(args, overrides), init_weights=args.load, overwrite=args.overwrite, device=args.device,
+                _config(args, overrides),
+                init_weights=args.load,
+                overwrite=args.overwrite,
+                device=args.device,
                 progress_bars=not args.no_progress,
             )
         main_process = is_main_process()  # ask before the process group is gone
@@ -249,15 +322,32 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="window size (default: the checkpoint's training patch size)")
     _setting(p, "--overlap", key="inference.overlap", type=float, help="window overlap, a fraction in [0, 1)")
     _setting(p, "--batch-size", key="inference.batch_size", type=int, help="windows per forward pass")
-    _setting(p, "--blend", key="inference.blend", choices=BLEND_MODES.names, help="how overlapping windows are weighted")
-    _setting(p, "--padding", key="inference.padding", choices=PADDING_MODES.names,
-             help="padding for images smaller than a window")
-    _switch(p, "--tta", key="inference.tta", value=True,
-            help="flip test-time augmentation (4 flips, batched together) (default: inference.tta)")
+    _setting(
+        p, "--blend", key="inference.blend", choices=BLEND_MODES.names, help="how overlapping windows are weighted"
+    )
+    _setting(
+        p,
+        "--padding",
+        key="inference.padding",
+        choices=PADDING_MODES.names,
+        help="padding for images smaller than a window",
+    )
+    _switch(
+        p,
+        "--tta",
+        key="inference.tta",
+        value=True,
+        help="flip test-time augmentation (4 flips, batched together) (default: inference.tta)",
+    )
     _setting(p, "--precision", key="inference.precision", choices=PRECISIONS.names, help="autocast precision")
-    _switch(p, "--compile", key="inference.compile", value=True,
-            help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
-                 "for many or large images (default: inference.compile)")
+    _switch(
+        p,
+        "--compile",
+        key="inference.compile",
+        value=True,
+        help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
+        "for many or large images (default: inference.compile)",
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     _add_params(p)
 
@@ -267,11 +357,14 @@ def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _predict_parser(sub: Any) -> None:
-    p = sub.add_parser("predict", help="segment images of any size with sliding windows",
-                       description="Segment image files, folders or glob patterns with overlapping windows whose "
-                                   "softmax probabilities are blended, then argmax. Writes <name>_labels.png (or .tif "
-                                   "for very large images), <name>_overlay.png and, with --probs, one probability map "
-                                   "per class. Large TIFFs are streamed band by band with bounded memory.")
+    p = sub.add_parser(
+        "predict",
+        help="segment images of any size with sliding windows",
+        description="Segment image files, folders or glob patterns with overlapping windows whose "
+        "softmax probabilities are blended, then argmax. Writes <name>_labels.png (or .tif "
+        "for very large images), <name>_overlay.png and, with --probs, one probability map "
+        "per class. Large TIFFs are streamed band by band with bounded memory.",
+    )
     p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, help="output folder")
@@ -289,18 +382,28 @@ def _predict(args: argparse.Namespace) -> int:
     options = _inference_options(args)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
     written = predict_files(
-        segmenter, args.inputs, args.out, window=args.window, probs=args.probs, overlay=not args.no_overlay,
-        overwrite=args.overwrite, progress=not args.no_progress, **options,
+        segmenter,
+        args.inputs,
+        args.out,
+        window=args.window,
+        probs=args.probs,
+        overlay=not args.no_overlay,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        **options,
     )
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
 
 def _evaluate_parser(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="score full-image predictions against masks",
-                       description="Predict every image of DATA_DIR/images with sliding windows and score against "
-                                   "DATA_DIR/masks: per-class IoU and Dice and their means from one confusion matrix "
-                                   "over the whole folder. Classes absent from truth and prediction are left out.")
+    p = sub.add_parser(
+        "evaluate",
+        help="score full-image predictions against masks",
+        description="Predict every image of DATA_DIR/images with sliding windows and score against "
+        "DATA_DIR/masks: per-class IoU and Dice and their means from one confusion matrix "
+        "over the whole folder. Classes absent from truth and prediction are left out.",
+    )
     p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
     p.add_argument("data_dir", help="folder with images/ and masks/")
     p.add_argument("--json", action="store_true", help="print one JSON object (miou, iou, dice, ...)")
@@ -314,8 +417,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     options = _inference_options(args)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
-    scores = evaluate_folder(segmenter, args.data_dir, window=args.window,
-                             progress=not args.no_progress and not args.json, **options)
+    scores = evaluate_folder(
+        segmenter, args.data_dir, window=args.window, progress=not args.no_progress and not args.json, **options
+    )
     if args.json:
         print(json.dumps(scores))
         return 0
@@ -338,8 +442,11 @@ def _fmt(value: float | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = Parser(prog=PROG, description="Patch-based multiclass segmentation: synthetic data, random patches, "
-                                           "U-Net training and sliding-window inference for images of any size.")
+    parser = Parser(
+        prog=PROG,
+        description="Patch-based multiclass segmentation: synthetic data, random patches, "
+        "U-Net training and sliding-window inference for images of any size.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 from .errors import UserError
 from .losses import LOSSES
@@ -39,7 +39,7 @@ class DataConfig:
     root: str = "data"
     in_channels: int = 1
     num_classes: int = 3
-    class_names: Optional[list[str]] = field(default_factory=lambda: list(CLASS_NAMES))
+    class_names: list[str] | None = field(default_factory=lambda: list(CLASS_NAMES))
 
     def check(self) -> None:
         require_int("data.in_channels", self.in_channels, 1)
@@ -66,7 +66,9 @@ class SyntheticConfig(SyntheticSpec):
         require_int("synthetic.n_train", self.n_train, 0)
         require_int("synthetic.n_test", self.n_test, 0)
         if self.n_train + self.n_test == 0:
-            raise UserError("synthetic.n_train = 0 and synthetic.n_test = 0: nothing to generate; ask for at least one image")
+            raise UserError(
+                "synthetic.n_train = 0 and synthetic.n_test = 0: nothing to generate; ask for at least one image"
+            )
         self.spec().validate()
 
     def spec(self) -> SyntheticSpec:
@@ -82,7 +84,7 @@ class PatchConfig:
     per_image: int = 20
     foreground_only: bool = True
     flips: bool = True
-    resize_width: Optional[int] = None
+    resize_width: int | None = None
     seed: int = 0
 
     def check(self) -> None:
@@ -98,7 +100,7 @@ class TrainingConfig:
     """The training loop (``train.py`` / ``unet-patches train``)."""
 
     folder: str = "synthetic/train"
-    epochs: Optional[int] = 20  # None: no epoch limit, the time budget alone ends the run
+    epochs: int | None = 20  # None: no epoch limit, the time budget alone ends the run
     batch_size: int = 16
     learning_rate: float = 0.05
     optimizer: str = "sgd"
@@ -109,7 +111,7 @@ class TrainingConfig:
     step_gamma: float = 0.1
     warmup_fraction: float = 0.03
     loss: str = "dice_ce"
-    class_weights: Union[None, str, list[float]] = None
+    class_weights: None | str | list[float] = None
     val_fraction: float = 0.1
     samples_per_epoch: int = 2000
     foreground_fraction: float = 0.5
@@ -119,8 +121,8 @@ class TrainingConfig:
     precision: str = "auto"
     num_workers: int = 0
     seed: int = 0
-    time_budget_minutes: Optional[float] = None
-    run_name: Optional[str] = None
+    time_budget_minutes: float | None = None
+    run_name: str | None = None
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "runs"
     log_images_every: int = 1
@@ -156,7 +158,7 @@ class TrainingConfig:
             require_number("training.time_budget_minutes", self.time_budget_minutes, 0.0, low_open=True)
         if isinstance(self.class_weights, str) and self.class_weights != "median_frequency":
             raise UserError(
-                f"training.class_weights = {self.class_weights!r}: expected null, \"median_frequency\" "
+                f'training.class_weights = {self.class_weights!r}: expected null, "median_frequency" '
                 "or a list of one weight per class"
             )
 
@@ -195,7 +197,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
-    def check(self) -> "Config":
+    def check(self) -> Config:
         for section in (self.data, self.synthetic, self.patches, self.training, self.inference):
             section.check()
         MODELS.check(self.model.name, "model.name")
@@ -238,7 +240,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
     try:
         text = path.read_text()
     except OSError as exc:
-        raise UserError(f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file") from None
+        raise UserError(
+            f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file"
+        ) from None
     try:
         values = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -41,9 +41,7 @@ class StatusLine:
         pass
 
 
-def progress(
-    total: int | None, desc: str, unit: str = "it", enabled: bool = True, stream: TextIO | None = None
-) -> Any:
+def progress(total: int | None, desc: str, unit: str = "it", enabled: bool = True, stream: TextIO | None = None) -> Any:
     """A progress display for ``total`` steps: a tqdm bar when ``stream`` (default stderr) is a
     terminal, else a :class:`StatusLine`; a silent bar when not ``enabled``."""
     from tqdm.auto import tqdm

@@ -81,7 +81,11 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
     sources = {p["source"] for p in manifest["patches"]}
     n_val_sources = len({p["source"] for p in manifest["patches"] if p["name"] in held_back})
     return DataSources(
-        train, val, "patches", folder, int(manifest["patch_size"]),
+        train,
+        val,
+        "patches",
+        folder,
+        int(manifest["patch_size"]),
         np.asarray(manifest["class_pixels"], dtype=np.int64),
         f"{len(train_names)} training and {len(val_names)} validation patches from {folder} "
         f"({len(sources) - n_val_sources} / {n_val_sources} source images)",
@@ -99,17 +103,32 @@ def _image_folder(config: Config, folder: Path) -> DataSources:
     masks = [samples[i].mask for i in train_idx]
     size = config.patches.patch_size
     train = RandomPatches(
-        [samples[i].image for i in train_idx], masks, size, t.samples_per_epoch, num_classes=d.num_classes,
-        flips=t.flips, rotate90=t.rotate90, foreground_fraction=t.foreground_fraction, seed=t.seed,
+        [samples[i].image for i in train_idx],
+        masks,
+        size,
+        t.samples_per_epoch,
+        num_classes=d.num_classes,
+        flips=t.flips,
+        rotate90=t.rotate90,
+        foreground_fraction=t.foreground_fraction,
+        seed=t.seed,
     )
     val = None
     if val_idx:
         val = FixedWindows(
-            [samples[i].image for i in val_idx], [samples[i].mask for i in val_idx], size,
-            per_image=t.val_windows_per_image, seed=t.seed,
+            [samples[i].image for i in val_idx],
+            [samples[i].mask for i in val_idx],
+            size,
+            per_image=t.val_windows_per_image,
+            seed=t.seed,
         )
     return DataSources(
-        train, val, "images", folder, size, class_pixel_counts(masks, d.num_classes, per_image=True),
+        train,
+        val,
+        "images",
+        folder,
+        size,
+        class_pixel_counts(masks, d.num_classes, per_image=True),
         f"{t.samples_per_epoch} random {size}x{size} patches per epoch from {len(train_idx)} images in {folder}; "
         f"validation: {len(val) if val else 0} fixed windows of {len(val_idx)} held-back images",
     )
@@ -130,8 +149,12 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, nu
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
         shard_size = len(dataset) // world
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-            drop_last=shard_size >= batch_size, persistent_workers=False,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            drop_last=shard_size >= batch_size,
+            persistent_workers=False,
         )
     # Validation shards must not repeat samples, or the summed confusion matrix would be wrong.
     shard = Subset(dataset, range(rank, len(dataset), world))

@@ -50,9 +50,17 @@ def run(params: str | None, minutes: float | None) -> int:
     generate_dataset(synthetic, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=True)
     print(f"[2/5] extracting {p.per_image} random {p.patch_size}x{p.patch_size} patches per image into {patches}")
     extract_patches(
-        synthetic / "train", patches, patch_size=p.patch_size, per_image=p.per_image, foreground_only=p.foreground_only,
-        flips=p.flips, resize_width=p.resize_width, seed=p.seed, overwrite=True,
-        in_channels=config.data.in_channels, num_classes=config.data.num_classes,
+        synthetic / "train",
+        patches,
+        patch_size=p.patch_size,
+        per_image=p.per_image,
+        foreground_only=p.foreground_only,
+        flips=p.flips,
+        resize_width=p.resize_width,
+        seed=p.seed,
+        overwrite=True,
+        in_channels=config.data.in_channels,
+        num_classes=config.data.num_classes,
     )
 
     training = config.merged({"training": _demo_training(config, synthetic, patches, minutes)})
@@ -120,7 +128,8 @@ def _print_report(report: dict[str, Any], scores: dict, n_test: int) -> None:
         f"  trained {report['epochs']} epochs in {report['training_seconds']} s ({report['precision']}); "
         f"whole demo {report['total_seconds']} s"
     )
-    print(f"  checkpoint: {report['checkpoint']}   overlays: {report['overlays']}/*_overlay.png   panel: {report['panel']}")
+    print(f"  checkpoint: {report['checkpoint']}   overlays: {report['overlays']}/*_overlay.png")
+    print(f"  panel: {report['panel']}")
 
 
 def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -> None:
@@ -137,14 +146,20 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
     gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
     truth = read_mask(pair.mask, segmenter.num_classes)
     gap = np.full((gray.shape[0], 4, 3), 255, np.uint8)
-    write_png(path, np.concatenate([gray, gap, colour_overlay(image, labels), gap, colour_overlay(image, truth)], axis=1))
+    write_png(
+        path, np.concatenate([gray, gap, colour_overlay(image, labels), gap, colour_overlay(image, truth)], axis=1)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unet_patches.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--params", help=f"settings file (default: ./{DEFAULT_PARAMS} when present)")
-    parser.add_argument("--minutes", type=float, default=DEMO_MINUTES,
-                        help=f"training time budget in minutes (default: {DEMO_MINUTES:g})")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=DEMO_MINUTES,
+        help=f"training time budget in minutes (default: {DEMO_MINUTES:g})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_guarded(lambda: run(args.params, args.minutes), "demo")

@@ -115,9 +115,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     try:
         array = np.asarray(tifffile.imread(path))
     except Exception as exc:  # tifffile raises many types for broken files
-        raise UserError(
-            f"{path}: cannot read as a TIFF image ({_one_line(exc)}); re-save it as TIFF or PNG"
-        ) from exc
+        raise UserError(f"{path}: cannot read as a TIFF image ({_one_line(exc)}); re-save it as TIFF or PNG") from exc
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
         # Planar TIFFs come back channels-first.
@@ -176,8 +174,7 @@ def _read_raw(path: str | Path, keep_palette: bool = False) -> np.ndarray:
             return _pil_to_array(image, keep_palette)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(
-            f"{path}: cannot read as an image ({_one_line(exc)}); "
-            f"expected one of {', '.join(IMAGE_SUFFIXES)}"
+            f"{path}: cannot read as an image ({_one_line(exc)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
         ) from exc
 
 
@@ -206,9 +203,7 @@ def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np
     if raw.ndim == 2:
         raw = raw[:, :, None]
     elif raw.ndim != 3:
-        raise UserError(
-            f"{name}: array of shape {raw.shape} is not an image; expected (H,W) or (H,W,C)"
-        )
+        raise UserError(f"{name}: array of shape {raw.shape} is not an image; expected (H,W) or (H,W,C)")
     if raw.shape[0] == 0 or raw.shape[1] == 0:
         raise UserError(f"{name}: image of shape {raw.shape} is empty; give a non-empty image")
 
@@ -221,9 +216,7 @@ def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np
     elif np.issubdtype(raw.dtype, np.floating):
         array = raw.astype(np.float32)
         if not np.all(np.isfinite(array)):
-            raise UserError(
-                f"{name}: float image contains NaN or infinite values; replace them before use"
-            )
+            raise UserError(f"{name}: float image contains NaN or infinite values; replace them before use")
     else:
         raise UserError(
             f"{name}: pixel type {raw.dtype} is not supported; "
@@ -304,16 +297,11 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
 
     if raw.ndim == 3:
         if raw.shape[-1] != 3:
-            raise UserError(
-                f"{path}: mask has {raw.shape[-1]} channels; "
-                "expected 1 (class indices) or 3 (colours)"
-            )
+            raise UserError(f"{path}: mask has {raw.shape[-1]} channels; expected 1 (class indices) or 3 (colours)")
         if np.all(raw[..., 0] == raw[..., 1]) and np.all(raw[..., 0] == raw[..., 2]):
             labels = raw[..., 0].astype(np.int64)
         elif raw.dtype != np.uint8:
-            raise UserError(
-                f"{path}: colour masks must be 8-bit RGB; save the mask as an 8-bit PNG"
-            )
+            raise UserError(f"{path}: colour masks must be 8-bit RGB; save the mask as an 8-bit PNG")
         else:
             labels = _decode_colours(raw, path)
     else:
@@ -370,10 +358,7 @@ def colour_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) ->
     if image.ndim != 3:
         raise ValueError(f"image of shape {image.shape}: expected (C,H,W)")
     if image.shape[1:] != labels.shape:
-        raise ValueError(
-            f"image {image.shape[1:]} and labels {labels.shape} differ in size; "
-            "give matching arrays"
-        )
+        raise ValueError(f"image {image.shape[1:]} and labels {labels.shape} differ in size; give matching arrays")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha = {alpha!r}: expected a value in [0, 1]")
     if image.shape[0] == 3:
@@ -395,9 +380,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     """
     path = Path(path)
     array = np.asarray(array)
-    ok_uint8 = array.dtype == np.uint8 and (
-        array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))
-    )
+    ok_uint8 = array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)))
     ok_uint16 = array.dtype == np.uint16 and array.ndim == 2
     if not (ok_uint8 or ok_uint16):
         raise ValueError(
@@ -421,9 +404,7 @@ def _natural_key(text: str) -> list[tuple[int, int, str]]:
 
 def _image_files(folder: Path) -> list[Path]:
     return [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     ]
 
 
@@ -435,10 +416,7 @@ def _by_key(files: list[Path], key, kind: str, folder: Path) -> dict:
             continue
         if k in table:
             first, second = sorted([table[k].name, path.name])
-            raise UserError(
-                f"{folder}: {kind} files {first} and {second} have the same name; "
-                "keep one of them"
-            )
+            raise UserError(f"{folder}: {kind} files {first} and {second} have the same name; keep one of them")
         table[k] = path
     return table
 
@@ -468,10 +446,7 @@ def find_pairs(folder: str | Path) -> list[Pair]:
         )
     images, masks = _image_files(images_dir), _image_files(masks_dir)
     if not images:
-        raise UserError(
-            f"{images_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); "
-            "put the images there"
-        )
+        raise UserError(f"{images_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); put the images there")
 
     mask_by_stem = _by_key(masks, lambda p: p.stem, "mask", masks_dir)
     image_by_stem = _by_key(images, lambda p: p.stem, "image", images_dir)

@@ -46,9 +46,7 @@ from unet_patches.validate import is_int, require_int, require_number
 # ------------------------------------------------------------ pure functions
 
 
-def flatten_inputs(
-    logits: Tensor, target: Tensor, ignore_index: int | None
-) -> tuple[Tensor, Tensor, Tensor]:
+def flatten_inputs(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """Bring logits and targets to the flat layout the other functions use.
 
     Args:
@@ -84,9 +82,7 @@ def pixel_nll(logits: Tensor, target: Tensor) -> Tensor:
     return -F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
 
 
-def weighted_pixel_mean(
-    values: Tensor, target: Tensor, valid: Tensor, class_weights: Tensor | None
-) -> Tensor:
+def weighted_pixel_mean(values: Tensor, target: Tensor, valid: Tensor, class_weights: Tensor | None) -> Tensor:
     """Mean of per-pixel ``values`` (N, P) over valid pixels, each weighted by its class.
 
     sum(w[target] * values) / sum(w[target]) over valid pixels, the reduction of
@@ -99,9 +95,7 @@ def weighted_pixel_mean(
     return (weight * values).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def soft_counts(
-    probs: Tensor, target: Tensor, valid: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def soft_counts(probs: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Soft true positives, false positives and false negatives per class.
 
     Summed over the batch and all valid pixels ("batch" statistics: one score
@@ -141,9 +135,7 @@ def jaccard_score(tp: Tensor, fp: Tensor, fn: Tensor, smooth: float) -> Tensor:
     return _ratio(tp + smooth, tp + fp + fn + smooth)
 
 
-def tversky_score(
-    tp: Tensor, fp: Tensor, fn: Tensor, smooth: float, alpha: float, beta: float
-) -> Tensor:
+def tversky_score(tp: Tensor, fp: Tensor, fn: Tensor, smooth: float, alpha: float, beta: float) -> Tensor:
     """Tversky index per class: (tp + s) / (tp + alpha fp + beta fn + s).
 
     alpha = beta = 0.5 is Dice, alpha = beta = 1 is Jaccard; beta > alpha
@@ -169,10 +161,7 @@ class SegmentationLoss(nn.Module):
     """
 
     def __init__(
-        self,
-        num_classes: int,
-        class_weights: Sequence[float] | None = None,
-        ignore_index: int | None = None,
+        self, num_classes: int, class_weights: Sequence[float] | None = None, ignore_index: int | None = None
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -416,8 +405,7 @@ def build_loss(
             or not any(w > 0 for w in weights)
         ):
             raise UserError(
-                f"class_weights = {weights}: expected {num_classes} finite numbers >= 0, not all 0, "
-                "one per class"
+                f"class_weights = {weights}: expected {num_classes} finite numbers >= 0, not all 0, one per class"
             )
         class_weights = weights
     if ignore_index is not None and not is_int(ignore_index):

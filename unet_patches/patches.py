@@ -29,15 +29,7 @@ from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, load_pairs, read_image, read_mask, write_png
 from unet_patches.validate import is_int, require_int, require_number
 
-__all__ = [
-    "FLIPS",
-    "MANIFEST_NAME",
-    "PatchFolder",
-    "extract_patches",
-    "flip",
-    "read_manifest",
-    "split_by_source",
-]
+__all__ = ["FLIPS", "MANIFEST_NAME", "PatchFolder", "extract_patches", "flip", "read_manifest", "split_by_source"]
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +45,13 @@ def flip(array: np.ndarray, kind: str) -> np.ndarray:
     return np.flip(array, axis=axes) if axes else array
 
 
-def _resize_to_width(
-    image: np.ndarray, mask: np.ndarray, width: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _resize_to_width(image: np.ndarray, mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize image ``(C, H, W)`` and mask ``(H, W)`` to ``width`` columns, keeping aspect ratio."""
     height = max(1, int(round(mask.shape[0] * width / mask.shape[1])))
     if (height, width) == mask.shape:
         return image, mask
     shrinking = width < mask.shape[1]
-    image = resize(
-        np.moveaxis(image, 0, -1), (height, width), order=1, anti_aliasing=shrinking,
-        preserve_range=True,
-    )
+    image = resize(np.moveaxis(image, 0, -1), (height, width), order=1, anti_aliasing=shrinking, preserve_range=True)
     mask = resize(mask, (height, width), order=0, anti_aliasing=False, preserve_range=True)
     return np.moveaxis(image, -1, 0).astype(np.float32), mask.astype(np.uint8)
 
@@ -79,13 +66,10 @@ def _prepare_output(out_dir: Path, source: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
     if out_dir.resolve() == source.resolve():
-        raise UserError(
-            f"{out_dir}: is also the source folder; write the patches to another folder"
-        )
+        raise UserError(f"{out_dir}: is also the source folder; write the patches to another folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(
-            f"{out_dir}: folder is not empty; pass --overwrite to replace its patches, "
-            "or pick another folder"
+            f"{out_dir}: folder is not empty; pass --overwrite to replace its patches, or pick another folder"
         )
 
 
@@ -209,10 +193,7 @@ def extract_patches(
     }
     _write_json(out_dir / MANIFEST_NAME, manifest)
     windows_drawn = per_image * len(samples)
-    log.info(
-        "kept %d of %d windows, wrote %d patches to %s",
-        windows_kept, windows_drawn, len(records), out_dir,
-    )
+    log.info("kept %d of %d windows, wrote %d patches to %s", windows_kept, windows_drawn, len(records), out_dir)
     return {
         "out_dir": str(out_dir),
         "sources": len(samples),
@@ -245,16 +226,13 @@ def read_manifest(folder: str | Path) -> dict:
         raise UserError(f"{path}: missing field(s) {', '.join(missing)}; {fix}")
     patches = manifest["patches"]
     if not isinstance(patches, list) or not all(
-        isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("source"), str)
-        for p in patches
+        isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("source"), str) for p in patches
     ):
         raise UserError(f"{path}: 'patches' must be a list of records with name and source; {fix}")
     return manifest
 
 
-def split_by_source(
-    manifest: dict, val_fraction: float = 0.1, seed: int = 0
-) -> tuple[list[str], list[str]]:
+def split_by_source(manifest: dict, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split patch names into ``(train_names, val_names)`` by whole source image.
 
     All patches of one source image (its windows and their flips) go to the same side, so no
@@ -291,9 +269,7 @@ class PatchFolder(Dataset):
     the same manifest, so an unknown one is a programming error).
     """
 
-    def __init__(
-        self, folder: str | Path, names: list[str] | None = None, in_channels: int = 1
-    ) -> None:
+    def __init__(self, folder: str | Path, names: list[str] | None = None, in_channels: int = 1) -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.in_channels = in_channels

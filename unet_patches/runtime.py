@@ -6,7 +6,7 @@ import contextlib
 import os
 import platform
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ def pick_device(name: str | None = None) -> torch.device:
     return device
 
 
-@lru_cache(maxsize=None)
+@cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU computes bfloat16 matrix products in hardware (AMX or AVX512-BF16 on x86,
     BF16 on Arm).

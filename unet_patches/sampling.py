@@ -20,7 +20,8 @@ user's files and such arrays mean a programming error.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -75,8 +76,7 @@ def _as_images_and_masks(
         image, mask = np.asarray(image), np.asarray(mask)
         if image.ndim != 3:
             raise ValueError(
-                f"image {j} has shape {image.shape}; expected (C, H, W), "
-                "convert it with imageio.image_to_array"
+                f"image {j} has shape {image.shape}; expected (C, H, W), convert it with imageio.image_to_array"
             )
         if not np.issubdtype(image.dtype, np.floating):
             raise ValueError(
@@ -117,9 +117,7 @@ def _check_patch_fits(images: list[np.ndarray], patch_size: int) -> None:
             )
 
 
-def _check_mask_values(
-    masks: Sequence[np.ndarray], num_classes: int, ignore_index: int | None
-) -> None:
+def _check_mask_values(masks: Sequence[np.ndarray], num_classes: int, ignore_index: int | None) -> None:
     """Raise `ValueError` naming the first mask holding a value outside [0, num_classes)."""
     for j, mask in enumerate(masks):
         values = np.unique(mask)
@@ -164,9 +162,7 @@ def _crop(
     )
 
 
-def _foreground_pixels(
-    mask: np.ndarray, num_classes: int, ignore_index: int | None
-) -> dict[int, np.ndarray]:
+def _foreground_pixels(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> dict[int, np.ndarray]:
     """Flat indices of each foreground class (1..K-1) present in ``mask``.
 
     One stable sort groups the pixels by class (radix sort for uint8 masks), so
@@ -383,11 +379,7 @@ class FixedWindows(Dataset):
 
 
 def class_pixel_counts(
-    masks: Sequence[np.ndarray],
-    num_classes: int,
-    *,
-    per_image: bool = False,
-    ignore_index: int | None = None,
+    masks: Sequence[np.ndarray], num_classes: int, *, per_image: bool = False, ignore_index: int | None = None
 ) -> np.ndarray:
     """Count the pixels of each class.
 
@@ -453,13 +445,9 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
     if counts.ndim == 1:
         counts = counts[None, :]
     if counts.ndim != 2 or counts.shape[1] == 0:
-        raise ValueError(
-            f"counts has shape {counts.shape}; expected (K,) or (N, K) from class_pixel_counts"
-        )
+        raise ValueError(f"counts has shape {counts.shape}; expected (K,) or (N, K) from class_pixel_counts")
     if (counts < 0).any():
-        raise ValueError(
-            "counts holds negative values; expected pixel counts from class_pixel_counts"
-        )
+        raise ValueError("counts holds negative values; expected pixel counts from class_pixel_counts")
     counts = counts.astype(np.float64)
     class_pixels = counts.sum(axis=0)
     present = class_pixels > 0

@@ -76,18 +76,14 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def _draw_ellipse(
-    rng: np.random.Generator, spec: SyntheticSpec
-) -> tuple[np.ndarray, np.ndarray]:
+def _draw_ellipse(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
     centre_r = rng.uniform(0, spec.height)
     centre_c = rng.uniform(0, spec.width)
     radius = _integer(rng, spec.ellipse_radius)
     other_radius = radius * _uniform(rng, spec.ellipse_aspect)
     angle = np.deg2rad(rng.uniform(0.0, 180.0))
     # shape= clips the ellipse at the image border (the original wrapped it round).
-    return ellipse(
-        centre_r, centre_c, radius, other_radius, shape=(spec.height, spec.width), rotation=angle
-    )
+    return ellipse(centre_r, centre_c, radius, other_radius, shape=(spec.height, spec.width), rotation=angle)
 
 
 def _draw_line(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +94,7 @@ def _draw_line(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarra
     dilation = _integer(rng, spec.line_dilation)
     dr, dc = half * np.sin(angle), half * np.cos(angle)
     rr, cc = line(
-        int(round(centre_r - dr)), int(round(centre_c - dc)),
-        int(round(centre_r + dr)), int(round(centre_c + dc)),
+        int(round(centre_r - dr)), int(round(centre_c - dc)), int(round(centre_r + dr)), int(round(centre_c + dc))
     )
     # Dilation by a disk = stamping the disk on every pixel of the 1 px line. Doing it on the
     # unclipped line keeps strokes that pass just outside the image; clipping comes last so that
@@ -111,9 +106,7 @@ def _draw_line(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarra
     return rr[inside], cc[inside]
 
 
-def generate_sample(
-    rng: np.random.Generator, spec: SyntheticSpec = SyntheticSpec()
-) -> tuple[np.ndarray, np.ndarray]:
+def generate_sample(rng: np.random.Generator, spec: SyntheticSpec = SyntheticSpec()) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its mask.
 
     Returns ``(image, mask)``: image float32 ``(height, width)`` in [0, 1], mask uint8

@@ -215,8 +215,21 @@ def build_run(config: Config, device: str | None = None, init_weights: str | Pat
     budget = t.time_budget_minutes * 60 if t.time_budget_minutes else None
     progress = Progress(None if t.epochs is None else steps_per_epoch * t.epochs, budget_seconds=budget)
     run_dir = Path(t.checkpoint_dir) / run_name_for(config)
-    return Run(config, device_, precision, sources, model, train_model, loss_fn, optimizer, scaler,
-               train_loader, val_loader, progress, run_dir)
+    return Run(
+        config,
+        device_,
+        precision,
+        sources,
+        model,
+        train_model,
+        loss_fn,
+        optimizer,
+        scaler,
+        train_loader,
+        val_loader,
+        progress,
+        run_dir,
+    )
 
 
 def _load_weights(model: nn.Module, path: str | Path, config: Config, device: torch.device) -> None:
@@ -287,8 +300,16 @@ def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
             desc = f"epoch {run.epoch + 1}" + ("" if epochs is None else f"/{epochs}")
             bar = console.progress(len(run.train_loader), desc, "step", enabled=main and progress_bars)
             train_loss = train_one_epoch(
-                run.train_model, run.train_loader, run.loss_fn, run.optimizer, run.progress, run.set_lr,
-                device=run.device, precision=run.precision, scaler=run.scaler, bar=bar,
+                run.train_model,
+                run.train_loader,
+                run.loss_fn,
+                run.optimizer,
+                run.progress,
+                run.set_lr,
+                device=run.device,
+                precision=run.precision,
+                scaler=run.scaler,
+                bar=bar,
             )
             bar.close()
             run.epoch += 1
@@ -312,7 +333,10 @@ def _start_records(run: Run) -> RunLog:
     log.info("data: %s", run.sources.description)
     log.info(
         "model: %s, precision %s on %s, %d process(es)",
-        run.config.model.to_dict(), run.precision.name, run.device, runtime.world_size(),
+        run.config.model.to_dict(),
+        run.precision.name,
+        run.device,
+        runtime.world_size(),
     )
     return RunLog(Path(run.config.training.log_dir) / run.run_dir.name, run.config.training.log_images_every)
 
@@ -320,8 +344,11 @@ def _start_records(run: Run) -> RunLog:
 def _validate(run: Run, train_loss: float) -> tuple[dict[str, Any], tuple | None]:
     """The epoch's record (appended to the history) and the first validation batch."""
     record: dict[str, Any] = {
-        "epoch": run.epoch, "step": run.progress.step, "train_loss": train_loss,
-        "lr": run.optimizer.param_groups[0]["lr"], "seconds": round(run.progress.seconds(), 1),
+        "epoch": run.epoch,
+        "step": run.progress.step,
+        "train_loss": train_loss,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": round(run.progress.seconds(), 1),
     }
     run.progress.sync()
     first_batch = None
@@ -346,8 +373,15 @@ def _score(record: dict[str, Any]) -> float:
 
 def _save(run: Run, improved: bool) -> None:
     state = checkpoint_state(
-        config=run.config, model=run.model, optimizer=run.optimizer, scaler=run.scaler, progress=run.progress,
-        epoch=run.epoch, best_miou=run.best, best_epoch=run.best_epoch, history=run.history,
+        config=run.config,
+        model=run.model,
+        optimizer=run.optimizer,
+        scaler=run.scaler,
+        progress=run.progress,
+        epoch=run.epoch,
+        best_miou=run.best,
+        best_epoch=run.best_epoch,
+        history=run.history,
         patch_size=run.sources.patch_size,
     )
     save_checkpoint(state, run.run_dir / "last.pt")

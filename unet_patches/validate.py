@@ -62,13 +62,7 @@ def require_number(
 
 
 def require_pair(
-    name: str,
-    value: object,
-    *,
-    integer: bool,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
+    name: str, value: object, *, integer: bool, low: float, high: float | None = None, low_open: bool = False
 ) -> tuple:
     """``value`` as a ``(low, high)`` tuple of integers or numbers within bounds, first <= second."""
     kind = "integers" if integer else "numbers"

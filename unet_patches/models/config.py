@@ -59,5 +59,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise UserError(f"unknown model setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}")
+            raise UserError(
+                f"unknown model setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}"
+            )
         return cls(**values)

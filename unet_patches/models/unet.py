@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import ModelConfig
 
+
 class DoubleConv(nn.Sequential):
     """(3x3 conv -> BatchNorm -> ReLU) twice."""
 

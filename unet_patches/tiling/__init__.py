@@ -11,7 +11,15 @@
 
 from .blending import BLEND_MODES, axis_weights, blend_weights
 from .engine import PADDING_MODES, Band, TiledPredictor, pad_indices, predict_labels, sliding_window
-from .files import DEFAULT_STREAM_THRESHOLD_PX, OutputPlan, expand_inputs, open_image, output_paths, plan_outputs, write_outputs
+from .files import (
+    DEFAULT_STREAM_THRESHOLD_PX,
+    OutputPlan,
+    expand_inputs,
+    open_image,
+    output_paths,
+    plan_outputs,
+    write_outputs,
+)
 from .placement import axis_starts, check_coverage, place_windows
 from .sources import ArraySource, RawSource, RowSource, TiffSource
 from .writers import NpyWriter, PngWriter, TiffWriter

@@ -63,9 +63,7 @@ def axis_weights(size: int, mode: str, sigma_scale: float = 0.125) -> np.ndarray
     return np.maximum(profile, MIN_WEIGHT)
 
 
-def blend_weights(
-    window: int | Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125
-) -> torch.Tensor:
+def blend_weights(window: int | Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
     """Weight map of one window, float32 tensor ``(h, w)``: the outer product of the axis profiles.
 
     Raises ``UserError`` for an unknown mode or a non-positive ``sigma_scale``.

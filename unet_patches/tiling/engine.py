@@ -279,7 +279,13 @@ class TiledPredictor:
         self.network = torch.compile(network, dynamic=False) if compile else network
         log.debug(
             "tiled inference: window %s, stride %s, %s blending, precision %s (asked %s) on %s, compile=%s",
-            self.window, self.strides, blend, self.precision.name, precision, self.device, self.compiled,
+            self.window,
+            self.strides,
+            blend,
+            self.precision.name,
+            precision,
+            self.device,
+            self.compiled,
         )
 
     # ----------------------------------------------------------------------------------- network
@@ -494,8 +500,7 @@ def _as_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
         raise ValueError(f"image of shape {image.shape}: expected a non-empty float array (C,H,W)")
     if not np.issubdtype(image.dtype, np.floating):
         raise ValueError(
-            f"image of dtype {image.dtype}: expected float (C,H,W) in [0, 1]; "
-            "convert it with imageio.image_to_array"
+            f"image of dtype {image.dtype}: expected float (C,H,W) in [0, 1]; convert it with imageio.image_to_array"
         )
     return image.astype(np.float32, copy=False)
 

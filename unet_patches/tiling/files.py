@@ -74,9 +74,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                 raise UserError(f"{path}: is not a file or folder; give image files, folders or patterns")
             matches = [path]
         elif glob.has_magic(text):
-            matches = sorted(
-                p for p in map(Path, glob.glob(text)) if _is_image(p) and not _is_our_output(p)
-            )
+            matches = sorted(p for p in map(Path, glob.glob(text)) if _is_image(p) and not _is_our_output(p))
             if not matches:
                 raise UserError(f"{text}: pattern matches no image files; check the pattern (quote it in the shell)")
         else:
@@ -88,9 +86,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def output_paths(
-    image: Path, out_dir: Path, *, large: bool, overlay: bool, probs: bool
-) -> dict[str, Path]:
+def output_paths(image: Path, out_dir: Path, *, large: bool, overlay: bool, probs: bool) -> dict[str, Path]:
     """The files a prediction of ``image`` writes: keys ``labels``, ``overlay``, ``probs``."""
     stem = image.stem
     paths = {"labels": out_dir / f"{stem}_labels{'.tif' if large else '.png'}"}
@@ -132,7 +128,9 @@ def plan_outputs(
     for path in files:
         size = image_size(path)
         large = size[0] * size[1] > stream_threshold_px
-        plans.append(OutputPlan(path, size, large, output_paths(path, out_dir, large=large, overlay=overlay, probs=probs)))
+        plans.append(
+            OutputPlan(path, size, large, output_paths(path, out_dir, large=large, overlay=overlay, probs=probs))
+        )
     every_output = [p for plan in plans for p in plan.outputs.values()]
     if len(set(every_output)) != len(every_output):
         seen: set[Path] = set()

@@ -47,7 +47,7 @@ class RowSource:
     def close(self) -> None:
         """Release files; the source cannot be read afterwards."""
 
-    def __enter__(self) -> "RowSource":
+    def __enter__(self) -> RowSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,8 +188,7 @@ class TiffSource(RowSource):
             series_shape = tuple(self.tif.series[0].shape)
         except Exception as exc:  # tifffile raises many types for broken files
             raise UserError(
-                f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); "
-                "re-save it as TIFF or PNG"
+                f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); re-save it as TIFF or PNG"
             ) from exc
         squeezed = tuple(s for s in series_shape if s != 1)
         if len(squeezed) > 3 or (len(squeezed) == 3 and min(squeezed) > 4):
@@ -204,7 +203,7 @@ class TiffSource(RowSource):
         first = image_to_array(self.reader.rows(0, 1), in_channels, self.name)
         self.channels = first.shape[0]
 
-    def _make_reader(self) -> "_ContiguousReader | _ChunkReader | _WholeReader":
+    def _make_reader(self) -> _ContiguousReader | _ChunkReader | _WholeReader:
         page = self.page
         samples = page.samplesperpixel
         separate = samples > 1 and page.planarconfig == 2

@@ -112,8 +112,7 @@ class TiffWriter(BandWriter):
         self.dtype = np.dtype(dtype)
         with tifffile.TiffWriter(self.tmp, byteorder="<") as tif:
             offset, _ = tif.write(
-                None, shape=(self.height, self.width), dtype=self.dtype,
-                photometric="minisblack", returnoffset=True,
+                None, shape=(self.height, self.width), dtype=self.dtype, photometric="minisblack", returnoffset=True
             )
         self.offset = offset
         self.fd = os.open(self.tmp, os.O_WRONLY)
