@@ -1,4 +1,4 @@
-"""Tests for unet_patches.imageio: reading, conversion, masks, colours, pairing."""
+"""Tests for unet_patches.imageio: reading, conversion, masks, colours."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import tifffile
 from PIL import Image
 
 from unet_patches.errors import UserError
-from unet_patches.imageio import (
-    PALETTE,
-    colour_mask,
-    colour_overlay,
-    find_pairs,
-    image_to_array,
-    load_pairs,
-    read_image,
-    read_mask,
-    write_png,
-)
+from unet_patches.imageio import PALETTE, colour_mask, colour_overlay, image_to_array, read_image, read_mask, write_png
 
 
 def _pil_save(path, array, mode=None):
@@ -234,81 +224,3 @@ def test_programming_errors_are_value_errors_not_user_errors(tmp_path, call):
     with pytest.raises(ValueError) as info:
         call(tmp_path)
     assert not isinstance(info.value, UserError)
-
-
-# ------------------------------------------------------------------ pairing
-
-
-def _make_folder(root, image_names, mask_names, shape=(4, 5), mask_shape=None):
-    for name in image_names:
-        write_png(root / "images" / name, np.full(shape, 100, dtype=np.uint8))
-    for name in mask_names:
-        write_png(root / "masks" / name, np.ones(mask_shape or shape, dtype=np.uint8))
-    return root
-
-
-def test_pairs_by_same_stem_natural_order(tmp_path):
-    _make_folder(tmp_path, ["a10.png", "a2.png", "b.png"], ["a2.png", "a10.png", "b.png"])
-    (tmp_path / "images" / "notes.txt").write_text("ignored")
-    pairs = find_pairs(tmp_path)
-    assert [p.name for p in pairs] == ["a2", "a10", "b"]
-    assert pairs[1].image == tmp_path / "images" / "a10.png"
-    assert pairs[1].mask == tmp_path / "masks" / "a10.png"
-
-
-def test_pairs_by_img_mask_numbers(tmp_path):
-    images = ["Img_1.png", "Img_2.png", "Img_10.png"]
-    _make_folder(tmp_path, images, ["Mask_10.png", "Mask_1.png", "Mask_2.png"])
-    pairs = find_pairs(tmp_path)
-    assert [(p.name, p.mask.name) for p in pairs] == [
-        ("Img_1", "Mask_1.png"),
-        ("Img_2", "Mask_2.png"),
-        ("Img_10", "Mask_10.png"),
-    ]
-
-
-def test_pairs_image_tif_with_png_mask(tmp_path):
-    (tmp_path / "images").mkdir()
-    tifffile.imwrite(tmp_path / "images" / "x.tif", np.zeros((4, 5), dtype=np.uint16))
-    write_png(tmp_path / "masks" / "x.png", np.zeros((4, 5), dtype=np.uint8))
-    assert [p.name for p in find_pairs(tmp_path)] == ["x"]
-
-
-def test_pairs_missing_partner(tmp_path):
-    _make_folder(tmp_path, ["a.png", "b.png"], ["a.png", "c.png"])
-    with pytest.raises(UserError) as info:
-        find_pairs(tmp_path)
-    message = str(info.value)
-    assert "1 image(s) without a mask: b.png" in message
-    assert "1 mask(s) without an image: c.png" in message
-
-
-@pytest.mark.parametrize("layout, match", [("none", "missing"), ("images", "masks"), ("empty", "no images")])
-def test_pairs_missing_folders(tmp_path, layout, match):
-    if layout == "images":
-        (tmp_path / "images").mkdir()
-    if layout == "empty":
-        (tmp_path / "images").mkdir()
-        (tmp_path / "masks").mkdir()
-    with pytest.raises(UserError, match=match):
-        find_pairs(tmp_path)
-
-
-def test_pairs_duplicate_stems(tmp_path):
-    _make_folder(tmp_path, ["a.png", "a.tif"], ["a.png"])
-    with pytest.raises(UserError, match="same name"):
-        find_pairs(tmp_path)
-
-
-def test_load_pairs(tmp_path):
-    _make_folder(tmp_path, ["Img_1.png"], ["Mask_1.png"])
-    (sample,) = load_pairs(tmp_path, in_channels=3, num_classes=2)
-    assert sample.name == "Img_1"
-    assert sample.image.shape == (3, 4, 5) and sample.image.dtype == np.float32
-    assert sample.mask.shape == (4, 5) and sample.mask.dtype == np.uint8
-
-
-def test_load_pairs_size_mismatch(tmp_path):
-    _make_folder(tmp_path, ["a.png"], ["a.png"], shape=(4, 5), mask_shape=(4, 6))
-    with pytest.raises(UserError, match=r"images/a.png is 4x5.*masks/a.png is 4x6"):
-        load_pairs(tmp_path, in_channels=1, num_classes=2)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array, load_pairs, read_image, read_mask, write_png
+from unet_patches.folders import load_pairs
+from unet_patches.imageio import image_to_array, read_image, read_mask, write_png
 from unet_patches.patches import PatchFolder, extract_patches, flip, read_manifest, split_by_source
 
 

@@ -20,7 +20,8 @@ from torch import nn
 from . import console
 from .checkpoints import NORMALIZATION, load_checkpoint, model_from_checkpoint
 from .errors import UserError
-from .imageio import image_to_array, load_pairs
+from .folders import load_pairs
+from .imageio import image_to_array
 from .metrics import ConfusionMatrix
 from .runtime import pick_device
 from .tiling import TiledPredictor

@@ -23,7 +23,7 @@ from .losses import LOSSES
 from .optim import OPTIMIZERS, SCHEDULES
 from .runtime import PRECISIONS
 from .tiling.blending import BLEND_MODES
-from .tiling.engine import PADDING_MODES
+from .tiling.padding import PADDING_MODES
 
 log = logging.getLogger("unet_patches")
 PROG = "unet-patches"

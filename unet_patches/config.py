@@ -28,7 +28,7 @@ from .optim import OPTIMIZERS, SCHEDULES
 from .runtime import PRECISIONS
 from .synthetic import CLASS_NAMES, SyntheticSpec
 from .tiling.blending import BLEND_MODES
-from .tiling.engine import PADDING_MODES
+from .tiling.padding import PADDING_MODES
 from .validate import require_int, require_number
 
 

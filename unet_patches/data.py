@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from . import runtime
 from .errors import UserError
-from .imageio import load_pairs
+from .folders import load_pairs
 from .patches import PatchFolder, read_manifest, split_by_source
 from .sampling import FixedWindows, RandomPatches, class_pixel_counts, median_frequency_weights
 

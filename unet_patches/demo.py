@@ -137,7 +137,8 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
     import numpy as np
 
     from .api import predict
-    from .imageio import colour_overlay, find_pairs, read_image, read_mask, write_png
+    from .folders import find_pairs
+    from .imageio import colour_overlay, read_image, read_mask, write_png
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)

@@ -26,7 +26,8 @@ from skimage.transform import resize
 from torch.utils.data import Dataset
 
 from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array, load_pairs, read_image, read_mask, write_png
+from unet_patches.folders import load_pairs
+from unet_patches.imageio import image_to_array, read_image, read_mask, write_png
 from unet_patches.validate import is_int, require_int, require_number
 
 __all__ = ["FLIPS", "MANIFEST_NAME", "PatchFolder", "extract_patches", "flip", "read_manifest", "split_by_source"]
@@ -105,7 +106,7 @@ def extract_patches(
 ) -> dict:
     """Cut random ``patch_size`` squares from every pair in ``source`` and write a patch folder.
 
-    ``source`` holds ``images/`` + ``masks/`` (see ``imageio.find_pairs``). Each image is first
+    ``source`` holds ``images/`` + ``masks/`` (see ``folders.find_pairs``). Each image is first
     resized to ``resize_width`` columns if given (image bilinear, anti-aliased when shrinking; mask
     nearest). Then ``per_image`` windows are drawn uniformly among those fully inside the image;
     with ``foreground_only`` a window is kept only if its mask has a pixel of class > 0 (so fewer

@@ -14,7 +14,7 @@ indices, and resuming at epoch ``e`` reproduces that epoch exactly.
 Errors: settings (patch size, seed, counts, fractions) and an image smaller than
 the patch raise `UserError`; arrays of the wrong shape or dtype, mismatched
 lists and mask values outside the classes raise plain `ValueError`, because the
-loaders (`imageio.load_pairs`, `imageio.read_mask`) have already checked the
+loaders (`folders.load_pairs`, `imageio.read_mask`) have already checked the
 user's files and such arrays mean a programming error.
 """
 

@@ -4,13 +4,16 @@
 - :mod:`.blending`: mean / gaussian / hann weights (separable, strictly positive);
 - :mod:`.engine`: :class:`TiledPredictor` (batches, flip TTA, precision, band-wise merging),
   :func:`sliding_window`, :func:`predict_labels`;
+- :mod:`.network`: the network prepared (BatchNorm folded, device, compile setting);
+- :mod:`.padding`: padding modes for an axis shorter than the window;
+- :mod:`.merger`: weighted sums over a band of rows, finished rows as labels and probabilities;
 - :mod:`.sources` / :mod:`.writers`: images read and written a band of rows at a time;
 - :mod:`.files`: inputs expanded, outputs planned and written band by band (``api.predict_files``
   and the command line's ``predict`` are built on them).
 """
 
 from .blending import BLEND_MODES, axis_weights, blend_weights
-from .engine import PADDING_MODES, Band, TiledPredictor, pad_indices, predict_labels, sliding_window
+from .engine import TiledPredictor, predict_labels, sliding_window
 from .files import (
     DEFAULT_STREAM_THRESHOLD_PX,
     OutputPlan,
@@ -20,6 +23,8 @@ from .files import (
     plan_outputs,
     write_outputs,
 )
+from .merger import Band
+from .padding import PADDING_MODES, pad_indices
 from .placement import axis_starts, check_coverage, place_windows
 from .sources import ArraySource, RawSource, RowSource, TiffSource
 from .writers import NpyWriter, PngWriter, TiffWriter

@@ -1,11 +1,11 @@
 """The runner: windows in batches through the network, blended into bands of rows.
 
-Three parts, each testable alone (docs/style.md item 10):
+Three parts, each testable alone (see docs/DESIGN.md):
 
 1. placement (:mod:`.placement`): where the windows go;
 2. the batched network (:meth:`TiledPredictor.forward_windows`): a batch of windows in, blended
    probabilities out, with flip test-time augmentation inside the same batch and a precision policy;
-3. the merger (:class:`_BandAccumulator`): weighted sums over a band of rows only. A row is
+3. the merger (:class:`BandAccumulator`): weighted sums over a band of rows only. A row is
    finished as soon as no later window touches it; it is then divided by the summed weights,
    argmax-ed and handed out (:meth:`TiledPredictor.bands`).
 
@@ -16,180 +16,32 @@ generator over an image in memory, so in-memory and streamed results are the sam
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from unet_patches import console
-from unet_patches.errors import UserError
-from unet_patches.registry import Registry
 from unet_patches.runtime import resolve_precision
 from unet_patches.validate import require_int
 
 from .blending import BLEND_MODES, axis_weights, weight_sums
+from .merger import Band, BandAccumulator, argmax_classes
+from .network import inductor_freezing, resolve_device, with_batchnorm_folded
+from .padding import PADDING_MODES, PaddedRows
 from .placement import axis_starts, pair, place_windows, stride_for
 from .sources import ArraySource, RowSource
 
-__all__ = ["ACTIVATIONS", "PADDING_MODES", "Band", "TiledPredictor", "pad_indices", "predict_labels", "sliding_window"]
+__all__ = ["ACTIVATIONS", "TiledPredictor", "predict_labels", "sliding_window"]
 
 log = logging.getLogger(__name__)
 
-PADDING_MODES: Registry[str] = Registry(
-    "padding mode",
-    {
-        "reflect": "mirror the image without repeating its edge pixels",
-        "constant": "fill with a constant (0)",
-        "replicate": "repeat the edge pixels",
-    },
-)
-"""How an image axis shorter than the window is padded (see :func:`pad_indices`)."""
 ACTIVATIONS = ("softmax", "sigmoid", None)
 
 # Flips used by test-time augmentation: none, columns, rows, both. Each is its own inverse.
 _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
-
-# --------------------------------------------------------------------------------------------------
-# Network preparation
-# --------------------------------------------------------------------------------------------------
-
-
-def _fold_batchnorm(network: nn.Module) -> nn.Module:
-    """A copy of ``network`` with each Conv2d -> BatchNorm2d pair (adjacent in a Sequential) folded into
-    one convolution; the network itself if it has no such pair. Eval mode only."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    def pairs(model: nn.Module) -> Iterator[tuple[nn.Sequential, str, str]]:
-        for module in model.modules():
-            if isinstance(module, nn.Sequential):
-                names = list(module._modules)
-                for first, second in zip(names, names[1:]):
-                    conv, norm = module._modules[first], module._modules[second]
-                    if (
-                        type(conv) is nn.Conv2d
-                        and type(norm) is nn.BatchNorm2d
-                        and norm.track_running_stats
-                        and norm.num_features == conv.out_channels
-                    ):
-                        yield module, first, second
-
-    if next(pairs(network), None) is None:
-        return network
-    try:
-        folded = copy.deepcopy(network)
-    except Exception:  # not every module can be copied; folding is only an optimisation
-        return network
-    folded.eval()
-    for parameter in folded.parameters():
-        parameter.requires_grad_(False)
-    for module, first, second in list(pairs(folded)):
-        module._modules[first] = fuse_conv_bn_eval(module._modules[first], module._modules[second])
-        module._modules[second] = nn.Identity()
-    return folded
-
-
-def _inductor_freezing() -> contextlib.AbstractContextManager:
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
-
-
-def _resolve_device(device: str | torch.device | None, network: nn.Module) -> torch.device:
-    if device is None:
-        parameter = next(network.parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
-
-
-# --------------------------------------------------------------------------------------------------
-# Padding
-# --------------------------------------------------------------------------------------------------
-
-
-def pad_indices(length: int, before: int, after: int, mode: str) -> np.ndarray:
-    """Source index of each position of an axis padded by ``before`` / ``after``; -1 means "fill".
-
-    ``reflect`` mirrors without repeating the edge pixel (``numpy.pad(mode="reflect")``, also when
-    the padding is longer than the axis), ``replicate`` repeats the edge, ``constant`` fills.
-    """
-    index = np.arange(-before, length + after, dtype=np.int64)
-    if mode == "constant":
-        return np.where((index >= 0) & (index < length), index, -1)
-    if mode == "replicate" or length == 1:
-        return np.clip(index, 0, length - 1)
-    period = 2 * (length - 1)
-    index = np.mod(index, period)
-    return np.where(index >= length, period - index, index)
-
-
-# --------------------------------------------------------------------------------------------------
-# The merger
-# --------------------------------------------------------------------------------------------------
-
-
-class _BandAccumulator:
-    """Weighted sums ``(K, rows, W)`` for the rows from ``start`` on that windows still touch.
-
-    NumPy rather than torch: these are plain memory-bound adds, and torch would split each one
-    over its thread pool, which costs a synchronisation per window on a busy machine.
-    """
-
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self.start = 0
-        self.sums: np.ndarray | None = None
-
-    def add(self, outputs: np.ndarray, positions: Sequence[tuple[int, int]]) -> None:
-        """Add window outputs ``(n, K, h, w)`` at their ``(row, column)`` positions (padded coordinates)."""
-        _, classes, h, w = outputs.shape
-        needed = max(y for y, _ in positions) + h - self.start
-        if self.sums is None or self.sums.shape[1] < needed:
-            grown = np.zeros((classes, needed, self.width), dtype=np.float32)
-            if self.sums is not None:
-                grown[:, : self.sums.shape[1]] = self.sums
-            self.sums = grown
-        for output, (y, x) in zip(outputs, positions):
-            self.sums[:, y - self.start : y - self.start + h, x : x + w] += output
-
-    def finished(self, stop: int) -> np.ndarray:
-        """View of rows ``start:stop``, which no window still to come touches. It may be changed in
-        place; :meth:`drop` then reuses its memory."""
-        assert self.sums is not None and 0 < stop - self.start <= self.sums.shape[1]
-        return self.sums[:, : stop - self.start]
-
-    def drop(self, stop: int) -> None:
-        """Forget rows before ``stop``: shift the rest to the top of the buffer, in place."""
-        assert self.sums is not None
-        count = stop - self.start
-        rest = self.sums.shape[1] - count
-        # Copy in chunks of at most `count` rows: each source chunk lies wholly below its
-        # destination, so nothing is overwritten before it is read and no temporary is needed.
-        for top in range(0, rest, count):
-            rows = min(count, rest - top)
-            self.sums[:, top : top + rows] = self.sums[:, count + top : count + top + rows]
-        self.sums[:, max(rest, 0) :] = 0.0
-        self.start = stop
-
-
-@dataclass
-class Band:
-    """Finished rows ``start:start + len(labels)`` of the image (original, unpadded coordinates).
-
-    ``labels``: uint8 ``(rows, W)``; ``probs``: float32 ``(K, rows, W)`` blended probabilities
-    (or blended raw outputs when the activation is None), present when asked for.
-    """
-
-    start: int
-    labels: np.ndarray
-    probs: np.ndarray | None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,10 +113,10 @@ class TiledPredictor:
         self.windows_per_batch = max(1, int(batch_size) // self.n_aug)
 
         module = network if isinstance(network, nn.Module) else None
-        self.device = _resolve_device(device, module) if module is not None else torch.device(device or "cpu")
+        self.device = resolve_device(device, module) if module is not None else torch.device(device or "cpu")
         self.precision = resolve_precision(precision, self.device)
         if module is not None:
-            folded = _fold_batchnorm(module) if fold_batchnorm else module
+            folded = with_batchnorm_folded(module) if fold_batchnorm else module
             if folded is module:
                 module.eval()
             module = folded
@@ -299,7 +151,7 @@ class TiledPredictor:
         # Weight freezing (constant-folded BatchNorm, pre-packed oneDNN weights) is what makes the
         # compiled graph fast on CPU; it is an inductor setting read when the graph is compiled,
         # i.e. on the first call, and it is set only around our own calls.
-        frozen = _inductor_freezing() if self.compiled else contextlib.nullcontext()
+        frozen = inductor_freezing() if self.compiled else contextlib.nullcontext()
         with torch.inference_mode(), self.precision.autocast(self.device), frozen:
             if not self.compiled or self._compile_checked:
                 return self.network(batch)
@@ -369,31 +221,12 @@ class TiledPredictor:
         hp, wp = max(height, wh), max(width, ww)
         top, left = (hp - height) // 2, (wp - width) // 2
         ys, xs = axis_starts(hp, wh, self.strides[0]), axis_starts(wp, ww, self.strides[1])
-        row_map = pad_indices(height, top, hp - height - top, self.padding)
-        col_map = pad_indices(width, left, wp - width - left, self.padding)
-        cols_plain = wp == width
+        padded = PaddedRows(source, (hp, wp), (top, left), self.padding, self.pad_value)
         row_sums = weight_sums(hp, ys, self.profiles[0]).astype(np.float32)
         col_sums = weight_sums(wp, xs, self.profiles[1]).astype(np.float32)
 
-        def read_band(y: int) -> np.ndarray:
-            rows = row_map[y : y + wh]
-            valid = rows >= 0
-            lo, hi = int(rows[valid].min()), int(rows[valid].max()) + 1
-            raw = source.read_rows(lo, hi)
-            if valid.all() and hi - lo == wh and rows[0] == lo and np.all(np.diff(rows) == 1):
-                band = raw
-            else:
-                band = np.full((raw.shape[0], wh, width), self.pad_value, dtype=np.float32)
-                band[:, valid] = raw[:, rows[valid] - lo]
-            if not cols_plain:
-                valid_cols = col_map >= 0
-                padded = np.full((band.shape[0], wh, wp), self.pad_value, dtype=np.float32)
-                padded[:, :, valid_cols] = band[:, :, col_map[valid_cols]]
-                band = padded
-            return band
-
         total, per_batch = len(ys) * len(xs), self.windows_per_batch
-        accumulator = _BandAccumulator(wp)
+        accumulator = BandAccumulator(wp)
         bands_read: dict[int, np.ndarray] = {}
         bar = console.progress(total, "windows", "window", enabled=progress)
         try:
@@ -404,7 +237,7 @@ class TiledPredictor:
                     del bands_read[r]
                 for r, _ in batch:
                     if r not in bands_read:
-                        bands_read[r] = read_band(int(ys[r]))
+                        bands_read[r] = padded.rows(int(ys[r]), wh)
                 windows = np.stack([bands_read[r][:, :, xs[c] : xs[c] + ww] for r, c in batch])
                 outputs = self.forward_windows(torch.from_numpy(windows))
                 accumulator.add(outputs, [(int(ys[r]), int(xs[c])) for r, c in batch])
@@ -421,7 +254,7 @@ class TiledPredictor:
 
     def _finish(
         self,
-        accumulator: _BandAccumulator,
+        accumulator: BandAccumulator,
         stop: int,
         row_sums: np.ndarray,
         col_sums: np.ndarray,
@@ -442,7 +275,7 @@ class TiledPredictor:
                 raise ValueError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
             # Divided in place: these rows of the buffer are dropped right after.
             blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[left : left + width]), out=sums)
-            labels = _argmax_classes(blended)
+            labels = argmax_classes(blended)
             band = Band(y0 - top, labels, blended.copy() if want_probs else None)
         accumulator.drop(stop)
         return band
@@ -477,19 +310,6 @@ class TiledPredictor:
                     probs = np.empty((band.probs.shape[0], *image.shape[1:]), dtype=np.float32)
                 probs[:, rows] = band.probs
         return (labels, probs) if return_probs else labels
-
-
-def _argmax_classes(scores: np.ndarray) -> np.ndarray:
-    """uint8 argmax over the class axis of ``(K, rows, W)``; ties go to the lowest class, as in
-    ``numpy.argmax``. One comparison per class over contiguous planes: several times faster than
-    ``argmax(axis=0)``, which walks the strided class axis."""
-    best = scores[0].copy()
-    labels = np.zeros(best.shape, dtype=np.uint8)
-    for k in range(1, scores.shape[0]):
-        higher = scores[k] > best
-        labels[higher] = k
-        np.maximum(best, scores[k], out=best)
-    return labels
 
 
 def _as_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
