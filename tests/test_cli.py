@@ -175,15 +175,16 @@ class _no_raise:
         return False
 
 
-def test_compile_flag_reaches_the_inference_options(params):
-    from unet_patches.cli import _inference_options, build_parser
+def test_compile_flag_reaches_theinference_options(params):
+    from unet_patches.cli import build_parser
+    from unet_patches.cli.inference import inference_options
 
     parser = build_parser()
     for command in (["predict", "ck.pt", "x.png", "-o", "out"], ["evaluate", "ck.pt", "data"]):
         plain = parser.parse_args([*command, "--params", str(params)])
         flagged = parser.parse_args([*command, "--params", str(params), "--compile"])
-        assert _inference_options(plain)["compile"] is False
-        assert _inference_options(flagged)["compile"] is True
+        assert inference_options(plain)["compile"] is False
+        assert inference_options(flagged)["compile"] is True
 
 
 def test_time_budget_alone_means_train_for_that_long(params, monkeypatch, capsys):

@@ -5,18 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 
 from unet_patches.errors import UserError
 from unet_patches.folders import find_pairs, load_pairs
 from unet_patches.imageio import write_png
-
-
-def _pil_save(path, array, mode=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
-    image.save(path)
-    return path
 
 
 def _make_folder(root, image_names, mask_names, shape=(4, 5), mask_shape=None):

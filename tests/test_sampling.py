@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from unet_patches.errors import UserError
-from unet_patches.sampling import FixedWindows, RandomPatches, class_pixel_counts, median_frequency_weights
+from unet_patches.sampling import FixedWindows, RandomPatches
 
 SIZES = [(40, 50), (64, 48), (33, 70)]
 
@@ -268,47 +268,11 @@ def test_fixed_windows_whole_images():
 # ------------------------------------------------------------- class weights
 
 
-def hand_masks():
-    a = np.array([[0, 0], [0, 1]], np.uint8)  # 3 x class 0, 1 x class 1
-    b = np.array([[0, 2], [2, 2]], np.uint8)  # 1 x class 0, 3 x class 2
-    return [a, b]
-
-
-def test_class_pixel_counts():
-    assert class_pixel_counts(hand_masks(), 4).tolist() == [4, 1, 3, 0]
-    per_image = class_pixel_counts(hand_masks(), 4, per_image=True)
-    assert per_image.dtype == np.int64 and per_image.tolist() == [[3, 1, 0, 0], [1, 0, 3, 0]]
-    masks = hand_masks()
-    masks[0][0, 0] = 255
-    assert class_pixel_counts(masks, 4, ignore_index=255).tolist() == [3, 1, 3, 0]
-    with pytest.raises(ValueError, match="mask 0 holds class value 255"):
-        class_pixel_counts(masks, 4)
-
-
-def test_median_frequency_weights_by_hand():
-    # freq_0 = 4 / 8 (both images), freq_1 = 1 / 4 (image a only), freq_2 = 3 / 4 (image b only);
-    # class 3 never occurs: weight 0, left out of the median. median(0.5, 0.25, 0.75) = 0.5.
-    weights = median_frequency_weights(class_pixel_counts(hand_masks(), 4, per_image=True))
-    assert weights.dtype == np.float32
-    np.testing.assert_allclose(weights, [1.0, 2.0, 0.5 / 0.75, 0.0], rtol=1e-6)
-    # Totals alone treat the set as one image: median(4, 1, 3) / count = 3 / count.
-    totals = median_frequency_weights(class_pixel_counts(hand_masks(), 4))
-    np.testing.assert_allclose(totals, [0.75, 3.0, 1.0, 0.0], rtol=1e-6)
-
-
-@pytest.mark.parametrize("counts", [np.zeros(3), np.array([1, -1, 2]), np.zeros((2, 2, 2))])
-def test_median_frequency_weights_bad_counts(counts):
-    with pytest.raises(ValueError) as info:
-        median_frequency_weights(counts)
-    assert not isinstance(info.value, UserError)
-
-
 def test_programming_errors_are_value_errors_not_user_errors():
     images, masks = make_data()
     calls = [
         lambda: RandomPatches(images, [m.T for m in masks], 16, 8, num_classes=3),  # image/mask sizes
         lambda: FixedWindows([im[0] for im in images], masks, 16),  # (H, W) instead of (C, H, W)
-        lambda: class_pixel_counts([masks[0].astype(np.float32)], 3),  # float mask
     ]
     for call in calls:
         with pytest.raises(ValueError) as info:

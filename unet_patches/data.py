@@ -15,10 +15,11 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from . import runtime
+from .class_weights import class_pixel_counts, median_frequency_weights
 from .errors import UserError
 from .folders import load_pairs
 from .patches import PatchFolder, read_manifest, split_by_source
-from .sampling import FixedWindows, RandomPatches, class_pixel_counts, median_frequency_weights
+from .sampling import FixedWindows, RandomPatches
 
 if TYPE_CHECKING:
     from .config import Config

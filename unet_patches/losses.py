@@ -380,7 +380,7 @@ def build_loss(
         name: one of ``LOSSES``; case and '-' vs '_' do not matter.
         num_classes: K >= 2, background included.
         class_weights: K non-negative numbers, not all 0 (for example
-            `sampling.median_frequency_weights`), or None.
+            `class_weights.median_frequency_weights`), or None.
         ignore_index: target value to leave out, or None.
         **options: that loss's own settings, e.g. ``smooth`` for the overlap
             losses, ``gamma`` for focal, ``alpha``/``beta`` for tversky

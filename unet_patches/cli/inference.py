@@ -1,0 +1,130 @@
+"""``predict`` (label, overlay and probability files) and ``evaluate`` (scores against masks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..runtime import PRECISIONS
+from ..tiling.blending import BLEND_MODES
+from ..tiling.padding import PADDING_MODES
+from .flags import add_params, config_from_args, setting, switch
+
+__all__ = ["add_evaluate", "add_predict", "inference_options"]
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=int, help="window size (default: the checkpoint's training patch size)")
+    setting(p, "--overlap", key="inference.overlap", type=float, help="window overlap, a fraction in [0, 1)")
+    setting(p, "--batch-size", key="inference.batch_size", type=int, help="windows per forward pass")
+    setting(p, "--blend", key="inference.blend", choices=BLEND_MODES.names, help="how overlapping windows are weighted")
+    setting(
+        p,
+        "--padding",
+        key="inference.padding",
+        choices=PADDING_MODES.names,
+        help="padding for images smaller than a window",
+    )
+    switch(
+        p,
+        "--tta",
+        key="inference.tta",
+        value=True,
+        help="flip test-time augmentation (4 flips, batched together) (default: inference.tta)",
+    )
+    setting(p, "--precision", key="inference.precision", choices=PRECISIONS.names, help="autocast precision")
+    switch(
+        p,
+        "--compile",
+        key="inference.compile",
+        value=True,
+        help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
+        "for many or large images (default: inference.compile)",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    add_params(p)
+
+
+def inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    return config_from_args(args).inference.predictor_options()
+
+
+def add_predict(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images of any size with sliding windows",
+        description="Segment image files, folders or glob patterns with overlapping windows whose "
+        "softmax probabilities are blended, then argmax. Writes <name>_labels.png (or .tif "
+        "for very large images), <name>_overlay.png and, with --probs, one probability map "
+        "per class. Large TIFFs are streamed band by band with bounded memory.",
+    )
+    p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--probs", action="store_true", help="also write per-class probability maps")
+    p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_inference_arguments(p)
+    p.set_defaults(run=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..api import Segmenter, predict_files
+
+    options = inference_options(args)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    written = predict_files(
+        segmenter,
+        args.inputs,
+        args.out,
+        window=args.window,
+        probs=args.probs,
+        overlay=not args.no_overlay,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        **options,
+    )
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score full-image predictions against masks",
+        description="Predict every image of DATA_DIR/images with sliding windows and score against "
+        "DATA_DIR/masks: per-class IoU and Dice and their means from one confusion matrix "
+        "over the whole folder. Classes absent from truth and prediction are left out.",
+    )
+    p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
+    p.add_argument("data_dir", help="folder with images/ and masks/")
+    p.add_argument("--json", action="store_true", help="print one JSON object (miou, iou, dice, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_inference_arguments(p)
+    p.set_defaults(run=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..api import Segmenter, evaluate_folder
+
+    options = inference_options(args)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    scores = evaluate_folder(
+        segmenter, args.data_dir, window=args.window, progress=not args.no_progress and not args.json, **options
+    )
+    if args.json:
+        print(json.dumps(scores))
+        return 0
+    print(f"{scores['images']} images, window {args.window or segmenter.patch_size}")
+    print(f"{'class':<14}{'IoU':>8}{'Dice':>8}")
+    for name in scores["iou"]:
+        iou, dice = scores["iou"][name], scores["dice"][name]
+        print(f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}")
+    print(f"{'mean':<14}{scores['miou']:>8.4f}{scores['mean_dice']:>8.4f}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "absent" if value is None else f"{value:.4f}"

@@ -1,0 +1,119 @@
+"""``generate`` (a synthetic data set) and ``patches`` (random patches with flips, on disk)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .flags import add_params, config_from_args, setting, switch
+
+__all__ = ["add_generate", "add_patches"]
+
+
+def add_generate(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="write a synthetic data set (lines and ellipses on noise)",
+        description="Write train/ and test/ folders of images/ and masks/ PNGs of synthetic data: "
+        "lines (class 1) and ellipses (class 2) of random gray on a noisy background.",
+    )
+    p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/synthetic)")
+    setting(p, "--n-train", key="synthetic.n_train", type=int, help="training images")
+    setting(p, "--n-test", key="synthetic.n_test", type=int, help="test images")
+    setting(p, "--seed", key="synthetic.seed", type=int, help="random seed")
+    setting(p, "--height", key="synthetic.height", type=int, help="image height in pixels")
+    setting(p, "--width", key="synthetic.width", type=int, help="image width in pixels")
+    setting(p, "--lines", key="synthetic.lines", type=int, nargs=2, metavar=("MIN", "MAX"), help="lines per image")
+    setting(
+        p, "--ellipses", key="synthetic.ellipses", type=int, nargs=2, metavar=("MIN", "MAX"), help="ellipses per image"
+    )
+    setting(
+        p,
+        "--shape-gray",
+        key="synthetic.shape_gray",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="shape intensity range",
+    )
+    setting(
+        p,
+        "--background-mean",
+        key="synthetic.background_mean",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="background mean range",
+    )
+    setting(p, "--noise-std", key="synthetic.noise_std", type=float, help="background noise standard deviation")
+    p.add_argument("--overwrite", action="store_true", help="replace train/ and test/ in a non-empty output folder")
+    add_params(p)
+    p.set_defaults(run=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ..synthetic import generate_dataset
+
+    config = config_from_args(args)
+    s = config.synthetic
+    out = Path(args.out) if args.out else Path(config.data.root) / "synthetic"
+    summary = generate_dataset(
+        out, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=args.overwrite
+    )
+    shares = ", ".join(f"{n} {100 * v:.1f} %" for n, v in zip(summary["class_names"], summary["class_shares"]))
+    print(f"wrote {s.n_train} training and {s.n_test} test images to {out} ({shares})")
+    return 0
+
+
+def add_patches(sub: Any) -> None:
+    p = sub.add_parser(
+        "patches",
+        help="cut random patches (with flips) from an images/+masks/ folder",
+        description="Cut random windows fully inside each image, keep those with foreground, store "
+        "each in 4 flip variants as OUT/images/pN.png + OUT/masks/pN.png, with "
+        "OUT/manifest.json recording each patch's source image.",
+    )
+    p.add_argument("source", help="folder with images/ and masks/ (e.g. data/synthetic/train)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/patches_s<size>)")
+    setting(p, "-s", "--size", key="patches.patch_size", type=int, help="patch size")
+    setting(p, "-n", "--per-image", key="patches.per_image", type=int, help="random windows per image")
+    switch(p, "--all-windows", key="patches.foreground_only", value=False, help="keep windows without foreground too")
+    switch(p, "--no-flips", key="patches.flips", value=False, help="store each window once instead of 4 flip variants")
+    setting(
+        p,
+        "--resize-width",
+        key="patches.resize_width",
+        type=int,
+        help="resize images to this width first (the original used 256)",
+    )
+    setting(p, "--seed", key="patches.seed", type=int, help="random seed")
+    p.add_argument("--overwrite", action="store_true", help="replace patches in a non-empty output folder")
+    add_params(p)
+    p.set_defaults(run=_patches)
+
+
+def _patches(args: argparse.Namespace) -> int:
+    from ..patches import extract_patches
+
+    config = config_from_args(args)
+    c = config.patches
+    out = Path(args.out) if args.out else Path(config.data.root) / f"patches_s{c.patch_size}"
+    summary = extract_patches(
+        args.source,
+        out,
+        patch_size=c.patch_size,
+        per_image=c.per_image,
+        foreground_only=c.foreground_only,
+        flips=c.flips,
+        resize_width=c.resize_width,
+        seed=c.seed,
+        overwrite=args.overwrite,
+        in_channels=config.data.in_channels,
+        num_classes=config.data.num_classes,
+    )
+    print(
+        f"kept {summary['windows_kept']} of {summary['windows_drawn']} windows from {summary['sources']} images; "
+        f"wrote {summary['patches']} patches to {out}"
+    )
+    return 0

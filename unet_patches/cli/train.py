@@ -1,0 +1,133 @@
+"""``train`` and ``python train.py``: flags to settings, then ``training.fit`` or ``training.resume``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..errors import UserError
+from ..losses import LOSSES
+from ..optim import OPTIMIZERS, SCHEDULES
+from ..runtime import PRECISIONS
+from .flags import add_params, config_from_args, overrides_from, setting
+
+__all__ = ["add_train", "add_train_arguments", "run_train"]
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    setting(p, "-e", "--epochs", key="training.epochs", type=int, help="number of epochs")
+    setting(p, "-b", "--batch-size", key="training.batch_size", type=int, help="batch size")
+    setting(p, "-l", "--learning-rate", key="training.learning_rate", type=float, help="base learning rate")
+    p.add_argument("-c", "--load", metavar="CKPT", help="start from the weights of this checkpoint")
+    setting(
+        p,
+        "-f",
+        "--folder",
+        key="training.folder",
+        help="data under data.root: a patch folder (from `unet-patches patches`) or an images/+masks/ folder "
+        "sampled on the fly",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue an interrupted run from its last.pt, exactly, with the settings stored in it",
+    )
+    setting(
+        p,
+        "--time-budget",
+        key="training.time_budget_minutes",
+        type=float,
+        metavar="MINUTES",
+        help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
+        "the run, with -e whichever comes first",
+    )
+    setting(p, "--precision", key="training.precision", choices=PRECISIONS.names, help="autocast precision")
+    setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
+    setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
+    setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")
+    setting(
+        p,
+        "--warmup",
+        key="training.warmup_fraction",
+        type=float,
+        metavar="FRACTION",
+        help="linear warm-up over this fraction of the run (0: none)",
+    )
+    setting(p, "--seed", key="training.seed", type=int, help="random seed")
+    setting(p, "--workers", key="training.num_workers", type=int, help="DataLoader worker processes")
+    setting(
+        p,
+        "--run-name",
+        key="training.run_name",
+        help="name of the run folder under checkpoints/ and runs/; null gives <folder>_b<batch>",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="start again in a run folder that already holds checkpoints"
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--json", action="store_true", help="print the run summary as one JSON object at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_params(p)
+
+
+def add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net (same flags as train.py)",
+        description="Train a multiclass U-Net with the settings of parameters.json, overridden by flags. "
+        "Checkpoints go to <checkpoint_dir>/<run>/ (last.pt each epoch, best.pt by validation "
+        "mIoU), TensorBoard logs to <log_dir>/<run>/.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .. import training
+    from ..runtime import cleanup_distributed, is_main_process
+
+    overrides = overrides_from(args)
+    if args.resume and (args.load or overrides):
+        given = (
+            "-c/--load"
+            if args.load
+            else "settings flags (" + ", ".join(f"{s}.{k}" for s, keys in overrides.items() for k in keys) + ")"
+        )
+        raise UserError(
+            f"--resume with {given}: --resume continues a run exactly, with the settings stored in its checkpoint; "
+            "drop the other flags, or start a new run from its weights with -c/--load"
+        )
+    training_flags = overrides.get("training", {})
+    if "time_budget_minutes" in training_flags and "epochs" not in training_flags:
+        training_flags["epochs"] = None  # "train for N minutes", whatever training.epochs says
+    try:
+        if args.resume:
+            summary = training.resume(args.resume, device=args.device, progress_bars=not args.no_progress)
+        else:
+            summary = training.fit(
+                config_from_args(args, overrides),
+                init_weights=args.load,
+                overwrite=args.overwrite,
+                device=args.device,
+                progress_bars=not args.no_progress,
+            )
+        main_process = is_main_process()  # ask before the process group is gone
+    finally:
+        cleanup_distributed()
+    if main_process:
+        _print_training_summary(summary, args.json)
+    return 0
+
+
+def _print_training_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+        return
+    best = summary["best_val_miou"]
+    print(
+        f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s, "
+        f"{summary['precision']}); best validation mIoU "
+        f"{'n/a' if best is None else f'{best:.4f}'} at epoch {summary['best_epoch']}; "
+        f"checkpoint {summary['best_checkpoint']}"
+    )
