@@ -91,6 +91,81 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(temporary, path)
 
 
+def _check_settings(patch_size: int, per_image: int, seed: int, resize_width: int | None, in_channels: int) -> None:
+    require_int("patch_size", patch_size, 1)
+    require_int("per_image", per_image, 1)
+    require_int("seed", seed, 0)
+    if resize_width is not None:
+        require_int("resize_width", resize_width, 1)
+    if not is_int(in_channels) or in_channels not in (1, 3):
+        raise UserError(f"in_channels = {in_channels!r}: patches are written as gray (1) or RGB (3)")
+
+
+def _load_resized(
+    source: Path, in_channels: int, num_classes: int, resize_width: int | None, patch_size: int
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, image, mask)`` of every pair, resized to ``resize_width`` if given; every image is
+    checked to hold a patch before anything is written."""
+    prepared = []
+    for sample in load_pairs(source, in_channels, num_classes):
+        image, mask = sample.image, sample.mask
+        if resize_width is not None:
+            image, mask = _resize_to_width(image, mask, resize_width)
+        height, width = mask.shape
+        if height < patch_size or width < patch_size:
+            raise UserError(
+                f"{source}: image {sample.name} is {height}x{width} (HxW"
+                f"{' after resizing' if resize_width else ''}) but patches are {patch_size}x"
+                f"{patch_size}; choose a smaller patch size or a larger resize width"
+            )
+        prepared.append((sample.name, image, mask))
+    return prepared
+
+
+def _draw_windows(
+    rng: np.random.Generator, mask: np.ndarray, patch_size: int, count: int, foreground_only: bool
+) -> list[tuple[int, int]]:
+    """Top-left corners of ``count`` random windows fully inside ``mask``; with ``foreground_only``
+    those without a pixel of class > 0 are dropped (after drawing, so the stream of draws is the same)."""
+    height, width = mask.shape
+    corners = []
+    for _ in range(count):
+        y = int(rng.integers(0, height - patch_size + 1))
+        x = int(rng.integers(0, width - patch_size + 1))
+        if not foreground_only or mask[y : y + patch_size, x : x + patch_size].any():
+            corners.append((y, x))
+    return corners
+
+
+def _write_patches(
+    prepared: list[tuple[str, np.ndarray, np.ndarray]],
+    out_dir: Path,
+    rng: np.random.Generator,
+    patch_size: int,
+    per_image: int,
+    foreground_only: bool,
+    variants: tuple[str, ...],
+    num_classes: int,
+) -> tuple[list[dict], np.ndarray, int]:
+    """Write the patches of every image; returns the manifest records, the class pixel counts of
+    everything written, and the number of windows kept."""
+    records: list[dict] = []
+    class_pixels = np.zeros(num_classes, dtype=np.int64)
+    windows_kept = 0
+    for name, image, mask in prepared:
+        for y, x in _draw_windows(rng, mask, patch_size, per_image, foreground_only):
+            windows_kept += 1
+            mask_patch = mask[y : y + patch_size, x : x + patch_size]
+            class_pixels += len(variants) * np.bincount(mask_patch.ravel(), minlength=num_classes)
+            image_patch = image[:, y : y + patch_size, x : x + patch_size]
+            for kind in variants:
+                patch = f"p{len(records)}"
+                write_png(out_dir / "images" / f"{patch}.png", _to_uint8(flip(image_patch, kind)))
+                write_png(out_dir / "masks" / f"{patch}.png", np.ascontiguousarray(flip(mask_patch, kind)))
+                records.append({"name": patch, "source": name, "y": y, "x": x, "flip": kind})
+    return records, class_pixels, windows_kept
+
+
 def extract_patches(
     source: str | Path,
     out_dir: str | Path,
@@ -119,85 +194,34 @@ def extract_patches(
     ``masks/`` and ``manifest.json`` there are replaced).
     """
     source, out_dir = Path(source), Path(out_dir)
-    require_int("patch_size", patch_size, 1)
-    require_int("per_image", per_image, 1)
-    require_int("seed", seed, 0)
-    if resize_width is not None:
-        require_int("resize_width", resize_width, 1)
-    if not is_int(in_channels) or in_channels not in (1, 3):
-        raise UserError(f"in_channels = {in_channels!r}: patches are written as gray (1) or RGB (3)")
+    _check_settings(patch_size, per_image, seed, resize_width, in_channels)
     _prepare_output(out_dir, source, overwrite)
 
-    samples = load_pairs(source, in_channels, num_classes)
-    prepared = []
-    for sample in samples:  # resize and check every image before anything is written
-        image, mask = sample.image, sample.mask
-        if resize_width is not None:
-            image, mask = _resize_to_width(image, mask, resize_width)
-        height, width = mask.shape
-        if height < patch_size or width < patch_size:
-            raise UserError(
-                f"{source}: image {sample.name} is {height}x{width} (HxW"
-                f"{' after resizing' if resize_width else ''}) but patches are {patch_size}x"
-                f"{patch_size}; choose a smaller patch size or a larger resize width"
-            )
-        prepared.append((sample.name, image, mask))
-
+    prepared = _load_resized(source, in_channels, num_classes, resize_width, patch_size)
     if overwrite:
         _clear_output(out_dir)
-    rng = np.random.default_rng(seed)
     variants = FLIPS if flips else FLIPS[:1]
-    records: list[dict] = []
-    sources: dict[str, dict] = {}
-    class_pixels = np.zeros(num_classes, dtype=np.int64)
-    windows_kept = 0
-    for name, image, mask in prepared:
-        height, width = mask.shape
-        sources[name] = {"height": height, "width": width}
-        for _ in range(per_image):
-            y = int(rng.integers(0, height - patch_size + 1))
-            x = int(rng.integers(0, width - patch_size + 1))
-            mask_patch = mask[y : y + patch_size, x : x + patch_size]
-            if foreground_only and not mask_patch.any():
-                continue
-            windows_kept += 1
-            image_patch = image[:, y : y + patch_size, x : x + patch_size]
-            counts = np.bincount(mask_patch.ravel(), minlength=num_classes)
-            for kind in variants:
-                patch = f"p{len(records)}"
-                image_out = _to_uint8(flip(image_patch, kind))
-                mask_out = np.ascontiguousarray(flip(mask_patch, kind))
-                write_png(out_dir / "images" / f"{patch}.png", image_out)
-                write_png(out_dir / "masks" / f"{patch}.png", mask_out)
-                class_pixels += counts
-                records.append({"name": patch, "source": name, "y": y, "x": x, "flip": kind})
-
+    rng = np.random.default_rng(seed)
+    records, class_pixels, windows_kept = _write_patches(
+        prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, num_classes
+    )
+    sources = {name: {"height": mask.shape[0], "width": mask.shape[1]} for name, _, mask in prepared}
     if not records:
         raise UserError(
-            f"{source}: no patch kept from {len(samples)} image(s); the masks have no foreground "
+            f"{source}: no patch kept from {len(prepared)} image(s); the masks have no foreground "
             "in any drawn window - check the masks, draw more windows or disable foreground_only"
         )
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "patch_size": patch_size,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "seed": seed,
-        "source": str(source),
-        "per_image": per_image,
-        "foreground_only": foreground_only,
-        "flips": flips,
-        "resize_width": resize_width,
-        "class_pixels": class_pixels.tolist(),
-        "sources": sources,
-        "patches": records,
-    }
+    settings = {"patch_size": patch_size, "num_classes": num_classes, "in_channels": in_channels, "seed": seed,
+                "source": str(source), "per_image": per_image, "foreground_only": foreground_only, "flips": flips,
+                "resize_width": resize_width}  # fmt: skip
+    manifest = {"format": MANIFEST_FORMAT, **settings, "class_pixels": class_pixels.tolist(), "sources": sources,
+                "patches": records}  # fmt: skip
     _write_json(out_dir / MANIFEST_NAME, manifest)
-    windows_drawn = per_image * len(samples)
+    windows_drawn = per_image * len(prepared)
     log.info("kept %d of %d windows, wrote %d patches to %s", windows_kept, windows_drawn, len(records), out_dir)
     return {
         "out_dir": str(out_dir),
-        "sources": len(samples),
+        "sources": len(prepared),
         "windows_drawn": windows_drawn,
         "windows_kept": windows_kept,
         "patches": len(records),
