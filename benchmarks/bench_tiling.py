@@ -38,10 +38,10 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakSampler, Timer, machine, peak_rss_mb  # noqa: E402
-
 from unet_patches.models import UNet  # noqa: E402
 from unet_patches.tiling import TiledPredictor, open_image, plan_outputs, write_outputs  # noqa: E402
+
+from common import PeakSampler, Timer, machine, peak_rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 3

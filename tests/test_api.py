@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from helpers import small_dataset, tiny_config
 
 from unet_patches import Segmenter, UserError, evaluate_folder, predict
 from unet_patches.imageio import read_image
 from unet_patches.training import fit
+
+from helpers import small_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import SMALL_SPEC
 from PIL import Image
 
 from unet_patches.cli import main, train_main
+
+from helpers import SMALL_SPEC
 
 
 def run(capsys, *argv):

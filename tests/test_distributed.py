@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import small_dataset
 from torch.utils.data import Dataset
 
 from unet_patches import checkpoints, data, runtime, training
 from unet_patches.config import config_from_dict, load_config
 from unet_patches.losses import build_loss
 from unet_patches.patches import extract_patches
+
+from helpers import small_dataset
 
 pytestmark = pytest.mark.distributed
 

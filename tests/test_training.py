@@ -2,13 +2,14 @@ import json
 
 import pytest
 import torch
-from helpers import small_dataset, tiny_config
 
 from unet_patches import training
 from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint
 from unet_patches.errors import UserError
 from unet_patches.patches import extract_patches
 from unet_patches.training import fit, resume
+
+from helpers import small_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
