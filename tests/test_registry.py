@@ -1,7 +1,6 @@
 """Choices by name: one Registry shape, used by the settings, the command line and the docs."""
 
 import argparse
-import re
 
 import pytest
 
@@ -66,4 +65,4 @@ def test_parameters_doc_names_every_choice(repo_root):
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}`"))
         missing = [choice for choice in registry.names if f"`{choice}`" not in row]
         assert not missing, f"{key}: {missing} not in its docs/PARAMETERS.md row"
-    assert re.search(r"`median_frequency`", doc)
+    assert "median_frequency" in doc  # training.class_weights, a choice outside the registries
