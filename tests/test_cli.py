@@ -122,7 +122,7 @@ def test_generate_refuses_non_empty_folder(tmp_path, params, capsys):
         (["patches", "no/such/source"], ["no/such/source"]),
         (["generate", "--n-train", "0", "--n-test", "0"], ["n_train = 0", "nothing to generate"]),
         (["generate", "--n-train", "-1"], ["n_train = -1"]),
-        (["generate", "--lines", "5", "2"], ["lines", "low <= high"]),
+        (["generate", "--lines", "5", "2"], ["command line", "lines", "low <= high"]),
         (["frobnicate"], ["invalid choice"]),
     ],
 )
@@ -213,3 +213,25 @@ def test_time_budget_alone_means_train_for_that_long(params, monkeypatch, capsys
     assert (seen[0].epochs, seen[0].time_budget_minutes) == (None, 10)
     assert (seen[1].epochs, seen[1].time_budget_minutes) == (3, 10)
     assert (seen[2].epochs, seen[2].time_budget_minutes) == (1, None)
+
+
+def test_only_the_flags_given_override_the_file(params):
+    from unet_patches.cli import build_parser
+    from unet_patches.cli.flags import overrides_from
+
+    parser = build_parser()
+    assert overrides_from(parser.parse_args(["train", "--params", str(params)])) == {}
+    given = parser.parse_args(["train", "-e", "3", "--loss", "ce", "--params", str(params)])
+    assert overrides_from(given) == {"training": {"epochs": 3, "loss": "ce"}}
+    assert overrides_from(parser.parse_args(["predict", "c.pt", "x.png", "-o", "o", "--tta"])) == {
+        "inference": {"tta": True}
+    }
+    assert overrides_from(parser.parse_args(["patches", "src", "--no-flips", "--all-windows"])) == {
+        "patches": {"flips": False, "foreground_only": False}
+    }
+
+
+def test_resume_refuses_flags_that_would_be_ignored(params, capsys):
+    code = train_main(["--resume", "last.pt", "-e", "40", "--params", str(params)])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "--resume", "training.epochs", "-c/--load")

@@ -96,3 +96,12 @@ def test_code_defaults_are_the_shipped_file(repo_root):
     }
     defaults = json.loads(json.dumps(default_config().to_dict()))  # tuples as lists, like JSON
     assert defaults == shipped
+
+
+def test_inference_settings_are_predictor_options():
+    from unet_patches.tiling import TiledPredictor
+
+    options = default_config().inference.predictor_options()
+    assert set(options) == set(default_config().to_dict()["inference"])  # every setting reaches the predictor
+    predictor = TiledPredictor(lambda x: x, 16, **options)
+    assert (predictor.blend, predictor.padding, predictor.tta) == ("mean", "reflect", False)

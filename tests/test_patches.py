@@ -11,7 +11,7 @@ import torch
 from unet_patches.errors import UserError
 from unet_patches.folders import load_pairs
 from unet_patches.imageio import image_to_array, read_image, read_mask, write_png
-from unet_patches.patches import PatchFolder, extract_patches, flip, read_manifest, split_by_source
+from unet_patches.patches import PatchFolder, extract_patches, flip, read_manifest, split_by_source, validation_count
 
 
 def _write_source(root, n=3, shape=(40, 30), seed=0, rgb=False):
@@ -237,3 +237,13 @@ def test_patch_folder(extracted):
     loader = torch.utils.data.DataLoader(dataset, batch_size=4)
     images, masks = next(iter(loader))
     assert images.shape == (4, 1, 16, 16) and masks.shape == (4, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "n, fraction, held_back",
+    [(10, 0.1, 1), (10, 0.0, 0), (2, 0.01, 1), (1, 0.6, 0), (1, 0.0, 0), (10, 0.95, 9), (0, 0.5, 0)],
+)
+def test_validation_never_takes_every_image(n, fraction, held_back):
+    # Used for patch folders (by source image) and for full-image folders alike: at least one image is
+    # held back when asked for and possible, and at least one is always left to train on.
+    assert validation_count(n, fraction) == held_back

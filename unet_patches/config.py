@@ -184,8 +184,16 @@ class InferenceConfig:
 
     def predictor_options(self) -> dict[str, Any]:
         """These settings as keyword arguments of ``TiledPredictor`` (and so of ``predict``,
-        ``evaluate_folder`` and ``predict_files``)."""
-        return dataclasses.asdict(self)
+        ``evaluate_folder`` and ``predict_files``), named explicitly."""
+        return {
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "blend": self.blend,
+            "padding": self.padding,
+            "tta": self.tta,
+            "precision": self.precision,
+            "compile": self.compile,
+        }
 
 
 @dataclass(frozen=True)
@@ -226,14 +234,22 @@ def default_config() -> Config:
     return Config().check()
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    overrides_source: str = "command line",
+) -> Config:
     """Read ``parameters.json`` (the code defaults when ``path`` is None), merge ``overrides``
     (``{section: {key: value}}``, e.g. the flags that were given) into its values, then validate.
 
     Raises:
         UserError: the file is missing or not JSON, or the merged values hold an unknown key, a
-            value of the wrong type or out of range.
+            value of the wrong type or out of range. A wrong key or type among the overrides is
+            reported as coming from ``overrides_source``, not from the file.
     """
+    if overrides:
+        _build(Config, overrides, f"{overrides_source}: ")
     if path is None:
         return config_from_dict(overrides or {}, source="settings")
     path = Path(path)

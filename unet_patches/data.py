@@ -18,7 +18,7 @@ from . import runtime
 from .class_weights import class_pixel_counts, median_frequency_weights
 from .errors import UserError
 from .folders import load_pairs
-from .patches import PatchFolder, read_manifest, split_by_source
+from .patches import PatchFolder, read_manifest, split_by_source, validation_count
 from .sampling import FixedWindows, RandomPatches
 
 if TYPE_CHECKING:
@@ -97,9 +97,7 @@ def _image_folder(config: Config, folder: Path) -> DataSources:
     t, d = config.training, config.data
     samples = load_pairs(folder, d.in_channels, d.num_classes)
     order = np.random.default_rng([t.seed, 7]).permutation(len(samples))
-    n_val = int(round(t.val_fraction * len(samples)))
-    if t.val_fraction > 0 and len(samples) >= 2:
-        n_val = min(max(n_val, 1), len(samples) - 1)
+    n_val = validation_count(len(samples), t.val_fraction)
     val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
     masks = [samples[i].mask for i in train_idx]
     size = config.patches.patch_size

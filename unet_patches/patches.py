@@ -30,7 +30,16 @@ from unet_patches.folders import load_pairs
 from unet_patches.imageio import image_to_array, read_image, read_mask, write_png
 from unet_patches.validate import is_int, require_int, require_number
 
-__all__ = ["FLIPS", "MANIFEST_NAME", "PatchFolder", "extract_patches", "flip", "read_manifest", "split_by_source"]
+__all__ = [
+    "FLIPS",
+    "MANIFEST_NAME",
+    "PatchFolder",
+    "extract_patches",
+    "flip",
+    "read_manifest",
+    "split_by_source",
+    "validation_count",
+]
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +266,15 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+def validation_count(n_sources: int, val_fraction: float) -> int:
+    """How many of ``n_sources`` images to hold back: ``round(val_fraction * n)``, at least one when
+    ``val_fraction > 0`` and there are >= 2, and never all of them (training needs one)."""
+    n_val = int(round(val_fraction * n_sources))
+    if val_fraction > 0 and n_sources >= 2:
+        n_val = max(n_val, 1)
+    return min(n_val, max(n_sources - 1, 0))
+
+
 def split_by_source(manifest: dict, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split patch names into ``(train_names, val_names)`` by whole source image.
 
@@ -270,11 +288,7 @@ def split_by_source(manifest: dict, val_fraction: float = 0.1, seed: int = 0) ->
     require_int("seed", seed, 0)
     patches = manifest["patches"]
     sources = sorted({p["source"] for p in patches})
-    n_val = int(round(val_fraction * len(sources)))
-    if val_fraction > 0 and len(sources) >= 2:
-        n_val = min(max(n_val, 1), len(sources) - 1)
-    else:
-        n_val = min(n_val, max(len(sources) - 1, 0))
+    n_val = validation_count(len(sources), val_fraction)
     order = np.random.default_rng(seed).permutation(len(sources))
     val_sources = {sources[i] for i in order[:n_val]}
     train = [p["name"] for p in patches if p["source"] not in val_sources]
