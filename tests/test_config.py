@@ -105,3 +105,17 @@ def test_inference_settings_are_predictor_options():
     assert set(options) == set(default_config().to_dict()["inference"])  # every setting reaches the predictor
     predictor = TiledPredictor(lambda x: x, 16, **options)
     assert (predictor.blend, predictor.padding, predictor.tta) == ("mean", "reflect", False)
+
+
+def test_each_consumer_takes_its_settings_as_one_bundle():
+    """The command line and the demo call the data tools with these bundles, never with lists of their own."""
+    import inspect
+
+    from unet_patches.patches import extract_patches
+    from unet_patches.synthetic import generate_dataset
+
+    config = default_config()
+    assert set(config.patch_options()) <= set(inspect.signature(extract_patches).parameters)
+    assert config.patch_options()["num_classes"] == config.data.num_classes
+    assert set(config.synthetic.dataset_options()) <= set(inspect.signature(generate_dataset).parameters)
+    assert config.synthetic.dataset_options()["spec"] == config.synthetic.spec()

@@ -71,6 +71,10 @@ class SyntheticConfig(SyntheticSpec):
             )
         self.spec().validate()
 
+    def dataset_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of ``synthetic.generate_dataset``."""
+        return {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "spec": self.spec()}
+
     def spec(self) -> SyntheticSpec:
         names = [f.name for f in dataclasses.fields(SyntheticSpec)]
         return SyntheticSpec(**{name: getattr(self, name) for name in names})
@@ -223,6 +227,21 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def patch_options(self) -> dict[str, Any]:
+        """The ``patches`` settings, with the data's channels and classes, as keyword arguments of
+        ``patches.extract_patches``."""
+        p, d = self.patches, self.data
+        return {
+            "patch_size": p.patch_size,
+            "per_image": p.per_image,
+            "foreground_only": p.foreground_only,
+            "flips": p.flips,
+            "resize_width": p.resize_width,
+            "seed": p.seed,
+            "in_channels": d.in_channels,
+            "num_classes": d.num_classes,
+        }
 
     def merged(self, overrides: dict[str, dict[str, Any]]) -> Config:
         """A copy with ``overrides`` (``{section: {key: value}}``) merged in and validated as a whole;

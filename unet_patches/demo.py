@@ -47,21 +47,9 @@ def run(params: str | None, minutes: float | None) -> int:
     s, p = config.synthetic, config.patches
 
     print(f"[1/5] generating {s.n_train} training + {s.n_test} test images in {synthetic}")
-    generate_dataset(synthetic, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=True)
+    generate_dataset(synthetic, overwrite=True, **s.dataset_options())
     print(f"[2/5] extracting {p.per_image} random {p.patch_size}x{p.patch_size} patches per image into {patches}")
-    extract_patches(
-        synthetic / "train",
-        patches,
-        patch_size=p.patch_size,
-        per_image=p.per_image,
-        foreground_only=p.foreground_only,
-        flips=p.flips,
-        resize_width=p.resize_width,
-        seed=p.seed,
-        overwrite=True,
-        in_channels=config.data.in_channels,
-        num_classes=config.data.num_classes,
-    )
+    extract_patches(synthetic / "train", patches, overwrite=True, **config.patch_options())
 
     training = config.merged({"training": _demo_training(config, synthetic, patches, minutes)})
     t = training.training

@@ -58,9 +58,7 @@ def _generate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     s = config.synthetic
     out = Path(args.out) if args.out else Path(config.data.root) / "synthetic"
-    summary = generate_dataset(
-        out, n_train=s.n_train, n_test=s.n_test, seed=s.seed, spec=s.spec(), overwrite=args.overwrite
-    )
+    summary = generate_dataset(out, overwrite=args.overwrite, **s.dataset_options())
     shares = ", ".join(f"{n} {100 * v:.1f} %" for n, v in zip(summary["class_names"], summary["class_shares"]))
     print(f"wrote {s.n_train} training and {s.n_test} test images to {out} ({shares})")
     return 0
@@ -99,19 +97,7 @@ def _patches(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     c = config.patches
     out = Path(args.out) if args.out else Path(config.data.root) / f"patches_s{c.patch_size}"
-    summary = extract_patches(
-        args.source,
-        out,
-        patch_size=c.patch_size,
-        per_image=c.per_image,
-        foreground_only=c.foreground_only,
-        flips=c.flips,
-        resize_width=c.resize_width,
-        seed=c.seed,
-        overwrite=args.overwrite,
-        in_channels=config.data.in_channels,
-        num_classes=config.data.num_classes,
-    )
+    summary = extract_patches(args.source, out, overwrite=args.overwrite, **config.patch_options())
     print(
         f"kept {summary['windows_kept']} of {summary['windows_drawn']} windows from {summary['sources']} images; "
         f"wrote {summary['patches']} patches to {out}"
