@@ -49,7 +49,8 @@ def run(params: str | None, minutes: float | None) -> int:
     print(f"[1/5] generating {s.n_train} training + {s.n_test} test images in {synthetic}")
     generate_dataset(synthetic, overwrite=True, **s.dataset_options())
     print(f"[2/5] extracting {p.per_image} random {p.patch_size}x{p.patch_size} patches per image into {patches}")
-    extract_patches(synthetic / "train", patches, overwrite=True, **config.patch_options())
+    cut = extract_patches(synthetic / "train", patches, overwrite=True, **config.patch_options())
+    print(f"      kept {cut['windows_kept']} of {cut['windows_drawn']} windows, wrote {cut['patches']} patches")
 
     training = config.merged({"training": _demo_training(config, synthetic, patches, minutes)})
     t = training.training

@@ -227,7 +227,7 @@ def extract_patches(
                 "patches": records}  # fmt: skip
     _write_json(out_dir / MANIFEST_NAME, manifest)
     windows_drawn = per_image * len(prepared)
-    log.info("kept %d of %d windows, wrote %d patches to %s", windows_kept, windows_drawn, len(records), out_dir)
+    log.debug("kept %d of %d windows, wrote %d patches to %s", windows_kept, windows_drawn, len(records), out_dir)
     return {
         "out_dir": str(out_dir),
         "sources": len(prepared),
