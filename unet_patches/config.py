@@ -29,7 +29,7 @@ from .runtime import PRECISIONS
 from .synthetic import CLASS_NAMES, SyntheticSpec
 from .tiling.blending import BLEND_MODES
 from .tiling.padding import PADDING_MODES
-from .validate import require_int, require_number
+from .validate import is_int, is_number, require_int, require_number
 
 
 @dataclass(frozen=True)
@@ -372,10 +372,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if is_int(value):
+            return int(value)
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             return float(value)
     elif hint is str:
         if isinstance(value, str):
