@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from . import console
 from .checkpoints import NORMALIZATION, load_checkpoint, model_from_checkpoint
+from .ensemble import ProbabilityEnsemble, checkpoint_paths
 from .errors import UserError
 from .folders import load_pairs
 from .imageio import image_to_array
@@ -55,16 +56,34 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
         """Rebuild the network of a checkpoint on ``device`` (None: CUDA when present), in eval mode.
 
+        ``path`` may also name several checkpoints (joined by commas) or a run folder (its
+        ``snapshot_NN.pt`` files): their networks become one :class:`~unet_patches.ensemble.ProbabilityEnsemble`
+        that averages their probabilities. The training patch size is the first checkpoint's.
+
         Raises:
-            UserError: the file is missing or not a unet-patches checkpoint.
+            UserError: a file is missing or not a unet-patches checkpoint, or the members of an
+                ensemble differ in classes or input channels.
         """
         device = pick_device(None if device is None else str(device))
-        state = load_checkpoint(path, device)
-        network = model_from_checkpoint(state, device)
+        members = [cls._one(load_checkpoint(p, device), device) for p in checkpoint_paths(path)]
+        first = members[0]
+        for member, member_path in zip(members[1:], checkpoint_paths(path)[1:]):
+            if (member.class_names, member.in_channels) != (first.class_names, first.in_channels):
+                raise UserError(
+                    f"{member_path}: classes {list(member.class_names)} and {member.in_channels} channel(s) differ "
+                    f"from the first checkpoint's ({list(first.class_names)}, {first.in_channels}); "
+                    "ensemble checkpoints of one task only"
+                )
+        if len(members) == 1:
+            return first
+        return replace(first, network=ProbabilityEnsemble([m.network for m in members]).eval())
+
+    @classmethod
+    def _one(cls, state: dict[str, Any], device: torch.device) -> Segmenter:
         num_classes = int(state["model_config"]["num_classes"])
         names = state.get("class_names") or [f"class{c}" for c in range(num_classes)]
         return cls(
-            network=network,
+            network=model_from_checkpoint(state, device),
             patch_size=int(state.get("patch_size", 96)),
             class_names=tuple(names),
             in_channels=int(state["model_config"].get("in_channels", state.get("in_channels", 1))),

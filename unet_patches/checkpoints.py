@@ -8,8 +8,10 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_onl
 - ``model_config``: :class:`~unet_patches.models.ModelConfig` as a dict (files written before the
   ``name`` key existed rebuild as a U-Net), ``model``: the weights (unwrapped from DDP);
 - ``optimizer``, ``scaler`` (or None), ``epoch``, ``step``, ``elapsed`` (seconds), ``best_miou``,
-  ``best_epoch``, ``torch_rng``, ``history`` (one record per epoch), ``metrics`` (the last record):
-  what ``--resume`` needs to continue exactly;
+  ``best_epoch``, ``torch_rng``, ``history`` (one record per epoch), ``metrics`` (the last record),
+  ``schedule`` (the state of a ``plateau`` schedule) and ``snapshots`` (snapshots written so far):
+  what ``--resume`` needs to continue exactly (files without the last two continue with a fresh
+  schedule state);
 - ``config``: the whole resolved configuration; ``class_names``, ``in_channels``, ``patch_size`` and
   ``normalization``: what inference needs, so ``predict`` needs nothing but the file.
 """
@@ -58,6 +60,8 @@ def checkpoint_state(
     best_epoch: int | None,
     history: list[dict[str, Any]],
     patch_size: int,
+    schedule: dict[str, float] | None = None,
+    snapshots: int = 0,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds after ``epoch`` (``model`` already unwrapped from DDP)."""
     return {
@@ -79,6 +83,8 @@ def checkpoint_state(
         "normalization": NORMALIZATION,
         "history": history,
         "metrics": history[-1] if history else {},
+        "schedule": schedule or {},
+        "snapshots": snapshots,
     }
 
 

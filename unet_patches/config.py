@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 from .errors import UserError
 from .losses import LOSSES
 from .models import MODELS, UPSAMPLING_MODES, ModelConfig
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .runtime import PRECISIONS
 from .synthetic import CLASS_NAMES, SyntheticSpec
 from .tiling.blending import BLEND_MODES
@@ -114,6 +114,9 @@ class TrainingConfig:
     step_fraction: float = 0.3
     step_gamma: float = 0.1
     warmup_fraction: float = 0.03
+    restart_cycles: int = 4
+    restart_growth: float = 1.0
+    plateau_patience: int = 3
     loss: str = "dice_ce"
     class_weights: None | str | list[float] = None
     val_fraction: float = 0.1
@@ -151,6 +154,9 @@ class TrainingConfig:
         require_number("training.step_fraction", self.step_fraction, 0.0, 1.0, low_open=True)
         require_number("training.step_gamma", self.step_gamma, 0.0, 1.0, low_open=True)
         require_number("training.warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        require_int("training.restart_cycles", self.restart_cycles, 1)
+        require_number("training.restart_growth", self.restart_growth, 0.0, low_open=True)
+        require_int("training.plateau_patience", self.plateau_patience, 1)
         require_number("training.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         require_number("training.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
         require_int("training.samples_per_epoch", self.samples_per_epoch, 1)
@@ -242,6 +248,19 @@ class Config:
             "in_channels": d.in_channels,
             "num_classes": d.num_classes,
         }
+
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule ``training`` describes."""
+        t = self.training
+        return Schedule(
+            t.schedule,
+            step_fraction=t.step_fraction,
+            gamma=t.step_gamma,
+            warmup=t.warmup_fraction,
+            cycles=t.restart_cycles,
+            cycle_growth=t.restart_growth,
+            patience=t.plateau_patience,
+        )
 
     def merged(self, overrides: dict[str, dict[str, Any]]) -> Config:
         """A copy with ``overrides`` (``{section: {key: value}}``) merged in and validated as a whole;

@@ -14,7 +14,7 @@ from torch import nn
 
 from .registry import Registry
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Progress", "build_optimizer", "lr_factor", "set_learning_rate"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Progress", "Schedule", "build_optimizer", "lr_factor", "set_learning_rate"]
 
 
 def _sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -42,45 +42,127 @@ def build_optimizer(
     return OPTIMIZERS.lookup(name, "training.optimizer")(params, lr, momentum, weight_decay)
 
 
-def _step(progress: float, step_fraction: float, gamma: float) -> float:
+@dataclass
+class Schedule:
+    """A learning-rate schedule: the multiplier of the base rate at each point of the run.
+
+    ``name`` picks the curve from ``SCHEDULES``; ``warmup`` is a linear warm-up over that fraction of
+    the run, multiplying any curve. ``step`` multiplies by ``gamma`` after every ``step_fraction``;
+    ``cosine_restarts`` runs ``cycles`` cosine cycles (SGDR), each ``cycle_growth`` times as long as
+    the one before, filling the run; ``plateau`` multiplies by ``gamma`` each time the validation
+    score has not improved for ``patience`` epochs (:meth:`observe`). Only ``plateau`` has state
+    (:meth:`state_dict`), which checkpoints keep so that a resumed run continues exactly.
+    """
+
+    name: str
+    step_fraction: float = 0.3
+    gamma: float = 0.1
+    warmup: float = 0.0
+    cycles: int = 4
+    cycle_growth: float = 1.0
+    patience: int = 3
+    reductions: int = 0
+    best: float = -math.inf
+    bad_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        SCHEDULES.check(self.name, "training.schedule")
+
+    def factor(self, progress: float) -> float:
+        """Multiplier of the base learning rate at ``progress`` in [0, 1] of the run."""
+        progress = min(max(progress, 0.0), 1.0)
+        factor = SCHEDULES[self.name](progress, self)
+        if self.warmup > 0 and progress < self.warmup:
+            factor *= (progress + 1e-3) / self.warmup
+        return factor
+
+    def cycle_bounds(self) -> list[float]:
+        """Ends of the ``cosine_restarts`` cycles as fractions of the run (the last is 1)."""
+        lengths = [self.cycle_growth**k for k in range(self.cycles)]
+        total, ends, done = sum(lengths), [], 0.0
+        for length in lengths:
+            done += length
+            ends.append(done / total)
+        ends[-1] = 1.0
+        return ends
+
+    def cycle(self, progress: float) -> int:
+        """How many ``cosine_restarts`` cycles have ended at ``progress`` (0 for other schedules)."""
+        if self.name != "cosine_restarts":
+            return 0
+        return sum(progress >= end - 1e-9 for end in self.cycle_bounds())
+
+    def observe(self, score: float) -> None:
+        """Tell the schedule the epoch's validation score (higher is better); ``plateau`` reacts."""
+        if self.name != "plateau":
+            return
+        if score > self.best:
+            self.best, self.bad_epochs = score, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            self.reductions, self.bad_epochs = self.reductions + 1, 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"reductions": self.reductions, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.reductions, self.best, self.bad_epochs = int(state["reductions"]), state["best"], int(state["bad_epochs"])
+
+
+def _step(progress: float, s: Schedule) -> float:
     # The epsilon keeps 0.3 * k from landing just below a boundary in floating point.
-    return gamma ** math.floor(progress / step_fraction + 1e-9)
+    return s.gamma ** math.floor(progress / s.step_fraction + 1e-9)
 
 
-def _cosine(progress: float, step_fraction: float, gamma: float) -> float:
+def _cosine(progress: float, s: Schedule) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _poly(progress: float, step_fraction: float, gamma: float) -> float:
+def _cosine_restarts(progress: float, s: Schedule) -> float:
+    start = 0.0
+    for end in s.cycle_bounds():
+        if progress < end or end == 1.0:
+            return 0.5 * (1.0 + math.cos(math.pi * min((progress - start) / (end - start), 1.0)))
+        start = end
+    return 0.0  # not reached: the last cycle ends at 1
+
+
+def _poly(progress: float, s: Schedule) -> float:
     return (1.0 - progress) ** 0.9
 
 
-def _constant(progress: float, step_fraction: float, gamma: float) -> float:
+def _constant(progress: float, s: Schedule) -> float:
     return 1.0
 
 
-SCHEDULES: Registry[Callable[[float, float, float], float]] = Registry(
-    "schedule", {"step": _step, "cosine": _cosine, "poly": _poly, "constant": _constant}
+def _plateau(progress: float, s: Schedule) -> float:
+    return s.gamma**s.reductions
+
+
+SCHEDULES: Registry[Callable[[float, Schedule], float]] = Registry(
+    "schedule",
+    {
+        "step": _step,
+        "cosine": _cosine,
+        "cosine_restarts": _cosine_restarts,
+        "poly": _poly,
+        "constant": _constant,
+        "plateau": _plateau,
+    },
 )
-"""Schedule name -> ``factor(progress, step_fraction, gamma)``, the multiplier of the base rate."""
+"""Schedule name -> ``factor(progress, schedule)``, the multiplier of the base rate."""
 
 
 def lr_factor(
     schedule: str, progress: float, step_fraction: float = 0.3, gamma: float = 0.1, warmup: float = 0.0
 ) -> float:
-    """Multiplier of the base learning rate at ``progress`` in [0, 1] of the run.
-
-    ``step`` is the original's schedule: x ``gamma`` after every ``step_fraction`` of the run
-    (x0.1 at 30 %, 60 %, 90 %). ``cosine`` anneals to 0, ``poly`` is nnU-Net's (1 - p) ** 0.9.
-    A linear warm-up over the first ``warmup`` fraction multiplies any of them.
+    """Multiplier of the base learning rate at ``progress`` in [0, 1] of a run with a stateless
+    schedule (see :class:`Schedule`); ``step`` is the original's (x0.1 at 30 %, 60 %, 90 %).
 
     Raises ``UserError`` for an unknown schedule name.
     """
-    progress = min(max(progress, 0.0), 1.0)
-    factor = SCHEDULES.lookup(schedule, "training.schedule")(progress, step_fraction, gamma)
-    if warmup > 0 and progress < warmup:
-        factor *= (progress + 1e-3) / warmup
-    return factor
+    return Schedule(schedule, step_fraction=step_fraction, gamma=gamma, warmup=warmup).factor(progress)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -33,7 +33,7 @@ from .errors import UserError
 from .losses import build_loss
 from .metrics import ConfusionMatrix
 from .models import build_model
-from .optim import Progress, build_optimizer, lr_factor, set_learning_rate
+from .optim import Progress, Schedule, build_optimizer, set_learning_rate
 from .runlog import RunLog
 
 __all__ = ["Run", "build_run", "evaluate", "fit", "resume", "run_name_for", "train_one_epoch"]
@@ -60,8 +60,10 @@ def train_one_epoch(
     precision: runtime.Precision,
     scaler: torch.amp.GradScaler | None = None,
     bar: Any = None,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
-    """Train until the loader is exhausted or ``progress`` says the run is done.
+    """Train until the loader is exhausted or ``progress`` says the run is done; ``after_step`` is
+    called after each optimizer step.
 
     Returns the mean training loss over this rank's steps (reduced over ranks).
     """
@@ -89,6 +91,8 @@ def train_one_epoch(
         loss_sum += loss.detach()
         steps += 1
         progress.step += 1
+        if after_step is not None:
+            after_step()
         if bar is not None:
             bar.update(1)
             if steps % 10 == 0:  # reading the loss syncs the device: not every step
@@ -157,16 +161,27 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader | None
     progress: Progress
+    schedule: Schedule
     run_dir: Path
     epoch: int = 0
+    snapshots: int = 0  # snapshot_NN.pt files written (cosine_restarts: one per finished cycle)
     best: float = -1.0
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def set_lr(self, fraction: float) -> None:
-        t = self.config.training
-        factor = lr_factor(t.schedule, fraction, t.step_fraction, t.step_gamma, t.warmup_fraction)
-        set_learning_rate(self.optimizer, t.learning_rate * factor)
+        set_learning_rate(self.optimizer, self.config.training.learning_rate * self.schedule.factor(fraction))
+
+    def after_step(self) -> None:
+        """Keep a snapshot of the model each time a ``cosine_restarts`` cycle ends (rank 0 writes it)."""
+        if self.schedule.cycle(self.progress.fraction()) > self.snapshots:
+            self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        self.snapshots += 1
+        if runtime.is_main_process():
+            state = _state(self)
+            save_checkpoint(state, self.run_dir / f"snapshot_{self.snapshots:02d}.pt")
 
     def finished(self) -> bool:
         epochs = self.config.training.epochs
@@ -228,6 +243,7 @@ def build_run(config: Config, device: str | None = None, init_weights: str | Pat
         train_loader,
         val_loader,
         progress,
+        config.schedule(),
         run_dir,
     )
 
@@ -254,6 +270,9 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.progress.step, run.progress.elapsed = state["step"], state["elapsed"]
     run.best, run.best_epoch = state["best_miou"], state["best_epoch"]
     run.history = list(state.get("history", []))
+    if state.get("schedule"):  # older files had no schedule state: their schedules kept none
+        run.schedule.load_state_dict(state["schedule"])
+    run.snapshots = int(state.get("snapshots", 0))
     torch.set_rng_state(state["torch_rng"].cpu())
 
 
@@ -310,10 +329,12 @@ def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
                 precision=run.precision,
                 scaler=run.scaler,
                 bar=bar,
+                after_step=run.after_step,
             )
             bar.close()
             run.epoch += 1
             record, first_batch = _validate(run, train_loss)
+            run.schedule.observe(_score(record))
             improved = _score(record) > run.best
             if improved:
                 run.best, run.best_epoch = _score(record), run.epoch
@@ -321,6 +342,8 @@ def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
                 runlog.epoch(record, first_batch, improved)
                 _save(run, improved)
             runtime.barrier()
+        if run.schedule.name == "cosine_restarts" and run.snapshots < run.schedule.cycles:
+            run.save_snapshot()  # a time budget ends the last cycle between two steps
     finally:
         if runlog is not None:
             runlog.close()
@@ -371,8 +394,8 @@ def _score(record: dict[str, Any]) -> float:
     return record.get("miou", -record["train_loss"])
 
 
-def _save(run: Run, improved: bool) -> None:
-    state = checkpoint_state(
+def _state(run: Run) -> dict[str, Any]:
+    return checkpoint_state(
         config=run.config,
         model=run.model,
         optimizer=run.optimizer,
@@ -383,7 +406,13 @@ def _save(run: Run, improved: bool) -> None:
         best_epoch=run.best_epoch,
         history=run.history,
         patch_size=run.sources.patch_size,
+        schedule=run.schedule.state_dict(),
+        snapshots=run.snapshots,
     )
+
+
+def _save(run: Run, improved: bool) -> None:
+    state = _state(run)
     save_checkpoint(state, run.run_dir / "last.pt")
     if improved:
         save_checkpoint(state, run.run_dir / "best.pt")

@@ -13,6 +13,11 @@ from .flags import add_params, config_from_args, setting, switch
 
 __all__ = ["add_evaluate", "add_predict", "inference_options"]
 
+CHECKPOINT_HELP = (
+    "a best.pt / last.pt written by training; several joined by commas, or a run folder (its snapshot_NN.pt "
+    "files), are averaged as one ensemble"
+)
+
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="window size (default: the checkpoint's training patch size)")
@@ -59,7 +64,7 @@ def add_predict(sub: Any) -> None:
         "for very large images), <name>_overlay.png and, with --probs, one probability map "
         "per class. Large TIFFs are streamed band by band with bounded memory.",
     )
-    p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--probs", action="store_true", help="also write per-class probability maps")
@@ -98,7 +103,7 @@ def add_evaluate(sub: Any) -> None:
         "DATA_DIR/masks: per-class IoU and Dice and their means from one confusion matrix "
         "over the whole folder. Classes absent from truth and prediction are left out.",
     )
-    p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data_dir", help="folder with images/ and masks/")
     p.add_argument("--json", action="store_true", help="print one JSON object (miou, iou, dice, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
