@@ -1,4 +1,4 @@
-"""``unet-patches``: generate, patches, train, predict, evaluate.
+"""``unet-patches``: generate, patches, train, predict, evaluate, experiments.
 
 Settings come from code defaults < ``parameters.json`` (``--params``) < flags. A settings flag is
 absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); the given ones are
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UserError
+from .experiments import add_experiments
 from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_predict
 from .prepare import add_generate, add_patches
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for add in (add_generate, add_patches, add_train, add_predict, add_evaluate):
+    for add in (add_generate, add_patches, add_train, add_predict, add_evaluate, add_experiments):
         add(sub)
     return parser
 
