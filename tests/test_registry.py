@@ -48,7 +48,7 @@ def _choices(argv: list[str], dest: str) -> tuple:
 
 @pytest.mark.parametrize(
     "command, key",
-    [("train", "training.loss"), ("train", "training.optimizer"), ("train", "training.schedule"),
+    [("train", "model.name"), ("train", "training.loss"), ("train", "training.optimizer"), ("train", "training.schedule"),
      ("train", "training.precision"), ("predict", "inference.blend"), ("predict", "inference.padding"),
      ("evaluate", "inference.precision")],
 )  # fmt: skip

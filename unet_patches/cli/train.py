@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..losses import LOSSES
+from ..models import MODELS
 from ..optim import OPTIMIZERS, SCHEDULES
 from ..runtime import PRECISIONS
 from .flags import add_params, config_from_args, overrides_from, setting
@@ -43,6 +44,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "the run, with -e whichever comes first",
     )
     setting(p, "--precision", key="training.precision", choices=PRECISIONS.names, help="autocast precision")
+    setting(p, "--model", key="model.name", choices=MODELS.names, help="network architecture")
     setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
     setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
     setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")
