@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,150 @@ def test_dice_ce_is_the_sum_of_its_terms():
     assert scaled.item() == pytest.approx(2 * build_loss("ce", 4)(logits, target).item(), rel=1e-6)
 
 
+# ---------------------------------------------------------------- ce_logdice
+# On the 2x2 example: CE = mean of -log p_target over the four pixels, and with smooth = 1
+# Dice(class 0) = (3.2 + 1) / (4.2 + 1), Dice(class 1) = (2.8 + 1) / (3.8 + 1).
+CE_2X2 = -(math.log(0.8) + math.log(0.6) + math.log(0.7) + math.log(0.9)) / 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, CE_2X2 - math.log((4.2 / 5.2 + 3.8 / 4.8) / 2)),
+        ({"smooth": 0.0}, CE_2X2 - math.log((3.2 / 4.2 + 2.8 / 3.8) / 2)),
+        ({"include_background": False}, CE_2X2 - math.log(3.8 / 4.8)),
+        ({"dice_weight": 2.0, "ce_weight": 0.5}, 0.5 * CE_2X2 - 2 * math.log((4.2 / 5.2 + 3.8 / 4.8) / 2)),
+        # Class weights: each pixel's CE term weighted by its class, and the Dice mean over classes.
+        (
+            {"class_weights": [1.0, 3.0]},
+            -(3 * math.log(0.8) + 3 * math.log(0.6) + math.log(0.7) + math.log(0.9)) / 8
+            - math.log((1 * 4.2 / 5.2 + 3 * 3.8 / 4.8) / 4),
+        ),
+    ],
+)
+def test_ce_logdice_by_hand_on_2x2(kwargs, expected):
+    loss = build_loss("ce_logdice", 2, **kwargs)(logits_from_p1(P1), TARGET)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ce_logdice_ignore_index_by_hand():
+    # Last pixel (p1 = 0.1) ignored: class 0 tp 0.7 fp 0.6 fn 0.3, class 1 tp 1.4 fp 0.3 fn 0.6.
+    target = torch.tensor([[[1, 1], [0, 255]]])
+    ce = -(math.log(0.8) + math.log(0.6) + math.log(0.7)) / 3
+    expected = ce - math.log((2.4 / 3.3 + 3.8 / 4.7) / 2)
+    loss = build_loss("ce_logdice", 2, ignore_index=255)(logits_from_p1(P1), target)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def numpy_ce_logdice(logits, target, weights, ignore_index, smooth, include_background):
+    """ce_logdice written out in float64 numpy, for any K and any spatial shape."""
+    logits, target = logits.double().numpy(), target.numpy()
+    k = logits.shape[1]
+    z = np.moveaxis(logits, 1, -1).reshape(-1, k)
+    t = target.reshape(-1)
+    valid = t != ignore_index
+    z, t = z[valid], t[valid]
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    p, onehot = np.exp(log_p), np.eye(k)[t]
+    w = np.ones(k) if weights is None else np.asarray(weights, dtype=np.float64)
+    ce = (w[t] * -log_p[np.arange(len(t)), t]).sum() / w[t].sum()
+    tp = (p * onehot).sum(axis=0)
+    dice = (2 * tp + smooth) / (p.sum(axis=0) + onehot.sum(axis=0) + smooth)
+    keep = w * np.array([include_background] + [True] * (k - 1))
+    return ce - math.log((keep * dice).sum() / keep.sum())
+
+
+@pytest.mark.parametrize("weights", [None, [0.5, 1.0, 2.0]])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_ce_logdice_equals_numpy(weights, include_background, smooth):
+    logits, target = random_batch(8, n=2, k=3, h=4, w=6)
+    target[1, 0] = 255
+    expected = numpy_ce_logdice(logits, target, weights, 255, smooth, include_background)
+    loss = build_loss("ce_logdice", 3, weights, 255, smooth=smooth, include_background=include_background)(
+        logits, target
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ce_logdice_is_ce_minus_log_of_one_minus_dice():
+    logits, target = random_batch(9)
+    target[0, 1] = 255
+    common = {"class_weights": [1.0, 2.0, 0.5, 1.5], "ignore_index": 255}
+    dice = build_loss("dice", 4, **common)(logits, target)
+    ce = build_loss("ce", 4, **common)(logits, target)
+    total = build_loss("ce_logdice", 4, **common)(logits, target)
+    assert total.item() == pytest.approx((ce - torch.log(1 - dice)).item(), rel=1e-5)
+
+
+def test_ce_logdice_gradient_is_finite_and_matches_finite_differences():
+    logits, target = random_batch(10, n=1, k=3, h=3, w=3)
+    logits = (logits / 3).double().requires_grad_(True)
+    loss = build_loss("ce_logdice", 3, class_weights=[1.0, 2.0, 0.5])
+    loss(logits, target).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    # The loss runs in float32, so central differences with a step of 1e-2 (error ~1e-4).
+    h, index = 1e-2, (0, 1, 1, 2)
+    up, down = logits.detach().clone(), logits.detach().clone()
+    up[index] += h
+    down[index] -= h
+    numeric = (loss(up, target) - loss(down, target)).item() / (2 * h)
+    assert logits.grad[index].item() == pytest.approx(numeric, abs=1e-3)
+
+
+def test_ce_logdice_clamps_a_dice_score_of_zero():
+    # smooth = 0 and every pixel confidently wrong: the softmax gives the target class exactly 0,
+    # so tp = 0 for every class and the Dice score is exactly 0; the log is clamped, not -inf.
+    target = torch.tensor([[[0, 1], [1, 0]]])
+    logits = (200 * F.one_hot(1 - target, 2).permute(0, 3, 1, 2).float()).requires_grad_(True)
+    loss = build_loss("ce_logdice", 2, smooth=0.0, dice_weight=1.0, ce_weight=0.0)(logits, target)
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny), rel=1e-6)
+    assert torch.isfinite(logits.grad).all()
+
+
+# ------------------------------------------------- class weights, every CE-based loss
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("ce", {}), ("focal", {"gamma": 0.0}), ("dice_ce", {"dice_weight": 0.0}), ("ce_logdice", {"dice_weight": 0.0})],
+)
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_class_weights_reach_the_cross_entropy_of_every_ce_based_loss(name, options, ignore_index):
+    # With the other term switched off, each is torch's class-weighted cross-entropy.
+    logits, target = random_batch(11)
+    if ignore_index is not None:
+        target[1, :2] = ignore_index
+    weights = [0.5, 1.0, 2.0, 0.1]
+    expected = F.cross_entropy(
+        logits, target, weight=torch.tensor(weights), ignore_index=-100 if ignore_index is None else ignore_index
+    )
+    loss = build_loss(name, 4, class_weights=weights, ignore_index=ignore_index, **options)(logits, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    unweighted = build_loss(name, 4, ignore_index=ignore_index, **options)(logits, target)
+    assert abs(loss.item() - unweighted.item()) > 1e-3
+
+
+def test_focal_class_weights_by_hand():
+    # Pixel a: target 0, p = 0.5; pixel b: target 1, p = 0.8; weights 1 and 3.
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.0, math.log(4.0)]]]])
+    target = torch.tensor([[[0, 1]]])
+    a, b = 0.5**2 * math.log(2), 0.2**2 * -math.log(0.8)
+    loss = build_loss("focal", 2, class_weights=[1, 3])(logits, target)
+    assert loss.item() == pytest.approx((1 * a + 3 * b) / 4, rel=1e-5)
+
+
+def test_dice_ce_with_class_weights_and_ignore_index_is_the_sum_of_its_weighted_terms():
+    logits, target = random_batch(12)
+    target[0, :, 0] = 255
+    common = {"class_weights": [1.0, 2.0, 0.5, 1.5], "ignore_index": 255}
+    total = build_loss("dice_ce", 4, **common)(logits, target)
+    parts = build_loss("dice", 4, **common)(logits, target) + build_loss("ce", 4, **common)(logits, target)
+    assert total.item() == pytest.approx(parts.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("name", ["dice", "jaccard", "tversky"])
 @pytest.mark.parametrize("smooth", [0.0, 1.0])
 def test_overlap_perfect_prediction_is_0_and_wrong_one_is_1(name, smooth):
@@ -179,17 +324,19 @@ def test_bf16_autocast_computes_in_float32(name):
 
 
 def test_registry_names_and_options():
-    assert set(LOSSES) == {"ce", "dice", "dice_ce", "focal", "tversky", "jaccard"}
+    assert set(LOSSES) == {"ce", "dice", "dice_ce", "focal", "tversky", "jaccard", "ce_logdice"}
     assert loss_options("ce") == {}
     assert loss_options("tversky") == {"smooth": 1.0, "include_background": True, "alpha": 0.3, "beta": 0.7}
     assert loss_options("focal") == {"gamma": 2.0}
+    both = {"smooth": 1.0, "include_background": True, "dice_weight": 1.0, "ce_weight": 1.0}
+    assert loss_options("dice_ce") == loss_options("ce_logdice") == both
     assert isinstance(build_loss(" Dice-CE ", 3), LOSSES["dice_ce"])
     for name in NAMES:
         assert LOSSES[name].__doc__.strip()
 
 
 def test_losses_is_a_registry_naming_the_setting():
-    assert LOSSES.names == ("ce", "dice", "dice_ce", "focal", "tversky", "jaccard")
+    assert LOSSES.names == ("ce", "dice", "dice_ce", "focal", "tversky", "jaccard", "ce_logdice")
     with pytest.raises(UserError, match=r"^training\.loss = 'dise': unknown loss \(did you mean 'dice'\?\)"):
         build_loss("Dise", 3)
 
