@@ -49,8 +49,8 @@ def _choices(argv: list[str], dest: str) -> tuple:
 @pytest.mark.parametrize(
     "command, key",
     [("train", "model.name"), ("train", "training.loss"), ("train", "training.optimizer"),
-     ("train", "training.schedule"), ("train", "training.precision"), ("predict", "inference.blend"), ("predict", "inference.padding"),
-     ("evaluate", "inference.precision")],
+     ("train", "training.schedule"), ("train", "training.precision"), ("predict", "inference.blend"),
+     ("predict", "inference.padding"), ("evaluate", "inference.precision")],
 )  # fmt: skip
 def test_command_line_choices_are_the_registry(command, key):
     assert _choices([command], key) == REGISTRIES[key].names
