@@ -498,7 +498,7 @@ def main() -> None:
         "settings": {
             **{k: v for k, v in vars(args).items()},
             "model": base.model.to_dict(),
-            "parameters": count_parameters(build_model(base.model)),
+            "parameters": count_parameters(build_model(base.model, pretrained=False)),
         },
     }
     started = time.perf_counter()

@@ -52,6 +52,11 @@ def test_file_values_override_defaults_and_flags_override_file(tmp_path):
         ({"inference": {"padding": "zeros"}}, r"inference.padding = 'zeros'.*reflect, constant, replicate"),
         ({"inference": {"blend": "gauss"}}, r"did you mean 'gaussian'"),
         ({"model": {"name": "unett"}}, r"model.name = 'unett'.*did you mean 'unet'"),
+        (
+            {"model": {"name": "segnet"}, "patches": {"patch_size": 80}},
+            r"patch_size = 80: segnet needs sizes divisible by 32",
+        ),
+        ({"model": {"name": "segnet", "depth": 3}}, r"model.depth = 3 does not apply to segnet"),
         ({"model": {"num_classes": 4}}, "differ from data"),
         ({"synthetic": {"lines": [5, 1]}}, "low <= high"),
         ({"patches": {"patch_size": 4}}, "patch_size"),

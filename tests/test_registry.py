@@ -7,7 +7,7 @@ import pytest
 from unet_patches.cli import build_parser
 from unet_patches.errors import UserError
 from unet_patches.losses import LOSSES
-from unet_patches.models import MODELS, UPSAMPLING_MODES
+from unet_patches.models import ACTIVATIONS, DOWNSAMPLING_MODES, MODELS, NORMALIZATIONS, UPSAMPLING_MODES
 from unet_patches.optim import OPTIMIZERS, SCHEDULES
 from unet_patches.registry import Registry
 from unet_patches.runtime import PRECISIONS
@@ -17,6 +17,9 @@ from unet_patches.tiling.padding import PADDING_MODES
 REGISTRIES = {
     "model.name": MODELS,
     "model.upsampling": UPSAMPLING_MODES,
+    "model.downsampling": DOWNSAMPLING_MODES,
+    "model.normalization": NORMALIZATIONS,
+    "model.activation": ACTIVATIONS,
     "training.loss": LOSSES,
     "training.optimizer": OPTIMIZERS,
     "training.schedule": SCHEDULES,

@@ -134,6 +134,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 
 def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
     """The network a loaded checkpoint describes, with its weights, on ``device``, in eval mode."""
-    model = build_model(state["model_config"])
+    model = build_model(state["model_config"], pretrained=False)  # the weights are in the checkpoint
     model.load_state_dict(state["model"])
     return model.to(device).eval()

@@ -13,23 +13,21 @@ each run's checkpoint folder.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from .errors import UserError
 from .losses import LOSSES
-from .models import MODELS, UPSAMPLING_MODES, ModelConfig
+from .models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .runtime import PRECISIONS
 from .synthetic import CLASS_NAMES, SyntheticSpec
 from .tiling.blending import BLEND_MODES
 from .tiling.padding import PADDING_MODES
-from .validate import is_int, is_number, require_int, require_number
+from .typed import build_typed
+from .validate import require_int, require_number
 
 
 @dataclass(frozen=True)
@@ -218,7 +216,13 @@ class Config:
     def check(self) -> Config:
         for section in (self.data, self.synthetic, self.patches, self.training, self.inference):
             section.check()
-        MODELS.check(self.model.name, "model.name")
+        check_config(self.model)
+        multiple = input_size_multiple(self.model)
+        if self.patches.patch_size % multiple:
+            raise UserError(
+                f"patches.patch_size = {self.patches.patch_size}: {self.model.name} needs sizes divisible by "
+                f"{multiple}; use a patch size such as {multiple * max(1, round(self.patches.patch_size / multiple))}"
+            )
         if self.model.in_channels != self.data.in_channels or self.model.num_classes != self.data.num_classes:
             raise UserError(
                 f"model.in_channels/num_classes ({self.model.in_channels}/{self.model.num_classes}) differ from "
@@ -287,7 +291,7 @@ def load_config(
             reported as coming from ``overrides_source``, not from the file.
     """
     if overrides:
-        _build(Config, overrides, f"{overrides_source}: ")
+        build_typed(Config, overrides, f"{overrides_source}: ")
     if path is None:
         return config_from_dict(overrides or {}, source="settings")
     path = Path(path)
@@ -319,7 +323,7 @@ def config_from_dict(values: Any, source: str = "parameters") -> Config:
     if not isinstance(values, dict):
         raise UserError(f"{source}: expected a JSON object with sections {', '.join(_section_names())}")
     values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_comment" keys are allowed
-    return _build(Config, values, f"{source}: ").check()
+    return build_typed(Config, values, f"{source}: ").check()
 
 
 def save_config(config: Config, path: str | Path) -> None:
@@ -331,88 +335,6 @@ def save_config(config: Config, path: str | Path) -> None:
 
 def _section_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str, path: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            if path and key.startswith("_"):
-                continue
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{prefix}unknown key {path + key!r}{hint}; valid keys: {', '.join(known)}")
-    kwargs = {}
-    for name in known:
-        if name not in values:
-            continue
-        value, hint = values[name], hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise UserError(f"{prefix}{path + name!r} must be an object of settings, got {value!r}")
-            kwargs[name] = _build(hint, value, prefix, f"{path}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{path + name!r}")
-    try:
-        return cls(**kwargs)
-    except UserError as exc:
-        raise UserError(f"{prefix}{exc}") from None
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        for option in args:
-            try:
-                return _coerce(value, option, where)
-            except UserError:
-                continue
-        raise UserError(f"{where} = {value!r}: expected {_describe(hint)}")
-    if hint is type(None):
-        if value is None:
-            return None
-    elif origin is Literal:
-        if value in args:
-            return value
-    elif origin in (tuple, list):
-        if isinstance(value, (list, tuple)):
-            if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
-                if len(value) != 2:
-                    raise UserError(f"{where} = {value!r}: expected a pair [low, high]")
-                items = [_coerce(v, a, where) for v, a in zip(value, args)]
-                if items[0] > items[1]:
-                    raise UserError(f"{where} = {value!r}: expected low <= high")
-                return tuple(items)
-            return [_coerce(v, args[0], where) for v in value]
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if is_int(value):
-            return int(value)
-    elif hint is float:
-        if is_number(value):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise UserError(f"{where} = {value!r}: expected {_describe(hint)}")
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if origin is tuple:
-        return "a pair [low, high]"
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from .charts import line_chart
 from .checkpoints import load_checkpoint
 from .config import Config, load_config, merge
 from .errors import UserError
-from .models import build_model, count_parameters
+from .models import build_model, model_cost
 from .tiling.sources import image_size
 
 __all__ = ["Plan", "read_grid", "run_experiments", "write_results"]
@@ -148,7 +148,7 @@ def _run_one(plan: Plan, test_dir: Path | None, device: str | None) -> dict[str,
         "loss": config.training.loss,
         "optimizer": config.training.optimizer,
         "schedule": config.training.schedule,
-        "parameters": count_parameters(build_model(config.model)),
+        **dict(zip(("parameters", "mflop_per_pixel"), _cost(config))),
         "best_val_miou": summary["best_val_miou"],
         "epochs": summary["epochs"],
         "train_seconds": round(train_seconds, 1),
@@ -163,6 +163,11 @@ def _run_one(plan: Plan, test_dir: Path | None, device: str | None) -> dict[str,
         row["inference_mpx_per_s"] = round(pixels / 1e6 / max(seconds, 1e-9), 3)
     row["wall_seconds"] = round(time.monotonic() - started, 1)
     return row
+
+
+def _cost(config: Config) -> tuple[int, float]:
+    parameters, mflop = model_cost(build_model(config.model, pretrained=False), config.patches.patch_size)
+    return parameters, round(mflop, 4)
 
 
 def _image_pixels(path: Path) -> int:

@@ -31,7 +31,7 @@ from .data import DataSources, make_datasets, make_loader, resolve_class_weights
 from .errors import UserError
 from .loops import evaluate, train_one_epoch
 from .losses import build_loss
-from .models import build_model
+from .models import build_model, describe
 from .optim import Progress, Schedule, build_optimizer, set_learning_rate
 from .runlog import RunLog
 
@@ -94,7 +94,9 @@ def run_name_for(config: Config) -> str:
     return f"{folder}_b{config.training.batch_size}"
 
 
-def build_run(config: Config, device: str | None = None, init_weights: str | Path | None = None) -> Run:
+def build_run(
+    config: Config, device: str | None = None, init_weights: str | Path | None = None, *, pretrained: bool = True
+) -> Run:
     """Data, model (optionally with the weights of ``init_weights``), loss, optimizer and loaders.
 
     Raises:
@@ -105,7 +107,9 @@ def build_run(config: Config, device: str | None = None, init_weights: str | Pat
     precision = runtime.resolve_precision(t.precision, device_)
     sources = make_datasets(config)
     torch.manual_seed(t.seed)
-    model = build_model(config.model).to(device_)
+    model = build_model(config.model, pretrained=pretrained and init_weights is None).to(device_)
+    if runtime.is_main_process():
+        log.info("model: %s", describe(model, sources.patch_size))
     if init_weights is not None:
         _load_weights(model, init_weights, config, device_)
     if precision.channels_last:
@@ -200,7 +204,7 @@ def resume(checkpoint: str | Path, *, device: str | None = None, progress_bars: 
     """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it."""
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
-    run = build_run(config, device)
+    run = build_run(config, device, pretrained=False)  # the weights come from the checkpoint
     restore(run, state)
     return _train(run, progress_bars)
 

@@ -45,6 +45,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     setting(p, "--precision", key="training.precision", choices=PRECISIONS.names, help="autocast precision")
     setting(p, "--model", key="model.name", choices=MODELS.names, help="network architecture")
+    setting(
+        p,
+        "--encoder-weights",
+        key="model.encoder_weights",
+        metavar="PATH",
+        help="a local torchvision VGG-16(-BN) state dict for the encoder of vgg16_unet / segnet (never downloaded)",
+    )
     setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
     setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
     setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")

@@ -1,0 +1,98 @@
+"""Typed settings from JSON values: a dataclass built from a dict, each value checked against its type
+hint (ints accepted for floats, ``[low, high]`` pairs, lists, unions, null), unknown keys refused with
+the closest known one. Every problem is a ``UserError`` naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union
+
+from .errors import UserError
+from .validate import is_int, is_number
+
+__all__ = ["build_typed", "coerce", "describe_type"]
+
+
+def build_typed(cls: type, values: dict[str, Any], prefix: str, path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            if path and key.startswith("_"):
+                continue
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{prefix}unknown key {path + key!r}{hint}; valid keys: {', '.join(known)}")
+    kwargs = {}
+    for name in known:
+        if name not in values:
+            continue
+        value, hint = values[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{prefix}{path + name!r} must be an object of settings, got {value!r}")
+            kwargs[name] = build_typed(hint, value, prefix, f"{path}{name}.")
+        else:
+            kwargs[name] = coerce(value, hint, f"{prefix}{path + name!r}")
+    try:
+        return cls(**kwargs)
+    except UserError as exc:
+        raise UserError(f"{prefix}{exc}") from None
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return coerce(value, option, where)
+            except UserError:
+                continue
+        raise UserError(f"{where} = {value!r}: expected {describe_type(hint)}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in args:
+            return value
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+                if len(value) != 2:
+                    raise UserError(f"{where} = {value!r}: expected a pair [low, high]")
+                items = [coerce(v, a, where) for v, a in zip(value, args)]
+                if items[0] > items[1]:
+                    raise UserError(f"{where} = {value!r}: expected low <= high")
+                return tuple(items)
+            return [coerce(v, args[0], where) for v in value]
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if is_int(value):
+            return int(value)
+    elif hint is float:
+        if is_number(value):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where} = {value!r}: expected {describe_type(hint)}")
+
+
+def describe_type(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is tuple:
+        return "a pair [low, high]"
+    if origin is list:
+        return f"a list of {describe_type(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
