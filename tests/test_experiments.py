@@ -87,3 +87,15 @@ def test_bad_grids_are_refused_before_any_training(setup, grid, message):
     path.write_text(json.dumps(grid))
     with pytest.raises(UserError, match=message):
         read_grid(path, str(params), root / "out")
+
+
+@pytest.mark.parametrize("name", ["seed_family", "lung_ct", "lung_xray", "nerves"])
+def test_the_shipped_grids_are_valid(name, repo_root, tmp_path, monkeypatch):
+    """Each write-up's comparison, as shipped in experiments/, names valid settings for every run."""
+    monkeypatch.chdir(tmp_path)
+    small_dataset(tmp_path / "data" / "synthetic")
+    plans, test_dir = read_grid(
+        repo_root / "experiments" / f"{name}.json", str(repo_root / "parameters.json"), tmp_path
+    )
+    assert plans and test_dir.resolve() == tmp_path / "data" / "synthetic" / "test"
+    assert len({(p.config.training.folder, p.config.training.seed, p.config.training.epochs) for p in plans}) == 1
