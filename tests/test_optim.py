@@ -6,20 +6,20 @@ import pytest
 import torch
 
 from unet_patches.errors import UserError
-from unet_patches.optim import OPTIMIZERS, SCHEDULES, Progress, Schedule, build_optimizer, lr_factor
+from unet_patches.optim import OPTIMIZERS, SCHEDULES, Progress, Schedule, build_optimizer
 
 
 def test_step_schedule_is_the_originals():
     # x0.1 after 30 % of the run and every 30 % after that.
-    assert lr_factor("step", 0.0) == 1.0
-    assert lr_factor("step", 0.29) == 1.0
-    assert lr_factor("step", 0.3) == pytest.approx(0.1)
-    assert lr_factor("step", 0.6) == pytest.approx(0.01)
-    assert lr_factor("step", 0.95) == pytest.approx(0.001)
-    assert lr_factor("cosine", 1.0) == pytest.approx(0.0)
-    assert lr_factor("poly", 0.5) == pytest.approx(0.5**0.9)
-    assert lr_factor("constant", 0.7, warmup=0.1) == 1.0
-    assert lr_factor("constant", 0.05, warmup=0.1) == pytest.approx(0.51)
+    assert Schedule("step").factor(0.0) == 1.0
+    assert Schedule("step").factor(0.29) == 1.0
+    assert Schedule("step").factor(0.3) == pytest.approx(0.1)
+    assert Schedule("step").factor(0.6) == pytest.approx(0.01)
+    assert Schedule("step").factor(0.95) == pytest.approx(0.001)
+    assert Schedule("cosine").factor(1.0) == pytest.approx(0.0)
+    assert Schedule("poly").factor(0.5) == pytest.approx(0.5**0.9)
+    assert Schedule("constant", warmup=0.1).factor(0.7) == 1.0
+    assert Schedule("constant", warmup=0.1).factor(0.05) == pytest.approx(0.51)
 
 
 def test_without_an_epoch_limit_the_budget_alone_drives_the_schedule():
@@ -46,7 +46,7 @@ def test_unknown_names_list_the_valid_ones_and_suggest_the_closest():
     with pytest.raises(UserError, match=r"training.optimizer = 'adamm'.*did you mean 'adam'.*sgd, adam, adamw"):
         build_optimizer("adamm", [torch.nn.Parameter(torch.ones(1))], 0.1, 0.9, 0.0)
     with pytest.raises(UserError, match=r"training.schedule = 'cosin'.*did you mean 'cosine'"):
-        lr_factor("cosin", 0.5)
+        Schedule("cosin")
     assert set(SCHEDULES.names) == {"step", "cosine", "cosine_restarts", "poly", "constant", "plateau"}
 
 

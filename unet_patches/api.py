@@ -65,9 +65,10 @@ class Segmenter:
                 ensemble differ in classes or input channels.
         """
         device = pick_device(None if device is None else str(device))
-        members = [cls._one(load_checkpoint(p, device), device) for p in checkpoint_paths(path)]
+        paths = checkpoint_paths(path)
+        members = [cls._one(load_checkpoint(p, device), device) for p in paths]
         first = members[0]
-        for member, member_path in zip(members[1:], checkpoint_paths(path)[1:]):
+        for member, member_path in zip(members[1:], paths[1:]):
             if (member.class_names, member.in_channels) != (first.class_names, first.in_channels):
                 raise UserError(
                     f"{member_path}: classes {list(member.class_names)} and {member.in_channels} channel(s) differ "
@@ -134,7 +135,8 @@ def evaluate_folder(
 
     ``window`` and ``options`` are as for :func:`predict`.
 
-    Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n}``
+    Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n,
+    "pixels": n}``
     from one confusion matrix over the whole folder (classes absent from truth and prediction are
     ``None`` and left out of the means).
     """
@@ -146,7 +148,8 @@ def evaluate_folder(
         matrix.update(torch.from_numpy(predictor.labels(sample.image)), torch.from_numpy(sample.mask))
         bar.update(1)
     bar.close()
-    return {**matrix.summary(list(segmenter.class_names)), "images": len(samples)}
+    pixels = sum(sample.mask.size for sample in samples)
+    return {**matrix.summary(list(segmenter.class_names)), "images": len(samples), "pixels": pixels}
 
 
 def predict_files(

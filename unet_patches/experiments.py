@@ -32,7 +32,6 @@ from .checkpoints import load_checkpoint
 from .config import Config, load_config, merge
 from .errors import UserError
 from .models import build_model, model_cost
-from .tiling.sources import image_size
 
 __all__ = ["Plan", "read_grid", "run_experiments", "write_results"]
 
@@ -158,9 +157,8 @@ def _run_one(plan: Plan, test_dir: Path | None, device: str | None) -> dict[str,
         timer = time.monotonic()
         scores = evaluate_folder(segmenter, test_dir, **config.inference.predictor_options())
         seconds = time.monotonic() - timer
-        pixels = sum(_image_pixels(p) for p in (test_dir / "images").iterdir() if p.is_file())
         row.update(test_miou=scores["miou"], **{f"iou_{k}": v for k, v in scores["iou"].items()})
-        row["inference_mpx_per_s"] = round(pixels / 1e6 / max(seconds, 1e-9), 3)
+        row["inference_mpx_per_s"] = round(scores["pixels"] / 1e6 / max(seconds, 1e-9), 3)
     row["wall_seconds"] = round(time.monotonic() - started, 1)
     return row
 
@@ -168,14 +166,6 @@ def _run_one(plan: Plan, test_dir: Path | None, device: str | None) -> dict[str,
 def _cost(config: Config) -> tuple[int, float]:
     parameters, mflop = model_cost(build_model(config.model, pretrained=False), config.patches.patch_size)
     return parameters, round(mflop, 4)
-
-
-def _image_pixels(path: Path) -> int:
-    try:
-        height, width = image_size(path)
-    except UserError:
-        return 0
-    return height * width
 
 
 def run_experiments(

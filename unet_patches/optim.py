@@ -14,7 +14,7 @@ from torch import nn
 
 from .registry import Registry
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Progress", "Schedule", "build_optimizer", "lr_factor", "set_learning_rate"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Progress", "Schedule", "build_optimizer", "set_learning_rate"]
 
 
 def _sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -152,17 +152,6 @@ SCHEDULES: Registry[Callable[[float, Schedule], float]] = Registry(
     },
 )
 """Schedule name -> ``factor(progress, schedule)``, the multiplier of the base rate."""
-
-
-def lr_factor(
-    schedule: str, progress: float, step_fraction: float = 0.3, gamma: float = 0.1, warmup: float = 0.0
-) -> float:
-    """Multiplier of the base learning rate at ``progress`` in [0, 1] of a run with a stateless
-    schedule (see :class:`Schedule`); ``step`` is the original's (x0.1 at 30 %, 60 %, 90 %).
-
-    Raises ``UserError`` for an unknown schedule name.
-    """
-    return Schedule(schedule, step_fraction=step_fraction, gamma=gamma, warmup=warmup).factor(progress)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -113,7 +113,7 @@ class TiledPredictor:
         self.windows_per_batch = max(1, int(batch_size) // self.n_aug)
 
         module = network if isinstance(network, nn.Module) else None
-        self.device = resolve_device(device, module) if module is not None else torch.device(device or "cpu")
+        self.device = resolve_device(device, module)
         self.precision = resolve_precision(precision, self.device)
         if module is not None:
             folded = with_batchnorm_folded(module) if fold_batchnorm else module

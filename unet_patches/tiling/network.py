@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from unet_patches.errors import UserError
+from unet_patches.runtime import pick_device
 
 __all__ = ["with_batchnorm_folded", "inductor_freezing", "resolve_device"]
 
@@ -55,11 +55,10 @@ def inductor_freezing() -> contextlib.AbstractContextManager:
     return inductor_config.patch(freezing=True)
 
 
-def resolve_device(device: str | torch.device | None, network: nn.Module) -> torch.device:
+def resolve_device(device: str | torch.device | None, network: nn.Module | None) -> torch.device:
+    """``device`` as :func:`~unet_patches.runtime.pick_device` reads it; None: where the network's
+    parameters are (the CPU for a plain function)."""
     if device is None:
-        parameter = next(network.parameters(), None)
+        parameter = None if network is None else next(network.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
+    return pick_device(str(device))
