@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from unet_patches.models import UNet  # noqa: E402
+from unet_patches.preprocess import Preprocess  # noqa: E402
 from unet_patches.tiling import TiledPredictor, open_image, plan_outputs, write_outputs  # noqa: E402
 
 from common import PeakSampler, Timer, machine, peak_rss_mb  # noqa: E402
@@ -300,8 +301,8 @@ def child_stream(args: argparse.Namespace) -> None:
         (plan,) = plan_outputs(
             [Path(args.child_tiff)], args.child_out, overlay=False, probs=False, overwrite=True, stream_threshold_px=0
         )
-        with open_image(plan.image, 1, plan.large) as source:
-            write_outputs(predictor, source, plan.outputs, plan.large, progress=False)
+        with open_image(plan.image, Preprocess(normalize="range"), plan.large) as source:
+            write_outputs(predictor.bands(source), source, plan.outputs, plan.large)
     engine = t.result.wall - sum(passes)
     print(
         json.dumps(

@@ -121,6 +121,6 @@ def test_each_consumer_takes_its_settings_as_one_bundle():
 
     config = default_config()
     assert set(config.patch_options()) <= set(inspect.signature(extract_patches).parameters)
-    assert config.patch_options()["num_classes"] == config.data.num_classes
+    assert config.patch_options()["preprocess"].num_classes == config.data.num_classes
     assert set(config.synthetic.dataset_options()) <= set(inspect.signature(generate_dataset).parameters)
     assert config.synthetic.dataset_options()["spec"] == config.synthetic.spec()

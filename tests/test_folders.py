@@ -9,6 +9,7 @@ import tifffile
 from unet_patches.errors import UserError
 from unet_patches.folders import find_pairs, load_pairs
 from unet_patches.imageio import write_png
+from unet_patches.preprocess import Preprocess
 
 
 def _make_folder(root, image_names, mask_names, shape=(4, 5), mask_shape=None):
@@ -74,7 +75,7 @@ def test_pairs_duplicate_stems(tmp_path):
 
 def test_load_pairs(tmp_path):
     _make_folder(tmp_path, ["Img_1.png"], ["Mask_1.png"])
-    (sample,) = load_pairs(tmp_path, in_channels=3, num_classes=2)
+    (sample,) = load_pairs(tmp_path, Preprocess(in_channels=3, num_classes=2))
     assert sample.name == "Img_1"
     assert sample.image.shape == (3, 4, 5) and sample.image.dtype == np.float32
     assert sample.mask.shape == (4, 5) and sample.mask.dtype == np.uint8
@@ -83,4 +84,4 @@ def test_load_pairs(tmp_path):
 def test_load_pairs_size_mismatch(tmp_path):
     _make_folder(tmp_path, ["a.png"], ["a.png"], shape=(4, 5), mask_shape=(4, 6))
     with pytest.raises(UserError, match=r"images/a.png is 4x5.*masks/a.png is 4x6"):
-        load_pairs(tmp_path, in_channels=1, num_classes=2)
+        load_pairs(tmp_path, Preprocess(in_channels=1, num_classes=2))

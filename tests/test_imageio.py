@@ -8,7 +8,8 @@ import tifffile
 from PIL import Image
 
 from unet_patches.errors import UserError
-from unet_patches.imageio import PALETTE, colour_mask, colour_overlay, image_to_array, read_image, read_mask, write_png
+from unet_patches.imageio import PALETTE, colour_mask, colour_overlay, image_to_array, read_image, write_png
+from unet_patches.masks import read_mask
 
 
 def _pil_save(path, array, mode=None):
@@ -156,17 +157,17 @@ def test_palette_png_mask(tmp_path):
 def test_mask_value_out_of_range_message(tmp_path):
     write_png(tmp_path / "m.png", np.array([[0, 255]], dtype=np.uint8))
     with pytest.raises(UserError) as info:
-        read_mask(tmp_path / "m.png", 2)
+        read_mask(tmp_path / "m.png", 3)
     message = str(info.value)
-    assert "m.png" in message and "255" in message and "num_classes=2" in message
-    assert "class indices" in message and "\n" not in message
+    assert "m.png" in message and "255" in message and "num_classes=3" in message
+    assert "data.mask_values" in message and "\n" not in message
 
 
 def test_mask_unknown_colour(tmp_path):
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[1, 0] = (10, 200, 30)
     write_png(tmp_path / "m.png", rgb)
-    with pytest.raises(UserError, match=r"m.png: colour \(10, 200, 30\) at row 1, column 0"):
+    with pytest.raises(UserError, match=r"m.png: colour #0ac81e at row 1, column 0"):
         read_mask(tmp_path / "m.png", 3)
 
 

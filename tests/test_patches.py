@@ -10,8 +10,20 @@ import torch
 
 from unet_patches.errors import UserError
 from unet_patches.folders import load_pairs
-from unet_patches.imageio import image_to_array, read_image, read_mask, write_png
-from unet_patches.patches import PatchFolder, extract_patches, flip, read_manifest, split_by_source, validation_count
+from unet_patches.imageio import image_to_array, read_image, write_png
+from unet_patches.masks import read_mask
+from unet_patches.patches import (
+    PatchFolder,
+    extract_patches,
+    flip,
+    manifest_preprocess,
+    read_manifest,
+    split_by_source,
+    validation_count,
+)
+from unet_patches.preprocess import Preprocess
+
+PERCENTILE = Preprocess(num_classes=3, normalize="percentile", percentiles=(2.0, 98.0))
 
 
 def _write_source(root, n=3, shape=(40, 30), seed=0, rgb=False):
@@ -31,22 +43,24 @@ def _write_source(root, n=3, shape=(40, 30), seed=0, rgb=False):
 def extracted(tmp_path_factory):
     root = tmp_path_factory.mktemp("patches")
     source = _write_source(root / "src")
-    summary = extract_patches(source, root / "out", patch_size=16, per_image=12, seed=3)
+    summary = extract_patches(source, root / "out", patch_size=16, per_image=12, seed=3, preprocess=PERCENTILE)
     return source, root / "out", summary
 
 
 def test_windows_inside_and_content_matches_source(extracted):
     source, out, summary = extracted
     manifest = read_manifest(out)
-    samples = {s.name: s for s in load_pairs(source, 1, 3)}
-    assert manifest["sources"] == {name: {"height": 40, "width": 30} for name in samples}
+    samples = {s.name: s for s in load_pairs(source, PERCENTILE)}
+    assert manifest["sources"] == {name: {"height": 40, "width": 30, "group": name} for name in samples}
+    assert manifest_preprocess(manifest) == PERCENTILE
     size = manifest["patch_size"]
     for record in manifest["patches"]:
         y, x = record["y"], record["x"]
         assert 0 <= y <= 40 - size and 0 <= x <= 30 - size
         sample = samples[record["source"]]
         expected_mask = flip(sample.mask[y : y + size, x : x + size], record["flip"])
-        expected_image = flip(sample.image[:, y : y + size, x : x + size], record["flip"])
+        # Patches are cut from the image normalised as a whole (per-image percentiles), then stored.
+        expected_image = flip(PERCENTILE.finish(sample.image)[:, y : y + size, x : x + size], record["flip"])
         got_mask = read_mask(out / "masks" / f"{record['name']}.png", 3)
         got_image = image_to_array(read_image(out / "images" / f"{record['name']}.png"), 1)
         assert np.array_equal(got_mask, expected_mask)
@@ -117,10 +131,16 @@ def test_same_seed_same_windows(tmp_path):
 def test_resize_width_and_rgb(tmp_path):
     source = _write_source(tmp_path / "src", n=1, shape=(40, 30), rgb=True)
     extract_patches(
-        source, tmp_path / "out", patch_size=16, per_image=4, resize_width=60, foreground_only=False, in_channels=3
+        source,
+        tmp_path / "out",
+        patch_size=16,
+        per_image=4,
+        resize_width=60,
+        foreground_only=False,
+        preprocess=Preprocess(in_channels=3),
     )
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["sources"] == {"Img_1": {"height": 80, "width": 60}}
+    assert manifest["sources"] == {"Img_1": {"height": 80, "width": 60, "group": "Img_1"}}
     assert manifest["in_channels"] == 3 and manifest["resize_width"] == 60
     first = manifest["patches"][0]["name"]
     assert read_image(tmp_path / "out" / "images" / f"{first}.png").shape == (16, 16, 3)
@@ -156,7 +176,15 @@ def test_refuses_non_empty_output(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"patch_size": 0}, {"per_image": 0}, {"resize_width": -5}, {"in_channels": 2}, {"seed": -1}]
+    "kwargs",
+    [
+        {"patch_size": 0},
+        {"per_image": 0},
+        {"resize_width": -5},
+        {"preprocess": Preprocess(in_channels=2)},
+        {"seed": -1},
+        {"resize_width": 60, "preprocess": Preprocess(resize=(50, 50))},
+    ],
 )
 def test_bad_arguments(tmp_path, kwargs):
     source = _write_source(tmp_path / "src", n=1)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from unet_patches.errors import UserError
-from unet_patches.imageio import read_image, read_mask
+from unet_patches.imageio import read_image
+from unet_patches.masks import read_mask
 from unet_patches.synthetic import SyntheticSpec, generate_dataset, generate_sample
 
 SMALL = SyntheticSpec(height=60, width=40, line_length=(10, 30))

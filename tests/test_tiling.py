@@ -15,6 +15,7 @@ from torch import nn
 from unet_patches.api import Segmenter, predict_files
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, read_image
+from unet_patches.preprocess import Preprocess
 from unet_patches.runtime import cpu_has_fast_bf16, resolve_precision
 from unet_patches.tiling import (
     BLEND_MODES,
@@ -51,7 +52,8 @@ def tiny_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> nn.Module
 
 def as_segmenter(net: nn.Module, in_channels: int = 1, classes: int = 3) -> Segmenter:
     """``net`` with the facts predict_files needs (a 16-pixel training patch)."""
-    return Segmenter(net, 16, tuple(f"class{c}" for c in range(classes)), in_channels)
+    preprocess = Preprocess(in_channels=in_channels, num_classes=classes, normalize="range")
+    return Segmenter(net, 16, tuple(f"class{c}" for c in range(classes)), preprocess)
 
 
 def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ training run) and what it does: segment an array, score a folder, predict image 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,19 @@ import torch
 from torch import nn
 
 from . import console
-from .checkpoints import NORMALIZATION, load_checkpoint, model_from_checkpoint
+from .checkpoints import load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
 from .ensemble import ProbabilityEnsemble, checkpoint_paths
 from .errors import UserError
-from .folders import load_pairs
-from .imageio import image_to_array
+from .folders import find_pairs
+from .imageio import image_to_array, read_image
+from .masks import read_mask
 from .metrics import ConfusionMatrix
+from .preprocess import Preprocess, resize_probabilities
 from .runtime import pick_device
 from .tiling import TiledPredictor
 from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
+from .tiling.merger import Band, argmax_classes
+from .tiling.sources import ArraySource, RowSource
 
 __all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files"]
 
@@ -38,19 +42,23 @@ class Segmenter:
     """A trained network (eval mode, logits out) and the facts of its training run.
 
     ``patch_size`` is the training patch size, the default inference window; ``class_names`` has one
-    name per output class; images are turned into ``in_channels`` input channels as
-    ``normalization`` describes (:func:`~unet_patches.imageio.image_to_array`).
+    name per output class; ``preprocess`` turns raw images into network input exactly as training
+    did (channels, resize, normalisation and its statistics; :mod:`unet_patches.preprocess`) and
+    decodes masks by the training run's mask tables.
     """
 
     network: nn.Module
     patch_size: int
     class_names: tuple[str, ...]
-    in_channels: int
-    normalization: str = NORMALIZATION
+    preprocess: Preprocess
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.preprocess.in_channels
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
@@ -69,11 +77,12 @@ class Segmenter:
         members = [cls._one(load_checkpoint(p, device), device) for p in paths]
         first = members[0]
         for member, member_path in zip(members[1:], paths[1:]):
-            if (member.class_names, member.in_channels) != (first.class_names, first.in_channels):
+            if (member.class_names, member.preprocess) != (first.class_names, first.preprocess):
+                ours, theirs = member.preprocess, first.preprocess
                 raise UserError(
-                    f"{member_path}: classes {list(member.class_names)} and {member.in_channels} channel(s) differ "
-                    f"from the first checkpoint's ({list(first.class_names)}, {first.in_channels}); "
-                    "ensemble checkpoints of one task only"
+                    f"{member_path}: classes {list(member.class_names)} or input ({ours.describe()}, "
+                    f"{ours.in_channels} channel(s)) differ from the first checkpoint's ({list(first.class_names)}, "
+                    f"{theirs.describe()}, {theirs.in_channels}); ensemble checkpoints of one task only"
                 )
         if len(members) == 1:
             return first
@@ -87,8 +96,7 @@ class Segmenter:
             network=model_from_checkpoint(state, device),
             patch_size=int(state.get("patch_size", 96)),
             class_names=tuple(names),
-            in_channels=int(state["model_config"].get("in_channels", state.get("in_channels", 1))),
-            normalization=str(state.get("normalization", NORMALIZATION)),
+            preprocess=preprocess_from_checkpoint(state),
         )
 
     def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> TiledPredictor:
@@ -97,8 +105,44 @@ class Segmenter:
         return TiledPredictor(self.network, self.patch_size if window is None else window, **options)
 
     def to_input(self, image: np.ndarray, name: str = "image") -> np.ndarray:
-        """A raw ``(H, W)`` / ``(H, W, C)`` image as the float32 ``(in_channels, H, W)`` network input."""
-        return image_to_array(image, self.in_channels, name)
+        """A raw ``(H, W)`` / ``(H, W, C)`` image as the float32 ``(in_channels, H', W')`` network input
+        (``H', W'`` = ``preprocess.resize`` if set)."""
+        return self.preprocess.image(image, name)
+
+    def bands(
+        self, predictor: TiledPredictor, raw: np.ndarray | RowSource, *, probs: bool = False, progress: bool = False
+    ) -> Iterator[Band]:
+        """Predicted bands of rows of an image at its own size.
+
+        ``raw``: a raw image array, or a row source already prepared by
+        :func:`~unet_patches.tiling.files.open_image` (which is how large files stream). With
+        ``preprocess.resize`` the image is resized whole, predicted, and its probabilities resized
+        back bilinearly before the argmax (one band).
+        """
+        if self.preprocess.resize is None:
+            source = raw if isinstance(raw, RowSource) else ArraySource(self.to_input(raw))
+            yield from predictor.bands(source, probs=probs, progress=progress)
+            return
+        if isinstance(raw, RowSource):
+            raise ValueError("a checkpoint with data.resize needs the raw image, not a row source")
+        blended = resize_probabilities(predictor.probabilities(self.to_input(raw), progress), tuple(raw.shape[:2]))
+        yield Band(0, argmax_classes(blended), blended if probs else None)
+
+    def labels(
+        self, predictor: TiledPredictor, raw: np.ndarray, return_probs: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """uint8 labels ``(H, W)`` of a raw image at its own size (and the probabilities)."""
+        labels = np.empty(raw.shape[:2], dtype=np.uint8)
+        probs = None
+        for band in self.bands(predictor, raw, probs=return_probs):
+            rows = slice(band.start, band.start + band.labels.shape[0])
+            labels[rows] = band.labels
+            if return_probs:
+                assert band.probs is not None
+                if probs is None:
+                    probs = np.empty((band.probs.shape[0], *labels.shape), dtype=np.float32)
+                probs[:, rows] = band.probs
+        return (labels, probs) if return_probs else labels
 
 
 def predict(
@@ -108,9 +152,8 @@ def predict(
 
     Args:
         segmenter: from :meth:`Segmenter.from_checkpoint`.
-        image: ``(H, W)`` or ``(H, W, C)`` array, uint8, uint16 or float; preprocessed as the command
-            line preprocesses files (uint8 / 255, uint16 / 65535, float as is; gray repeated or colour
-            averaged to the model's input channels).
+        image: ``(H, W)`` or ``(H, W, C)`` array, uint8, uint16 or float, as read from a file;
+            preprocessed as training did (``segmenter.preprocess``: channels, resize, normalisation).
         window: window size; defaults to the training patch size.
         return_probs: also return the blended ``(K, H, W)`` float32 probabilities.
         options: keyword arguments of :class:`~unet_patches.tiling.TiledPredictor` (``overlap``,
@@ -125,7 +168,7 @@ def predict(
     """
     if not isinstance(image, np.ndarray):
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
-    return segmenter.predictor(window, **options).labels(segmenter.to_input(image), return_probs=return_probs)
+    return segmenter.labels(segmenter.predictor(window, **options), image, return_probs=return_probs)
 
 
 def evaluate_folder(
@@ -133,23 +176,35 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Full-image predictions for an ``images/`` + ``masks/`` folder scored against its masks.
 
-    ``window`` and ``options`` are as for :func:`predict`.
+    ``window`` and ``options`` are as for :func:`predict`. Images are read and masks decoded as the
+    training run did (its mask tables, page); scores are at each image's own size, also for a
+    checkpoint trained with ``data.resize``.
 
     Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n,
     "pixels": n}``
     from one confusion matrix over the whole folder (classes absent from truth and prediction are
     ``None`` and left out of the means).
     """
-    samples = load_pairs(folder, segmenter.in_channels, segmenter.num_classes)
+    pairs = find_pairs(folder)
+    pre = segmenter.preprocess
     predictor = segmenter.predictor(window, **options)
     matrix = ConfusionMatrix(segmenter.num_classes)
-    bar = console.progress(len(samples), "evaluate", "image", enabled=progress)
-    for sample in samples:
-        matrix.update(torch.from_numpy(predictor.labels(sample.image)), torch.from_numpy(sample.mask))
+    bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
+    pixels = 0
+    for pair in pairs:
+        raw = read_image(pair.image, pre.page)
+        mask = read_mask(pair.mask, pre.num_classes, values=pre.mask_values, colors=pre.mask_colors, page=pre.page)
+        if raw.shape[:2] != mask.shape:
+            raise UserError(
+                f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "
+                f"is {mask.shape[0]}x{mask.shape[1]}; image and mask must have the same size"
+            )
+        labels = segmenter.labels(predictor, raw)
+        matrix.update(torch.from_numpy(labels), torch.from_numpy(mask))
+        pixels += mask.size
         bar.update(1)
     bar.close()
-    pixels = sum(sample.mask.size for sample in samples)
-    return {**matrix.summary(list(segmenter.class_names)), "images": len(samples), "pixels": pixels}
+    return {**matrix.summary(list(segmenter.class_names)), "images": len(pairs), "pixels": pixels}
 
 
 def predict_files(
@@ -188,9 +243,17 @@ def predict_files(
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
     for plan in plans:
-        with open_image(plan.image, segmenter.in_channels, plan.large) as source:
-            windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
-            written.extend(write_outputs(predictor, source, plan.outputs, plan.large, windows_bar))
+        windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
+        want_probs = "probs" in plan.outputs
+        if segmenter.preprocess.resize is None:
+            with open_image(plan.image, segmenter.preprocess, plan.large) as source:
+                bands = segmenter.bands(predictor, source, probs=want_probs, progress=windows_bar)
+                written.extend(write_outputs(bands, source, plan.outputs, plan.large))
+        else:
+            raw = read_image(plan.image, segmenter.preprocess.page)
+            display = ArraySource(image_to_array(raw, segmenter.in_channels, str(plan.image)))
+            bands = segmenter.bands(predictor, raw, probs=want_probs, progress=windows_bar)
+            written.extend(write_outputs(bands, display, plan.outputs, plan.large))
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
         bar.update(1)
     bar.close()

@@ -13,7 +13,10 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_onl
   what ``--resume`` needs to continue exactly (files without the last two continue with a fresh
   schedule state);
 - ``config``: the whole resolved configuration; ``class_names``, ``in_channels``, ``patch_size`` and
-  ``normalization``: what inference needs, so ``predict`` needs nothing but the file.
+  ``preprocess`` (:class:`~unet_patches.preprocess.Preprocess` as a dict: normalisation and its
+  statistics, resize, mask tables; ``normalization`` repeats it in words): what inference needs, so
+  ``predict`` needs nothing but the file. Files without ``preprocess`` (written before it existed)
+  read as ``range`` normalisation, which is what they were trained with.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 
 from .errors import UserError
 from .models import build_model
+from .preprocess import Preprocess
 
 if TYPE_CHECKING:
     from .config import Config
@@ -35,17 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "NORMALIZATION",
     "checkpoint_state",
     "load_checkpoint",
     "model_from_checkpoint",
+    "preprocess_from_checkpoint",
     "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = 1
-
-# How images become network input; written into checkpoints so that readers can tell.
-NORMALIZATION = "uint8 / 255, uint16 / 65535, float as is; gray repeated / colour averaged to in_channels"
 
 
 def checkpoint_state(
@@ -60,6 +61,7 @@ def checkpoint_state(
     best_epoch: int | None,
     history: list[dict[str, Any]],
     patch_size: int,
+    preprocess: Preprocess,
     schedule: dict[str, float] | None = None,
     snapshots: int = 0,
 ) -> dict[str, Any]:
@@ -80,7 +82,8 @@ def checkpoint_state(
         "class_names": config.data.names(),
         "in_channels": config.data.in_channels,
         "patch_size": patch_size,
-        "normalization": NORMALIZATION,
+        "preprocess": preprocess.to_dict(),
+        "normalization": preprocess.describe(),
         "history": history,
         "metrics": history[-1] if history else {},
         "schedule": schedule or {},
@@ -137,3 +140,12 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
     model = build_model(state["model_config"], pretrained=False)  # the weights are in the checkpoint
     model.load_state_dict(state["model"])
     return model.to(device).eval()
+
+
+def preprocess_from_checkpoint(state: dict[str, Any]) -> Preprocess:
+    """How the checkpoint's network wants its input (``range`` for files older than the key)."""
+    config = state["model_config"]
+    if state.get("preprocess"):
+        return Preprocess.from_dict(state["preprocess"])
+    in_channels = int(config.get("in_channels", state.get("in_channels", 1)))
+    return Preprocess(in_channels=in_channels, num_classes=int(config["num_classes"]), normalize="range")

@@ -20,8 +20,10 @@ from typing import Any
 
 from .errors import UserError
 from .losses import LOSSES
+from .masks import parse_colour
 from .models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
+from .preprocess import NORMALIZE_MODES, Preprocess
 from .runtime import PRECISIONS
 from .synthetic import CLASS_NAMES, SyntheticSpec
 from .tiling.blending import BLEND_MODES
@@ -38,6 +40,13 @@ class DataConfig:
     in_channels: int = 1
     num_classes: int = 3
     class_names: list[str] | None = field(default_factory=lambda: list(CLASS_NAMES))
+    normalize: str = "percentile"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    resize: list[int] | None = None
+    page: int | None = None
+    mask_values: dict[str, int] | None = None
+    mask_colors: dict[str, int] | None = None
+    cache: bool = True
 
     def check(self) -> None:
         require_int("data.in_channels", self.in_channels, 1)
@@ -47,6 +56,47 @@ class DataConfig:
                 f"data.class_names has {len(self.class_names)} names but data.num_classes = {self.num_classes}: "
                 "give one name per class or null"
             )
+        NORMALIZE_MODES.check(self.normalize, "data.normalize")
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise UserError(f"data.percentiles = {list(self.percentiles)}: expected 0 <= low < high <= 100")
+        if self.resize is not None:
+            if len(self.resize) != 2:
+                raise UserError(f"data.resize = {self.resize}: expected [height, width] or null")
+            for value in self.resize:
+                require_int("data.resize", value, 8)
+        if self.page is not None:
+            require_int("data.page", self.page, 0)
+        self.preprocess()  # checks the mask tables
+
+    def preprocess(self) -> Preprocess:
+        """How these settings turn files into network input (dataset statistics not yet computed)."""
+        values = None
+        if self.mask_values is not None:
+            values = {}
+            for key, index in self.mask_values.items():
+                if not key.strip().isdigit():
+                    raise UserError(f'data.mask_values key {key!r}: expected a gray level such as "255"')
+                values[int(key)] = index
+        colors = None
+        if self.mask_colors is not None:
+            colors = {parse_colour(key): index for key, index in self.mask_colors.items()}
+        for table, name in ((values, "mask_values"), (colors, "mask_colors")):
+            for index in (table or {}).values():
+                if not 0 <= index < self.num_classes:
+                    raise UserError(
+                        f"data.{name} maps to class {index}, outside 0..{self.num_classes - 1} (data.num_classes)"
+                    )
+        return Preprocess(
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            normalize=self.normalize,
+            percentiles=tuple(self.percentiles),
+            resize=None if self.resize is None else (self.resize[0], self.resize[1]),
+            page=self.page,
+            mask_values=values,
+            mask_colors=colors,
+        )
 
     def names(self) -> list[str]:
         return list(self.class_names) if self.class_names else [f"class{c}" for c in range(self.num_classes)]
@@ -249,8 +299,8 @@ class Config:
             "flips": p.flips,
             "resize_width": p.resize_width,
             "seed": p.seed,
-            "in_channels": d.in_channels,
-            "num_classes": d.num_classes,
+            "preprocess": d.preprocess(),
+            "cache": d.cache,
         }
 
     def schedule(self) -> Schedule:

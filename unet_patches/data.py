@@ -7,7 +7,7 @@ training patches are sampled on the fly and validation uses fixed windows of hel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,8 @@ from . import runtime
 from .class_weights import class_pixel_counts, median_frequency_weights
 from .errors import UserError
 from .folders import load_pairs
-from .patches import PatchFolder, read_manifest, split_by_source, validation_count
+from .patches import PatchFolder, manifest_preprocess, read_manifest, split_by_source, validation_count
+from .preprocess import DatasetStatistics, Preprocess
 from .sampling import FixedWindows, RandomPatches
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class DataSources:
     patch_size: int
     class_pixels: np.ndarray  # (K,) or (N, K) pixel counts, for median-frequency weights
     description: str
+    preprocess: Preprocess  # how inference must prepare images (with dataset statistics if any)
 
 
 def resolve_folder(config: Config) -> Path:
@@ -76,8 +78,17 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
             "make parameters.json match the patches"
         )
     train_names, val_names = split_by_source(manifest, t.val_fraction, t.seed)
-    train = PatchFolder(folder, train_names, in_channels=d.in_channels)
-    val = PatchFolder(folder, val_names, in_channels=d.in_channels) if val_names else None
+    preprocess = manifest_preprocess(manifest)
+    standardize = None
+    if preprocess.normalize == "dataset":
+        statistics = DatasetStatistics(d.in_channels)
+        for image, _ in PatchFolder(folder, train_names, in_channels=d.in_channels, cache=d.cache):
+            statistics.add(image.numpy())
+        standardize = statistics.result()
+        preprocess = preprocess.with_statistics(*standardize)
+    options = {"in_channels": d.in_channels, "standardize": standardize, "cache": d.cache}
+    train = PatchFolder(folder, train_names, **options)
+    val = PatchFolder(folder, val_names, **options) if val_names else None
     held_back = set(val_names)
     sources = {p["source"] for p in manifest["patches"]}
     n_val_sources = len({p["source"] for p in manifest["patches"] if p["name"] in held_back})
@@ -89,16 +100,22 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
         int(manifest["patch_size"]),
         np.asarray(manifest["class_pixels"], dtype=np.int64),
         f"{len(train_names)} training and {len(val_names)} validation patches from {folder} "
-        f"({len(sources) - n_val_sources} / {n_val_sources} source images)",
+        f"({len(sources) - n_val_sources} / {n_val_sources} source images); normalisation: {preprocess.describe()}",
+        preprocess,
     )
 
 
 def _image_folder(config: Config, folder: Path) -> DataSources:
     t, d = config.training, config.data
-    samples = load_pairs(folder, d.in_channels, d.num_classes)
-    order = np.random.default_rng([t.seed, 7]).permutation(len(samples))
-    n_val = validation_count(len(samples), t.val_fraction)
-    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    samples = load_pairs(folder, d.preprocess(), cache=d.cache)
+    train_idx, val_idx = split_by_group([sample.group for sample in samples], t.val_fraction, t.seed)
+    preprocess = d.preprocess()
+    if preprocess.normalize == "dataset":
+        statistics = DatasetStatistics(d.in_channels)
+        for i in train_idx:
+            statistics.add(samples[i].image)
+        preprocess = preprocess.with_statistics(*statistics.result())
+    samples = [replace(sample, image=preprocess.finish(sample.image)) for sample in samples]
     masks = [samples[i].mask for i in train_idx]
     size = config.patches.patch_size
     train = RandomPatches(
@@ -129,8 +146,32 @@ def _image_folder(config: Config, folder: Path) -> DataSources:
         size,
         class_pixel_counts(masks, d.num_classes, per_image=True),
         f"{t.samples_per_epoch} random {size}x{size} patches per epoch from {len(train_idx)} images in {folder}; "
-        f"validation: {len(val) if val else 0} fixed windows of {len(val_idx)} held-back images",
+        f"validation: {len(val) if val else 0} fixed windows of {len(val_idx)} held-back images"
+        f"{_groups_note(samples, val_idx)}; normalisation: {preprocess.describe()}",
+        preprocess,
     )
+
+
+def split_by_group(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train indices, validation indices)`` of images, whole groups (subjects) on one side.
+
+    ``validation_count`` of the groups are held back, drawn by a generator seeded with ``seed``.
+    When every image is its own group, this is the per-image split the toolkit has always used.
+    """
+    names = sorted(set(groups), key=groups.index)
+    order = np.random.default_rng([seed, 7]).permutation(len(names))
+    held_back = {names[i] for i in order[: validation_count(len(names), val_fraction)]}
+    train = [i for i, g in enumerate(groups) if g not in held_back]
+    val = [i for i, g in enumerate(groups) if g in held_back]
+    return train, val
+
+
+def _groups_note(samples: list, val_idx: list[int]) -> str:
+    groups = {sample.group for sample in samples}
+    if len(groups) == len(samples):
+        return ""
+    held_back = {samples[i].group for i in val_idx}
+    return f" (split by subject: {len(groups) - len(held_back)} / {len(held_back)} subjects)"
 
 
 def resolve_class_weights(config: Config, sources: DataSources) -> list[float] | None:

@@ -127,12 +127,13 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
 
     from .api import predict
     from .folders import find_pairs
-    from .imageio import colour_overlay, read_image, read_mask, write_png
+    from .imageio import colour_overlay, image_to_array, read_image, write_png
+    from .masks import read_mask
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)
     labels = predict(segmenter, raw, **options)
-    image = segmenter.to_input(raw, str(pair.image))
+    image = image_to_array(raw, segmenter.in_channels, str(pair.image))
     gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
     truth = read_mask(pair.mask, segmenter.num_classes)
     gap = np.full((gray.shape[0], 4, 3), 255, np.uint8)

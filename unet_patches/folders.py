@@ -1,5 +1,6 @@
-"""Data folders: pairing the files of ``images/`` and ``masks/`` (same stem, or the original's
-``Img_N`` / ``Mask_N``) and loading the pairs into memory.
+"""Data folders: pairing images with masks (``images/`` + ``masks/`` by stem or the original's
+``Img_N`` / ``Mask_N``; or the Kaggle ultrasound-nerve layout ``<subject>_<n>.tif`` +
+``<subject>_<n>_mask.tif``), the group of each image for splitting, and loading pairs into memory.
 
 Every problem with the user's folder (a missing subfolder, no images, a repeated name, an image
 without a mask, a mask of another size) raises :class:`~unet_patches.errors.UserError` naming it.
@@ -13,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_patches.cache import DecodeCache
 from unet_patches.errors import UserError
-from unet_patches.imageio import IMAGE_SUFFIXES, image_to_array, read_image, read_mask
+from unet_patches.imageio import IMAGE_SUFFIXES
+from unet_patches.masks import decode_mask
+from unet_patches.preprocess import Preprocess, resize_labels
 
-__all__ = ["Pair", "Sample", "find_pairs", "load_pairs"]
+__all__ = ["Matching", "Pair", "Sample", "find_pairs", "group_of", "load_pair", "load_pairs", "match_pairs"]
 
 _IMG_N = re.compile(r"^img[_-]?(\d+)$", re.IGNORECASE)
 _MASK_N = re.compile(r"^mask[_-]?(\d+)$", re.IGNORECASE)
@@ -29,15 +33,17 @@ class Pair:
     name: str
     image: Path
     mask: Path
+    group: str = ""  # images of one group (a subject) stay on one side of a split
 
 
 @dataclass(frozen=True, eq=False)
 class Sample:
-    """A loaded pair: ``image`` float32 ``(C, H, W)`` in [0, 1], ``mask`` uint8 ``(H, W)``."""
+    """A loaded pair: ``image`` float32 ``(C, H, W)`` (scaled, see :func:`load_pair`), ``mask`` uint8 ``(H, W)``."""
 
     name: str
     image: np.ndarray
     mask: np.ndarray
+    group: str = ""
 
 
 def _natural_key(text: str) -> list[tuple[int, int, str]]:
@@ -71,80 +77,153 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def find_pairs(folder: str | Path) -> list[Pair]:
-    """Pair the files of ``folder/images`` and ``folder/masks``, in natural order of their names.
+KAGGLE_NAME = re.compile(r"^(\d+)_(\d+)$")
+MASK_SUFFIX = "_mask"
 
-    An image pairs with the mask of the same stem (``a.tif`` with ``a.png``), or, as in the
-    original system, ``Img_N`` with ``Mask_N``. Files that are not images are ignored.
+
+def _layout(folder: Path) -> tuple[str, Path, Path]:
+    """``(layout, images folder, masks folder)``: ``images-masks`` (``images/`` + ``masks/``) or
+    ``kaggle`` (``X.tif`` next to ``X_mask.tif``, in ``folder`` or its ``train/``)."""
+    if (folder / "images").is_dir() or (folder / "masks").is_dir():
+        return "images-masks", folder / "images", folder / "masks"
+    for candidate in (folder, folder / "train"):
+        if candidate.is_dir() and any(p.stem.endswith(MASK_SUFFIX) for p in _image_files(candidate)):
+            return "kaggle", candidate, candidate
+    return "images-masks", folder / "images", folder / "masks"
+
+
+def group_of(name: str, layout: str) -> str:
+    """The group an image belongs to for splitting: the subject (``<subject>_<n>``) in the Kaggle
+    layout, else the image itself."""
+    match = KAGGLE_NAME.match(name) if layout == "kaggle" else None
+    return match.group(1) if match else name
+
+
+@dataclass
+class Matching:
+    """What :func:`match_pairs` found: the pairs and every problem, so all can be reported at once."""
+
+    folder: Path
+    layout: str
+    images_dir: Path
+    masks_dir: Path
+    pairs: list[Pair]
+    lonely_images: list[str]
+    lonely_masks: list[str]
+    problems: list[str]  # missing folders, no images, repeated names
+
+
+def match_pairs(folder: str | Path) -> Matching:
+    """Pair the image files of a data folder with their masks, collecting problems instead of raising.
+
+    Layouts: ``images/`` + ``masks/`` (an image pairs with the mask of the same stem, or, as in the
+    original system, ``Img_N`` with ``Mask_N``), or the Kaggle ultrasound-nerve layout
+    (``<subject>_<n>.tif`` with ``<subject>_<n>_mask.tif`` in the folder or its ``train/``).
+    """
+    folder = Path(folder)
+    layout, images_dir, masks_dir = _layout(folder)
+    matching = Matching(folder, layout, images_dir, masks_dir, [], [], [], [])
+    missing = [str(d) for d in dict.fromkeys((images_dir, masks_dir)) if not d.is_dir()]
+    if missing:
+        matching.problems.append(
+            f"{folder}: missing {' and '.join(missing)}; a data folder needs images/ and masks/ subfolders "
+            "holding matching files (or the Kaggle layout: X.tif next to X_mask.tif)"
+        )
+        return matching
+    files = _image_files(images_dir)
+    if layout == "kaggle":
+        images = [p for p in files if not p.stem.endswith(MASK_SUFFIX)]
+        masks = [p for p in files if p.stem.endswith(MASK_SUFFIX)]
+    else:
+        images, masks = files, _image_files(masks_dir)
+    if not images:
+        matching.problems.append(
+            f"{images_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); put the images there"
+        )
+        return matching
+    _pair_up(matching, images, masks)
+    matching.pairs.sort(key=lambda pair: _natural_key(pair.name))
+    return matching
+
+
+def _pair_up(matching: Matching, images: list[Path], masks: list[Path]) -> None:
+    def mask_key(p: Path) -> str:
+        return p.stem[: -len(MASK_SUFFIX)] if matching.layout == "kaggle" else p.stem
+
+    def number(pattern: re.Pattern, p: Path) -> int | None:
+        match = pattern.match(p.stem)
+        return int(match.group(1)) if match else None
+
+    try:
+        mask_by_stem = _by_key(masks, mask_key, "mask", matching.masks_dir)
+        image_by_stem = _by_key(images, lambda p: p.stem, "image", matching.images_dir)
+        mask_by_number = _by_key(masks, lambda p: number(_MASK_N, p), "mask", matching.masks_dir)
+        _by_key(images, lambda p: number(_IMG_N, p), "image", matching.images_dir)  # reject Img_1 next to Img_01
+    except UserError as exc:
+        matching.problems.append(str(exc))
+        return
+    used: set[Path] = set()
+    for stem, image in image_by_stem.items():
+        mask = mask_by_stem.get(stem)
+        if mask is None and number(_IMG_N, image) is not None:
+            mask = mask_by_number.get(number(_IMG_N, image))
+        if mask is None or mask in used:
+            matching.lonely_images.append(image.name)
+            continue
+        used.add(mask)
+        matching.pairs.append(Pair(name=stem, image=image, mask=mask, group=group_of(stem, matching.layout)))
+    matching.lonely_masks.extend(m.name for m in masks if m not in used)
+
+
+def find_pairs(folder: str | Path) -> list[Pair]:
+    """The pairs of a data folder (see :func:`match_pairs`), in natural order of their names.
 
     Raises ``UserError`` when a subfolder is missing, no images are found, names repeat, or an
     image has no mask (or a mask no image).
     """
-    folder = Path(folder)
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
-    if missing:
-        raise UserError(
-            f"{folder}: missing {' and '.join(missing)}; a data folder needs images/ and masks/ "
-            "subfolders holding matching files"
-        )
-    images, masks = _image_files(images_dir), _image_files(masks_dir)
-    if not images:
-        raise UserError(f"{images_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); put the images there")
-
-    mask_by_stem = _by_key(masks, lambda p: p.stem, "mask", masks_dir)
-    image_by_stem = _by_key(images, lambda p: p.stem, "image", images_dir)
-
-    def mask_number(p: Path) -> int | None:
-        match = _MASK_N.match(p.stem)
-        return int(match.group(1)) if match else None
-
-    def image_number(p: Path) -> int | None:
-        match = _IMG_N.match(p.stem)
-        return int(match.group(1)) if match else None
-
-    mask_by_number = _by_key(masks, mask_number, "mask", masks_dir)
-    _by_key(images, image_number, "image", images_dir)  # reject Img_1 next to Img_01
-
-    pairs, used_masks, lonely_images = [], set(), []
-    for stem, image in image_by_stem.items():
-        mask = mask_by_stem.get(stem)
-        if mask is None and image_number(image) is not None:
-            mask = mask_by_number.get(image_number(image))
-        if mask is None or mask in used_masks:
-            lonely_images.append(image.name)
-            continue
-        used_masks.add(mask)
-        pairs.append(Pair(name=stem, image=image, mask=mask))
-
-    lonely_masks = [m.name for m in masks if m not in used_masks]
-    if lonely_images or lonely_masks:
+    matching = match_pairs(folder)
+    if matching.problems:
+        raise UserError(matching.problems[0])
+    if matching.lonely_images or matching.lonely_masks:
         parts = []
-        if lonely_images:
-            parts.append(f"{len(lonely_images)} image(s) without a mask: {_listing(lonely_images)}")
-        if lonely_masks:
-            parts.append(f"{len(lonely_masks)} mask(s) without an image: {_listing(lonely_masks)}")
-        raise UserError(
-            f"{folder}: {'; '.join(parts)}; give each image in images/ a mask in masks/ with the "
-            "same name (or Mask_N for Img_N)"
-        )
-    return sorted(pairs, key=lambda pair: _natural_key(pair.name))
+        if matching.lonely_images:
+            parts.append(f"{len(matching.lonely_images)} image(s) without a mask: {_listing(matching.lonely_images)}")
+        if matching.lonely_masks:
+            parts.append(f"{len(matching.lonely_masks)} mask(s) without an image: {_listing(matching.lonely_masks)}")
+        naming = "X_mask for X" if matching.layout == "kaggle" else "the same name in masks/ (or Mask_N for Img_N)"
+        raise UserError(f"{matching.folder}: {'; '.join(parts)}; give each image a mask with {naming}")
+    return matching.pairs
 
 
-def load_pairs(folder: str | Path, in_channels: int, num_classes: int) -> list[Sample]:
-    """Load every pair of ``folder`` (see :func:`find_pairs`) into memory.
+def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = None) -> Sample:
+    """One pair as a :class:`Sample`: the image through steps 1-2 of ``preprocess`` (range and
+    resize, not yet normalised), the mask decoded by its tables and resized by nearest neighbour.
 
-    Each :class:`Sample` holds the image as float32 ``(in_channels, H, W)`` and the mask as uint8
-    ``(H, W)``. Raises ``UserError`` for any bad file and when an image and its mask differ in size.
+    Raises ``UserError`` for a bad file and when the image and its mask differ in size.
     """
-    samples = []
-    for pair in find_pairs(folder):
-        image = image_to_array(read_image(pair.image), in_channels, name=str(pair.image))
-        mask = read_mask(pair.mask, num_classes)
-        if image.shape[1:] != mask.shape:
-            raise UserError(
-                f"{pair.image} is {image.shape[1]}x{image.shape[2]} (HxW) but its mask {pair.mask} "
-                f"is {mask.shape[0]}x{mask.shape[1]}; image and mask must have the same size"
-            )
-        samples.append(Sample(name=pair.name, image=image, mask=mask))
-    return samples
+    cache = cache or DecodeCache(None)
+    raw = cache.read(pair.image, page=preprocess.page)
+    mask = decode_mask(
+        cache.read(pair.mask, mask=True, page=preprocess.page),
+        pair.mask,
+        preprocess.num_classes,
+        values=preprocess.mask_values,
+        colors=preprocess.mask_colors,
+    )
+    if raw.shape[:2] != mask.shape:
+        raise UserError(
+            f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "
+            f"is {mask.shape[0]}x{mask.shape[1]}; image and mask must have the same size"
+        )
+    image = preprocess.scaled(raw, str(pair.image))
+    if preprocess.resize is not None:
+        mask = resize_labels(mask, preprocess.resize)
+    return Sample(name=pair.name, image=image, mask=mask, group=pair.group)
+
+
+def load_pairs(folder: str | Path, preprocess: Preprocess, *, cache: bool = True) -> list[Sample]:
+    """Every pair of ``folder`` (see :func:`find_pairs`) loaded by :func:`load_pair`, through the
+    folder's decode cache unless ``cache`` is False."""
+    pairs = find_pairs(folder)
+    reader = DecodeCache(Path(folder) if cache else None)
+    return [load_pair(pair, preprocess, reader) for pair in pairs]

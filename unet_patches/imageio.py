@@ -3,9 +3,8 @@
 Conventions (see docs/DESIGN.md):
 
 - images in memory are ``float32`` arrays ``(C, H, W)`` in ``[0, 1]`` (:func:`image_to_array`);
-- masks in memory are ``uint8`` arrays ``(H, W)`` of class indices (:func:`read_mask`);
-- masks on disk are single-channel class-index PNGs; the original system's RGB colour masks
-  (black 0, red 1, green 2, blue 3) are read as well.
+- masks in memory are ``uint8`` arrays ``(H, W)`` of class indices (decoded by
+  :mod:`unet_patches.masks`).
 
 Every problem caused by the user's files raises :class:`~unet_patches.errors.UserError` with a
 one-line message naming the file, what was expected and how to fix it. Arrays of the wrong shape or
@@ -21,7 +20,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from unet_patches.errors import UserError
-from unet_patches.validate import is_int, require_int
+from unet_patches.validate import require_int
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -30,7 +29,7 @@ __all__ = [
     "colour_overlay",
     "image_to_array",
     "read_image",
-    "read_mask",
+    "read_raw",
     "write_png",
 ]
 
@@ -83,9 +82,20 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path}: is not a file; give the path of an image file")
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, page: int | None = None) -> np.ndarray:
     try:
-        array = np.asarray(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            pages = len(tif.pages)
+            if page is None and pages > 1 and len(tif.series) == 1 and tif.series[0].shape[0] == pages:
+                raise UserError(
+                    f"{path}: TIFF holds {pages} pages (a stack); choose one with data.page (--page N, counted "
+                    "from 0) or save each page as its own file"
+                )
+            if page is not None and not 0 <= page < pages:
+                raise UserError(f"{path}: page {page} asked for but the TIFF has {pages} page(s) (0..{pages - 1})")
+            array = np.asarray(tif.pages[page].asarray() if page is not None else tif.asarray())
+    except UserError:
+        raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise UserError(f"{path}: cannot read as a TIFF image ({_one_line(exc)}); re-save it as TIFF or PNG") from exc
     array = np.squeeze(array) if array.ndim > 3 else array
@@ -135,28 +145,32 @@ def _pil_to_array(image: Image.Image, keep_palette: bool) -> np.ndarray:
     return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
 
 
-def _read_raw(path: str | Path, keep_palette: bool = False) -> np.ndarray:
+def read_raw(path: str | Path, *, mask: bool = False, page: int | None = None) -> np.ndarray:
+    """Decode an image file as stored: ``(H, W)`` or ``(H, W, C)`` in the file's dtype.
+
+    The one function that opens image files for training, ``predict`` and ``evaluate`` (the decode
+    cache, :mod:`unet_patches.cache`, stores what it returns). TIFFs are read with tifffile (a
+    multi-page TIFF needs ``page``), everything else with Pillow. Palette images become RGB/RGBA,
+    except for masks (``mask=True``), whose palette indices are kept unless the palette holds class
+    colours. Raises ``UserError`` when the file is missing or cannot be read as a 2-D image.
+    """
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        return _read_tiff(path)
+        return _read_tiff(path, page)
     try:
         with Image.open(path) as image:
             image.load()
-            return _pil_to_array(image, keep_palette)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return _pil_to_array(image, keep_palette=mask)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise UserError(
             f"{path}: cannot read as an image ({_one_line(exc)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
         ) from exc
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as stored: ``(H, W)`` or ``(H, W, C)`` in the file's dtype.
-
-    TIFFs are read with tifffile, everything else with Pillow (palette images become RGB/RGBA).
-    Raises ``UserError`` when the file is missing or cannot be read as a 2-D image.
-    """
-    return _read_raw(path)
+def read_image(path: str | Path, page: int | None = None) -> np.ndarray:
+    """Read an image file as stored: ``(H, W)`` or ``(H, W, C)`` in the file's dtype (see :func:`read_raw`)."""
+    return read_raw(path, page=page)
 
 
 def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np.ndarray:
@@ -210,87 +224,6 @@ def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np
                 f"takes in_channels={in_channels}; convert the image or change in_channels"
             )
     return np.ascontiguousarray(np.moveaxis(array, -1, 0), dtype=np.float32)
-
-
-def _colour_codes(rgb: np.ndarray) -> np.ndarray:
-    """One int32 per colour: 0xRRGGBB, for ``(..., 3)`` uint8."""
-    rgb = rgb.astype(np.int32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def _decode_colours(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Map an (H, W, 3) uint8 colour mask to class indices through ``PALETTE``."""
-    codes = _colour_codes(rgb)
-    palette_codes = _colour_codes(PALETTE)
-    order = np.argsort(palette_codes)
-    sorted_codes = palette_codes[order]
-    position = np.clip(np.searchsorted(sorted_codes, codes), 0, len(sorted_codes) - 1)
-    known = sorted_codes[position] == codes
-    if not known.all():
-        y, x = np.argwhere(~known)[0]
-        colour = tuple(int(v) for v in rgb[y, x])
-        raise UserError(
-            f"{path}: colour {colour} at row {y}, column {x} is not a class colour "
-            "(black=0, red=1, green=2, blue=3, ...); save masks as single-channel PNGs of class "
-            "indices, or use exact colours in a lossless format (not JPEG)"
-        )
-    return order[position].astype(np.int64)
-
-
-def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
-    """Read a mask file as uint8 class indices ``(H, W)``.
-
-    Accepted: a single-channel index image (8- or 16-bit, palette PNGs by their indices); a
-    3-channel image whose channels are all equal (an index mask saved as RGB); an RGB colour mask
-    in ``PALETTE`` colours (black 0, red 1, green 2, blue 3, ...). Alpha is ignored.
-
-    Raises ``UserError`` for unreadable files, unknown colours, or values ``>= num_classes``.
-    """
-    path = Path(path)
-    if not is_int(num_classes) or not 1 <= num_classes <= 256:
-        raise UserError(f"num_classes = {num_classes!r}: expected an integer from 1 to 256 (masks are 8-bit)")
-    raw = _read_raw(path, keep_palette=True)
-    if raw.ndim == 3 and raw.shape[-1] in (2, 4):
-        raw = raw[..., :-1]
-    if raw.ndim == 3 and raw.shape[-1] == 1:
-        raw = raw[..., 0]
-
-    if raw.dtype == np.bool_:
-        raw = raw.astype(np.uint8)
-    elif np.issubdtype(raw.dtype, np.floating):
-        if not (np.all(np.isfinite(raw)) and np.all(raw == np.round(raw))):
-            raise UserError(
-                f"{path}: mask holds non-integer values; masks must hold class indices 0.."
-                f"{num_classes - 1} (save them as an 8-bit PNG)"
-            )
-        raw = raw.astype(np.int64)
-    elif not np.issubdtype(raw.dtype, np.integer):
-        raise UserError(f"{path}: mask pixel type {raw.dtype} is not supported; save an 8-bit PNG")
-
-    if raw.ndim == 3:
-        if raw.shape[-1] != 3:
-            raise UserError(f"{path}: mask has {raw.shape[-1]} channels; expected 1 (class indices) or 3 (colours)")
-        if np.all(raw[..., 0] == raw[..., 1]) and np.all(raw[..., 0] == raw[..., 2]):
-            labels = raw[..., 0].astype(np.int64)
-        elif raw.dtype != np.uint8:
-            raise UserError(f"{path}: colour masks must be 8-bit RGB; save the mask as an 8-bit PNG")
-        else:
-            labels = _decode_colours(raw, path)
-    else:
-        labels = raw.astype(np.int64)
-
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = int(labels.max()) if labels.max() >= num_classes else int(labels.min())
-        hint = (
-            "masks must hold class indices, not 0/255 - map 255 to a class index (e.g. mask // 255)"
-            if bad == 255
-            else "fix the mask"
-        )
-        raise UserError(
-            f"{path}: mask value {bad} is out of range for num_classes={num_classes} "
-            f"(expected 0..{num_classes - 1}); {hint} or raise num_classes"
-        )
-    return labels.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,13 @@ import torch
 from skimage.transform import resize
 from torch.utils.data import Dataset
 
+from unet_patches.cache import DecodeCache
 from unet_patches.errors import UserError
 from unet_patches.folders import load_pairs
-from unet_patches.imageio import image_to_array, read_image, read_mask, write_png
-from unet_patches.validate import is_int, require_int, require_number
+from unet_patches.imageio import image_to_array, write_png
+from unet_patches.masks import decode_mask
+from unet_patches.preprocess import Preprocess
+from unet_patches.validate import require_int, require_number
 
 __all__ = [
     "FLIPS",
@@ -36,6 +40,7 @@ __all__ = [
     "PatchFolder",
     "extract_patches",
     "flip",
+    "manifest_preprocess",
     "read_manifest",
     "split_by_source",
     "validation_count",
@@ -100,24 +105,39 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(temporary, path)
 
 
-def _check_settings(patch_size: int, per_image: int, seed: int, resize_width: int | None, in_channels: int) -> None:
+def _check_settings(
+    patch_size: int, per_image: int, seed: int, resize_width: int | None, preprocess: Preprocess
+) -> None:
     require_int("patch_size", patch_size, 1)
     require_int("per_image", per_image, 1)
     require_int("seed", seed, 0)
     if resize_width is not None:
         require_int("resize_width", resize_width, 1)
-    if not is_int(in_channels) or in_channels not in (1, 3):
-        raise UserError(f"in_channels = {in_channels!r}: patches are written as gray (1) or RGB (3)")
+        if preprocess.resize is not None:
+            raise UserError(
+                f"patches.resize_width = {resize_width} and data.resize = {list(preprocess.resize)} both resize; "
+                "set one of them to null"
+            )
+    if preprocess.in_channels not in (1, 3):
+        raise UserError(f"in_channels = {preprocess.in_channels!r}: patches are written as gray (1) or RGB (3)")
+
+
+def _stored_preprocess(preprocess: Preprocess) -> Preprocess:
+    """What is applied before patches are stored: all but ``dataset`` statistics (computed by training
+    over its share of the patches)."""
+    return preprocess if preprocess.normalize != "dataset" else replace(preprocess, mean=None, std=None)
 
 
 def _load_resized(
-    source: Path, in_channels: int, num_classes: int, resize_width: int | None, patch_size: int
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, image, mask)`` of every pair, resized to ``resize_width`` if given; every image is
-    checked to hold a patch before anything is written."""
+    source: Path, preprocess: Preprocess, resize_width: int | None, patch_size: int, cache: bool
+) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """``(name, group, image, mask)`` of every pair, normalised per image (``percentile``) and resized
+    to ``resize_width`` if given; every image is checked to hold a patch before anything is written."""
     prepared = []
-    for sample in load_pairs(source, in_channels, num_classes):
+    for sample in load_pairs(source, preprocess, cache=cache):
         image, mask = sample.image, sample.mask
+        if preprocess.normalize == "percentile":
+            image = preprocess.finish(image)
         if resize_width is not None:
             image, mask = _resize_to_width(image, mask, resize_width)
         height, width = mask.shape
@@ -127,7 +147,7 @@ def _load_resized(
                 f"{' after resizing' if resize_width else ''}) but patches are {patch_size}x"
                 f"{patch_size}; choose a smaller patch size or a larger resize width"
             )
-        prepared.append((sample.name, image, mask))
+        prepared.append((sample.name, sample.group, image, mask))
     return prepared
 
 
@@ -147,7 +167,7 @@ def _draw_windows(
 
 
 def _write_patches(
-    prepared: list[tuple[str, np.ndarray, np.ndarray]],
+    prepared: list[tuple[str, str, np.ndarray, np.ndarray]],
     out_dir: Path,
     rng: np.random.Generator,
     patch_size: int,
@@ -161,7 +181,7 @@ def _write_patches(
     records: list[dict] = []
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     windows_kept = 0
-    for name, image, mask in prepared:
+    for name, _, image, mask in prepared:
         for y, x in _draw_windows(rng, mask, patch_size, per_image, foreground_only):
             windows_kept += 1
             mask_patch = mask[y : y + patch_size, x : x + patch_size]
@@ -185,12 +205,13 @@ def extract_patches(
     resize_width: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
-    in_channels: int = 1,
-    num_classes: int = 3,
+    preprocess: Preprocess | None = None,
+    cache: bool = True,
 ) -> dict:
     """Cut random ``patch_size`` squares from every pair in ``source`` and write a patch folder.
 
-    ``source`` holds ``images/`` + ``masks/`` (see ``folders.find_pairs``). Each image is first
+    ``source`` is a data folder (``folders.find_pairs``), read and normalised as ``preprocess`` says
+    (default: ``Preprocess()``); ``dataset`` statistics are left to training. Each image is then
     resized to ``resize_width`` columns if given (image bilinear, anti-aliased when shrinking; mask
     nearest). Then ``per_image`` windows are drawn uniformly among those fully inside the image;
     with ``foreground_only`` a window is kept only if its mask has a pixel of class > 0 (so fewer
@@ -203,26 +224,27 @@ def extract_patches(
     ``masks/`` and ``manifest.json`` there are replaced).
     """
     source, out_dir = Path(source), Path(out_dir)
-    _check_settings(patch_size, per_image, seed, resize_width, in_channels)
+    preprocess = _stored_preprocess(preprocess or Preprocess())
+    _check_settings(patch_size, per_image, seed, resize_width, preprocess)
     _prepare_output(out_dir, source, overwrite)
-
-    prepared = _load_resized(source, in_channels, num_classes, resize_width, patch_size)
+    prepared = _load_resized(source, preprocess, resize_width, patch_size, cache)
     if overwrite:
         _clear_output(out_dir)
     variants = FLIPS if flips else FLIPS[:1]
     rng = np.random.default_rng(seed)
     records, class_pixels, windows_kept = _write_patches(
-        prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, num_classes
+        prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, preprocess.num_classes
     )
-    sources = {name: {"height": mask.shape[0], "width": mask.shape[1]} for name, _, mask in prepared}
+    sources = {name: {"height": m.shape[0], "width": m.shape[1], "group": group} for name, group, _, m in prepared}
     if not records:
         raise UserError(
             f"{source}: no patch kept from {len(prepared)} image(s); the masks have no foreground "
             "in any drawn window - check the masks, draw more windows or disable foreground_only"
         )
-    settings = {"patch_size": patch_size, "num_classes": num_classes, "in_channels": in_channels, "seed": seed,
+    settings = {"patch_size": patch_size, "num_classes": preprocess.num_classes,
+                "in_channels": preprocess.in_channels, "seed": seed,
                 "source": str(source), "per_image": per_image, "foreground_only": foreground_only, "flips": flips,
-                "resize_width": resize_width}  # fmt: skip
+                "resize_width": resize_width, "preprocess": preprocess.to_dict()}  # fmt: skip
     manifest = {"format": MANIFEST_FORMAT, **settings, "class_pixels": class_pixels.tolist(), "sources": sources,
                 "patches": records}  # fmt: skip
     _write_json(out_dir / MANIFEST_NAME, manifest)
@@ -276,24 +298,36 @@ def validation_count(n_sources: int, val_fraction: float) -> int:
 
 
 def split_by_source(manifest: dict, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Split patch names into ``(train_names, val_names)`` by whole source image.
+    """Split patch names into ``(train_names, val_names)`` by whole group of source images.
 
-    All patches of one source image (its windows and their flips) go to the same side, so no
-    near-copy leaks into validation. ``round(val_fraction * n_sources)`` sources go to validation,
-    at least one when ``val_fraction > 0`` and there are >= 2 sources, and never all of them (one
-    source: validation is empty). Names keep manifest order. Deterministic for a given ``seed``.
+    A group is a source image, or a subject for sources in the Kaggle layout (the manifest's
+    ``sources[name]["group"]``). All patches of one group (its windows and their flips) go to the
+    same side, so no near-copy leaks into validation. ``round(val_fraction * n_groups)`` groups go to
+    validation, at least one when ``val_fraction > 0`` and there are >= 2 groups, and never all of
+    them (one group: validation is empty). Names keep manifest order. Deterministic for a given ``seed``.
     Raises ``UserError`` unless ``0 <= val_fraction < 1`` and ``seed`` is an integer >= 0.
     """
     require_number("val_fraction", val_fraction, 0, 1, high_open=True)
     require_int("seed", seed, 0)
     patches = manifest["patches"]
-    sources = sorted({p["source"] for p in patches})
-    n_val = validation_count(len(sources), val_fraction)
-    order = np.random.default_rng(seed).permutation(len(sources))
-    val_sources = {sources[i] for i in order[:n_val]}
-    train = [p["name"] for p in patches if p["source"] not in val_sources]
-    val = [p["name"] for p in patches if p["source"] in val_sources]
+    info = manifest.get("sources") if isinstance(manifest.get("sources"), dict) else {}
+    group = {p["source"]: str((info.get(p["source"]) or {}).get("group") or p["source"]) for p in patches}
+    groups = sorted(set(group.values()))
+    n_val = validation_count(len(groups), val_fraction)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    val_groups = {groups[i] for i in order[:n_val]}
+    train = [p["name"] for p in patches if group[p["source"]] not in val_groups]
+    val = [p["name"] for p in patches if group[p["source"]] in val_groups]
     return train, val
+
+
+def manifest_preprocess(manifest: dict) -> Preprocess:
+    """How the manifest's patches were normalised before storing (``range`` for older folders)."""
+    if isinstance(manifest.get("preprocess"), dict):
+        return Preprocess.from_dict(manifest["preprocess"])
+    return Preprocess(
+        in_channels=int(manifest["in_channels"]), num_classes=int(manifest["num_classes"]), normalize="range"
+    )
 
 
 class PatchFolder(Dataset):
@@ -308,10 +342,20 @@ class PatchFolder(Dataset):
     the same manifest, so an unknown one is a programming error).
     """
 
-    def __init__(self, folder: str | Path, names: list[str] | None = None, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        names: list[str] | None = None,
+        in_channels: int = 1,
+        *,
+        standardize: tuple[list[float], list[float]] | None = None,
+        cache: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.in_channels = in_channels
+        self.standardize = standardize
+        self.reader = DecodeCache(self.folder if cache else None)
         self.num_classes = int(self.manifest["num_classes"])
         known = [p["name"] for p in self.manifest["patches"]]
         if names is None:
@@ -332,6 +376,10 @@ class PatchFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.names[index]
         image_path = self.folder / "images" / f"{name}.png"
-        image = image_to_array(read_image(image_path), self.in_channels, name=str(image_path))
-        mask = read_mask(self.folder / "masks" / f"{name}.png", self.num_classes)
+        image = image_to_array(self.reader.read(image_path), self.in_channels, name=str(image_path))
+        if self.standardize is not None:
+            mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in self.standardize)
+            image = (image - mean) / std
+        mask_path = self.folder / "masks" / f"{name}.png"
+        mask = decode_mask(self.reader.read(mask_path, mask=True), mask_path, self.num_classes)
         return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))

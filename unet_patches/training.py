@@ -308,6 +308,7 @@ def _state(run: Run) -> dict[str, Any]:
         best_epoch=run.best_epoch,
         history=run.history,
         patch_size=run.sources.patch_size,
+        preprocess=run.sources.preprocess,
         schedule=run.schedule.state_dict(),
         snapshots=run.snapshots,
     )

@@ -70,6 +70,9 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                     raise UserError(f"{where} = {value!r}: expected low <= high")
                 return tuple(items)
             return [coerce(v, args[0], where) for v in value]
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: coerce(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
     elif hint is bool:
         if isinstance(value, bool):
             return value
@@ -95,4 +98,6 @@ def describe_type(hint: Any) -> str:
         return "a pair [low, high]"
     if origin is list:
         return f"a list of {describe_type(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return f"an object of {describe_type(typing.get_args(hint)[1])} values"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))

@@ -16,15 +16,16 @@ holds more than one copy of the image; large TIFFs are also read band by band.
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from unet_patches.errors import UserError
 from unet_patches.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array, read_image
+from unet_patches.preprocess import Preprocess
 
-from .engine import TiledPredictor
-from .sources import TIFF_SUFFIXES, ArraySource, RawSource, RowSource, TiffSource, image_size
+from .merger import Band
+from .sources import TIFF_SUFFIXES, ArraySource, NormalizedSource, RawSource, RowSource, TiffSource, image_size
 from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter
 
 __all__ = [
@@ -149,20 +150,24 @@ def plan_outputs(
     return plans
 
 
-def open_image(path: Path, in_channels: int, large: bool) -> RowSource:
-    """A row source for an image file: a large TIFF is read band by band from disk, another large
-    image is kept in its stored dtype and converted band by band, a small one is converted whole."""
+def open_image(path: Path, preprocess: Preprocess, large: bool) -> RowSource:
+    """A row source of network input for an image file (without ``preprocess.resize``, which needs
+    the image whole: see ``api.Segmenter.bands``): a large TIFF is read band by band from disk,
+    another large image is kept in its stored dtype and converted band by band, a small one is
+    converted whole. Normalisation statistics come from a streaming pass (:class:`NormalizedSource`)."""
+    channels, page = preprocess.in_channels, preprocess.page
     if large and path.suffix.lower() in TIFF_SUFFIXES:
-        return TiffSource(path, in_channels)
-    if large:
-        return RawSource(read_image(path), in_channels, str(path))
-    return ArraySource(image_to_array(read_image(path), in_channels, str(path)))
+        source: RowSource = TiffSource(path, channels, page)
+    elif large:
+        source = RawSource(read_image(path, page), channels, str(path))
+    else:
+        source = ArraySource(image_to_array(read_image(path, page), channels, str(path)))
+    return source if preprocess.normalize == "range" else NormalizedSource(source, preprocess)
 
 
-def write_outputs(
-    predictor: TiledPredictor, source: RowSource, outs: dict[str, Path], large: bool, progress: bool
-) -> list[Path]:
-    """Predict ``source`` band by band into the files ``outs`` names; returns the written paths.
+def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path], large: bool) -> list[Path]:
+    """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
+    them) into the files ``outs`` names; returns the written paths.
 
     Each file goes through a temporary file that is removed if anything fails.
     """
@@ -172,11 +177,11 @@ def write_outputs(
         writers["labels"] = (TiffWriter if large else PngWriter)(outs["labels"], height, width)
         if "overlay" in outs:
             writers["overlay"] = PngWriter(outs["overlay"], height, width, channels=3)
-        for band in predictor.bands(source, probs="probs" in outs, progress=progress):
+        for band in bands:
             stop = band.start + band.labels.shape[0]
             writers["labels"].write(band.labels)
             if "overlay" in writers:
-                writers["overlay"].write(colour_overlay(source.read_rows(band.start, stop), band.labels))
+                writers["overlay"].write(colour_overlay(source.display_rows(band.start, stop), band.labels))
             if "probs" in outs:
                 assert band.probs is not None
                 if "probs" not in writers:

@@ -25,8 +25,9 @@ import tifffile
 
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, read_image
+from unet_patches.preprocess import Preprocess
 
-__all__ = ["ArraySource", "RawSource", "RowSource", "TiffSource", "image_size"]
+__all__ = ["ArraySource", "NormalizedSource", "RawSource", "RowSource", "TiffSource", "image_size"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class RowSource:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32 ``(channels, stop - start, width)`` in [0, 1]."""
         raise NotImplementedError
+
+    def display_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows to show under an overlay: as :meth:`read_rows`, before any normalisation."""
+        return self.read_rows(start, stop)
 
     def close(self) -> None:
         """Release files; the source cannot be read afterwards."""
@@ -85,6 +90,33 @@ class RawSource(RowSource):
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return image_to_array(self.raw[start:stop], self.in_channels, self.name)
+
+
+class NormalizedSource(RowSource):
+    """Another source's bands normalised as ``preprocess`` says (its step 3).
+
+    Per-image statistics (``percentile``) come from a streaming pass over the source's bands of
+    ``band_rows`` rows, so a large file is never held whole; the numbers equal those of the image in
+    memory (:func:`~unet_patches.preprocess.percentile_bounds`).
+    """
+
+    def __init__(self, source: RowSource, preprocess: Preprocess, band_rows: int = 512) -> None:
+        self.source, self.preprocess, self.band_rows = source, preprocess, band_rows
+        self.channels, self.height, self.width = source.channels, source.height, source.width
+        self.bounds = preprocess.bounds(self._bands)
+
+    def _bands(self):
+        for start in range(0, self.height, self.band_rows):
+            yield self.source.read_rows(start, min(start + self.band_rows, self.height))
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.preprocess.normalized(self.source.read_rows(start, stop), self.bounds)
+
+    def display_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.source.read_rows(start, stop)
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class _ContiguousReader:
@@ -178,18 +210,25 @@ class TiffSource(RowSource):
     Raises ``UserError`` when the file cannot be read as a single 2-D image.
     """
 
-    def __init__(self, path: str | Path, in_channels: int) -> None:
+    def __init__(self, path: str | Path, in_channels: int, page: int | None = None) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.in_channels = in_channels
         try:
             self.tif = tifffile.TiffFile(self.path)
-            page = self.tif.pages.first
-            series_shape = tuple(self.tif.series[0].shape)
+            pages = len(self.tif.pages)
+            if page is not None and not 0 <= page < pages:
+                self.tif.close()
+                raise UserError(f"{self.path}: page {page} asked for but the TIFF has {pages} page(s)")
+            chosen = self.tif.pages[page if page is not None else 0]
+            series_shape = tuple(chosen.shape) if page is not None else tuple(self.tif.series[0].shape)
+        except UserError:
+            raise
         except Exception as exc:  # tifffile raises many types for broken files
             raise UserError(
                 f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); re-save it as TIFF or PNG"
             ) from exc
+        page = chosen
         squeezed = tuple(s for s in series_shape if s != 1)
         if len(squeezed) > 3 or (len(squeezed) == 3 and min(squeezed) > 4):
             self.tif.close()
@@ -218,7 +257,7 @@ class TiffSource(RowSource):
         if not separate and page.dataoffsets and not page.is_subsampled:
             return _ChunkReader(self.tif, page)
         log.warning("%s: this TIFF layout is read whole into memory (no band-wise reading)", self.path)
-        return _WholeReader(read_image(self.path))
+        return _WholeReader(read_image(self.path, page=self.page.index))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return image_to_array(self.reader.rows(start, stop), self.in_channels, self.name)

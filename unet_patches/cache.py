@@ -1,0 +1,79 @@
+"""The decode cache: each image or mask file of a data folder decoded once, kept as a ``.npy`` file
+that later runs memory-map instead of decoding the file again.
+
+Entries live in ``<data folder>/.unet-patches-cache/``, one per file, named
+``<key>-<size>-<mtime_ns>.npy`` where ``key`` hashes the file's resolved path, whether it is read as
+a mask, and the TIFF page. A file whose size or modification time changed gets a new entry and its
+old one is removed. Entries are written through a temporary file and renamed, so a killed run never
+leaves a half-written entry. A folder that cannot be written (read-only media) is read without a
+cache, with one warning. ``data.cache: false`` (``--no-cache``) turns the cache off; deleting the
+folder is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .imageio import read_raw
+
+__all__ = ["CACHE_DIR_NAME", "DecodeCache"]
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = ".unet-patches-cache"
+
+
+class DecodeCache:
+    """Reads image files through a cache folder under ``folder`` (no cache when ``folder`` is None)."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.directory = None if folder is None else Path(folder) / CACHE_DIR_NAME
+        self.hits = 0
+        self.misses = 0
+
+    def read(self, path: str | Path, *, mask: bool = False, page: int | None = None) -> np.ndarray:
+        """The file's raw array (as :func:`~unet_patches.imageio.read_raw` returns it), memory-mapped
+        read-only from the cache when the entry is current."""
+        if self.directory is None:
+            return read_raw(path, mask=mask, page=page)
+        path = Path(path)
+        stat = path.stat() if path.is_file() else None
+        if stat is None:
+            return read_raw(path, mask=mask, page=page)  # raises its usual "not found" message
+        key = hashlib.sha1(f"{path.resolve()}|{int(mask)}|{page}".encode()).hexdigest()[:24]
+        entry = self.directory / f"{key}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+        if entry.is_file():
+            try:
+                array = np.load(entry, mmap_mode="r", allow_pickle=False)
+                self.hits += 1
+                return array
+            except (OSError, ValueError):
+                log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
+        raw = read_raw(path, mask=mask, page=page)
+        self.misses += 1
+        self._store(key, entry, raw)
+        return raw
+
+    def _store(self, key: str, entry: Path, raw: np.ndarray) -> None:
+        assert self.directory is not None
+        try:
+            self.directory.mkdir(exist_ok=True)
+            for stale in self.directory.glob(f"{key}-*.npy"):
+                stale.unlink(missing_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as f:
+                    np.save(f, np.ascontiguousarray(raw), allow_pickle=False)
+                os.replace(temporary, entry)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.warning("%s: cannot write the decode cache (%s); reading without it", self.directory, exc.strerror)
+            self.directory = None

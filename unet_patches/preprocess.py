@@ -1,0 +1,242 @@
+"""How a raw image becomes network input, the same way in training, ``predict``, ``evaluate``, the
+API and exports: :class:`Preprocess`, written into every checkpoint.
+
+The steps, in order:
+
+1. **range**: uint8 / 255, uint16 / 65535, float as is; colour averaged or gray repeated to the
+   model's channels (:func:`~unet_patches.imageio.image_to_array`);
+2. **resize** (``data.resize``: ``[H, W]`` or null): bilinear, anti-aliased when shrinking;
+3. **normalise** (``data.normalize``):
+
+   - ``range``: nothing more (step 1 only), the original system's behaviour;
+   - ``percentile`` (the default): per image, the low and high percentiles (``data.percentiles``,
+     1 and 99.8) of all its pixels map to 0 and 1, clipped to [0, 1]. A 16-bit scan that uses
+     0-3000 of 0-65535 then looks like an 8-bit image that uses its whole range, and images of
+     one set taken with different exposure look alike;
+   - ``dataset``: per channel, minus the mean and divided by the standard deviation of all
+     training pixels (computed once by :class:`DatasetStatistics`, stored in the checkpoint).
+
+Percentiles come from a 65536-bin histogram between the image's minimum and maximum, built band
+by band (:func:`percentile_bounds`), so an image streamed from disk gets exactly the numbers it
+would get in memory. Bin width is 1/65536 of the image's range, finer than 16-bit steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .imageio import image_to_array
+from .masks import hex_colour, parse_colour
+from .registry import Registry
+
+__all__ = [
+    "HISTOGRAM_BINS",
+    "NORMALIZE_MODES",
+    "DatasetStatistics",
+    "Preprocess",
+    "percentile_bounds",
+    "resize_image",
+    "resize_labels",
+    "resize_probabilities",
+]
+
+NORMALIZE_MODES = Registry(
+    "normalize mode",
+    {
+        "percentile": "per image: low/high percentiles -> 0/1, clipped",
+        "range": "by pixel type only: uint8 / 255, uint16 / 65535, float as is",
+        "dataset": "per channel: minus the training mean, divided by the training standard deviation",
+    },
+)
+
+HISTOGRAM_BINS = 65536
+
+
+def percentile_bounds(
+    bands: Callable[[], Iterable[np.ndarray]], percentiles: tuple[float, float]
+) -> tuple[float, float]:
+    """The ``(low, high)`` percentiles of every value of an image given as bands of rows.
+
+    ``bands`` is called twice (a min/max pass, then a histogram pass), each time yielding float
+    arrays whose values together are the image's. Values are located inside their histogram bin
+    by linear interpolation.
+    """
+    low = high = None
+    for band in bands():
+        if band.size:
+            low = float(band.min()) if low is None else min(low, float(band.min()))
+            high = float(band.max()) if high is None else max(high, float(band.max()))
+    if low is None or high is None:
+        raise ValueError("percentile_bounds: the image has no pixels")
+    if high <= low:
+        return low, high
+    counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+    for band in bands():
+        counts += np.histogram(band, bins=HISTOGRAM_BINS, range=(low, high))[0]
+    cumulative = np.cumsum(counts)
+    total = cumulative[-1]
+    width = (high - low) / HISTOGRAM_BINS
+    bounds = []
+    for q in percentiles:
+        rank = q / 100.0 * total
+        index = int(np.searchsorted(cumulative, rank, side="left"))
+        index = min(index, HISTOGRAM_BINS - 1)
+        before = cumulative[index - 1] if index else 0
+        inside = (rank - before) / counts[index] if counts[index] else 0.0
+        bounds.append(low + (index + min(max(inside, 0.0), 1.0)) * width)
+    return bounds[0], bounds[1]
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 ``(C, H, W)`` -> ``(C, *size)``: bilinear, area-averaged (antialias) when shrinking."""
+    if tuple(image.shape[1:]) == tuple(size):
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
+    shrinking = size[0] < image.shape[1] or size[1] < image.shape[2]
+    out = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
+    return out[0].numpy()
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W)`` class indices -> ``size`` by nearest neighbour (no new values)."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    tensor = torch.from_numpy(np.ascontiguousarray(labels))[None, None]
+    return F.interpolate(tensor, size=tuple(size), mode="nearest-exact")[0, 0].numpy()
+
+
+def resize_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 ``(K, h, w)`` probabilities -> ``(K, *size)`` bilinearly (mapping a prediction on a
+    resized image back to the original's size before the argmax)."""
+    if tuple(probs.shape[1:]) == tuple(size):
+        return probs
+    tensor = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None]
+    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[0].numpy()
+
+
+class DatasetStatistics:
+    """Per-channel mean and standard deviation over many images, accumulated in float64."""
+
+    def __init__(self, channels: int) -> None:
+        self.count = 0
+        self.sums = np.zeros(channels, dtype=np.float64)
+        self.squares = np.zeros(channels, dtype=np.float64)
+
+    def add(self, image: np.ndarray) -> None:
+        """Add a float ``(C, H, W)`` image (or band)."""
+        flat = image.reshape(image.shape[0], -1).astype(np.float64)
+        self.count += flat.shape[1]
+        self.sums += flat.sum(axis=1)
+        self.squares += np.square(flat).sum(axis=1)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        if not self.count:
+            raise ValueError("DatasetStatistics: no pixels were added")
+        mean = self.sums / self.count
+        variance = np.maximum(self.squares / self.count - np.square(mean), 0.0)
+        std = np.maximum(np.sqrt(variance), 1e-6)
+        return [float(m) for m in mean], [float(s) for s in std]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Everything that turns a raw image into network input and a raw mask into class indices.
+
+    ``mask_values`` / ``mask_colors`` are the mask tables of ``data`` (see
+    :func:`~unet_patches.imageio.read_mask`); ``mean`` / ``std`` are set for ``dataset``
+    normalisation once computed; ``page`` picks a page of multi-page TIFFs.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 3
+    normalize: str = "percentile"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: tuple[int, int] | None = None
+    page: int | None = None
+    mask_values: dict[int, int] | None = None
+    mask_colors: dict[tuple[int, int, int], int] | None = None
+
+    def __post_init__(self) -> None:
+        NORMALIZE_MODES.check(self.normalize, "data.normalize")
+
+    # --- checkpoint form ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON- and ``torch.load(weights_only=True)``-safe: lists and string-keyed dicts only."""
+        values = asdict(self)
+        values["percentiles"] = list(self.percentiles)
+        for key in ("mean", "std", "resize"):
+            values[key] = None if values[key] is None else list(values[key])
+        if self.mask_values is not None:
+            values["mask_values"] = {str(k): v for k, v in self.mask_values.items()}
+        if self.mask_colors is not None:
+            values["mask_colors"] = {hex_colour(k): v for k, v in self.mask_colors.items()}
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocess:
+        values = dict(values)
+        values["percentiles"] = tuple(values.get("percentiles", (1.0, 99.8)))
+        for key in ("mean", "std", "resize"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if values.get("mask_values") is not None:
+            values["mask_values"] = {int(k): int(v) for k, v in values["mask_values"].items()}
+        if values.get("mask_colors") is not None:
+            values["mask_colors"] = {parse_colour(k): int(v) for k, v in values["mask_colors"].items()}
+        return cls(**values)
+
+    def with_statistics(self, mean: list[float], std: list[float]) -> Preprocess:
+        return replace(self, mean=tuple(mean), std=tuple(std))
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def scaled(self, raw: np.ndarray, name: str = "image") -> np.ndarray:
+        """Steps 1 and 2: the raw ``(H, W)`` / ``(H, W, C)`` image as float32 ``(C, H, W)``, resized."""
+        image = image_to_array(raw, self.in_channels, name)
+        return image if self.resize is None else resize_image(image, self.resize)
+
+    def bounds(self, bands: Callable[[], Iterable[np.ndarray]]) -> tuple[float, float] | None:
+        """The per-image statistics ``percentile`` needs (None for the other modes)."""
+        if self.normalize != "percentile":
+            return None
+        return percentile_bounds(bands, self.percentiles)
+
+    def normalized(self, image: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+        """Step 3 on a scaled image or band, given the image's :meth:`bounds`."""
+        if self.normalize == "percentile":
+            assert bounds is not None, "percentile normalisation needs the image's bounds"
+            low, high = bounds
+            scale = 1.0 / (high - low) if high > low else 1.0
+            return np.clip((image - np.float32(low)) * np.float32(scale), 0.0, 1.0).astype(np.float32, copy=False)
+        if self.normalize == "dataset":
+            if self.mean is None or self.std is None:
+                raise ValueError("dataset normalisation used before its statistics were computed")
+            mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+            std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+            return ((image - mean) / std).astype(np.float32, copy=False)
+        return image
+
+    def finish(self, scaled: np.ndarray) -> np.ndarray:
+        """Step 3 on a whole scaled image in memory."""
+        return self.normalized(scaled, self.bounds(lambda: [scaled]))
+
+    def image(self, raw: np.ndarray, name: str = "image") -> np.ndarray:
+        """All three steps on an image in memory: float32 ``(in_channels, H', W')``."""
+        return self.finish(self.scaled(raw, name))
+
+    def describe(self) -> str:
+        text = {"percentile": f"percentile {self.percentiles[0]:g}-{self.percentiles[1]:g} per image",
+                "range": "by pixel type (uint8 / 255, uint16 / 65535)",
+                "dataset": "dataset mean/std"}[self.normalize]  # fmt: skip
+        if self.resize is not None:
+            text += f", resized to {self.resize[0]}x{self.resize[1]}"
+        return text
