@@ -103,7 +103,8 @@ def ddp_run(tmp_path_factory):
     params.write_text(
         json.dumps(
             {
-                "data": {"root": str(root)},
+                # No decode cache: the audit follows which patch PNGs each rank reads.
+                "data": {"root": str(root), "cache": False},
                 "patches": {"patch_size": 32},
                 "model": {"base_width": 4, "depth": 2},
                 # Cross-entropy is a mean over pixels, so its value does not depend on how samples are batched

@@ -6,7 +6,8 @@ Entries live in ``<data folder>/.unet-patches-cache/``, one per file, named
 a mask, and the TIFF page. A file whose size or modification time changed gets a new entry and its
 old one is removed. Entries are written through a temporary file and renamed, so a killed run never
 leaves a half-written entry. A folder that cannot be written (read-only media) is read without a
-cache, with one warning. ``data.cache: false`` (``--no-cache``) turns the cache off; deleting the
+cache, with one warning. Under ``torchrun`` only rank 0 writes entries (the others decode what is
+missing and use what is there), so no two processes write one entry. ``data.cache: false`` (``--no-cache``) turns the cache off; deleting the
 folder is always safe.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .imageio import read_raw
+from .runtime import is_main_process
 
 __all__ = ["CACHE_DIR_NAME", "DecodeCache"]
 
@@ -57,7 +59,8 @@ class DecodeCache:
                 log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
         raw = read_raw(path, mask=mask, page=page)
         self.misses += 1
-        self._store(key, entry, raw)
+        if is_main_process():
+            self._store(key, entry, raw)
         return raw
 
     def _store(self, key: str, entry: Path, raw: np.ndarray) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from unet_patches.errors import UserError
 from unet_patches.imageio import write_png
 from unet_patches.validate import require_int, require_number, require_pair
 
-__all__ = ["CLASS_NAMES", "SyntheticSpec", "generate_dataset", "generate_sample"]
+__all__ = ["generate_kaggle_layout", "CLASS_NAMES", "SyntheticSpec", "generate_dataset", "generate_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,15 @@ def generate_dataset(
     seed: int = 0,
     spec: SyntheticSpec = SyntheticSpec(),
     overwrite: bool = False,
+    bit_depth: int = 8,
+    max_value: int | None = None,
 ) -> dict:
     """Write ``n_train`` + ``n_test`` synthetic pairs under ``out_dir``.
 
-    Layout: ``out_dir/{train,test}/images/NNNN.png`` (8-bit gray) and
-    ``out_dir/{train,test}/masks/NNNN.png`` (single-channel class indices), numbered from 0000.
+    Layout: ``out_dir/{train,test}/images/NNNN.png`` (8-bit gray, or 16-bit with ``bit_depth=16``)
+    and ``out_dir/{train,test}/masks/NNNN.png`` (single-channel class indices), numbered from 0000.
+    Gray values in [0, 1] are stored as ``round(value * max_value)`` (default: the type's maximum;
+    e.g. 3000 for a 16-bit scan that uses a small part of its range).
     Train and test come from independent streams ``default_rng([seed, 0])`` and
     ``default_rng([seed, 1])``, so changing ``n_train`` does not change the test images.
 
@@ -178,6 +182,7 @@ def generate_dataset(
     if n_train + n_test == 0:
         raise UserError("n_train = 0 and n_test = 0: nothing to generate; ask for at least one image")
     require_int("seed", seed, 0)
+    encode = _encoder(bit_depth, max_value)
     _prepare_output(out_dir, overwrite)
 
     class_pixels = np.zeros(len(CLASS_NAMES), dtype=np.int64)
@@ -191,7 +196,7 @@ def generate_dataset(
         for index in range(count):
             image, mask = generate_sample(rng, spec)
             name = f"{index:0{digits}d}.png"
-            write_png(out_dir / split / "images" / name, np.round(image * 255).astype(np.uint8))
+            write_png(out_dir / split / "images" / name, encode(image))
             write_png(out_dir / split / "masks" / name, mask)
             class_pixels += np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))
         log.info("wrote %d %s pairs to %s", count, split, out_dir / split)
@@ -206,3 +211,62 @@ def generate_dataset(
         "class_shares": (class_pixels / total).tolist(),
         "spec": asdict(spec),
     }
+
+
+def _encoder(bit_depth: int, max_value: int | None):
+    """float [0, 1] -> stored integers: ``round(value * max_value)`` as uint8 or uint16."""
+    if bit_depth not in (8, 16):
+        raise UserError(f"bit depth {bit_depth!r}: expected 8 or 16")
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    top = int(np.iinfo(dtype).max)
+    scale = top if max_value is None else max_value
+    require_int("max_value", scale, 1)
+    if scale > top:
+        raise UserError(f"max value {scale}: a {bit_depth}-bit image holds at most {top}")
+    return lambda image: np.round(image * scale).astype(dtype)
+
+
+def generate_kaggle_layout(
+    out_dir: str | Path,
+    subjects: int = 5,
+    per_subject: int = 4,
+    n_test: int = 4,
+    seed: int = 0,
+    spec: SyntheticSpec = SyntheticSpec(height=420, width=580),
+    overwrite: bool = False,
+) -> dict:
+    """Write a two-class synthetic set in the Kaggle ultrasound-nerve layout.
+
+    ``out_dir/train/<subject>_<n>.tif`` (8-bit gray) with ``out_dir/train/<subject>_<n>_mask.tif``
+    (0 background, 255 foreground: every shape) for subjects 1.. and images 1.., and
+    ``out_dir/test/<id>.tif`` for ids 1..``n_test``. Each subject has its own background brightness
+    (drawn once per subject inside ``spec.background_mean``), so images of one subject look alike
+    and a split that mixes subjects would flatter the validation score.
+    """
+    out_dir = Path(out_dir)
+    spec.validate()
+    require_int("subjects", subjects, 1)
+    require_int("per_subject", per_subject, 1)
+    require_int("n_test", n_test, 0)
+    _prepare_output(out_dir, overwrite)
+    import tifffile
+
+    rng = np.random.default_rng([seed, 2])
+    foreground = 0
+    for subject in range(1, subjects + 1):
+        level = _uniform(rng, spec.background_mean)
+        subject_spec = replace(spec, background_mean=(level, level))
+        for n in range(1, per_subject + 1):
+            image, mask = generate_sample(rng, subject_spec)
+            binary = np.where(mask > 0, 255, 0).astype(np.uint8)
+            foreground += int((mask > 0).sum())
+            (out_dir / "train").mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(out_dir / "train" / f"{subject}_{n}.tif", np.round(image * 255).astype(np.uint8))
+            tifffile.imwrite(out_dir / "train" / f"{subject}_{n}_mask.tif", binary)
+    for index in range(1, n_test + 1):
+        image, _ = generate_sample(rng, spec)
+        (out_dir / "test").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(out_dir / "test" / f"{index}.tif", np.round(image * 255).astype(np.uint8))
+    total = subjects * per_subject * spec.height * spec.width
+    return {"out_dir": str(out_dir), "subjects": subjects, "train": subjects * per_subject, "test": n_test,
+            "foreground_share": foreground / total}  # fmt: skip

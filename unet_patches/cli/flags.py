@@ -13,6 +13,7 @@ from ..config import Config, load_config
 __all__ = [
     "DEFAULT_PARAMS",
     "Parser",
+    "add_data_settings",
     "add_params",
     "config_from_args",
     "overrides_from",
@@ -41,6 +42,27 @@ def switch(parser: argparse.ArgumentParser, flag: str, *, key: str, value: bool,
     parser.add_argument(flag, dest=key, action="store_const", const=value, default=argparse.SUPPRESS, help=help)
 
 
+def add_data_settings(parser: argparse.ArgumentParser) -> None:
+    """The flags of the ``data`` settings that say how files are read (train, patches, inspect)."""
+    from ..preprocess import NORMALIZE_MODES
+
+    setting(parser, "--normalize", key="data.normalize", choices=NORMALIZE_MODES.names, help="image normalisation")
+    setting(
+        parser,
+        "--percentiles",
+        key="data.percentiles",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="percentiles mapped to 0 and 1 by --normalize percentile",
+    )
+    setting(parser, "--resize", key="data.resize", type=int, nargs=2, metavar=("H", "W"), help="resize images on load")
+    setting(parser, "--page", key="data.page", type=int, help="page of multi-page TIFFs, from 0")
+    setting(parser, "--classes", key="data.num_classes", type=int, help="number of classes (background included)")
+    setting(parser, "--channels", key="data.in_channels", type=int, help="input channels (1 gray, 3 colour)")
+    switch(parser, "--no-cache", key="data.cache", value=False, help="decode files every time (no decode cache)")
+
+
 def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The settings flags that were given, as ``{section: {key: value}}``."""
     overrides: dict[str, dict[str, Any]] = {}
@@ -48,6 +70,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if "." in dest:
             section, key = dest.split(".", 1)
             overrides.setdefault(section, {})[key] = list(value) if isinstance(value, list) else value
+    data = overrides.get("data", {})
+    # --classes / --channels set the model's counts too (they must agree).
+    for key in ("num_classes", "in_channels"):
+        if key in data:
+            overrides.setdefault("model", {}).setdefault(key, data[key])
+    if "num_classes" in data and "class_names" not in data:
+        data["class_names"] = None  # the file's names are for its own number of classes
     return overrides
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .flags import add_params, config_from_args, setting, switch
+from .flags import add_data_settings, add_params, config_from_args, setting, switch
 
 __all__ = ["add_generate", "add_patches"]
 
@@ -47,18 +47,42 @@ def add_generate(sub: Any) -> None:
         help="background mean range",
     )
     setting(p, "--noise-std", key="synthetic.noise_std", type=float, help="background noise standard deviation")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per image pixel (masks stay 8-bit)")
+    p.add_argument(
+        "--max-value",
+        type=int,
+        default=None,
+        help="stored value of white (default: 255 or 65535); e.g. 3000 mimics a 16-bit scan using a part of its range",
+    )
+    p.add_argument(
+        "--kaggle",
+        action="store_true",
+        help="write the Kaggle ultrasound-nerve layout instead: train/<subject>_<n>.tif + _mask.tif (0/255), "
+        "test/<id>.tif; n-train images over 5 subjects",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace train/ and test/ in a non-empty output folder")
     add_params(p)
     p.set_defaults(run=_generate)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ..synthetic import generate_dataset
+    from ..synthetic import generate_dataset, generate_kaggle_layout
 
     config = config_from_args(args)
     s = config.synthetic
     out = Path(args.out) if args.out else Path(config.data.root) / "synthetic"
-    summary = generate_dataset(out, overwrite=args.overwrite, **s.dataset_options())
+    if args.kaggle:
+        subjects = min(5, max(1, s.n_train))
+        summary = generate_kaggle_layout(
+            out, subjects, max(1, s.n_train // subjects), s.n_test, s.seed, s.spec(), overwrite=args.overwrite
+        )
+        print(
+            f"wrote {summary['train']} training images of {subjects} subjects and {summary['test']} test images "
+            f"to {out} in the Kaggle layout (foreground {100 * summary['foreground_share']:.1f} %)"
+        )
+        return 0
+    options = {**s.dataset_options(), "bit_depth": args.bit_depth, "max_value": args.max_value}
+    summary = generate_dataset(out, overwrite=args.overwrite, **options)
     shares = ", ".join(f"{n} {100 * v:.1f} %" for n, v in zip(summary["class_names"], summary["class_shares"]))
     print(f"wrote {s.n_train} training and {s.n_test} test images to {out} ({shares})")
     return 0
@@ -72,7 +96,9 @@ def add_patches(sub: Any) -> None:
         "each in 4 flip variants as OUT/images/pN.png + OUT/masks/pN.png, with "
         "OUT/manifest.json recording each patch's source image.",
     )
-    p.add_argument("source", help="folder with images/ and masks/ (e.g. data/synthetic/train)")
+    p.add_argument(
+        "source", help="data folder: images/ + masks/ (e.g. data/synthetic/train), or X.tif + X_mask.tif (Kaggle)"
+    )
     p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/patches_s<size>)")
     setting(p, "-s", "--size", key="patches.patch_size", type=int, help="patch size")
     setting(p, "-n", "--per-image", key="patches.per_image", type=int, help="random windows per image")
@@ -86,6 +112,7 @@ def add_patches(sub: Any) -> None:
         help="resize images to this width first (the original used 256)",
     )
     setting(p, "--seed", key="patches.seed", type=int, help="random seed")
+    add_data_settings(p)
     p.add_argument("--overwrite", action="store_true", help="replace patches in a non-empty output folder")
     add_params(p)
     p.set_defaults(run=_patches)

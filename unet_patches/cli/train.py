@@ -11,7 +11,7 @@ from ..losses import LOSSES
 from ..models import MODELS
 from ..optim import OPTIMIZERS, SCHEDULES
 from ..runtime import PRECISIONS
-from .flags import add_params, config_from_args, overrides_from, setting
+from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting
 
 __all__ = ["add_train", "add_train_arguments", "run_train"]
 
@@ -64,6 +64,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="linear warm-up over this fraction of the run (0: none)",
     )
     setting(p, "--seed", key="training.seed", type=int, help="random seed")
+    add_data_settings(p)
     setting(p, "--workers", key="training.num_workers", type=int, help="DataLoader worker processes")
     setting(
         p,
