@@ -7,8 +7,8 @@ a mask, and the TIFF page. A file whose size or modification time changed gets a
 old one is removed. Entries are written through a temporary file and renamed, so a killed run never
 leaves a half-written entry. A folder that cannot be written (read-only media) is read without a
 cache, with one warning. Under ``torchrun`` only rank 0 writes entries (the others decode what is
-missing and use what is there), so no two processes write one entry. ``data.cache: false`` (``--no-cache``) turns the cache off; deleting the
-folder is always safe.
+missing and use what is there), so no two processes write one entry. ``data.cache: false``
+(``--no-cache``) turns the cache off; deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .imageio import read_raw
-from .runtime import is_main_process
 
 __all__ = ["CACHE_DIR_NAME", "DecodeCache"]
 
@@ -59,7 +59,7 @@ class DecodeCache:
                 log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
         raw = read_raw(path, mask=mask, page=page)
         self.misses += 1
-        if is_main_process():
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             self._store(key, entry, raw)
         return raw
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .augment import AUGMENT_OPS, probabilities
 from .errors import UserError
 from .losses import LOSSES
 from .masks import parse_colour
@@ -71,11 +72,14 @@ class DataConfig:
 
     def preprocess(self) -> Preprocess:
         """How these settings turn files into network input (dataset statistics not yet computed)."""
+        for name in ("mask_values", "mask_colors"):
+            if getattr(self, name) == {}:
+                raise UserError(f"data.{name} is empty; give one entry per value found in the masks, or null")
         values = None
         if self.mask_values is not None:
             values = {}
             for key, index in self.mask_values.items():
-                if not key.strip().isdigit():
+                if not (key.strip().isascii() and key.strip().isdecimal()):
                     raise UserError(f'data.mask_values key {key!r}: expected a gray level such as "255"')
                 values[int(key)] = index
         colors = None
@@ -222,6 +226,28 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Strong on-the-fly augmentation of training batches (:mod:`unet_patches.augment`): a preset, and
+    per-operation probabilities that override the preset's (null: the preset's value)."""
+
+    preset: str = "flips"
+    rotate: float | None = None
+    scale: float | None = None
+    elastic: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    gamma: float | None = None
+    noise: float | None = None
+    blur: float | None = None
+
+    def overrides(self) -> dict[str, float | None]:
+        return {op: getattr(self, op) for op in AUGMENT_OPS}
+
+    def check(self) -> None:
+        probabilities(self.preset, self.overrides())
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     """Sliding-window inference (``unet-patches predict`` / ``evaluate``)."""
 
@@ -261,11 +287,17 @@ class Config:
     patches: PatchConfig = field(default_factory=PatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def check(self) -> Config:
-        for section in (self.data, self.synthetic, self.patches, self.training, self.inference):
+        for section in (self.data, self.synthetic, self.patches, self.training, self.augment, self.inference):
             section.check()
+        if self.data.resize is not None and self.patches.resize_width is not None:
+            raise UserError(
+                f"data.resize = {self.data.resize} and patches.resize_width = {self.patches.resize_width} both resize; "
+                "set one of them to null"
+            )
         check_config(self.model)
         multiple = input_size_multiple(self.model)
         if self.patches.patch_size % multiple:
@@ -388,6 +420,7 @@ def _section_names() -> list[str]:
 
 
 __all__ = [
+    "AugmentConfig",
     "Config",
     "DataConfig",
     "InferenceConfig",

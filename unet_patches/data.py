@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from . import runtime
 from .class_weights import class_pixel_counts, median_frequency_weights
 from .errors import UserError
-from .folders import load_pairs
+from .folders import is_data_folder, load_pairs
+from .inspection import check_folder
 from .patches import PatchFolder, manifest_preprocess, read_manifest, split_by_source, validation_count
 from .preprocess import DatasetStatistics, Preprocess
 from .sampling import FixedWindows, RandomPatches
@@ -59,12 +60,15 @@ def make_datasets(config: Config) -> DataSources:
     """
     folder = resolve_folder(config)
     if (folder / "manifest.json").is_file():
+        check_folder(folder, config)
         return _patch_folder(config, folder)
-    if (folder / "images").is_dir() or (folder / "masks").is_dir():
+    if is_data_folder(folder):
+        check_folder(folder, config)  # every problem of the folder at once, before any training
         return _image_folder(config, folder)
     raise UserError(
-        f"{folder}: found neither manifest.json (a patch folder) nor images/ and masks/ (full images); "
-        f"make patches with `unet-patches patches SOURCE -o {folder}` or point -f at an images/+masks/ folder"
+        f"{folder}: found neither manifest.json (a patch folder) nor images/ and masks/ (full images) nor "
+        f"X.tif + X_mask.tif files (Kaggle layout); make patches with `unet-patches patches SOURCE -o {folder}` "
+        "or point -f at a data folder"
     )
 
 

@@ -20,7 +20,17 @@ from unet_patches.imageio import IMAGE_SUFFIXES
 from unet_patches.masks import decode_mask
 from unet_patches.preprocess import Preprocess, resize_labels
 
-__all__ = ["Matching", "Pair", "Sample", "find_pairs", "group_of", "load_pair", "load_pairs", "match_pairs"]
+__all__ = [
+    "Matching",
+    "Pair",
+    "Sample",
+    "find_pairs",
+    "group_of",
+    "is_data_folder",
+    "load_pair",
+    "load_pairs",
+    "match_pairs",
+]
 
 _IMG_N = re.compile(r"^img[_-]?(\d+)$", re.IGNORECASE)
 _MASK_N = re.compile(r"^mask[_-]?(\d+)$", re.IGNORECASE)
@@ -44,6 +54,7 @@ class Sample:
     image: np.ndarray
     mask: np.ndarray
     group: str = ""
+    dtype: str = "uint8"  # the file's pixel type
 
 
 def _natural_key(text: str) -> list[tuple[int, int, str]]:
@@ -90,6 +101,14 @@ def _layout(folder: Path) -> tuple[str, Path, Path]:
         if candidate.is_dir() and any(p.stem.endswith(MASK_SUFFIX) for p in _image_files(candidate)):
             return "kaggle", candidate, candidate
     return "images-masks", folder / "images", folder / "masks"
+
+
+def is_data_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` looks like a data folder: ``images/`` or ``masks/`` in it, or the Kaggle layout."""
+    folder = Path(folder)
+    return folder.is_dir() and (
+        _layout(folder)[0] == "kaggle" or (folder / "images").is_dir() or (folder / "masks").is_dir()
+    )
 
 
 def group_of(name: str, layout: str) -> str:
@@ -218,7 +237,7 @@ def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = No
     image = preprocess.scaled(raw, str(pair.image))
     if preprocess.resize is not None:
         mask = resize_labels(mask, preprocess.resize)
-    return Sample(name=pair.name, image=image, mask=mask, group=pair.group)
+    return Sample(name=pair.name, image=image, mask=mask, group=pair.group, dtype=str(raw.dtype))
 
 
 def load_pairs(folder: str | Path, preprocess: Preprocess, *, cache: bool = True) -> list[Sample]:

@@ -30,6 +30,7 @@ __all__ = [
     "image_to_array",
     "read_image",
     "read_raw",
+    "tiff_page",
     "write_png",
 ]
 
@@ -82,18 +83,31 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path}: is not a file; give the path of an image file")
 
 
-def _read_tiff(path: Path, page: int | None = None) -> np.ndarray:
+def tiff_page(tif: tifffile.TiffFile, page: int | None, path: Path, *, single_page_ok: bool = False) -> int:
+    """The index of the page to read from an open TIFF.
+
+    A file with more than one full-resolution page (a stack) needs ``page``; reduced-resolution
+    pages of a pyramid do not count. With ``single_page_ok`` (masks) a one-page file is read whatever
+    ``page`` says. Raises ``UserError`` naming the file otherwise.
+    """
+    full = [i for i, p in enumerate(tif.pages) if not getattr(p, "is_reduced", False)]
+    if page is None or (single_page_ok and len(full) == 1):
+        if len(full) > 1:
+            raise UserError(
+                f"{path}: TIFF holds {len(full)} pages (a stack); choose one with data.page (--page N, counted "
+                "from 0) or save each page as its own file"
+            )
+        return full[0] if full else 0
+    if not 0 <= page < len(tif.pages):
+        count = len(tif.pages)
+        raise UserError(f"{path}: page {page} asked for (data.page) but the TIFF has {count} page(s), 0..{count - 1}")
+    return page
+
+
+def _read_tiff(path: Path, page: int | None = None, single_page_ok: bool = False) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = len(tif.pages)
-            if page is None and pages > 1 and len(tif.series) == 1 and tif.series[0].shape[0] == pages:
-                raise UserError(
-                    f"{path}: TIFF holds {pages} pages (a stack); choose one with data.page (--page N, counted "
-                    "from 0) or save each page as its own file"
-                )
-            if page is not None and not 0 <= page < pages:
-                raise UserError(f"{path}: page {page} asked for but the TIFF has {pages} page(s) (0..{pages - 1})")
-            array = np.asarray(tif.pages[page].asarray() if page is not None else tif.asarray())
+            array = np.asarray(tif.pages[tiff_page(tif, page, path, single_page_ok=single_page_ok)].asarray())
     except UserError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
@@ -157,7 +171,7 @@ def read_raw(path: str | Path, *, mask: bool = False, page: int | None = None) -
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        return _read_tiff(path, page)
+        return _read_tiff(path, page, single_page_ok=mask)
     try:
         with Image.open(path) as image:
             image.load()

@@ -33,9 +33,11 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     bar: Any = None,
     after_step: Callable[[], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> float:
     """Train until the loader is exhausted or ``progress`` says the run is done; ``after_step`` is
-    called after each optimizer step.
+    called after each optimizer step; ``augment`` (e.g. :class:`~unet_patches.augment.BatchAugmenter`)
+    changes each batch on the device before the forward pass.
 
     Returns the mean training loss over this rank's steps (reduced over ranks).
     """
@@ -47,8 +49,10 @@ def train_one_epoch(
         if progress.done():
             break
         set_lr(progress.fraction())
-        images = images.to(device, non_blocking=True).contiguous(memory_format=_memory_format(precision))
-        masks = masks.to(device, non_blocking=True)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        if augment is not None:
+            images, masks = augment(images, masks)
+        images = images.contiguous(memory_format=_memory_format(precision))
         with precision.autocast(device):
             logits = model(images)
         loss = loss_fn(logits, masks)

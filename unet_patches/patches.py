@@ -2,7 +2,8 @@
 
 A patch folder (docs/ORIGINAL.md 1.2) looks like::
 
-    out_dir/images/p0.png ...   8-bit gray (or RGB when in_channels == 3)
+    out_dir/images/p0.png ...   8-bit gray (or RGB when in_channels == 3; 16-bit gray for deeper
+                                sources not stretched by percentile normalisation)
     out_dir/masks/p0.png ...    single-channel class indices
     out_dir/manifest.json       settings, per-class pixel counts and one record per patch
 
@@ -71,10 +72,18 @@ def _resize_to_width(image: np.ndarray, mask: np.ndarray, width: int) -> tuple[n
     return np.moveaxis(image, -1, 0).astype(np.float32), mask.astype(np.uint8)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """float ``(C, h, w)`` in [0, 1] -> uint8 ``(h, w)`` (gray) or ``(h, w, C)``."""
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+def _to_stored(image: np.ndarray, bits: int) -> np.ndarray:
+    """float ``(C, h, w)`` in [0, 1] -> uint8 (or uint16 for ``bits=16``) ``(h, w)`` (gray) or ``(h, w, C)``."""
+    dtype = np.uint8 if bits == 8 else np.uint16
+    pixels = np.round(np.clip(image, 0.0, 1.0) * float(np.iinfo(dtype).max)).astype(dtype)
     return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+
+
+def _stored_bits(sample_dtype: str, preprocess: Preprocess, channels: int) -> int:
+    """8-bit patches, unless the source has more than 8 bits and is not stretched by ``percentile``
+    (then a 16-bit scan using 0-3000 would keep only 12 gray levels). PNG holds 16-bit gray only."""
+    deep = sample_dtype not in ("uint8", "bool")
+    return 16 if deep and preprocess.normalize != "percentile" and channels == 1 else 8
 
 
 def _prepare_output(out_dir: Path, source: Path, overwrite: bool) -> None:
@@ -130,7 +139,7 @@ def _stored_preprocess(preprocess: Preprocess) -> Preprocess:
 
 def _load_resized(
     source: Path, preprocess: Preprocess, resize_width: int | None, patch_size: int, cache: bool
-) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+) -> list[tuple[str, str, np.ndarray, np.ndarray, int]]:
     """``(name, group, image, mask)`` of every pair, normalised per image (``percentile``) and resized
     to ``resize_width`` if given; every image is checked to hold a patch before anything is written."""
     prepared = []
@@ -147,7 +156,9 @@ def _load_resized(
                 f"{' after resizing' if resize_width else ''}) but patches are {patch_size}x"
                 f"{patch_size}; choose a smaller patch size or a larger resize width"
             )
-        prepared.append((sample.name, sample.group, image, mask))
+        prepared.append(
+            (sample.name, sample.group, image, mask, _stored_bits(sample.dtype, preprocess, image.shape[0]))
+        )
     return prepared
 
 
@@ -167,7 +178,7 @@ def _draw_windows(
 
 
 def _write_patches(
-    prepared: list[tuple[str, str, np.ndarray, np.ndarray]],
+    prepared: list[tuple[str, str, np.ndarray, np.ndarray, int]],
     out_dir: Path,
     rng: np.random.Generator,
     patch_size: int,
@@ -181,7 +192,7 @@ def _write_patches(
     records: list[dict] = []
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     windows_kept = 0
-    for name, _, image, mask in prepared:
+    for name, _, image, mask, bits in prepared:
         for y, x in _draw_windows(rng, mask, patch_size, per_image, foreground_only):
             windows_kept += 1
             mask_patch = mask[y : y + patch_size, x : x + patch_size]
@@ -189,7 +200,7 @@ def _write_patches(
             image_patch = image[:, y : y + patch_size, x : x + patch_size]
             for kind in variants:
                 patch = f"p{len(records)}"
-                write_png(out_dir / "images" / f"{patch}.png", _to_uint8(flip(image_patch, kind)))
+                write_png(out_dir / "images" / f"{patch}.png", _to_stored(flip(image_patch, kind), bits))
                 write_png(out_dir / "masks" / f"{patch}.png", np.ascontiguousarray(flip(mask_patch, kind)))
                 records.append({"name": patch, "source": name, "y": y, "x": x, "flip": kind})
     return records, class_pixels, windows_kept
@@ -235,7 +246,7 @@ def extract_patches(
     records, class_pixels, windows_kept = _write_patches(
         prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, preprocess.num_classes
     )
-    sources = {name: {"height": m.shape[0], "width": m.shape[1], "group": group} for name, group, _, m in prepared}
+    sources = {name: {"height": m.shape[0], "width": m.shape[1], "group": group} for name, group, _, m, _ in prepared}
     if not records:
         raise UserError(
             f"{source}: no patch kept from {len(prepared)} image(s); the masks have no foreground "

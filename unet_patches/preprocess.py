@@ -64,8 +64,9 @@ def percentile_bounds(
     """The ``(low, high)`` percentiles of every value of an image given as bands of rows.
 
     ``bands`` is called twice (a min/max pass, then a histogram pass), each time yielding float
-    arrays whose values together are the image's. Values are located inside their histogram bin
-    by linear interpolation.
+    arrays whose values together are the image's. As ``numpy.percentile``, the result interpolates
+    between the values ranked just below and above ``q (N - 1)``; each of those is placed inside its
+    histogram bin by its rank there, so the result is within one bin width of numpy's.
     """
     low = high = None
     for band in bands():
@@ -80,16 +81,23 @@ def percentile_bounds(
     for band in bands():
         counts += np.histogram(band, bins=HISTOGRAM_BINS, range=(low, high))[0]
     cumulative = np.cumsum(counts)
-    total = cumulative[-1]
     width = (high - low) / HISTOGRAM_BINS
+
+    def kth(k: int) -> float:
+        # The k-th smallest value (from 0): its bin, and its place among the bin's values.
+        if k in (0, int(cumulative[-1]) - 1):
+            return low if k == 0 else high
+        index = int(np.searchsorted(cumulative, k + 1, side="left"))
+        before = cumulative[index - 1] if index else 0
+        return low + (index + (k - before + 0.5) / counts[index]) * width
+
     bounds = []
     for q in percentiles:
-        rank = q / 100.0 * total
-        index = int(np.searchsorted(cumulative, rank, side="left"))
-        index = min(index, HISTOGRAM_BINS - 1)
-        before = cumulative[index - 1] if index else 0
-        inside = (rank - before) / counts[index] if counts[index] else 0.0
-        bounds.append(low + (index + min(max(inside, 0.0), 1.0)) * width)
+        # As numpy's default ("linear"): rank q (N - 1), between the values ranked below and above.
+        rank = q / 100.0 * (int(cumulative[-1]) - 1)
+        below = int(np.floor(rank))
+        above = min(below + 1, int(cumulative[-1]) - 1)
+        bounds.append(kth(below) + (rank - below) * (kth(above) - kth(below)))
     return bounds[0], bounds[1]
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import console, runtime
+from .augment import BatchAugmenter, build_augmenter
 from .checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict, save_config
 from .data import DataSources, make_datasets, make_loader, resolve_class_weights, set_epoch
@@ -61,6 +62,7 @@ class Run:
     progress: Progress
     schedule: Schedule
     run_dir: Path
+    augmenter: BatchAugmenter | None = None
     epoch: int = 0
     snapshots: int = 0  # snapshot_NN.pt files written (cosine_restarts: one per finished cycle)
     best: float = -1.0
@@ -147,6 +149,7 @@ def build_run(
         progress,
         config.schedule(),
         run_dir,
+        build_augmenter(config.augment.preset, config.augment.overrides()),
     )
 
 
@@ -232,6 +235,7 @@ def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
                 scaler=run.scaler,
                 bar=bar,
                 after_step=run.after_step,
+                augment=run.augmenter,
             )
             bar.close()
             run.epoch += 1

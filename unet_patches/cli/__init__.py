@@ -1,4 +1,4 @@
-"""``unet-patches``: generate, patches, train, predict, evaluate, experiments.
+"""``unet-patches``: generate, patches, inspect, train, predict, evaluate, experiments.
 
 Settings come from code defaults < ``parameters.json`` (``--params``) < flags. A settings flag is
 absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); the given ones are
@@ -18,6 +18,7 @@ from ..errors import UserError
 from .experiments import add_experiments
 from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_predict
+from .inspect import add_inspect
 from .prepare import add_generate, add_patches
 from .train import add_train, add_train_arguments, run_train
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for add in (add_generate, add_patches, add_train, add_predict, add_evaluate, add_experiments):
+    for add in (add_generate, add_patches, add_inspect, add_train, add_predict, add_evaluate, add_experiments):
         add(sub)
     return parser
 

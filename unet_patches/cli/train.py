@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..augment import PRESETS
 from ..errors import UserError
 from ..losses import LOSSES
 from ..models import MODELS
@@ -65,6 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     setting(p, "--seed", key="training.seed", type=int, help="random seed")
     add_data_settings(p)
+    setting(p, "--augment", key="augment.preset", choices=PRESETS.names, help="strong augmentation preset")
     setting(p, "--workers", key="training.num_workers", type=int, help="DataLoader worker processes")
     setting(
         p,

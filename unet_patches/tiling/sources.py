@@ -24,7 +24,7 @@ import numpy as np
 import tifffile
 
 from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array, read_image
+from unet_patches.imageio import image_to_array, read_image, tiff_page
 from unet_patches.preprocess import Preprocess
 
 __all__ = ["ArraySource", "NormalizedSource", "RawSource", "RowSource", "TiffSource", "image_size"]
@@ -216,15 +216,18 @@ class TiffSource(RowSource):
         self.in_channels = in_channels
         try:
             self.tif = tifffile.TiffFile(self.path)
-            pages = len(self.tif.pages)
-            if page is not None and not 0 <= page < pages:
-                self.tif.close()
-                raise UserError(f"{self.path}: page {page} asked for but the TIFF has {pages} page(s)")
-            chosen = self.tif.pages[page if page is not None else 0]
-            series_shape = tuple(chosen.shape) if page is not None else tuple(self.tif.series[0].shape)
-        except UserError:
-            raise
         except Exception as exc:  # tifffile raises many types for broken files
+            raise UserError(
+                f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); re-save it as TIFF or PNG"
+            ) from exc
+        try:
+            chosen = self.tif.pages[tiff_page(self.tif, page, self.path)]
+            series_shape = tuple(chosen.shape)
+        except UserError:
+            self.tif.close()
+            raise
+        except Exception as exc:  # a damaged page table
+            self.tif.close()
             raise UserError(
                 f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); re-save it as TIFF or PNG"
             ) from exc
