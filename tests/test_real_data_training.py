@@ -17,7 +17,7 @@ from unet_patches.synthetic import SyntheticSpec, generate_dataset, generate_kag
 
 from helpers import SMALL_SPEC, tiny_config
 
-KAGGLE_SPEC = SyntheticSpec(height=42, width=58, lines=(1, 3), ellipses=(1, 3), line_length=(10, 30))
+KAGGLE_SPEC = SyntheticSpec(height=420, width=580)  # the competition's image size
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_kaggle_layout_trains_with_whole_subjects_held_back(kaggle):
     state = load_checkpoint(summary["best_checkpoint"])
     # 0/255 masks with two classes need no table; the table used is written into the checkpoint.
     assert state["preprocess"]["num_classes"] == 2 and state["preprocess"]["normalize"] == "percentile"
+    assert state["preprocess"]["mask_values"] == {"0": 0, "1": 1, "255": 1}
     segmenter = Segmenter.from_checkpoint(summary["best_checkpoint"])
     out = kaggle / "predicted"
     written = predict_files(segmenter, kaggle / "nerves" / "test", out, progress=False)

@@ -46,9 +46,9 @@ SCALE_RANGE = (0.75, 1.33)
 # Elastic: Gaussian displacements (standard deviation ELASTIC_PIXELS) at control points ELASTIC_SPACING
 # pixels apart, interpolated bicubically. Both are in pixels, so the deformation looks the same at
 # every patch size. kornia's RandomElasticTransform smooths full-resolution noise instead: its default
-# (kernel 63, sigma 32, alpha 1) costs ~18 ms for 16 x 1 x 96 x 96 on two cores and moves pixels by a
-# third of a pixel; this costs a bicubic upsampling of a 5 x 5 grid (96-pixel patches) and shares
-# the one grid_sample of rotate and scale.
+# (kernel 63, sigma 32, alpha 1) costs ~16 ms for image and mask of 16 x 1 x 96 x 96 on two cores and
+# moves pixels by a third of a pixel. This costs a bicubic upsampling of a 5 x 5 grid (96-pixel
+# patches) and shares the one grid_sample of rotate and scale.
 ELASTIC_SPACING = 24
 ELASTIC_PIXELS = 2.5
 

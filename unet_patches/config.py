@@ -21,7 +21,7 @@ from typing import Any
 from .augment import AUGMENT_OPS, probabilities
 from .errors import UserError
 from .losses import LOSSES
-from .masks import parse_colour
+from .masks import AUTO_BINARY_VALUES, parse_colour
 from .models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .preprocess import NORMALIZE_MODES, Preprocess
@@ -85,6 +85,8 @@ class DataConfig:
         colors = None
         if self.mask_colors is not None:
             colors = {parse_colour(key): index for key, index in self.mask_colors.items()}
+        if values is None and colors is None and self.num_classes == 2:
+            values = dict(AUTO_BINARY_VALUES)  # 0/255 (or 0/1) masks; written into checkpoints as a table
         for table, name in ((values, "mask_values"), (colors, "mask_colors")):
             for index in (table or {}).values():
                 if not 0 <= index < self.num_classes:
