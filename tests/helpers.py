@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from unet_patches.config import default_config
 from unet_patches.synthetic import SyntheticSpec, generate_dataset
 
@@ -42,3 +45,13 @@ def tiny_config(root: Path, folder: str, **training):
             "training": values,
         }
     )
+
+
+def tiny_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> nn.Module:
+    """A small conv net with a 5x5 receptive field; deterministic weights."""
+    generator = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 3, padding=1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 2.0)
+    return net.eval()

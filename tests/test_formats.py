@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
-from torch import nn
 
 from unet_patches.api import Segmenter, predict, predict_files
 from unet_patches.errors import UserError
@@ -16,6 +14,8 @@ from unet_patches.folders import load_pairs
 from unet_patches.imageio import image_to_array, read_image, write_png
 from unet_patches.masks import read_mask
 from unet_patches.preprocess import Preprocess
+
+from helpers import tiny_net
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -36,19 +36,9 @@ def _random(shape: tuple[int, ...], dtype, seed: int = 0) -> np.ndarray:
     return rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
 
 
-def _tiny_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> nn.Module:
-    """A small conv net with deterministic weights (as in test_tiling.py)."""
-    generator = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 3, padding=1))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 2.0)
-    return net.eval()
-
-
 def _segmenter(preprocess: Preprocess) -> Segmenter:
     classes = preprocess.num_classes
-    return Segmenter(_tiny_net(preprocess.in_channels, classes), 16, tuple(f"c{c}" for c in range(classes)), preprocess)
+    return Segmenter(tiny_net(preprocess.in_channels, classes), 16, tuple(f"c{c}" for c in range(classes)), preprocess)
 
 
 def _stack(path, pages: int = 3, height: int = 20, width: int = 30, seed: int = 0) -> np.ndarray:

@@ -37,17 +37,9 @@ from unet_patches.tiling import (
 from unet_patches.tiling.blending import MIN_WEIGHT
 from unet_patches.tiling.sources import ArraySource
 
+from helpers import tiny_net
+
 # ------------------------------------------------------------------------------------ helpers
-
-
-def tiny_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> nn.Module:
-    """A small conv net with a 5x5 receptive field; deterministic weights."""
-    generator = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 3, padding=1))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 2.0)
-    return net.eval()
 
 
 def as_segmenter(net: nn.Module, in_channels: int = 1, classes: int = 3) -> Segmenter:

@@ -23,7 +23,6 @@ from .ensemble import ProbabilityEnsemble, checkpoint_paths
 from .errors import UserError
 from .folders import find_pairs
 from .imageio import image_to_array, read_image
-from .masks import read_mask
 from .metrics import ConfusionMatrix
 from .preprocess import Preprocess, resize_probabilities
 from .runtime import pick_device
@@ -193,7 +192,7 @@ def evaluate_folder(
     pixels = 0
     for pair in pairs:
         raw = read_image(pair.image, pre.page)
-        mask = read_mask(pair.mask, pre.num_classes, values=pre.mask_values, colors=pre.mask_colors, page=pre.page)
+        mask = pre.read_mask(pair.mask)
         if raw.shape[:2] != mask.shape:
             raise UserError(
                 f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "

@@ -128,14 +128,13 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
     from .api import predict
     from .folders import find_pairs
     from .imageio import colour_overlay, image_to_array, read_image, write_png
-    from .masks import read_mask
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)
     labels = predict(segmenter, raw, **options)
     image = image_to_array(raw, segmenter.in_channels, str(pair.image))
     gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
-    truth = read_mask(pair.mask, segmenter.num_classes)
+    truth = segmenter.preprocess.read_mask(pair.mask)
     gap = np.full((gray.shape[0], 4, 3), 255, np.uint8)
     write_png(
         path, np.concatenate([gray, gap, colour_overlay(image, labels), gap, colour_overlay(image, truth)], axis=1)

@@ -17,7 +17,6 @@ import numpy as np
 from unet_patches.cache import DecodeCache
 from unet_patches.errors import UserError
 from unet_patches.imageio import IMAGE_SUFFIXES
-from unet_patches.masks import decode_mask
 from unet_patches.preprocess import Preprocess, resize_labels
 
 __all__ = [
@@ -222,13 +221,7 @@ def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = No
     """
     cache = cache or DecodeCache(None)
     raw = cache.read(pair.image, page=preprocess.page)
-    mask = decode_mask(
-        cache.read(pair.mask, mask=True, page=preprocess.page),
-        pair.mask,
-        preprocess.num_classes,
-        values=preprocess.mask_values,
-        colors=preprocess.mask_colors,
-    )
+    mask = preprocess.mask(cache.read(pair.mask, mask=True, page=preprocess.page), pair.mask)
     if raw.shape[:2] != mask.shape:
         raise UserError(
             f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "

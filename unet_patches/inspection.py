@@ -29,7 +29,7 @@ from .console import progress
 from .errors import UserError
 from .folders import MASK_SUFFIX, Matching, Pair, match_pairs
 from .imageio import image_to_array
-from .masks import decode_mask, hex_colour
+from .masks import hex_colour
 from .patches import MANIFEST_NAME, read_manifest, split_by_source
 from .preprocess import Preprocess
 
@@ -216,13 +216,7 @@ def _check_pair(pair: Pair, reader: DecodeCache, preprocess: Preprocess, patch_s
     if raw_mask is not None:
         tally.mask_values |= _raw_values(raw_mask)
         try:
-            labels = decode_mask(
-                raw_mask,
-                pair.mask,
-                preprocess.num_classes,
-                values=preprocess.mask_values,
-                colors=preprocess.mask_colors,
-            )
+            labels = preprocess.mask(raw_mask, pair.mask)
             tally.add_labels(labels)
         except UserError as exc:
             problems.append(str(exc))

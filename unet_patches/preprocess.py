@@ -25,14 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imageio import image_to_array
-from .masks import hex_colour, parse_colour
+from .imageio import image_to_array, read_raw
+from .masks import decode_mask, hex_colour, parse_colour
 from .registry import Registry
 
 __all__ = [
@@ -240,6 +241,16 @@ class Preprocess:
     def image(self, raw: np.ndarray, name: str = "image") -> np.ndarray:
         """All three steps on an image in memory: float32 ``(in_channels, H', W')``."""
         return self.finish(self.scaled(raw, name))
+
+    # --- masks ----------------------------------------------------------------------------------
+
+    def mask(self, raw: np.ndarray, path: str | Path) -> np.ndarray:
+        """A raw mask (``read_raw(..., mask=True)``) as uint8 class indices, by this run's mask tables."""
+        return decode_mask(raw, path, self.num_classes, values=self.mask_values, colors=self.mask_colors)
+
+    def read_mask(self, path: str | Path) -> np.ndarray:
+        """A mask file as uint8 class indices, by this run's mask tables (and page)."""
+        return self.mask(read_raw(path, mask=True, page=self.page), path)
 
     def describe(self) -> str:
         text = {"percentile": f"percentile {self.percentiles[0]:g}-{self.percentiles[1]:g} per image",
