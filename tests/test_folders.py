@@ -29,6 +29,24 @@ def test_pairs_by_same_stem_natural_order(tmp_path):
     assert pairs[1].mask == tmp_path / "masks" / "a10.png"
 
 
+def test_masks_named_after_their_image_with_a_usual_suffix(tmp_path):
+    # ISIC's X_segmentation.png, and the common X_mask / X-mask / X_gt, next to exact stems.
+    images = ["ISIC_0000001.jpg", "b.png", "c.png", "d.png", "e.png"]
+    masks = ["ISIC_0000001_segmentation.png", "b_mask.png", "c-mask.png", "d_GT.png", "e.png"]
+    _make_folder(tmp_path, [], masks)
+    for name in images:
+        write_png(tmp_path / "images" / name, np.full((4, 5), 100, dtype=np.uint8))
+    pairs = {p.name: p.mask.name for p in find_pairs(tmp_path)}
+    assert pairs == {"b": "b_mask.png", "c": "c-mask.png", "d": "d_GT.png", "e": "e.png",
+                     "ISIC_0000001": "ISIC_0000001_segmentation.png"}  # fmt: skip
+
+
+def test_unmatched_files_are_listed_in_natural_order(tmp_path):
+    _make_folder(tmp_path, ["x10.png", "x2.png", "x1.png"], ["y.png"])
+    with pytest.raises(UserError, match="3 image\\(s\\) without a mask: x1.png, x2.png, x10.png"):
+        find_pairs(tmp_path)
+
+
 def test_pairs_by_img_mask_numbers(tmp_path):
     images = ["Img_1.png", "Img_2.png", "Img_10.png"]
     _make_folder(tmp_path, images, ["Mask_10.png", "Mask_1.png", "Mask_2.png"])

@@ -89,6 +89,8 @@ def _listing(names: list[str], limit: int = 5) -> str:
 
 KAGGLE_NAME = re.compile(r"^(\d+)_(\d+)$")
 MASK_SUFFIX = "_mask"
+# Suffixes that mask files of public sets add to their image's name (ISIC: X_segmentation.png).
+MASK_NAME_SUFFIXES = ("_mask", "_masks", "_segmentation", "_seg", "_label", "_labels", "_gt", "-mask")
 
 
 def _layout(folder: Path) -> tuple[str, Path, Path]:
@@ -134,8 +136,9 @@ class Matching:
 def match_pairs(folder: str | Path) -> Matching:
     """Pair the image files of a data folder with their masks, collecting problems instead of raising.
 
-    Layouts: ``images/`` + ``masks/`` (an image pairs with the mask of the same stem, or, as in the
-    original system, ``Img_N`` with ``Mask_N``), or the Kaggle ultrasound-nerve layout
+    Layouts: ``images/`` + ``masks/`` (an image pairs with the mask of the same stem, or of its stem
+    plus a usual suffix such as ``_mask`` or ``_segmentation`` (ISIC), or, as in the original system,
+    ``Img_N`` with ``Mask_N``), or the Kaggle ultrasound-nerve layout
     (``<subject>_<n>.tif`` with ``<subject>_<n>_mask.tif`` in the folder or its ``train/``).
     """
     folder = Path(folder)
@@ -161,6 +164,8 @@ def match_pairs(folder: str | Path) -> Matching:
         return matching
     _pair_up(matching, images, masks)
     matching.pairs.sort(key=lambda pair: _natural_key(pair.name))
+    matching.lonely_images.sort(key=_natural_key)
+    matching.lonely_masks.sort(key=_natural_key)
     return matching
 
 
@@ -172,8 +177,14 @@ def _pair_up(matching: Matching, images: list[Path], masks: list[Path]) -> None:
         match = pattern.match(p.stem)
         return int(match.group(1)) if match else None
 
+    def base(p: Path) -> str | None:
+        # "a_segmentation" -> "a", for masks named after their image plus a usual suffix.
+        lower = p.stem.lower()
+        return next((p.stem[: -len(s)] for s in MASK_NAME_SUFFIXES if lower.endswith(s) and len(lower) > len(s)), None)
+
     try:
         mask_by_stem = _by_key(masks, mask_key, "mask", matching.masks_dir)
+        mask_by_base = {} if matching.layout == "kaggle" else _by_key(masks, base, "mask", matching.masks_dir)
         image_by_stem = _by_key(images, lambda p: p.stem, "image", matching.images_dir)
         mask_by_number = _by_key(masks, lambda p: number(_MASK_N, p), "mask", matching.masks_dir)
         _by_key(images, lambda p: number(_IMG_N, p), "image", matching.images_dir)  # reject Img_1 next to Img_01
@@ -182,7 +193,7 @@ def _pair_up(matching: Matching, images: list[Path], masks: list[Path]) -> None:
         return
     used: set[Path] = set()
     for stem, image in image_by_stem.items():
-        mask = mask_by_stem.get(stem)
+        mask = mask_by_stem.get(stem) or mask_by_base.get(stem)
         if mask is None and number(_IMG_N, image) is not None:
             mask = mask_by_number.get(number(_IMG_N, image))
         if mask is None or mask in used:
@@ -208,7 +219,11 @@ def find_pairs(folder: str | Path) -> list[Pair]:
             parts.append(f"{len(matching.lonely_images)} image(s) without a mask: {_listing(matching.lonely_images)}")
         if matching.lonely_masks:
             parts.append(f"{len(matching.lonely_masks)} mask(s) without an image: {_listing(matching.lonely_masks)}")
-        naming = "X_mask for X" if matching.layout == "kaggle" else "the same name in masks/ (or Mask_N for Img_N)"
+        naming = (
+            "X_mask for X"
+            if matching.layout == "kaggle"
+            else "the same name in masks/ (or name_mask, or Mask_N for Img_N)"
+        )
         raise UserError(f"{matching.folder}: {'; '.join(parts)}; give each image a mask with {naming}")
     return matching.pairs
 

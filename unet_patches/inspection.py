@@ -177,7 +177,7 @@ def _report_unmatched(matching: Matching, report: Report) -> None:
     report.unmatched_masks = list(matching.lonely_masks)
     kaggle = matching.layout == "kaggle"
     for name in matching.lonely_images:
-        wanted = f"{Path(name).stem}{MASK_SUFFIX}" if kaggle else "of the same name to masks/ (or Mask_N for Img_N)"
+        wanted = f"{Path(name).stem}{MASK_SUFFIX}" if kaggle else "of the same name (or name_mask) to masks/"
         report.problems.append(f"{matching.images_dir / name}: image without a mask; add a mask {wanted}")
     for name in matching.lonely_masks:
         stem, suffix = Path(name).stem, Path(name).suffix
