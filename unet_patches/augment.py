@@ -29,7 +29,6 @@ import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
-import kornia.filters
 import torch
 import torch.nn.functional as F
 
@@ -242,6 +241,8 @@ def _noise(images: torch.Tensor) -> torch.Tensor:
 
 def _blur(images: torch.Tensor) -> torch.Tensor:
     sigma = torch.empty(images.shape[0], 1, device=images.device, dtype=images.dtype).uniform_(*BLUR_SIGMA)
+    import kornia.filters  # here, not at the top: loading kornia costs the command line 0.4 s at start-up
+
     return kornia.filters.gaussian_blur2d(images, BLUR_KERNEL, sigma.expand(-1, 2), border_type="reflect")
 
 
