@@ -76,7 +76,8 @@ def test_second_read_is_a_memory_mapped_hit(tmp_path, decoders):
     assert np.array_equal(third.read(path), first) and third.hits == 1 and decoders["cache"].calls == 1
     (entry,) = _entries(tmp_path / "data")
     stat = path.stat()
-    assert entry.endswith(f"-{stat.st_size}-{stat.st_mtime_ns}.npy")
+    stamp = f"-{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}-{stat.st_ino}.npy"
+    assert entry.endswith(stamp)
 
 
 def test_mask_and_page_reads_have_their_own_entries(tmp_path, decoders):
@@ -91,6 +92,21 @@ def test_mask_and_page_reads_have_their_own_entries(tmp_path, decoders):
     assert cache.hits == 3
 
 
+def test_a_file_replaced_by_another_of_the_same_size_and_mtime_is_a_miss(tmp_path):
+    # Two masks swapped by renaming (as after unpacking an archive again): same sizes and mtimes.
+    a, b = tmp_path / "data" / "a.png", tmp_path / "data" / "b.png"
+    write_png(a, np.full((6, 9), 1, dtype=np.uint8))
+    write_png(b, np.full((6, 9), 2, dtype=np.uint8))
+    os.utime(b, ns=(a.stat().st_mtime_ns, a.stat().st_mtime_ns))
+    assert a.stat().st_size == b.stat().st_size
+    cache = DecodeCache(tmp_path / "data")
+    assert cache.read(a)[0, 0] == 1
+    a.rename(tmp_path / "data" / "tmp.png")
+    b.rename(a)
+    (tmp_path / "data" / "tmp.png").rename(b)
+    assert cache.read(a)[0, 0] == 2 and cache.read(b)[0, 0] == 1
+
+
 def test_changed_file_is_a_miss_and_replaces_its_entry(tmp_path, decoders):
     path = _image(tmp_path, value=7)
     cache = DecodeCache(tmp_path / "data")
@@ -103,7 +119,7 @@ def test_changed_file_is_a_miss_and_replaces_its_entry(tmp_path, decoders):
     assert (cache.hits, cache.misses) == (0, 2)
     assert np.array_equal(got, np.full((6, 9), 200, dtype=np.uint8))
     (new,) = _entries(tmp_path / "data")
-    assert new != old and new.endswith(f"-{before + 5_000_000_000}.npy")
+    assert new != old and f"-{before + 5_000_000_000}-" in new
     # Only the time changed: still a new entry, read from the file.
     os.utime(path, ns=(before + 9_000_000_000, before + 9_000_000_000))
     assert np.array_equal(cache.read(path), got) and cache.misses == 3 and len(_entries(tmp_path / "data")) == 1
@@ -234,3 +250,17 @@ def test_patch_folder_second_pass_opens_no_png(tmp_path, decoders):
     again = make_datasets(config)
     list(again.train)
     assert decoders["cache"].calls == 0 and again.train.reader.hits == len(again.train) * 2
+
+
+def test_a_file_name_that_is_not_utf8_is_cached(tmp_path):
+    import sys
+
+    if sys.platform == "darwin":
+        pytest.skip("macOS file systems refuse names that are not UTF-8")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / os.fsdecode(b"bad\xff.png")
+    write_png(path, np.full((3, 4), 9, dtype=np.uint8))
+    cache = DecodeCache(folder)
+    assert cache.read(path)[0, 0] == 9 and cache.read(path)[0, 0] == 9
+    assert (cache.hits, cache.misses) == (1, 1)

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from unet_patches.errors import UserError
-from unet_patches.folders import find_pairs, load_pairs
+from unet_patches.folders import find_pairs, load_pairs, match_pairs
 from unet_patches.imageio import write_png
 from unet_patches.preprocess import Preprocess
 
@@ -103,3 +103,33 @@ def test_load_pairs_size_mismatch(tmp_path):
     _make_folder(tmp_path, ["a.png"], ["a.png"], shape=(4, 5), mask_shape=(4, 6))
     with pytest.raises(UserError, match=r"images/a.png is 4x5.*masks/a.png is 4x6"):
         load_pairs(tmp_path, Preprocess(in_channels=1, num_classes=2))
+
+
+def test_duplicates_are_all_listed_and_the_rest_still_pairs(tmp_path):
+    # Two duplicates (a stem and an Img_N number) next to ordinary pairs: each duplicate is one
+    # problem naming both files, the first file (natural order) is kept and the rest pairs as usual.
+    _make_folder(tmp_path, ["0000.png", "0001.png", "0002.png", "Img_1.png", "Img_01.png"], ["0000.png", "0001.png"])
+    write_png(tmp_path / "masks" / "0000.tif", np.ones((4, 5), dtype=np.uint8))
+    write_png(tmp_path / "masks" / "Mask_1.png", np.ones((4, 5), dtype=np.uint8))
+    matching = match_pairs(tmp_path)
+    assert matching.problems == [
+        f"{tmp_path / 'masks'}: mask files 0000.png and 0000.tif have the same name; keep one of them",
+        f"{tmp_path / 'images'}: image files Img_01.png and Img_1.png have the same name; keep one of them",
+    ]
+    assert [(p.name, p.mask.name) for p in matching.pairs] == [
+        ("0000", "0000.png"),
+        ("0001", "0001.png"),
+        ("Img_01", "Mask_1.png"),
+    ]
+    assert matching.lonely_images == ["0002.png"] and matching.lonely_masks == []
+    with pytest.raises(UserError, match="mask files 0000.png and 0000.tif have the same name"):
+        find_pairs(tmp_path)
+
+
+def test_a_mask_repeated_under_two_keys_is_one_problem(tmp_path):
+    # a_mask.png and a_mask.tif share the stem a_mask and the base a: reported once, not twice.
+    _make_folder(tmp_path, ["a.png"], ["a_mask.png", "a_mask.tif"])
+    matching = match_pairs(tmp_path)
+    assert len(matching.problems) == 1 and "a_mask.png and a_mask.tif" in matching.problems[0]
+    assert [(p.name, p.mask.name) for p in matching.pairs] == [("a", "a_mask.png")]
+    assert matching.lonely_masks == []

@@ -266,3 +266,56 @@ def test_streamed_multipage_tiff_without_a_page_is_refused(tmp_path):
         predict_files(segmenter, [tmp_path / "s.tif"], tmp_path / "small", progress=False)  # in memory: refused
     with pytest.raises(UserError, match="pages"):
         predict_files(segmenter, [tmp_path / "s.tif"], tmp_path / "large", progress=False, stream_threshold_px=0)
+
+
+# ------------------------------------------------------------------------------------ found in review
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_deflate", "tiff_adobe_deflate"])
+def test_compressed_tiffs_read_in_memory_and_streamed(tmp_path, compression):
+    gray = _random((40, 30), np.uint8)
+    Image.fromarray(gray).save(tmp_path / "c.tif", compression=compression)
+    assert np.array_equal(read_image(tmp_path / "c.tif"), gray)
+    segmenter = _segmenter(Preprocess(num_classes=3, normalize="range"))
+    whole = predict(segmenter, gray)
+    predict_files(segmenter, tmp_path / "c.tif", tmp_path / "out", stream_threshold_px=0, progress=False)
+    assert np.array_equal(read_image(tmp_path / "out" / "c_labels.tif"), whole)
+
+
+def test_sixteen_bit_colour_png_keeps_all_its_bits(tmp_path):
+    import imagecodecs
+
+    rgb = (np.random.default_rng(0).random((8, 9, 3)) * 3000).astype(np.uint16)
+    (tmp_path / "rgb16.png").write_bytes(imagecodecs.png_encode(rgb))
+    got = read_image(tmp_path / "rgb16.png")
+    assert got.dtype == np.uint16 and np.array_equal(got, rgb)
+
+
+def test_signed_integer_images_are_scaled_by_their_maximum():
+    ct = np.array([[-1024, 0], [3071, 32767]], dtype=np.int16)  # Hounsfield units
+    np.testing.assert_allclose(image_to_array(ct, 1)[0], ct / 32767.0, rtol=1e-6)
+
+
+def test_a_stack_is_refused_before_any_output_and_predicted_by_page(tmp_path):
+    from dataclasses import replace
+
+    (tmp_path / "in").mkdir()
+    stack = np.stack([_random((20, 30), np.uint8, seed) for seed in range(3)])
+    for index, page in enumerate(stack):
+        tifffile.imwrite(tmp_path / "in" / "b.tif", page, append=index > 0)
+    write_png(tmp_path / "in" / "a.png", _random((20, 30), np.uint8))
+    segmenter = _segmenter(Preprocess(num_classes=3))
+    with pytest.raises(UserError, match="3 pages.*--page"):
+        predict_files(segmenter, tmp_path / "in", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # checked before a.png's outputs were written
+    paged = replace(segmenter, preprocess=replace(segmenter.preprocess, page=1))  # what --page 1 does
+    predict_files(paged, tmp_path / "in", tmp_path / "out", progress=False)
+    assert np.array_equal(read_image(tmp_path / "out" / "b_labels.png"), predict(segmenter, stack[1]))
+
+
+def test_a_kaggle_train_folder_predicts_images_not_their_masks(tmp_path):
+    for name in ("1_1.tif", "1_1_mask.tif", "2_mask.tif"):
+        tifffile.imwrite(tmp_path / name, _random((20, 30), np.uint8))
+    written = predict_files(_segmenter(Preprocess(num_classes=3)), tmp_path, tmp_path / "out", progress=False)
+    # 2_mask.tif has no 2.tif beside it, so it is an image of its own.
+    assert sorted(p.name for p in written if p.name.endswith("_labels.png")) == ["1_1_labels.png", "2_mask_labels.png"]

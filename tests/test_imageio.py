@@ -90,7 +90,8 @@ def test_bool_image():
     [
         (np.array([[np.nan, 0.0]], dtype=np.float32), 1, "NaN"),
         (np.array([[np.inf, 0.0]]), 1, "NaN or infinite"),
-        (np.zeros((2, 2), dtype=np.int16), 1, "int16"),
+        (np.zeros((2, 2), dtype=np.int64), 1, "int64"),
+        (np.zeros((2, 2), dtype=np.complex64), 1, "complex64"),
         (np.zeros((2, 2, 5), dtype=np.uint8), 3, "5 channel"),
         (np.zeros((2, 2, 3), dtype=np.uint8), 2, "in_channels=2"),
         (np.zeros((2, 2, 2, 2), dtype=np.uint8), 1, "shape"),

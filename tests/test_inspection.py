@@ -224,3 +224,43 @@ def test_folders_are_found_under_data_root_and_a_missing_one_is_one_line(tmp_pat
         inspect_folder(tmp_path / "nowhere", config())
     code, out, _ = run(capsys, "inspect", tmp_path)
     assert code == 2 and "missing" in out and "images" in out
+
+
+def test_a_duplicate_name_does_not_hide_the_other_problems(tmp_path, capsys):
+    folder = image_folder(tmp_path / "dup", n=6)
+    write_png(folder / "masks" / "0000.png", labels())
+    tifffile.imwrite(folder / "masks" / "0000.tif", labels())  # the same name: 0000.png is kept
+    write_png(folder / "images" / "0000.png", gray())
+    cut = folder / "images" / "im3.png"
+    write_png(cut, gray(64, 64))
+    cut.write_bytes(cut.read_bytes()[:200])
+    write_png(folder / "masks" / "im3.png", labels(64, 64))
+    (folder / "masks" / "im5.png").unlink()
+    report = inspect_folder(folder, config())
+    assert report.counts == {"images": 7, "masks": 6, "pairs": 6}
+    assert report.unmatched_images == ["im5.png"] and report.unmatched_masks == []
+    assert len(report.problems) == 3, report.problems
+    for expected in ("mask files 0000.png and 0000.tif have the same name", "/im3.png: cannot read",
+                     "/im5.png: image without a mask"):  # fmt: skip
+        assert sum(expected in problem for problem in report.problems) == 1, (expected, report.problems)
+    code, out, err = run(capsys, "inspect", folder, "-s", 8)
+    assert code == 2 and "Problems (3):" in out and "7 images, 6 masks, 6 pairs" in out and err == ""
+
+
+def test_complex_pixels_are_a_problem_not_a_traceback(tmp_path, capsys):
+    folder = image_folder(tmp_path / "complex", n=2)
+    for name in ("a", "b"):  # two of each, so the tallies would compare complex values
+        tifffile.imwrite(folder / "images" / f"{name}.tif", (gray() + 1j * gray(seed=1)).astype(np.complex64))
+        write_png(folder / "masks" / f"{name}.png", labels())
+        write_png(folder / "images" / f"{name}_m.png", gray())
+        tifffile.imwrite(folder / "masks" / f"{name}_m.tif", (labels() * (1 + 1j)).astype(np.complex64))
+    report = inspect_folder(folder, config())
+    assert len(report.problems) == 4, report.problems
+    for name in ("images/a.tif", "images/b.tif"):
+        assert any(f"{name}: pixel type complex64 is not supported" in p for p in report.problems)
+    for name in ("masks/a_m.tif", "masks/b_m.tif"):
+        assert any(f"{name}: mask pixel type complex64 is not supported" in p for p in report.problems)
+    assert list(report.value_ranges) == ["uint8"] and report.mask_values == [0, 1, 2]
+    code, out, err = run(capsys, "inspect", folder, "-s", 8)
+    assert code == 2 and "Problems (4):" in out and "a.tif" in out and "a_m.tif" in out
+    assert "Traceback" not in out + err

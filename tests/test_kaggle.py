@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tifffile
@@ -12,7 +14,7 @@ from unet_patches.errors import UserError
 from unet_patches.folders import find_pairs, group_of, match_pairs
 from unet_patches.imageio import read_image
 from unet_patches.masks import read_mask
-from unet_patches.patches import extract_patches, read_manifest, split_by_source
+from unet_patches.patches import extract_patches, read_manifest, split_by_source, validation_count
 from unet_patches.preprocess import Preprocess
 from unet_patches.synthetic import SyntheticSpec, generate_kaggle_layout
 
@@ -69,9 +71,60 @@ def test_test_ids_are_not_training_pairs(kaggle):
 
 
 def test_group_of():
-    assert group_of("12_3", "kaggle") == "12"
-    assert group_of("12_3", "images-masks") == "12_3"
-    assert group_of("scan", "kaggle") == "scan"
+    assert group_of("12_3", by_subject=True) == "12"
+    assert group_of("12_3", by_subject=False) == "12_3"
+    assert group_of("scan", by_subject=True) == "scan"
+
+
+def _images_masks_folder(root, names, mask_suffix="_mask"):
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i, name in enumerate(names):
+        tifffile.imwrite(root / "images" / f"{name}.tif", np.full((8, 8), i, np.uint8))
+        tifffile.imwrite(root / "masks" / f"{name}{mask_suffix}.tif", np.zeros((8, 8), np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("mask_suffix", ["_mask", ""])
+def test_kaggle_names_in_images_and_masks_are_grouped_by_subject(tmp_path, mask_suffix):
+    folder = _images_masks_folder(tmp_path, _names(), mask_suffix)
+    matching = match_pairs(folder)
+    assert matching.layout == "images-masks" and matching.problems == []
+    assert [(p.name, p.group) for p in matching.pairs] == [(n, n.split("_")[0]) for n in _names()]
+    groups = [p.group for p in matching.pairs]
+    for seed in range(21):
+        train, val = split_by_group(groups, 0.25, seed)
+        assert sorted(train + val) == list(range(len(groups)))
+        assert not {groups[i] for i in train} & {groups[i] for i in val}
+        assert len(val) == PER_SUBJECT
+
+
+def test_other_names_in_images_and_masks_stay_one_group_each(tmp_path):
+    folder = _images_masks_folder(tmp_path, [*_names()[:3], "scan"])
+    assert [p.group for p in find_pairs(folder)] == [*_names()[:3], "scan"]
+
+
+def _old_split_by_group(groups, val_fraction, seed):
+    """split_by_group as it was (quadratic): the oracle for the linear one."""
+    names = sorted(set(groups), key=groups.index)
+    order = np.random.default_rng([seed, 7]).permutation(len(names))
+    held_back = {names[i] for i in order[: validation_count(len(names), val_fraction)]}
+    return [i for i, g in enumerate(groups) if g not in held_back], [i for i, g in enumerate(groups) if g in held_back]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_split_by_group_is_unchanged(seed):
+    groups = ["c", "a", "c", "b", "e", "a", "d", "f", "b", "g", "h", "c", "i", "j", "a"]
+    for fraction in (0.1, 0.25, 0.5):
+        assert split_by_group(groups, fraction, seed) == _old_split_by_group(groups, fraction, seed)
+
+
+def test_split_by_group_is_fast_for_many_groups():
+    groups = [f"s{i}" for i in range(100_000)]
+    start = time.perf_counter()
+    train, val = split_by_group(groups, 0.2, 0)
+    assert time.perf_counter() - start < 5
+    assert len(val) == 20_000 and sorted(train + val) == list(range(100_000))
 
 
 def test_masks_read_as_zero_one(kaggle):

@@ -241,3 +241,18 @@ def test_preprocess_dict_is_plain():
     assert values["mask_colors"] == {"#ff0000": 1, "#0000ff": 2, "#0c2238": 0}
     assert values["resize"] == [32, 48] and values["mean"] == [0.1, 0.2, 0.3] and values["percentiles"] == [2.0, 98.5]
     assert json.loads(json.dumps(values)) == values
+
+
+def test_palette_mask_is_decoded_by_colour_when_a_colour_table_is_set(tmp_path):
+    from PIL import Image
+
+    labels = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
+    palette = [(10, 200, 10), (0, 0, 0), (200, 10, 10)]  # palette order differs from class order
+    image = Image.new("P", (3, 2))
+    image.putdata([[1, 2, 0][v] for v in labels.ravel().tolist()])  # class -> palette index
+    image.putpalette([c for colour in palette for c in colour])
+    image.save(tmp_path / "pal.png")
+    colours = {(0, 0, 0): 0, (200, 10, 10): 1, (10, 200, 10): 2}
+    assert np.array_equal(read_mask(tmp_path / "pal.png", 3, colors=colours), labels)
+    preprocess = Preprocess(num_classes=3, mask_colors=colours)
+    assert np.array_equal(preprocess.read_mask(tmp_path / "pal.png"), labels)

@@ -283,3 +283,32 @@ def test_dataset_mode_patch_folder_matches_inference_for_8bit(tmp_path):
 
 def test_dataset_mode_patch_folder_matches_inference_for_16bit(tmp_path):
     assert _patch_inputs_match_inference(tmp_path, 16) < 0.05
+
+
+def test_a_hot_pixel_does_not_spoil_the_percentiles():
+    image = np.random.default_rng(0).normal(100, 10, (300, 300)).astype(np.float32)
+    image[5, 5] = 1e7  # one saturated detector pixel stretches the range to 1e7
+    bounds = percentile_bounds(lambda: [image], (1.0, 99.8))
+    np.testing.assert_allclose(bounds, np.percentile(image, (1.0, 99.8)), atol=0.01)
+
+
+def test_float_and_deep_sources_make_float_patches_that_match_inference(tmp_path):
+    import tifffile
+
+    from unet_patches.patches import PatchFolder, manifest_preprocess
+
+    for sub in ("images", "masks"):
+        (tmp_path / "src" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        tifffile.imwrite(tmp_path / "src" / "images" / f"{i}.tif", (rng.random((40, 40)) * 2000 - 1000).astype("f4"))
+        Image.fromarray((rng.random((40, 40)) > 0.5).astype(np.uint8)).save(tmp_path / "src" / "masks" / f"{i}.png")
+    preprocess = Preprocess(num_classes=2, normalize="range")
+    extract_patches(tmp_path / "src", tmp_path / "p", patch_size=16, per_image=2, flips=False, preprocess=preprocess)
+    manifest = read_manifest(tmp_path / "p")
+    assert manifest["image_suffix"] == ".tif" and manifest_preprocess(manifest) == preprocess
+    record = manifest["patches"][0]
+    image, _ = PatchFolder(tmp_path / "p")[0]
+    source = preprocess.image(read_image(tmp_path / "src" / "images" / f"{record['source']}.tif"))
+    y, x = record["y"], record["x"]
+    np.testing.assert_array_equal(image.numpy(), source[:, y : y + 16, x : x + 16])  # not clipped to [0, 1]

@@ -107,3 +107,22 @@ def test_preprocess_of_old_checkpoints_is_range():
 
     state = load_checkpoint(Path(__file__).parent / "data" / "checkpoint_format1_f8f025a.pt")
     assert preprocess_from_checkpoint(state) == Preprocess(in_channels=1, num_classes=3, normalize="range")
+
+
+@pytest.mark.slow
+def test_resuming_a_run_from_before_data_normalize_keeps_range(tmp_path):
+    import torch
+
+    generate_dataset(tmp_path / "s", n_train=4, n_test=0, spec=SMALL_SPEC)
+    config = tiny_config(tmp_path, "s/train", epochs=1, run_name="old")
+    summary = training.fit(config, progress_bars=False)
+    last = tmp_path / "checkpoints" / "old" / "last.pt"
+    state = load_checkpoint(last)
+    # As written before this setting existed: no preprocess, no data.normalize; two epochs asked for.
+    del state["preprocess"]
+    del state["config"]["data"]["normalize"]
+    state["config"]["training"]["epochs"] = 2
+    torch.save(state, last)
+    assert summary["epochs"] == 1
+    training.resume(last, progress_bars=False)
+    assert load_checkpoint(last)["preprocess"]["normalize"] == "range"

@@ -237,6 +237,7 @@ def predict_files(
         probs=probs,
         overwrite=overwrite,
         stream_threshold_px=stream_threshold_px,
+        page=segmenter.preprocess.page,
     )
     predictor = segmenter.predictor(window, **options)
     written: list[Path] = []

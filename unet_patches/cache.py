@@ -2,13 +2,13 @@
 that later runs memory-map instead of decoding the file again.
 
 Entries live in ``<data folder>/.unet-patches-cache/``, one per file, named
-``<key>-<size>-<mtime_ns>.npy`` where ``key`` hashes the file's resolved path, whether it is read as
-a mask, and the TIFF page. A file whose size or modification time changed gets a new entry and its
-old one is removed. Entries are written through a temporary file and renamed, so a killed run never
-leaves a half-written entry. A folder that cannot be written (read-only media) is read without a
-cache, with one warning. Under ``torchrun`` only rank 0 writes entries (the others decode what is
-missing and use what is there), so no two processes write one entry. ``data.cache: false``
-(``--no-cache``) turns the cache off; deleting the folder is always safe.
+``<key>-<size>-<mtime_ns>-<ctime_ns>-<inode>.npy`` where ``key`` hashes the file's resolved path and
+how it is read (as a mask, the TIFF page, palettes by colour). A file whose size, times or inode
+changed gets a new entry and its old one is removed. Entries are written through a temporary file
+and renamed, so a killed run never leaves a half-written entry. A folder that cannot be written
+(read-only media) is read without a cache, with one warning. Under ``torchrun`` only rank 0 writes
+entries (the others decode what is missing and use what is there), so no two processes write one
+entry. ``data.cache: false`` (``--no-cache``) turns the cache off; deleting the folder is safe.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = ["CACHE_DIR_NAME", "DecodeCache"]
 log = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".unet-patches-cache"
+_WARNED: set[Path] = set()
 
 
 class DecodeCache:
@@ -39,17 +40,24 @@ class DecodeCache:
         self.hits = 0
         self.misses = 0
 
-    def read(self, path: str | Path, *, mask: bool = False, page: int | None = None) -> np.ndarray:
+    def read(
+        self, path: str | Path, *, mask: bool = False, page: int | None = None, mask_colours: bool = False
+    ) -> np.ndarray:
         """The file's raw array (as :func:`~unet_patches.imageio.read_raw` returns it), memory-mapped
         read-only from the cache when the entry is current."""
+        options = {"mask": mask, "page": page, "mask_colours": mask_colours}
         if self.directory is None:
-            return read_raw(path, mask=mask, page=page)
+            return read_raw(path, **options)
         path = Path(path)
         stat = path.stat() if path.is_file() else None
         if stat is None:
-            return read_raw(path, mask=mask, page=page)  # raises its usual "not found" message
-        key = hashlib.sha1(f"{path.resolve()}|{int(mask)}|{page}".encode()).hexdigest()[:24]
-        entry = self.directory / f"{key}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+            return read_raw(path, **options)  # raises its usual "not found" message
+        how = f"|{int(mask)}|{page}|{int(mask_colours)}".encode()
+        key = hashlib.sha1(os.fsencode(path.resolve()) + how).hexdigest()[:24]
+        # Size, modification and change times, and the inode: a file replaced by another one
+        # (a rename, an archive unpacked again) gets a new entry even with the same size and mtime.
+        stamp = f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}-{stat.st_ino}"
+        entry = self.directory / f"{key}-{stamp}.npy"
         if entry.is_file():
             try:
                 array = np.load(entry, mmap_mode="r", allow_pickle=False)
@@ -57,7 +65,7 @@ class DecodeCache:
                 return array
             except (OSError, ValueError):
                 log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
-        raw = read_raw(path, mask=mask, page=page)
+        raw = read_raw(path, **options)
         self.misses += 1
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             self._store(key, entry, raw)
@@ -78,5 +86,7 @@ class DecodeCache:
                 Path(temporary).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            log.warning("%s: cannot write the decode cache (%s); reading without it", self.directory, exc.strerror)
+            if self.directory not in _WARNED:  # once per folder and process (inspection and loading both read)
+                _WARNED.add(self.directory)
+                log.warning("%s: cannot write the decode cache (%s); reading without it", self.directory, exc.strerror)
             self.directory = None

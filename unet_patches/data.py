@@ -162,7 +162,7 @@ def split_by_group(groups: list[str], val_fraction: float, seed: int) -> tuple[l
     ``validation_count`` of the groups are held back, drawn by a generator seeded with ``seed``.
     When every image is its own group, this is the per-image split the toolkit has always used.
     """
-    names = sorted(set(groups), key=groups.index)
+    names = list(dict.fromkeys(groups))  # first-seen order, which the seeded permutation indexes
     order = np.random.default_rng([seed, 7]).permutation(len(names))
     held_back = {names[i] for i in order[: validation_count(len(names), val_fraction)]}
     train = [i for i, g in enumerate(groups) if g not in held_back]

@@ -68,17 +68,25 @@ def _image_files(folder: Path) -> list[Path]:
     ]
 
 
-def _by_key(files: list[Path], key, kind: str, folder: Path) -> dict:
-    table: dict = {}
-    for path in files:
-        k = key(path)
-        if k is None:
-            continue
-        if k in table:
-            first, second = sorted([table[k].name, path.name])
-            raise UserError(f"{folder}: {kind} files {first} and {second} have the same name; keep one of them")
-        table[k] = path
-    return table
+def _drop_duplicates(files: list[Path], keys: list, kind: str, folder: Path, problems: list[str]) -> list[Path]:
+    """``files`` in natural order without the repeats: of files that share a key (any of ``keys``;
+    a key of None is no key), the first is kept and each other one adds a problem naming both."""
+    files = sorted(files, key=lambda p: (_natural_key(p.name), p.name))
+    dropped: set[Path] = set()
+    for key in keys:
+        first: dict = {}
+        for path in files:
+            k = None if path in dropped else key(path)
+            if k is None:
+                continue
+            if k in first:
+                problems.append(
+                    f"{folder}: {kind} files {first[k].name} and {path.name} have the same name; keep one of them"
+                )
+                dropped.add(path)
+            else:
+                first[k] = path
+    return [p for p in files if p not in dropped]
 
 
 def _listing(names: list[str], limit: int = 5) -> str:
@@ -112,10 +120,10 @@ def is_data_folder(folder: str | Path) -> bool:
     )
 
 
-def group_of(name: str, layout: str) -> str:
-    """The group an image belongs to for splitting: the subject (``<subject>_<n>``) in the Kaggle
-    layout, else the image itself."""
-    match = KAGGLE_NAME.match(name) if layout == "kaggle" else None
+def group_of(name: str, by_subject: bool) -> str:
+    """The group an image belongs to for splitting: with ``by_subject``, the subject of a
+    ``<subject>_<n>`` name (Kaggle naming), else (or for another name) the image itself."""
+    match = KAGGLE_NAME.match(name) if by_subject else None
     return match.group(1) if match else name
 
 
@@ -130,7 +138,7 @@ class Matching:
     pairs: list[Pair]
     lonely_images: list[str]
     lonely_masks: list[str]
-    problems: list[str]  # missing folders, no images, repeated names
+    problems: list[str]  # missing folders, no images, repeated names (the later file is left out)
 
 
 def match_pairs(folder: str | Path) -> Matching:
@@ -140,6 +148,11 @@ def match_pairs(folder: str | Path) -> Matching:
     plus a usual suffix such as ``_mask`` or ``_segmentation`` (ISIC), or, as in the original system,
     ``Img_N`` with ``Mask_N``), or the Kaggle ultrasound-nerve layout
     (``<subject>_<n>.tif`` with ``<subject>_<n>_mask.tif`` in the folder or its ``train/``).
+
+    Of files with the same name (``a.png`` next to ``a.tif``) the first in natural order is paired
+    and each other one is a problem, left out of the pairs and the unmatched files. Images are
+    grouped by subject in the Kaggle layout, and in ``images/`` + ``masks/`` when every paired
+    image is named ``<subject>_<n>``; otherwise each image is its own group.
     """
     folder = Path(folder)
     layout, images_dir, masks_dir = _layout(folder)
@@ -170,8 +183,10 @@ def match_pairs(folder: str | Path) -> Matching:
 
 
 def _pair_up(matching: Matching, images: list[Path], masks: list[Path]) -> None:
+    kaggle = matching.layout == "kaggle"
+
     def mask_key(p: Path) -> str:
-        return p.stem[: -len(MASK_SUFFIX)] if matching.layout == "kaggle" else p.stem
+        return p.stem[: -len(MASK_SUFFIX)] if kaggle else p.stem
 
     def number(pattern: re.Pattern, p: Path) -> int | None:
         match = pattern.match(p.stem)
@@ -182,25 +197,32 @@ def _pair_up(matching: Matching, images: list[Path], masks: list[Path]) -> None:
         lower = p.stem.lower()
         return next((p.stem[: -len(s)] for s in MASK_NAME_SUFFIXES if lower.endswith(s) and len(lower) > len(s)), None)
 
-    try:
-        mask_by_stem = _by_key(masks, mask_key, "mask", matching.masks_dir)
-        mask_by_base = {} if matching.layout == "kaggle" else _by_key(masks, base, "mask", matching.masks_dir)
-        image_by_stem = _by_key(images, lambda p: p.stem, "image", matching.images_dir)
-        mask_by_number = _by_key(masks, lambda p: number(_MASK_N, p), "mask", matching.masks_dir)
-        _by_key(images, lambda p: number(_IMG_N, p), "image", matching.images_dir)  # reject Img_1 next to Img_01
-    except UserError as exc:
-        matching.problems.append(str(exc))
-        return
+    mask_keys = [mask_key] + ([] if kaggle else [base]) + [lambda p: number(_MASK_N, p)]
+    masks = _drop_duplicates(masks, mask_keys, "mask", matching.masks_dir, matching.problems)
+    # The Img_N key rejects Img_1 next to Img_01.
+    image_keys = [lambda p: p.stem, lambda p: number(_IMG_N, p)]
+    images = _drop_duplicates(images, image_keys, "image", matching.images_dir, matching.problems)
+    mask_by_stem = {mask_key(m): m for m in masks}
+    mask_by_base = {} if kaggle else {b: m for m in masks if (b := base(m)) is not None}
+    mask_by_number = {n: m for m in masks if (n := number(_MASK_N, m)) is not None}
+    found: list[tuple[str, Path, Path]] = []
     used: set[Path] = set()
-    for stem, image in image_by_stem.items():
-        mask = mask_by_stem.get(stem) or mask_by_base.get(stem)
+    for image in images:
+        mask = mask_by_stem.get(image.stem) or mask_by_base.get(image.stem)
         if mask is None and number(_IMG_N, image) is not None:
             mask = mask_by_number.get(number(_IMG_N, image))
         if mask is None or mask in used:
             matching.lonely_images.append(image.name)
             continue
         used.add(mask)
-        matching.pairs.append(Pair(name=stem, image=image, mask=mask, group=group_of(stem, matching.layout)))
+        found.append((image.stem, image, mask))
+    # Kaggle names (<subject>_<n>) in images/ + masks/ too: a subject's images stay on one side.
+    # Kaggle-style names elsewhere group by subject too, unless that would leave one group only
+    # (names such as 2021_001, 2021_002 are dates or runs, not subjects).
+    subjects = {group_of(stem, True) for stem, _, _ in found}
+    named = all(KAGGLE_NAME.match(stem) for stem, _, _ in found) and len(subjects) > 1
+    by_subject = kaggle or named
+    matching.pairs.extend(Pair(stem, image, mask, group_of(stem, by_subject)) for stem, image, mask in found)
     matching.lonely_masks.extend(m.name for m in masks if m not in used)
 
 
@@ -236,7 +258,7 @@ def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = No
     """
     cache = cache or DecodeCache(None)
     raw = cache.read(pair.image, page=preprocess.page)
-    mask = preprocess.mask(cache.read(pair.mask, mask=True, page=preprocess.page), pair.mask)
+    mask = preprocess.mask(cache.read(pair.mask, **preprocess.mask_reading()), pair.mask)
     if raw.shape[:2] != mask.shape:
         raise UserError(
             f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "

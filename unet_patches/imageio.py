@@ -94,8 +94,8 @@ def tiff_page(tif: tifffile.TiffFile, page: int | None, path: Path, *, single_pa
     if page is None or (single_page_ok and len(full) == 1):
         if len(full) > 1:
             raise UserError(
-                f"{path}: TIFF holds {len(full)} pages (a stack); choose one with data.page (--page N, counted "
-                "from 0) or save each page as its own file"
+                f"{path}: TIFF holds {len(full)} pages (a stack); choose one with data.page or --page N "
+                "(counted from 0), or save each page as its own file"
             )
         return full[0] if full else 0
     if not 0 <= page < len(tif.pages):
@@ -159,27 +159,46 @@ def _pil_to_array(image: Image.Image, keep_palette: bool) -> np.ndarray:
     return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
 
 
-def read_raw(path: str | Path, *, mask: bool = False, page: int | None = None) -> np.ndarray:
+def read_raw(
+    path: str | Path, *, mask: bool = False, page: int | None = None, mask_colours: bool = False
+) -> np.ndarray:
     """Decode an image file as stored: ``(H, W)`` or ``(H, W, C)`` in the file's dtype.
 
     The one function that opens image files for training, ``predict`` and ``evaluate`` (the decode
-    cache, :mod:`unet_patches.cache`, stores what it returns). TIFFs are read with tifffile (a
-    multi-page TIFF needs ``page``), everything else with Pillow. Palette images become RGB/RGBA,
-    except for masks (``mask=True``), whose palette indices are kept unless the palette holds class
-    colours. Raises ``UserError`` when the file is missing or cannot be read as a 2-D image.
+    cache, :mod:`unet_patches.cache`, stores what it returns). TIFFs are read with tifffile (any
+    compression, through imagecodecs; a multi-page TIFF needs ``page``), 16-bit colour PNGs with
+    imagecodecs (Pillow keeps only their top 8 bits), everything else with Pillow. Palette images
+    become RGB/RGBA, except for masks (``mask=True``), whose palette indices are kept unless the
+    palette holds class colours or the run decodes masks by colour (``mask_colours``, from
+    ``data.mask_colors``). Raises ``UserError`` when the file is missing or cannot be read as a 2-D
+    image.
     """
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() in _TIFF_SUFFIXES:
         return _read_tiff(path, page, single_page_ok=mask)
+    if path.suffix.lower() == ".png" and _is_deep_colour_png(path):
+        import imagecodecs
+
+        try:
+            return np.asarray(imagecodecs.png_decode(path.read_bytes()))
+        except Exception as exc:  # imagecodecs raises its own error types for broken data
+            raise UserError(f"{path}: cannot read as a 16-bit PNG ({_one_line(exc)}); re-save it") from exc
     try:
         with Image.open(path) as image:
             image.load()
-            return _pil_to_array(image, keep_palette=mask)
+            return _pil_to_array(image, keep_palette=mask and not mask_colours)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise UserError(
             f"{path}: cannot read as an image ({_one_line(exc)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
         ) from exc
+
+
+def _is_deep_colour_png(path: Path) -> bool:
+    """A PNG of 16 bits per sample with colour or alpha (IHDR bit depth 16, colour type 2, 4 or 6)."""
+    with open(path, "rb") as f:
+        header = f.read(26)
+    return len(header) == 26 and header[:8] == b"\x89PNG\r\n\x1a\n" and header[24] == 16 and header[25] in (2, 4, 6)
 
 
 def read_image(path: str | Path, page: int | None = None) -> np.ndarray:
@@ -190,7 +209,8 @@ def read_image(path: str | Path, page: int | None = None) -> np.ndarray:
 def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np.ndarray:
     """Turn a raw ``(H, W)`` or ``(H, W, C)`` image into float32 ``(in_channels, H, W)`` in [0, 1].
 
-    uint8 is divided by 255, uint16 by 65535, bool becomes 0/1 and floats are kept as they are.
+    uint8 is divided by 255, uint16 by 65535, other integers (int16 CT slices, ...) by their type's
+    maximum, bool becomes 0/1 and floats are kept as they are.
     Alpha (the last channel of RGBA or gray+alpha) is dropped; a colour image given to a 1-channel
     model is averaged over its colour channels and a gray image given to a 3-channel model is
     repeated. ``name`` (usually the file) starts the error messages.
@@ -213,6 +233,9 @@ def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np
         array = raw.astype(np.float32) / 65535.0
     elif raw.dtype == np.bool_:
         array = raw.astype(np.float32)
+    elif np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 4:
+        # Signed 16-bit CT slices and the like: by the type's maximum, sign kept.
+        array = (raw.astype(np.float64) / np.iinfo(raw.dtype).max).astype(np.float32)
     elif np.issubdtype(raw.dtype, np.floating):
         array = raw.astype(np.float32)
         if not np.all(np.isfinite(array)):
@@ -220,7 +243,7 @@ def image_to_array(raw: np.ndarray, in_channels: int, name: str = "image") -> np
     else:
         raise UserError(
             f"{name}: pixel type {raw.dtype} is not supported; "
-            "expected uint8, uint16, bool or float (convert the image to 8- or 16-bit)"
+            "expected an integer type of up to 32 bits, bool or float (convert the image to 8- or 16-bit)"
         )
 
     channels = array.shape[-1]

@@ -95,6 +95,8 @@ class _Tally:
         self.widths.append(int(raw.shape[1]))
         self.dtypes[str(raw.dtype)] += 1
         self.channels[1 if raw.ndim == 2 else int(raw.shape[-1])] += 1
+        if not _is_real(raw):
+            return  # complex values have no order; image_to_array reports the pixel type
         values = raw[np.isfinite(raw)] if np.issubdtype(raw.dtype, np.floating) else raw
         if values.size:
             low, high = values.min().item(), values.max().item()
@@ -199,7 +201,7 @@ def _check_pair(pair: Pair, reader: DecodeCache, preprocess: Preprocess, patch_s
     """The problems of one pair, its facts added to ``tally``. Each file is read once."""
     problems: list[str] = []
     image = _read(reader, pair.image, problems, page=preprocess.page)
-    raw_mask = _read(reader, pair.mask, problems, mask=True, page=preprocess.page)
+    raw_mask = _read(reader, pair.mask, problems, **preprocess.mask_reading())
     if image is not None:
         tally.add_image(image)
         try:
@@ -228,8 +230,16 @@ def _check_pair(pair: Pair, reader: DecodeCache, preprocess: Preprocess, patch_s
     return problems
 
 
+def _is_real(raw: np.ndarray) -> bool:
+    """Whether the pixels are bool, integer or real float: values that can be ordered."""
+    return raw.dtype.kind in "biuf"
+
+
 def _raw_values(raw: np.ndarray) -> set:
-    """The values of a raw mask before the tables: gray levels, or ``#rrggbb`` for colour masks."""
+    """The values of a raw mask before the tables: gray levels, or ``#rrggbb`` for colour masks;
+    none for a pixel type that is not real (the mask tables report it)."""
+    if not _is_real(raw):
+        return set()
     if raw.ndim == 3 and raw.shape[-1] in (2, 4):
         raw = raw[..., :-1]  # alpha is ignored, as decode_mask does
     if raw.ndim == 3 and (raw.shape[-1] == 1 or all(np.array_equal(raw[..., 0], raw[..., c]) for c in (1, 2))):
@@ -313,7 +323,7 @@ def _inspect_patches(folder: Path, config: Config, report: Report) -> None:
         report.class_shares = {name: float(s) for name, s in zip(names, pixels / pixels.sum())}
     if not records:
         report.problems.append(f"{folder / MANIFEST_NAME}: lists no patches; make the patch folder again")
-    report.problems.extend(_missing_patch_files(folder, records))
+    report.problems.extend(_missing_patch_files(folder, records, str(manifest.get("image_suffix", ".png"))))
     train, val = split_by_source(manifest, t.val_fraction, t.seed)
     source = {p["name"]: p["source"] for p in records}
     sides = [{source[name] for name in names} for names in (train, val)]
@@ -324,9 +334,10 @@ def _inspect_patches(folder: Path, config: Config, report: Report) -> None:
     _warn_no_validation(report, t.val_fraction)
 
 
-def _missing_patch_files(folder: Path, records: list[dict]) -> list[str]:
+def _missing_patch_files(folder: Path, records: list[dict], image_suffix: str) -> list[str]:
     """One problem per missing patch file (their contents are written by our own code, so not read)."""
-    paths = [folder / sub / f"{record['name']}.png" for record in records for sub in ("images", "masks")]
+    paths = [folder / "images" / f"{record['name']}{image_suffix}" for record in records]
+    paths += [folder / "masks" / f"{record['name']}.png" for record in records]
     fix = f"listed in {MANIFEST_NAME} but missing; make the patch folder again"
     return [f"{path}: {fix}" for path in paths if not path.is_file()]
 

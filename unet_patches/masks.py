@@ -96,7 +96,8 @@ def read_mask(
     page: int | None = None,
 ) -> np.ndarray:
     """Read a mask file as uint8 class indices ``(H, W)`` (see :func:`decode_mask`)."""
-    return decode_mask(read_raw(path, mask=True, page=page), path, num_classes, values=values, colors=colors)
+    raw = read_raw(path, mask=True, page=page, mask_colours=colors is not None)
+    return decode_mask(raw, path, num_classes, values=values, colors=colors)
 
 
 def decode_mask(

@@ -2,8 +2,9 @@
 
 A patch folder (docs/ORIGINAL.md 1.2) looks like::
 
-    out_dir/images/p0.png ...   8-bit gray (or RGB when in_channels == 3; 16-bit gray for deeper
-                                sources not stretched by percentile normalisation)
+    out_dir/images/p0.png ...   8-bit gray (or RGB when in_channels == 3); p0.tif (float32) for
+                                deeper sources not stretched by percentile normalisation
+                                (manifest ``image_suffix``)
     out_dir/masks/p0.png ...    single-channel class indices
     out_dir/manifest.json       settings, per-class pixel counts and one record per patch
 
@@ -23,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from skimage.transform import resize
 from torch.utils.data import Dataset
@@ -72,18 +74,24 @@ def _resize_to_width(image: np.ndarray, mask: np.ndarray, width: int) -> tuple[n
     return np.moveaxis(image, -1, 0).astype(np.float32), mask.astype(np.uint8)
 
 
-def _to_stored(image: np.ndarray, bits: int) -> np.ndarray:
-    """float ``(C, h, w)`` in [0, 1] -> uint8 (or uint16 for ``bits=16``) ``(h, w)`` (gray) or ``(h, w, C)``."""
-    dtype = np.uint8 if bits == 8 else np.uint16
-    pixels = np.round(np.clip(image, 0.0, 1.0) * float(np.iinfo(dtype).max)).astype(dtype)
-    return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+def _write_image_patch(path: Path, image: np.ndarray) -> None:
+    """float ``(C, h, w)`` -> 8-bit PNG (values in [0, 1], rounded) or float32 TIFF (as they are),
+    by ``path``'s suffix; gray ``(h, w)`` or ``(h, w, C)``."""
+    if path.suffix == ".tif":
+        pixels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, np.ascontiguousarray(pixels, dtype=np.float32))
+        return
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    write_png(path, pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1))
 
 
-def _stored_bits(sample_dtype: str, preprocess: Preprocess, channels: int) -> int:
-    """8-bit patches, unless the source has more than 8 bits and is not stretched by ``percentile``
-    (then a 16-bit scan using 0-3000 would keep only 12 gray levels). PNG holds 16-bit gray only."""
-    deep = sample_dtype not in ("uint8", "bool")
-    return 16 if deep and preprocess.normalize != "percentile" and channels == 1 else 8
+def _image_suffix(dtypes: list[str], preprocess: Preprocess) -> str:
+    """``.png`` (8-bit) for 8-bit sources or ``percentile`` (values then span [0, 1]); else ``.tif``
+    (float32), so 16-bit scans using 0-3000 keep every level and floats (CT in Hounsfield units)
+    keep their values, exactly as inference will see them."""
+    deep = any(dtype not in ("uint8", "bool") for dtype in dtypes)
+    return ".tif" if deep and preprocess.normalize != "percentile" else ".png"
 
 
 def _prepare_output(out_dir: Path, source: Path, overwrite: bool) -> None:
@@ -139,7 +147,7 @@ def _stored_preprocess(preprocess: Preprocess) -> Preprocess:
 
 def _load_resized(
     source: Path, preprocess: Preprocess, resize_width: int | None, patch_size: int, cache: bool
-) -> list[tuple[str, str, np.ndarray, np.ndarray, int]]:
+) -> list[tuple[str, str, np.ndarray, np.ndarray, str]]:
     """``(name, group, image, mask)`` of every pair, normalised per image (``percentile``) and resized
     to ``resize_width`` if given; every image is checked to hold a patch before anything is written."""
     prepared = []
@@ -156,9 +164,7 @@ def _load_resized(
                 f"{' after resizing' if resize_width else ''}) but patches are {patch_size}x"
                 f"{patch_size}; choose a smaller patch size or a larger resize width"
             )
-        prepared.append(
-            (sample.name, sample.group, image, mask, _stored_bits(sample.dtype, preprocess, image.shape[0]))
-        )
+        prepared.append((sample.name, sample.group, image, mask, sample.dtype))
     return prepared
 
 
@@ -178,7 +184,7 @@ def _draw_windows(
 
 
 def _write_patches(
-    prepared: list[tuple[str, str, np.ndarray, np.ndarray, int]],
+    prepared: list[tuple[str, str, np.ndarray, np.ndarray, str]],
     out_dir: Path,
     rng: np.random.Generator,
     patch_size: int,
@@ -186,13 +192,14 @@ def _write_patches(
     foreground_only: bool,
     variants: tuple[str, ...],
     num_classes: int,
+    suffix: str,
 ) -> tuple[list[dict], np.ndarray, int]:
     """Write the patches of every image; returns the manifest records, the class pixel counts of
     everything written, and the number of windows kept."""
     records: list[dict] = []
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     windows_kept = 0
-    for name, _, image, mask, bits in prepared:
+    for name, _, image, mask, _ in prepared:
         for y, x in _draw_windows(rng, mask, patch_size, per_image, foreground_only):
             windows_kept += 1
             mask_patch = mask[y : y + patch_size, x : x + patch_size]
@@ -200,7 +207,7 @@ def _write_patches(
             image_patch = image[:, y : y + patch_size, x : x + patch_size]
             for kind in variants:
                 patch = f"p{len(records)}"
-                write_png(out_dir / "images" / f"{patch}.png", _to_stored(flip(image_patch, kind), bits))
+                _write_image_patch(out_dir / "images" / f"{patch}{suffix}", flip(image_patch, kind))
                 write_png(out_dir / "masks" / f"{patch}.png", np.ascontiguousarray(flip(mask_patch, kind)))
                 records.append({"name": patch, "source": name, "y": y, "x": x, "flip": kind})
     return records, class_pixels, windows_kept
@@ -243,8 +250,9 @@ def extract_patches(
         _clear_output(out_dir)
     variants = FLIPS if flips else FLIPS[:1]
     rng = np.random.default_rng(seed)
+    suffix = _image_suffix([dtype for *_, dtype in prepared], preprocess)
     records, class_pixels, windows_kept = _write_patches(
-        prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, preprocess.num_classes
+        prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, preprocess.num_classes, suffix
     )
     sources = {name: {"height": m.shape[0], "width": m.shape[1], "group": group} for name, group, _, m, _ in prepared}
     if not records:
@@ -255,7 +263,7 @@ def extract_patches(
     settings = {"patch_size": patch_size, "num_classes": preprocess.num_classes,
                 "in_channels": preprocess.in_channels, "seed": seed,
                 "source": str(source), "per_image": per_image, "foreground_only": foreground_only, "flips": flips,
-                "resize_width": resize_width, "preprocess": preprocess.to_dict()}  # fmt: skip
+                "resize_width": resize_width, "preprocess": preprocess.to_dict(), "image_suffix": suffix}  # fmt: skip
     manifest = {"format": MANIFEST_FORMAT, **settings, "class_pixels": class_pixels.tolist(), "sources": sources,
                 "patches": records}  # fmt: skip
     _write_json(out_dir / MANIFEST_NAME, manifest)
@@ -386,7 +394,7 @@ class PatchFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.names[index]
-        image_path = self.folder / "images" / f"{name}.png"
+        image_path = self.folder / "images" / f"{name}{self.manifest.get('image_suffix', '.png')}"
         image = image_to_array(self.reader.read(image_path), self.in_channels, name=str(image_path))
         if self.standardize is not None:
             mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in self.standardize)

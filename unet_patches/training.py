@@ -206,7 +206,11 @@ def fit(
 def resume(checkpoint: str | Path, *, device: str | None = None, progress_bars: bool = True) -> dict[str, Any]:
     """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it."""
     state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
+    stored = dict(state["config"])
+    if "preprocess" not in state:
+        # Written before data.normalize existed: those runs were trained on range-scaled images.
+        stored["data"] = {"normalize": "range", **stored.get("data", {})}
+    config = config_from_dict(stored, source=f"{checkpoint} (stored config)")
     run = build_run(config, device, pretrained=False)  # the weights come from the checkpoint
     restore(run, state)
     return _train(run, progress_bars)

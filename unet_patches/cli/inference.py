@@ -48,11 +48,31 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
         "for many or large images (default: inference.compile)",
     )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument(
+        "--page",
+        type=int,
+        default=None,
+        help="page of multi-page TIFFs, from 0 (default: the training run's data.page)",
+    )
     add_params(p)
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     return config_from_args(args).inference.predictor_options()
+
+
+def load_segmenter(args: argparse.Namespace):
+    """The checkpoint's Segmenter, reading the TIFF page of ``--page`` when given."""
+    from dataclasses import replace
+
+    from ..api import Segmenter
+    from ..validate import require_int
+
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    if args.page is None:
+        return segmenter
+    require_int("--page", args.page, 0)
+    return replace(segmenter, preprocess=replace(segmenter.preprocess, page=args.page))
 
 
 def add_predict(sub: Any) -> None:
@@ -76,10 +96,10 @@ def add_predict(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..api import Segmenter, predict_files
+    from ..api import predict_files
 
     options = inference_options(args)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    segmenter = load_segmenter(args)
     written = predict_files(
         segmenter,
         args.inputs,
@@ -112,10 +132,10 @@ def add_evaluate(sub: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..api import Segmenter, evaluate_folder
+    from ..api import evaluate_folder
 
     options = inference_options(args)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    segmenter = load_segmenter(args)
     scores = evaluate_folder(
         segmenter, args.data_dir, window=args.window, progress=not args.no_progress and not args.json, **options
     )

@@ -51,11 +51,18 @@ def _is_our_output(path: Path) -> bool:
     return path.stem.endswith(_OUTPUT_TAGS)
 
 
+def _is_mask_beside_its_image(path: Path) -> bool:
+    """``X_mask.tif`` next to ``X.tif`` (the Kaggle layout's masks, found through a folder)."""
+    stem = path.stem
+    return stem.endswith("_mask") and any(path.with_name(stem[:-5] + s).is_file() for s in (path.suffix, ".tif"))
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files, folders (their images, not recursive) and glob patterns -> image files, in order, once.
 
     Files found through a folder or pattern whose stem ends in ``_labels`` / ``_overlay`` /
-    ``_probs`` are skipped (they are this tool's outputs). Raises ``UserError`` for a missing file, a
+    ``_probs`` are skipped (they are this tool's outputs), and so are ``X_mask`` files found through a
+    folder that holds ``X`` too (a Kaggle-layout ``train/`` folder). Raises ``UserError`` for a missing file, a
     folder without images, or a pattern that matches no image.
     """
     if isinstance(inputs, (str, Path)):
@@ -65,7 +72,9 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if _is_image(p) and not _is_our_output(p))
+            matches = sorted(
+                p for p in path.iterdir() if _is_image(p) and not _is_our_output(p) and not _is_mask_beside_its_image(p)
+            )
             if not matches:
                 raise UserError(
                     f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); give another folder or files"
@@ -116,18 +125,20 @@ def plan_outputs(
     probs: bool,
     overwrite: bool,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
+    page: int | None = None,
 ) -> list[OutputPlan]:
     """Open every input (its header only) and check every output path before anything is written.
 
-    Raises ``UserError`` for an unreadable input, an output folder that is a file, two inputs that
-    would write the same file, or an existing output without ``overwrite``.
+    Raises ``UserError`` for an unreadable input (a TIFF stack without ``page`` included), an output
+    folder that is a file, two inputs that would write the same file, or an existing output without
+    ``overwrite``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
     plans = []
     for path in files:
-        size = image_size(path)
+        size = image_size(path, page)
         large = size[0] * size[1] > stream_threshold_px
         plans.append(
             OutputPlan(path, size, large, output_paths(path, out_dir, large=large, overlay=overlay, probs=probs))

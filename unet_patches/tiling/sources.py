@@ -281,18 +281,23 @@ class _WholeReader:
         self.raw = None
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image file without decoding its pixels. Raises ``UserError`` if unreadable."""
+def image_size(path: str | Path, page: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` of an image file (of its ``page`` for a TIFF) without decoding its pixels.
+
+    Raises ``UserError`` if unreadable, or for a TIFF stack without ``page``.
+    """
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
-                page = tif.pages.first
-                return int(page.imagelength), int(page.imagewidth)
+                chosen = tif.pages[tiff_page(tif, page, path)]
+                return int(chosen.imagelength), int(chosen.imagewidth)
         from PIL import Image
 
         with Image.open(path) as image:
             return int(image.height), int(image.width)
+    except UserError:
+        raise
     except Exception as exc:  # Pillow and tifffile raise many types for broken files
         raise UserError(
             f"{path}: cannot read as an image ({' '.join(str(exc).split())}); "
