@@ -177,28 +177,36 @@ def read_raw(
     _check_file(path)
     if path.suffix.lower() in _TIFF_SUFFIXES:
         return _read_tiff(path, page, single_page_ok=mask)
-    if path.suffix.lower() == ".png" and _is_deep_colour_png(path):
-        import imagecodecs
-
-        try:
-            return np.asarray(imagecodecs.png_decode(path.read_bytes()))
-        except Exception as exc:  # imagecodecs raises its own error types for broken data
-            raise UserError(f"{path}: cannot read as a 16-bit PNG ({_one_line(exc)}); re-save it") from exc
     try:
-        with Image.open(path) as image:
-            image.load()
-            return _pil_to_array(image, keep_palette=mask and not mask_colours)
+        with open(path, "rb") as f:  # opened once: the header says whether Pillow can decode it
+            if _is_deep_colour_png(f.read(26)):
+                return _decode_deep_png(f, path)
+            f.seek(0)
+            with Image.open(f) as image:
+                image.load()
+                return _pil_to_array(image, keep_palette=mask and not mask_colours)
+    except UserError:
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise UserError(
             f"{path}: cannot read as an image ({_one_line(exc)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
         ) from exc
 
 
-def _is_deep_colour_png(path: Path) -> bool:
-    """A PNG of 16 bits per sample with colour or alpha (IHDR bit depth 16, colour type 2, 4 or 6)."""
-    with open(path, "rb") as f:
-        header = f.read(26)
+def _is_deep_colour_png(header: bytes) -> bool:
+    """A PNG of 16 bits per sample with colour or alpha (IHDR bit depth 16, colour type 2, 4 or 6):
+    Pillow keeps only the top 8 bits of those."""
     return len(header) == 26 and header[:8] == b"\x89PNG\r\n\x1a\n" and header[24] == 16 and header[25] in (2, 4, 6)
+
+
+def _decode_deep_png(f, path: Path) -> np.ndarray:
+    import imagecodecs
+
+    f.seek(0)
+    try:
+        return np.asarray(imagecodecs.png_decode(f.read()))
+    except Exception as exc:  # imagecodecs raises its own error types for broken data
+        raise UserError(f"{path}: cannot read as a 16-bit PNG ({_one_line(exc)}); re-save it") from exc
 
 
 def read_image(path: str | Path, page: int | None = None) -> np.ndarray:
