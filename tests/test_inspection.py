@@ -264,3 +264,10 @@ def test_complex_pixels_are_a_problem_not_a_traceback(tmp_path, capsys):
     code, out, err = run(capsys, "inspect", folder, "-s", 8)
     assert code == 2 and "Problems (4):" in out and "a.tif" in out and "a_m.tif" in out
     assert "Traceback" not in out + err
+
+
+def test_a_class_no_mask_holds_is_a_warning(tmp_path):
+    folder = image_folder(tmp_path / "d", mask_values=(0, 1))
+    report = inspect_folder(folder, config(classes=3))
+    assert not report.problems
+    assert any("no pixel of class class2" in w or "no pixel of class ellipse" in w for w in report.warnings)

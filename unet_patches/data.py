@@ -7,6 +7,7 @@ training patches are sampled on the fly and validation uses fixed windows of hel
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ from .sampling import FixedWindows, RandomPatches
 
 if TYPE_CHECKING:
     from .config import Config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DataSources", "make_datasets", "make_loader", "resolve_class_weights", "resolve_folder", "set_epoch"]
 
@@ -83,6 +86,13 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
         )
     train_names, val_names = split_by_source(manifest, t.val_fraction, t.seed)
     preprocess = manifest_preprocess(manifest)
+    made, asked = (preprocess.normalize, preprocess.resize), (d.normalize, d.preprocess().resize)
+    if made != asked and runtime.is_main_process():
+        log.warning(
+            "%s: the patches were made with normalize %s, resize %s; data.normalize / data.resize (%s, %s) "
+            "apply when patches are made and are ignored here",
+            folder, *made, *asked,
+        )  # fmt: skip
     standardize = None
     if preprocess.normalize == "dataset":
         statistics = DatasetStatistics(d.in_channels)

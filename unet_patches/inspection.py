@@ -261,6 +261,12 @@ def _summarise(tally: _Tally, report: Report, config: Config) -> None:
     if tally.class_pixels is not None and tally.class_pixels.sum():
         shares = tally.class_pixels / tally.class_pixels.sum()
         report.class_shares = {name: float(s) for name, s in zip(config.data.names(), shares)}
+        absent = [name for name, share in report.class_shares.items() if share == 0]
+        if absent:
+            report.warnings.append(
+                f"no pixel of class {', '.join(absent)} in any mask: check the masks and data.mask_values / "
+                "data.mask_colors (the model cannot learn a class it never sees)"
+            )
     _range_use(report, config.data.normalize)
 
 

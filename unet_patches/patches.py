@@ -354,11 +354,12 @@ class PatchFolder(Dataset):
 
     ``names`` picks patches (default: all, in manifest order), e.g. one side of
     :func:`split_by_source`. Items are ``(image, mask)``: float32 tensor ``(in_channels, h, w)`` in
-    [0, 1] and int64 tensor ``(h, w)``. Files are read lazily in ``__getitem__`` (nothing cached):
-    the PNGs are small, reading them is cheap next to a training step, and DataLoader workers then
-    share no large arrays. Raises ``UserError`` for a missing or broken manifest, and ``ValueError``
-    for ``names`` not in the manifest (they come from the caller, e.g. :func:`split_by_source` of
-    the same manifest, so an unknown one is a programming error).
+    [0, 1] (float32 TIFF patches: as stored) and int64 tensor ``(h, w)``. Files are read lazily in
+    ``__getitem__``, through the decode cache (a ``.npy`` per patch under the folder, unless
+    ``cache`` is False), so DataLoader workers share no large arrays. Raises ``UserError`` for a
+    missing or broken manifest, and ``ValueError`` for ``names`` not in the manifest (they come
+    from the caller, e.g. :func:`split_by_source` of the same manifest, so an unknown one is a
+    programming error).
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 """How a raw image becomes network input, the same way in training, ``predict``, ``evaluate``, the
-API and exports: :class:`Preprocess`, written into every checkpoint.
+API: :class:`Preprocess`, written into every checkpoint (so that whatever predicts can repeat it).
 
 The steps, in order:
 
