@@ -1,4 +1,4 @@
-"""``unet-patches``: generate, patches, inspect, train, predict, evaluate, experiments.
+"""``unet-patches``: generate, patches, inspect, train, predict, evaluate, submit, experiments.
 
 Settings come from code defaults < ``parameters.json`` (``--params``) < flags. A settings flag is
 absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); the given ones are
@@ -20,6 +20,7 @@ from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_predict
 from .inspect import add_inspect
 from .prepare import add_generate, add_patches
+from .submit import add_submit
 from .train import add_train, add_train_arguments, run_train
 
 __all__ = ["DEFAULT_PARAMS", "PROG", "build_parser", "main", "params_path", "run_guarded", "train_main"]
@@ -39,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for add in (add_generate, add_patches, add_inspect, add_train, add_predict, add_evaluate, add_experiments):
+    for add in (
+        add_generate,
+        add_patches,
+        add_inspect,
+        add_train,
+        add_predict,
+        add_evaluate,
+        add_submit,
+        add_experiments,
+    ):
         add(sub)
     return parser
 
