@@ -1,4 +1,4 @@
-"""``unet-patches``: generate, patches, inspect, train, predict, evaluate, submit, experiments.
+"""``unet-patches``: generate, patches, inspect, train, predict, evaluate, submit, export, experiments.
 
 Settings come from code defaults < ``parameters.json`` (``--params``) < flags. A settings flag is
 absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); the given ones are
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import UserError
 from .experiments import add_experiments
+from .export import add_export
 from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_predict
 from .inspect import add_inspect
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_predict,
         add_evaluate,
         add_submit,
+        add_export,
         add_experiments,
     ):
         add(sub)

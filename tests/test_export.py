@@ -1,0 +1,211 @@
+"""Exported networks (ONNX, TorchScript) against PyTorch: every architecture, both outputs, random
+inputs of two sizes and batches, a whole tiled prediction; the sidecar; refusals; the command line."""
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from unet_patches.api import Segmenter
+from unet_patches.checkpoints import save_checkpoint
+from unet_patches.cli import main
+from unet_patches.ensemble import ProbabilityEnsemble
+from unet_patches.errors import UserError
+from unet_patches.export import OnnxNetwork, export_checkpoint, export_network, sidecar_path
+from unet_patches.imageio import read_image
+from unet_patches.models import MODELS, ModelConfig, build_model
+from unet_patches.preprocess import Preprocess
+from unet_patches.synthetic import SyntheticSpec, generate_dataset
+from unet_patches.tiling import TiledPredictor
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+# Measured: at most 6e-8 (ONNX Runtime) and 0 (TorchScript) on these networks.
+ATOL = 1e-4
+FORMATS = ("onnx", "torchscript")
+# The smallest network of each architecture: base width 4; the U-Nets two levels deep, the VGG-16
+# layouts their fixed depth (segnet: sizes multiples of 32, vgg16_unet: of 16).
+DEPTHS = {"unet": 2, "inception_unet": 2, "segnet": 4, "vgg16_unet": 4}  # 4: the default, fixed ones ignore it
+CONFIGS = {name: ModelConfig(name=name, base_width=4, depth=DEPTHS[name]) for name in MODELS}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_exporter():
+    with warnings.catch_warnings():  # the TorchScript-based ONNX exporter and tracing warn about themselves
+        warnings.simplefilter("ignore")
+        yield
+
+
+def segmenter(config: ModelConfig, seed: int = 0) -> Segmenter:
+    torch.manual_seed(seed)
+    network = build_model(config, pretrained=False).eval()
+    preprocess = Preprocess(in_channels=config.in_channels, num_classes=config.num_classes, normalize="range")
+    names = tuple(f"class{c}" for c in range(config.num_classes))
+    return Segmenter(network=network, patch_size=32, class_names=names, preprocess=preprocess)
+
+
+def load(path, fmt):
+    return OnnxNetwork(path) if fmt == "onnx" else torch.jit.load(str(path))
+
+
+@pytest.mark.parametrize("output", ["probabilities", "logits"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_exported_network_matches_pytorch_on_two_sizes(tmp_path, name, fmt, output):
+    seg = segmenter(CONFIGS[name])
+    path = export_network(seg, tmp_path / f"model.{fmt}", fmt, output=output)
+    exported = load(path, fmt)
+    info = json.loads(sidecar_path(path).read_text())
+    m = max(info["input_size_multiple"], 16)
+    generator = torch.Generator().manual_seed(1)
+    for batch, (height, width) in ((1, (2 * m, 3 * m)), (3, (4 * m, m))):
+        image = torch.randn(batch, 1, height, width, generator=generator)
+        with torch.no_grad():
+            expected = seg.network(image)
+            expected = torch.softmax(expected, dim=1) if output == "probabilities" else expected
+            actual = exported(image)
+        assert actual.shape == (batch, 3, height, width) and actual.dtype == torch.float32
+        torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("output", ["probabilities", "logits"])
+def test_tiled_prediction_through_the_export_has_the_same_labels(tmp_path, fmt, output):
+    spec = SyntheticSpec(height=100, width=90)
+    generate_dataset(tmp_path / "data", n_train=1, n_test=1, seed=0, spec=spec)
+    seg = segmenter(CONFIGS["unet"])
+    image = seg.to_input(read_image(tmp_path / "data" / "test" / "images" / "0000.png"))
+    assert image.shape == (1, 100, 90)
+    path = export_network(seg, tmp_path / f"model.{fmt}", fmt, output=output)
+    exported = load(path, fmt)
+    # An export of probabilities has the softmax inside: the predictor must not apply it again.
+    activation = "softmax" if output == "logits" else None
+    if fmt == "onnx":
+        assert exported.activation == activation
+    options = dict(precision="fp32", fold_batchnorm=False, batch_size=5)
+    reference = TiledPredictor(seg.network, 32, precision="fp32", batch_size=5).probabilities(image)
+    actual = TiledPredictor(exported, 32, activation=activation, **options).probabilities(image)
+    np.testing.assert_allclose(actual, reference, atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(actual.argmax(0), reference.argmax(0))
+
+
+def test_sidecar_holds_what_inference_needs(tmp_path):
+    config = ModelConfig(name="unet", in_channels=2, num_classes=4, base_width=4, depth=3)
+    seg = segmenter(config)
+    pre = Preprocess(in_channels=2, num_classes=4, normalize="dataset", mean=(0.1, 0.2), std=(0.3, 0.4))
+    seg = Segmenter(seg.network, 48, ("bg", "a", "b", "c"), pre)
+    path = export_network(seg, tmp_path / "model.pt", "torchscript", output="logits")
+    assert path == tmp_path / "model.pt" and sidecar_path(path) == tmp_path / "model.pt.json"
+    info = json.loads((tmp_path / "model.pt.json").read_text())
+    assert info["format"] == "torchscript" and info["output"] == "logits" and info["output_name"] == "logits"
+    assert info["class_names"] == ["bg", "a", "b", "c"] and info["num_classes"] == 4
+    assert info["in_channels"] == 2 and info["patch_size"] == 48 and info["input_size_multiple"] == 8
+    assert Preprocess.from_dict(info["preprocess"]) == pre
+    assert ModelConfig.from_dict(info["model_config"]) == config
+    assert info["torch_version"] == torch.__version__ and info["unet_patches_version"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]  # no temporary files
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    seg = segmenter(CONFIGS["unet"])
+    path = export_network(seg, tmp_path / "model.onnx", "onnx")
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="model.onnx exists.*--overwrite"):
+        export_network(seg, path, "onnx", output="logits")
+    assert path.read_bytes() == before
+    sidecar_path(path).unlink()
+    with pytest.raises(UserError, match="exists"):  # the network alone is enough to refuse
+        export_network(seg, path, "onnx")
+    export_network(seg, path, "onnx", output="logits", overwrite=True)
+    assert json.loads(sidecar_path(path).read_text())["output"] == "logits"
+    assert OnnxNetwork(path).output == "logits"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "output", "message"), [("tflite", "probabilities", "format"), ("onnx", "softmax", "output")]
+)
+def test_bad_format_or_output_is_a_user_error(tmp_path, fmt, output, message):
+    with pytest.raises(UserError, match=message):
+        export_network(segmenter(CONFIGS["unet"]), tmp_path / "model", fmt, output=output)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_ensemble_is_refused(tmp_path):
+    seg = segmenter(CONFIGS["unet"])
+    ensemble = Segmenter(ProbabilityEnsemble([seg.network, seg.network]), 32, seg.class_names, seg.preprocess)
+    with pytest.raises(UserError, match="export one checkpoint"):
+        export_network(ensemble, tmp_path / "model.onnx", "onnx")
+    with pytest.raises(UserError, match="export one checkpoint"):
+        export_checkpoint(f"{tmp_path}/a.pt,{tmp_path}/b.pt", tmp_path / "model.onnx", "onnx")
+
+
+def test_missing_onnx_packages_say_how_to_install_them(tmp_path, monkeypatch):
+    seg = segmenter(CONFIGS["unet"])
+    torchscript = export_network(seg, tmp_path / "model.pt", "torchscript")  # needs no onnx
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"pip install unet-patches\[onnx\]"):
+        export_network(seg, tmp_path / "model.onnx", "onnx")
+    with pytest.raises(UserError, match=r"pip install unet-patches\[onnx\]"):
+        OnnxNetwork(torchscript)
+
+
+def write_checkpoint(path, config: ModelConfig):
+    seg = segmenter(config)
+    state = {
+        "format_version": 1,
+        "model_config": config.to_dict(),
+        "model": seg.network.state_dict(),
+        "class_names": list(seg.class_names),
+        "in_channels": config.in_channels,
+        "patch_size": 32,
+        "preprocess": seg.preprocess.to_dict(),
+    }
+    save_checkpoint(state, path)
+    return seg
+
+
+def test_cli_exports_a_checkpoint(tmp_path, capsys):
+    seg = write_checkpoint(tmp_path / "best.pt", CONFIGS["unet"])
+    out = tmp_path / "export" / "model.onnx"
+    assert main(["export", str(tmp_path / "best.pt"), "--format", "onnx", "-o", str(out), "--logits"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and str(sidecar_path(out)) in printed
+    image = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxNetwork(out)(image), seg.network(image), atol=ATOL, rtol=0)
+    # Again: refused without --overwrite, one line and exit 2.
+    assert main(["export", str(tmp_path / "best.pt"), "--format", "onnx", "-o", str(out)]) == 2
+    assert_one_line(capsys.readouterr().err, "exists")
+    ts = tmp_path / "model.pt"
+    assert main(["export", str(tmp_path / "best.pt"), "--format", "torchscript", "-o", str(ts)]) == 0
+    assert json.loads(sidecar_path(ts).read_text())["output"] == "probabilities"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--format", "tflite", "-o", "m.onnx"], "invalid choice: 'tflite'"),
+        (["--format", "onnx"], "-o/--out"),
+        (["--format", "onnx", "-o", "m.onnx", "missing.pt"], "checkpoint not found"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = [] if "missing.pt" in argv else ["best.pt"]
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(["export", *checkpoint, *argv])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    assert_one_line(capsys.readouterr().err, needle)
+    assert not list(tmp_path.iterdir())
+
+
+def assert_one_line(err: str, needle: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert needle in lines[0], lines[0]
