@@ -2,6 +2,7 @@
 inputs of two sizes and batches, a whole tiled prediction; the sidecar; refusals; the command line."""
 
 import json
+import subprocess
 import sys
 import warnings
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_patches.api import Segmenter
+from unet_patches.api import Segmenter, evaluate_folder, predict, predict_files
 from unet_patches.checkpoints import save_checkpoint
 from unet_patches.cli import main
 from unet_patches.ensemble import ProbabilityEnsemble
@@ -209,3 +210,112 @@ def assert_one_line(err: str, needle: str) -> None:
     lines = [line for line in err.strip().splitlines() if line]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert needle in lines[0], lines[0]
+
+
+# --- An ONNX export in place of a checkpoint: Segmenter.from_checkpoint, the API and the commands --------
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory):
+    """A checkpoint, its exports of probabilities and of logits, and a small synthetic data set."""
+    root = tmp_path_factory.mktemp("onnx_run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_checkpoint(root / "best.pt", CONFIGS["unet"])
+        for output in ("probabilities", "logits"):
+            export_checkpoint(root / "best.pt", root / f"{output}.onnx", "onnx", output=output)
+    generate_dataset(root / "data", n_train=1, n_test=2, seed=0, spec=SyntheticSpec(height=100, width=90))
+    return root
+
+
+@pytest.mark.parametrize(("output", "activation"), [("probabilities", None), ("logits", "softmax")])
+def test_onnx_segmenter_predicts_the_checkpoints_labels(onnx_run, output, activation):
+    reference = Segmenter.from_checkpoint(onnx_run / "best.pt")
+    seg = Segmenter.from_checkpoint(onnx_run / f"{output}.onnx")
+    assert isinstance(seg.network, OnnxNetwork) and seg.activation == activation
+    assert (seg.patch_size, seg.class_names, seg.preprocess) == (
+        reference.patch_size,
+        reference.class_names,
+        reference.preprocess,
+    )
+    image = read_image(onnx_run / "data" / "test" / "images" / "0000.png")
+    expected, expected_probs = predict(reference, image, precision="fp32", batch_size=5, return_probs=True)
+    labels, probs = predict(seg, image, batch_size=5, return_probs=True)
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_allclose(probs, expected_probs, atol=ATOL, rtol=0)
+
+
+def test_onnx_predictor_runs_fp32_on_the_cpu_uncompiled(onnx_run, caplog):
+    seg = Segmenter.from_checkpoint(onnx_run / "logits.onnx", device=None)  # None: the CPU, not CUDA
+    with caplog.at_level("WARNING", logger="unet_patches.api"):
+        predictor = seg.predictor(compile=True, precision="bf16")
+    assert "compile ignored" in caplog.text
+    assert predictor.precision.name == "fp32" and not predictor.compiled and predictor.device.type == "cpu"
+    assert predictor.network is seg.network and predictor.activation == "softmax"
+
+
+def test_onnx_segmenter_with_predict_files_and_evaluate_folder(onnx_run, tmp_path):
+    reference = Segmenter.from_checkpoint(onnx_run / "best.pt")
+    seg = Segmenter.from_checkpoint(onnx_run / "probabilities.onnx")
+    test_dir = onnx_run / "data" / "test"
+    expected = evaluate_folder(reference, test_dir, precision="fp32")
+    assert evaluate_folder(seg, test_dir) == expected and expected["images"] == 2
+    written = predict_files(seg, test_dir / "images", tmp_path, progress=False)
+    assert sorted(p.name for p in written) == [
+        "0000_labels.png",
+        "0000_overlay.png",
+        "0001_labels.png",
+        "0001_overlay.png",
+    ]
+    image = read_image(test_dir / "images" / "0001.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "0001_labels.png"), predict(seg, image))
+
+
+def test_cli_predict_evaluate_submit_take_an_onnx_file(onnx_run, tmp_path, capsys):
+    model, test_dir = str(onnx_run / "logits.onnx"), onnx_run / "data" / "test"
+    image = str(test_dir / "images" / "0000.png")
+    assert main(["predict", model, image, "-o", str(tmp_path / "out"), "--no-progress", "--compile"]) == 0
+    assert (tmp_path / "out" / "0000_labels.png").is_file()
+    assert main(["evaluate", model, str(test_dir), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["images"] == 2 and 0 <= scores["miou"] <= 1
+    csv = tmp_path / "submission.csv"
+    argv = ["submit", model, str(test_dir / "images"), "-o", str(csv), "--class", "class1", "--no-progress"]
+    assert main(argv) == 0
+    assert csv.read_text().splitlines()[0] == "img,pixels" and len(csv.read_text().splitlines()) == 3
+
+
+def test_cli_onnx_without_its_sidecar_is_one_line_and_exit_2(onnx_run, tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    model.write_bytes((onnx_run / "probabilities.onnx").read_bytes())
+    assert main(["evaluate", str(model), str(onnx_run / "data" / "test")]) == 2
+    assert_one_line(capsys.readouterr().err, f"{sidecar_path(model)}: sidecar of {model} not found")
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "spec", "device", "message"),
+    [
+        (
+            '{"class_names": ["a"], "patch_size": 32}',
+            "model.onnx",
+            "cpu",
+            "no 'preprocess'.*export the checkpoint again",
+        ),
+        ("not json", "model.onnx", "cpu", "not a readable sidecar.*export the checkpoint again"),
+        (None, "model.onnx,model.onnx", "cpu", "one ONNX file at a time"),
+        (None, "model.onnx", "cuda", "run on the CPU"),
+        (None, "missing.onnx", "cpu", "missing.onnx: ONNX file not found"),
+    ],
+)
+def test_bad_onnx_input_is_a_user_error(onnx_run, tmp_path, monkeypatch, sidecar, spec, device, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.onnx").write_bytes((onnx_run / "probabilities.onnx").read_bytes())
+    (tmp_path / "model.onnx.json").write_text(sidecar or (onnx_run / "probabilities.onnx.json").read_text())
+    with pytest.raises(UserError, match=message):
+        Segmenter.from_checkpoint(spec, device=device)
+
+
+def test_importing_the_package_does_not_load_onnx():
+    code = "import sys, unet_patches; print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

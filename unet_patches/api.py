@@ -7,6 +7,7 @@ training run) and what it does: segment an array, score a folder, predict image 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from .errors import UserError
 from .folders import find_pairs
 from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
+from .onnx_network import OnnxNetwork, sidecar_path
 from .preprocess import Preprocess, resize_probabilities
 from .runtime import pick_device
 from .tiling import TiledPredictor
@@ -38,18 +40,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Segmenter:
-    """A trained network (eval mode, logits out) and the facts of its training run.
+    """A trained network (eval mode) and the facts of its training run.
 
     ``patch_size`` is the training patch size, the default inference window; ``class_names`` has one
     name per output class; ``preprocess`` turns raw images into network input exactly as training
     did (channels, resize, normalisation and its statistics; :mod:`unet_patches.preprocess`) and
-    decodes masks by the training run's mask tables.
+    decodes masks by the training run's mask tables. ``activation`` is what turns the network's
+    output into probabilities: ``softmax`` for logits (a checkpoint), None for an ONNX export whose
+    graph ends in the softmax.
     """
 
     network: nn.Module
     patch_size: int
     class_names: tuple[str, ...]
     preprocess: Preprocess
+    activation: str | None = "softmax"
 
     @property
     def num_classes(self) -> int:
@@ -67,12 +72,21 @@ class Segmenter:
         ``snapshot_NN.pt`` files): their networks become one :class:`~unet_patches.ensemble.ProbabilityEnsemble`
         that averages their probabilities. The training patch size is the first checkpoint's.
 
+        A ``.onnx`` path is an export of ``unet-patches export``: ONNX Runtime runs it on the CPU
+        (:class:`OnnxNetwork`) and its sidecar ``<path>.json`` gives the patch size,
+        class names and preprocessing (:func:`_onnx_segmenter`).
+
         Raises:
-            UserError: a file is missing or not a unet-patches checkpoint, or the members of an
-                ensemble differ in classes or input channels.
+            UserError: a file is missing or not a unet-patches checkpoint, the members of an
+                ensemble differ in classes or input channels, or (ONNX) the sidecar is missing or
+                incomplete, several ONNX files are named, or ``device`` is not the CPU.
         """
-        device = pick_device(None if device is None else str(device))
         paths = checkpoint_paths(path)
+        if any(p.suffix.lower() == ".onnx" for p in paths):
+            if len(paths) > 1:
+                raise UserError(f"{path}: one ONNX file at a time; ensembles need the checkpoints (.pt)")
+            return _onnx_segmenter(paths[0], device)
+        device = pick_device(None if device is None else str(device))
         members = [cls._one(load_checkpoint(p, device), device) for p in paths]
         first = members[0]
         for member, member_path in zip(members[1:], paths[1:]):
@@ -100,7 +114,12 @@ class Segmenter:
 
     def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> TiledPredictor:
         """A :class:`~unet_patches.tiling.TiledPredictor` over this network; ``window`` defaults to the
-        training patch size, ``options`` are its keyword arguments."""
+        training patch size, ``options`` are its keyword arguments (``activation`` defaults to this
+        segmenter's). An ONNX network runs on the CPU in float32, uncompiled, with nothing to fold
+        (:func:`_onnx_predictor_options`)."""
+        options = {"activation": self.activation, **options}
+        if isinstance(self.network, OnnxNetwork):
+            options = _onnx_predictor_options(options)
         return TiledPredictor(self.network, self.patch_size if window is None else window, **options)
 
     def to_input(self, image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -258,3 +277,54 @@ def predict_files(
         bar.update(1)
     bar.close()
     return written
+
+
+def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
+    """A :class:`Segmenter` of an exported ONNX file: :class:`OnnxNetwork` (ONNX
+    Runtime, CPUExecutionProvider) and, from its sidecar ``<path>.json``, the training patch size,
+    class names and preprocessing. ``activation`` is None for a probabilities export, ``softmax``
+    for logits.
+
+    Raises:
+        UserError: the file is missing or not an export of this package, its sidecar is missing,
+            unreadable or lacks a key, ``device`` is not the CPU (None and ``auto`` mean the CPU),
+            or onnxruntime is missing.
+    """
+    path = Path(path)
+    if device is not None and str(device) not in ("cpu", "auto"):
+        raise UserError(f"{path}: ONNX files run on the CPU (ONNX Runtime); use --device cpu, or the checkpoint")
+    if not path.is_file():
+        raise UserError(f"{path}: ONNX file not found")
+    sidecar = sidecar_path(path)
+    again = f"export the checkpoint again (unet-patches export CHECKPOINT --format onnx -o {path})"
+    try:
+        info = json.loads(sidecar.read_text())
+        preprocess = Preprocess.from_dict(info["preprocess"])
+        class_names = tuple(str(name) for name in info["class_names"])
+        patch_size = int(info["patch_size"])
+    except FileNotFoundError:
+        raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:120]
+        raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
+    network = OnnxNetwork(path)
+    return Segmenter(network, patch_size, class_names, preprocess, activation=network.activation)
+
+
+def _onnx_predictor_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``TiledPredictor`` keyword arguments for an :class:`OnnxNetwork`: on the CPU, float32 (the graph
+    is float32; autocast does nothing for ONNX Runtime), not compiled (``torch.compile`` cannot
+    compile ONNX Runtime calls; asking for it is logged and ignored), no BatchNorm folding.
+
+    Raises:
+        UserError: ``device`` other than the CPU (None and ``auto`` mean the CPU).
+    """
+    device = options.get("device")
+    if device is not None and str(device) not in ("cpu", "auto"):
+        raise UserError(f"device {device!r}: ONNX files run on the CPU (ONNX Runtime); use --device cpu")
+    if options.get("compile"):
+        log.warning("compile ignored: torch.compile cannot compile ONNX Runtime calls")
+    precision = options.get("precision", "auto")
+    if precision not in ("auto", "fp32"):
+        log.info("precision %r ignored: the ONNX graph runs in float32", precision)
+    return {**options, "device": "cpu", "precision": "fp32", "compile": False, "fold_batchnorm": False}

@@ -12,8 +12,10 @@ output ``probabilities`` or ``logits``.
 
 >>> export_checkpoint("checkpoints/demo/best.pt", "model.onnx", "onnx")   # also model.onnx.json
 
-:class:`OnnxNetwork` runs an exported ONNX file as a ``torch.nn.Module``, e.g. through
-:class:`~unet_patches.tiling.TiledPredictor`.
+:class:`OnnxNetwork` (defined in :mod:`unet_patches.onnx_network`, which reads exports back) runs an exported
+ONNX file as a ``torch.nn.Module``, e.g. through :class:`~unet_patches.tiling.TiledPredictor`;
+``Segmenter.from_checkpoint("model.onnx")``, and so ``predict``, ``evaluate`` and ``submit``, run
+it with its sidecar.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import copy
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,7 @@ from .api import Segmenter
 from .ensemble import ProbabilityEnsemble
 from .errors import UserError
 from .models import ModelConfig, input_size_multiple
+from .onnx_network import OnnxNetwork, require_onnx_package, sidecar_path
 from .registry import Registry
 
 __all__ = ["EXPORT_FORMATS", "OUTPUTS", "OnnxNetwork", "export_checkpoint", "export_network", "sidecar_path"]
@@ -49,7 +51,6 @@ OUTPUTS: Registry[str] = Registry(
     "export output", {"probabilities": "softmax probabilities over the classes", "logits": "the network's raw logits"}
 )
 ONNX_OPSET = 17
-INSTALL_HINT = "pip install unet-patches[onnx]"
 
 
 class _Exported(nn.Module):
@@ -91,12 +92,6 @@ def _traceable(network: nn.Module) -> nn.Module:
     return network
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """Where the sidecar JSON of an exported file goes: ``<path>.json`` (``model.onnx.json``)."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
 def export_size_multiple(config: ModelConfig) -> int:
     """What exported heights and widths must be multiples of: ``2 ** depth`` (sizes pooling divides
     exactly), and at least what the model itself needs."""
@@ -129,7 +124,7 @@ def export_network(
         if target.exists() and not overwrite:
             raise UserError(f"{target} exists; choose another output path or pass --overwrite")
     if fmt == "onnx":
-        _require("onnx")
+        require_onnx_package("onnx")
     config: ModelConfig = network.config
     multiple = export_size_multiple(config)
     exported = _Exported(_traceable(network), output == "probabilities").eval()
@@ -218,50 +213,3 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _require(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"ONNX export and inference need the {module} package; {INSTALL_HINT}") from None
-
-
-class OnnxNetwork(nn.Module):
-    """An exported ONNX file run by ONNX Runtime behind the ``nn.Module`` interface: ``(N, C, H, W)``
-    float tensor in, ``(N, K, H, W)`` float32 tensor out (on the CPU).
-
-    ``output`` is what the file computes (``probabilities`` or ``logits``, its output's name) and
-    ``activation`` what a :class:`~unet_patches.tiling.TiledPredictor` over it must apply: None for
-    probabilities (softmax is already in the graph), ``softmax`` for logits. Pass the predictor
-    ``fold_batchnorm=False`` too (there is nothing to fold)::
-
-        net = OnnxNetwork("model.onnx")
-        predictor = TiledPredictor(net, 96, activation=net.activation, fold_batchnorm=False, precision="fp32")
-
-    Raises:
-        UserError: onnxruntime is missing, or the file is not an ONNX export of this package.
-    """
-
-    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        super().__init__()
-        ort = _require("onnxruntime")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=list(providers))
-        except Exception as exc:  # onnxruntime raises its own types for missing or malformed files
-            raise UserError(f"{path}: not a readable ONNX file ({' '.join(str(exc).split())[:200]})") from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if [i.name for i in inputs] != ["image"] or len(outputs) != 1 or outputs[0].name not in OUTPUTS:
-            raise UserError(f"{path}: not an unet-patches export (expected input 'image', output probabilities/logits)")
-        self.output: str = outputs[0].name
-
-    @property
-    def activation(self) -> str | None:
-        return None if self.output == "probabilities" else "softmax"
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(image.detach().to("cpu", torch.float32).numpy())
-        (result,) = self.session.run([self.output], {"image": array})
-        return torch.from_numpy(result)

@@ -15,7 +15,8 @@ __all__ = ["add_evaluate", "add_predict", "inference_options"]
 
 CHECKPOINT_HELP = (
     "a best.pt / last.pt written by training; several joined by commas, or a run folder (its snapshot_NN.pt "
-    "files), are averaged as one ensemble"
+    "files), are averaged as one ensemble; or a model.onnx from 'export' (with its model.onnx.json), run by "
+    "ONNX Runtime on the CPU"
 )
 
 
@@ -62,7 +63,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_segmenter(args: argparse.Namespace):
-    """The checkpoint's Segmenter, reading the TIFF page of ``--page`` when given."""
+    """The checkpoint's (or ONNX export's) Segmenter, reading the TIFF page of ``--page`` when given."""
     from dataclasses import replace
 
     from ..api import Segmenter

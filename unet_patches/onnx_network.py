@@ -1,0 +1,79 @@
+"""Exported ONNX files (:mod:`unet_patches.export`) run as networks by ONNX Runtime, so that
+``predict``, ``evaluate`` and ``submit`` take a ``model.onnx`` (with its sidecar ``model.onnx.json``)
+in place of a checkpoint. onnxruntime itself is imported only when a file is opened, so
+``import unet_patches`` stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "require_onnx_package", "sidecar_path"]
+
+ONNX_INSTALL_HINT = "pip install unet-patches[onnx]"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the sidecar JSON of an exported file goes: ``<path>.json`` (``model.onnx.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def require_onnx_package(module: str) -> Any:
+    """Import ``module`` (``onnx``, ``onnxruntime``); a UserError saying how to install it if missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"ONNX export and inference need the {module} package; {ONNX_INSTALL_HINT}") from None
+
+
+class OnnxNetwork(nn.Module):
+    """An exported ONNX file run by ONNX Runtime behind the ``nn.Module`` interface: ``(N, C, H, W)``
+    float tensor in, ``(N, K, H, W)`` float32 tensor out (on the CPU).
+
+    ``output`` is what the file computes (``probabilities`` or ``logits``, its output's name) and
+    ``activation`` what a :class:`~unet_patches.tiling.TiledPredictor` over it must apply: None for
+    probabilities (softmax is already in the graph), ``softmax`` for logits. Pass the predictor
+    ``fold_batchnorm=False`` too (there is nothing to fold)::
+
+        net = OnnxNetwork("model.onnx")
+        predictor = TiledPredictor(net, 96, activation=net.activation, fold_batchnorm=False, precision="fp32")
+
+    Raises:
+        UserError: onnxruntime is missing, or the file is not an ONNX export of this package.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        super().__init__()
+        ort = require_onnx_package("onnxruntime")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own types for missing or malformed files
+            raise UserError(f"{path}: not a readable ONNX file ({' '.join(str(exc).split())[:200]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if (
+            [i.name for i in inputs] != ["image"]
+            or len(outputs) != 1
+            or outputs[0].name not in ("probabilities", "logits")
+        ):
+            raise UserError(f"{path}: not an unet-patches export (expected input 'image', output probabilities/logits)")
+        self.output: str = outputs[0].name
+
+    @property
+    def activation(self) -> str | None:
+        return None if self.output == "probabilities" else "softmax"
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(image.detach().to("cpu", torch.float32).numpy())
+        (result,) = self.session.run([self.output], {"image": array})
+        return torch.from_numpy(result)
