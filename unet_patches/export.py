@@ -45,6 +45,7 @@ EXPORT_FORMATS: Registry[str] = Registry(
     {
         "onnx": "an ONNX graph (opset 17) for ONNX Runtime and other ONNX runtimes",
         "torchscript": "a traced TorchScript module for torch.jit.load and libtorch",
+        "mlflow": "an MLflow pyfunc model folder for `mlflow models serve` (unet_patches.serving)",
     },
 )
 OUTPUTS: Registry[str] = Registry(
@@ -116,6 +117,8 @@ def export_network(
     """
     EXPORT_FORMATS.check(fmt, "format")
     OUTPUTS.check(output, "output")
+    if fmt == "mlflow":
+        raise UserError("the mlflow format serves a checkpoint file: use export_checkpoint (unet-patches export)")
     network = segmenter.network
     if isinstance(network, ProbabilityEnsemble) or not isinstance(getattr(network, "config", None), ModelConfig):
         raise UserError("an ensemble of checkpoints cannot be exported as one network; export one checkpoint")
@@ -142,13 +145,21 @@ def export_network(
 def export_checkpoint(
     checkpoint_path: str | Path, path: str | Path, fmt: str, *, output: str = "probabilities", overwrite: bool = False
 ) -> Path:
-    """:func:`export_network` of the network of one checkpoint file (rebuilt on the CPU).
+    """:func:`export_network` of the network of one checkpoint file (rebuilt on the CPU); for ``mlflow``,
+    :func:`unet_patches.serving.export_mlflow` (a model folder at ``path`` that serves labels, not a graph).
 
     Raises:
-        UserError: as :func:`export_network`, or the checkpoint is missing or unreadable.
+        UserError: as :func:`export_network`, or the checkpoint is missing or unreadable; (MLflow)
+            ``output`` is not ``probabilities`` or MLflow is missing.
     """
     if "," in str(checkpoint_path) or Path(checkpoint_path).is_dir():
         raise UserError(f"{checkpoint_path}: an ensemble cannot be exported as one network; export one checkpoint")
+    if fmt == "mlflow":
+        from .serving import export_mlflow
+
+        if OUTPUTS.check(output, "output") != "probabilities":
+            raise UserError("the mlflow format serves label images; --logits applies to onnx and torchscript only")
+        return export_mlflow(checkpoint_path, path, overwrite=overwrite)
     segmenter = Segmenter.from_checkpoint(checkpoint_path, device="cpu")
     return export_network(segmenter, path, fmt, output=output, overwrite=overwrite)
 
