@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+import unet_patches.atomic as atomic
 import unet_patches.cache as cache_module
 import unet_patches.imageio as imageio_module
 from unet_patches.cache import CACHE_DIR_NAME, DecodeCache
@@ -160,7 +161,7 @@ def test_unwritable_cache_reads_without_it(tmp_path, monkeypatch, caplog, decode
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cache_module.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
     path = _image(tmp_path)
     cache = DecodeCache(tmp_path / "data")
     with caplog.at_level(logging.WARNING, logger="unet_patches.cache"):

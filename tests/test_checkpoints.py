@@ -27,7 +27,7 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     save_checkpoint({"model_config": {}, "model": {"a": torch.ones(1)}}, tmp_path / "c.pt")
 
     def broken_save(obj, f):
-        f.write(b"partial")
+        Path(f).write_bytes(b"partial")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(checkpoints.torch, "save", broken_save)

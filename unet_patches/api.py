@@ -22,7 +22,7 @@ from . import console
 from .checkpoints import load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
 from .ensemble import ProbabilityEnsemble, checkpoint_paths
 from .errors import UserError
-from .folders import find_pairs
+from .folders import find_pairs, read_pair
 from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
 from .onnx_network import OnnxNetwork, sidecar_path
@@ -30,7 +30,7 @@ from .preprocess import Preprocess, resize_probabilities
 from .runtime import pick_device
 from .tiling import TiledPredictor
 from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
-from .tiling.merger import Band, argmax_classes
+from .tiling.merger import Band, argmax_classes, assemble
 from .tiling.sources import ArraySource, RowSource
 
 __all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files"]
@@ -150,16 +150,8 @@ class Segmenter:
         self, predictor: TiledPredictor, raw: np.ndarray, return_probs: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 labels ``(H, W)`` of a raw image at its own size (and the probabilities)."""
-        labels = np.empty(raw.shape[:2], dtype=np.uint8)
-        probs = None
-        for band in self.bands(predictor, raw, probs=return_probs):
-            rows = slice(band.start, band.start + band.labels.shape[0])
-            labels[rows] = band.labels
-            if return_probs:
-                assert band.probs is not None
-                if probs is None:
-                    probs = np.empty((band.probs.shape[0], *labels.shape), dtype=np.float32)
-                probs[:, rows] = band.probs
+        bands = self.bands(predictor, raw, probs=return_probs)
+        labels, probs = assemble(bands, raw.shape[:2], with_probs=return_probs)
         return (labels, probs) if return_probs else labels
 
 
@@ -210,13 +202,7 @@ def evaluate_folder(
     bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
     pixels = 0
     for pair in pairs:
-        raw = read_image(pair.image, pre.page)
-        mask = pre.read_mask(pair.mask)
-        if raw.shape[:2] != mask.shape:
-            raise UserError(
-                f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "
-                f"is {mask.shape[0]}x{mask.shape[1]}; image and mask must have the same size"
-            )
+        raw, mask = read_pair(pair, pre)
         labels = segmenter.labels(predictor, raw)
         matrix.update(torch.from_numpy(labels), torch.from_numpy(mask))
         pixels += mask.size

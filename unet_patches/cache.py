@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import write_atomically
 from .imageio import read_raw
 
 __all__ = ["CACHE_DIR_NAME", "DecodeCache"]
@@ -77,16 +77,14 @@ class DecodeCache:
             self.directory.mkdir(exist_ok=True)
             for stale in self.directory.glob(f"{key}-*.npy"):
                 stale.unlink(missing_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as f:
-                    np.save(f, np.ascontiguousarray(raw), allow_pickle=False)
-                os.replace(temporary, entry)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            write_atomically(entry, lambda tmp: _save_npy(tmp, raw))
         except OSError as exc:
             if self.directory not in _WARNED:  # once per folder and process (inspection and loading both read)
                 _WARNED.add(self.directory)
                 log.warning("%s: cannot write the decode cache (%s); reading without it", self.directory, exc.strerror)
             self.directory = None
+
+
+def _save_npy(path: Path, raw: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a path would get ".npy" appended by np.save
+        np.save(f, np.ascontiguousarray(raw), allow_pickle=False)

@@ -93,14 +93,14 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
             "apply when patches are made and are ignored here",
             folder, *made, *asked,
         )  # fmt: skip
-    standardize = None
     if preprocess.normalize == "dataset":
         statistics = DatasetStatistics(d.in_channels)
         for image, _ in PatchFolder(folder, train_names, in_channels=d.in_channels, cache=d.cache):
             statistics.add(image.numpy())
-        standardize = statistics.result()
-        preprocess = preprocess.with_statistics(*standardize)
-    options = {"in_channels": d.in_channels, "standardize": standardize, "cache": d.cache}
+        preprocess = preprocess.with_statistics(*statistics.result())
+    # Stored patches are normalised already, except for dataset statistics, which apply per patch.
+    after = preprocess if preprocess.normalize == "dataset" else None
+    options = {"in_channels": d.in_channels, "normalize": after, "cache": d.cache}
     train = PatchFolder(folder, train_names, **options)
     val = PatchFolder(folder, val_names, **options) if val_names else None
     held_back = set(val_names)

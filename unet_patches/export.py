@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ import torch
 from torch import nn
 
 from .api import Segmenter
+from .atomic import write_atomically
 from .ensemble import ProbabilityEnsemble
 from .errors import UserError
 from .models import ModelConfig, input_size_multiple
@@ -136,9 +134,9 @@ def export_network(
     example = torch.rand(2, segmenter.in_channels, 3 * multiple, 2 * multiple)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
-    _atomic(path, lambda tmp: writer(exported, example, tmp, output))
+    write_atomically(path, lambda tmp: writer(exported, example, tmp, output))
     info = sidecar_info(segmenter, fmt, output, multiple)
-    _atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    write_atomically(sidecar, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     return path
 
 
@@ -208,19 +206,3 @@ def _write_torchscript(exported: nn.Module, example: torch.Tensor, path: Path, o
     with torch.no_grad():
         traced = torch.jit.trace(exported, example, check_trace=False)
     traced.save(str(path))
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

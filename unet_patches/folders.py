@@ -29,6 +29,7 @@ __all__ = [
     "load_pair",
     "load_pairs",
     "match_pairs",
+    "read_pair",
 ]
 
 _IMG_N = re.compile(r"^img[_-]?(\d+)$", re.IGNORECASE)
@@ -250,9 +251,8 @@ def find_pairs(folder: str | Path) -> list[Pair]:
     return matching.pairs
 
 
-def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = None) -> Sample:
-    """One pair as a :class:`Sample`: the image through steps 1-2 of ``preprocess`` (range and
-    resize, not yet normalised), the mask decoded by its tables and resized by nearest neighbour.
+def read_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The raw image as stored and its mask decoded by ``preprocess``'s tables, both at the file's size.
 
     Raises ``UserError`` for a bad file and when the image and its mask differ in size.
     """
@@ -264,6 +264,13 @@ def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = No
             f"{pair.image} is {raw.shape[0]}x{raw.shape[1]} (HxW) but its mask {pair.mask} "
             f"is {mask.shape[0]}x{mask.shape[1]}; image and mask must have the same size"
         )
+    return raw, mask
+
+
+def load_pair(pair: Pair, preprocess: Preprocess, cache: DecodeCache | None = None) -> Sample:
+    """One pair as a :class:`Sample` (:func:`read_pair`): the image through steps 1-2 of
+    ``preprocess`` (range and resize, not yet normalised), the mask resized by nearest neighbour."""
+    raw, mask = read_pair(pair, preprocess, cache)
     image = preprocess.scaled(raw, str(pair.image))
     if preprocess.resize is not None:
         mask = resize_labels(mask, preprocess.resize)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from skimage.transform import resize
 from torch.utils.data import Dataset
 
+from unet_patches.atomic import write_atomically
 from unet_patches.cache import DecodeCache
 from unet_patches.errors import UserError
 from unet_patches.folders import load_pairs
@@ -117,9 +117,7 @@ def _clear_output(out_dir: Path) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(temporary, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def _check_settings(
@@ -368,13 +366,13 @@ class PatchFolder(Dataset):
         names: list[str] | None = None,
         in_channels: int = 1,
         *,
-        standardize: tuple[list[float], list[float]] | None = None,
+        normalize: Preprocess | None = None,
         cache: bool = True,
     ) -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.in_channels = in_channels
-        self.standardize = standardize
+        self.normalize = normalize
         self.reader = DecodeCache(self.folder if cache else None)
         self.num_classes = int(self.manifest["num_classes"])
         known = [p["name"] for p in self.manifest["patches"]]
@@ -397,9 +395,8 @@ class PatchFolder(Dataset):
         name = self.names[index]
         image_path = self.folder / "images" / f"{name}{self.manifest.get('image_suffix', '.png')}"
         image = image_to_array(self.reader.read(image_path), self.in_channels, name=str(image_path))
-        if self.standardize is not None:
-            mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in self.standardize)
-            image = (image - mean) / std
+        if self.normalize is not None:  # dataset statistics (``normalize``'s step 3; no per-image bounds)
+            image = self.normalize.normalized(image, None)
         mask_path = self.folder / "masks" / f"{name}.png"
         mask = decode_mask(self.reader.read(mask_path, mask=True), mask_path, self.num_classes)
         return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))

@@ -14,15 +14,14 @@ empty mask. Rows are sorted by id, numerically (``1, 2, 10``).
 from __future__ import annotations
 
 import csv
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import console
 from .api import Segmenter
+from .atomic import write_atomically
 from .errors import UserError
 from .imageio import read_image
 from .rle import encode
@@ -98,19 +97,14 @@ def _check_output(out_csv: Path, files: Sequence[Path], overwrite: bool) -> None
 
 def _write_atomic(out_csv: Path, rows: Sequence[tuple[str, str]]) -> None:
     """Write the CSV through a temporary file in its folder, renamed over ``out_csv`` when complete."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{out_csv.name}.", suffix=".tmp", dir=out_csv.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as stream:
             writer = csv.writer(stream, lineterminator="\n")
             writer.writerow(HEADER)
             writer.writerows(rows)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(temporary, out_csv)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    write_atomically(out_csv, write)
 
 
 def write_submission(

@@ -28,7 +28,7 @@ from unet_patches.runtime import resolve_precision
 from unet_patches.validate import require_int
 
 from .blending import BLEND_MODES, axis_weights, weight_sums
-from .merger import Band, BandAccumulator, argmax_classes
+from .merger import Band, BandAccumulator, argmax_classes, assemble
 from .network import inductor_freezing, resolve_device, with_batchnorm_folded
 from .padding import PADDING_MODES, PaddedRows
 from .placement import axis_starts, pair, place_windows, stride_for
@@ -285,30 +285,17 @@ class TiledPredictor:
     def probabilities(self, image: np.ndarray | torch.Tensor, progress: bool = False) -> np.ndarray:
         """Blended map float32 ``(K, H, W)`` of a float image ``(C, H, W)``."""
         image = _as_image(image)
-        out: np.ndarray | None = None
-        for band in self.bands(image, probs=True, progress=progress):
-            assert band.probs is not None
-            if out is None:
-                out = np.empty((band.probs.shape[0], *image.shape[1:]), dtype=np.float32)
-            out[:, band.start : band.start + band.labels.shape[0]] = band.probs
-        assert out is not None
-        return out
+        probs = assemble(self.bands(image, probs=True, progress=progress), image.shape[1:], with_probs=True)[1]
+        assert probs is not None
+        return probs
 
     def labels(
         self, image: np.ndarray | torch.Tensor, return_probs: bool = False, progress: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 labels ``(H, W)`` (argmax of the blended map), and the map itself if ``return_probs``."""
         image = _as_image(image)
-        labels = np.empty(image.shape[1:], dtype=np.uint8)
-        probs: np.ndarray | None = None
-        for band in self.bands(image, probs=return_probs, progress=progress):
-            rows = slice(band.start, band.start + band.labels.shape[0])
-            labels[rows] = band.labels
-            if return_probs:
-                assert band.probs is not None
-                if probs is None:
-                    probs = np.empty((band.probs.shape[0], *image.shape[1:]), dtype=np.float32)
-                probs[:, rows] = band.probs
+        bands = self.bands(image, probs=return_probs, progress=progress)
+        labels, probs = assemble(bands, image.shape[1:], with_probs=return_probs)
         return (labels, probs) if return_probs else labels
 
 

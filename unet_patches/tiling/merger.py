@@ -3,12 +3,12 @@ labels (and probabilities)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Band", "BandAccumulator", "argmax_classes"]
+__all__ = ["Band", "BandAccumulator", "argmax_classes", "assemble"]
 
 
 class BandAccumulator:
@@ -79,3 +79,19 @@ def argmax_classes(scores: np.ndarray) -> np.ndarray:
         labels[higher] = k
         np.maximum(best, scores[k], out=best)
     return labels
+
+
+def assemble(bands: Iterable[Band], size: tuple[int, int], with_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Whole-image uint8 labels ``size`` (and the float32 ``(K, *size)`` probabilities when
+    ``with_probs``, from bands that carry them) from bands of rows."""
+    labels = np.empty(size, dtype=np.uint8)
+    probs: np.ndarray | None = None
+    for band in bands:
+        rows = slice(band.start, band.start + band.labels.shape[0])
+        labels[rows] = band.labels
+        if with_probs:
+            assert band.probs is not None
+            if probs is None:
+                probs = np.empty((band.probs.shape[0], *size), dtype=np.float32)
+            probs[:, rows] = band.probs
+    return labels, probs
