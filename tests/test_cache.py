@@ -62,7 +62,8 @@ def _image(tmp_path, value: int = 7, shape=(6, 9)):
 # ------------------------------------------------------------------------------------ DecodeCache
 
 
-def test_second_read_is_a_memory_mapped_hit(tmp_path, decoders):
+def test_second_read_is_a_memory_mapped_hit(tmp_path, decoders, monkeypatch):
+    monkeypatch.setattr(cache_module, "MAP_ABOVE_BYTES", 0)  # map even this small file
     path = _image(tmp_path)
     cache = DecodeCache(tmp_path / "data")
     first = cache.read(path)
@@ -251,6 +252,13 @@ def test_patch_folder_second_pass_opens_no_png(tmp_path, decoders):
     again = make_datasets(config)
     list(again.train)
     assert decoders["cache"].calls == 0 and again.train.reader.hits == len(again.train) * 2
+
+
+def test_a_small_file_is_read_whole_from_the_cache(tmp_path):
+    path = _image(tmp_path)  # far below MAP_ABOVE_BYTES: mapping would cost more than reading
+    cache = DecodeCache(tmp_path / "data")
+    first, second = cache.read(path), cache.read(path)
+    assert cache.hits == 1 and not isinstance(second, np.memmap) and np.array_equal(first, second)
 
 
 def test_a_file_name_that_is_not_utf8_is_cached(tmp_path):

@@ -1,5 +1,5 @@
 """The decode cache: each image or mask file of a data folder decoded once, kept as a ``.npy`` file
-that later runs memory-map instead of decoding the file again.
+that later runs load (memory-mapped for large files) instead of decoding the file again.
 
 Entries live in ``<data folder>/.unet-patches-cache/``, one per file, named
 ``<key>-<size>-<mtime_ns>-<ctime_ns>-<inode>.npy`` where ``key`` hashes the file's resolved path and
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".unet-patches-cache"
 _WARNED: set[Path] = set()
+MAP_ABOVE_BYTES = 1 << 20  # source files above this are memory-mapped from the cache, smaller ones read
 
 
 class DecodeCache:
@@ -39,37 +40,48 @@ class DecodeCache:
         self.directory = None if folder is None else Path(folder) / CACHE_DIR_NAME
         self.hits = 0
         self.misses = 0
+        self._keys: dict[tuple, str] = {}
 
     def read(
         self, path: str | Path, *, mask: bool = False, page: int | None = None, mask_colours: bool = False
     ) -> np.ndarray:
-        """The file's raw array (as :func:`~unet_patches.imageio.read_raw` returns it), memory-mapped
-        read-only from the cache when the entry is current."""
+        """The file's raw array (as :func:`~unet_patches.imageio.read_raw` returns it), from the cache
+        when the entry is current: memory-mapped read-only for files over ``MAP_ABOVE_BYTES``."""
         options = {"mask": mask, "page": page, "mask_colours": mask_colours}
         if self.directory is None:
             return read_raw(path, **options)
         path = Path(path)
-        stat = path.stat() if path.is_file() else None
-        if stat is None:
+        try:
+            stat = path.stat()
+        except OSError:
             return read_raw(path, **options)  # raises its usual "not found" message
-        how = f"|{int(mask)}|{page}|{int(mask_colours)}".encode()
-        key = hashlib.sha1(os.fsencode(path.resolve()) + how).hexdigest()[:24]
+        key = self._key(path, mask, page, mask_colours)
         # Size, modification and change times, and the inode: a file replaced by another one
         # (a rename, an archive unpacked again) gets a new entry even with the same size and mtime.
         stamp = f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}-{stat.st_ino}"
         entry = self.directory / f"{key}-{stamp}.npy"
-        if entry.is_file():
-            try:
-                array = np.load(entry, mmap_mode="r", allow_pickle=False)
-                self.hits += 1
-                return array
-            except (OSError, ValueError):
-                log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
+        try:
+            # Small files (patches) are read whole: mapping a tiny file costs more than reading it.
+            array = np.load(entry, mmap_mode="r" if stat.st_size > MAP_ABOVE_BYTES else None, allow_pickle=False)
+            self.hits += 1
+            return array
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):
+            log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
         raw = read_raw(path, **options)
         self.misses += 1
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             self._store(key, entry, raw)
         return raw
+
+    def _key(self, path: Path, mask: bool, page: int | None, mask_colours: bool) -> str:
+        """The entry's name for a file and how it is read (computed once per file and reader)."""
+        how = (path, mask, page, mask_colours)
+        if how not in self._keys:
+            text = os.fsencode(path.resolve()) + f"|{int(mask)}|{page}|{int(mask_colours)}".encode()
+            self._keys[how] = hashlib.sha1(text).hexdigest()[:24]
+        return self._keys[how]
 
     def _store(self, key: str, entry: Path, raw: np.ndarray) -> None:
         assert self.directory is not None
