@@ -21,7 +21,7 @@ from typing import Any
 from .augment import AUGMENT_OPS, probabilities
 from .errors import UserError
 from .losses import LOSSES
-from .masks import AUTO_BINARY_VALUES, parse_colour
+from .masks import mask_tables
 from .models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .preprocess import NORMALIZE_MODES, Preprocess
@@ -72,27 +72,7 @@ class DataConfig:
 
     def preprocess(self) -> Preprocess:
         """How these settings turn files into network input (dataset statistics not yet computed)."""
-        for name in ("mask_values", "mask_colors"):
-            if getattr(self, name) == {}:
-                raise UserError(f"data.{name} is empty; give one entry per value found in the masks, or null")
-        values = None
-        if self.mask_values is not None:
-            values = {}
-            for key, index in self.mask_values.items():
-                if not (key.strip().isascii() and key.strip().isdecimal()):
-                    raise UserError(f'data.mask_values key {key!r}: expected a gray level such as "255"')
-                values[int(key)] = index
-        colors = None
-        if self.mask_colors is not None:
-            colors = {parse_colour(key): index for key, index in self.mask_colors.items()}
-        if values is None and colors is None and self.num_classes == 2:
-            values = dict(AUTO_BINARY_VALUES)  # 0/255 (or 0/1) masks; written into checkpoints as a table
-        for table, name in ((values, "mask_values"), (colors, "mask_colors")):
-            for index in (table or {}).values():
-                if not 0 <= index < self.num_classes:
-                    raise UserError(
-                        f"data.{name} maps to class {index}, outside 0..{self.num_classes - 1} (data.num_classes)"
-                    )
+        values, colors = mask_tables(self.mask_values, self.mask_colors, self.num_classes)
         return Preprocess(
             in_channels=self.in_channels,
             num_classes=self.num_classes,

@@ -16,7 +16,7 @@ from unet_patches.errors import UserError
 from unet_patches.imageio import PALETTE, read_raw
 from unet_patches.validate import is_int
 
-__all__ = ["AUTO_BINARY_VALUES", "decode_mask", "hex_colour", "parse_colour", "read_mask"]
+__all__ = ["AUTO_BINARY_VALUES", "decode_mask", "hex_colour", "mask_tables", "parse_colour", "read_mask"]
 
 # The mask table used for 2-class masks when data.mask_values is not given: 0/255 masks (the usual
 # binary masks of medical and Kaggle sets) read as background/foreground, as do 0/1 masks.
@@ -166,3 +166,30 @@ def _checked(labels: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
             f"(expected 0..{num_classes - 1}); {hint} or raise num_classes"
         )
     return labels.astype(np.uint8)
+
+
+def mask_tables(
+    mask_values: dict[str, int] | None, mask_colors: dict[str, int] | None, num_classes: int
+) -> tuple[dict[int, int] | None, dict[tuple[int, int, int], int] | None]:
+    """The settings ``data.mask_values`` / ``data.mask_colors`` (JSON: string keys) as the tables
+    :func:`decode_mask` takes; with two classes and neither, ``AUTO_BINARY_VALUES`` (written into
+    checkpoints as a table). Raises ``UserError`` naming the setting for an empty table, a key that is
+    not a gray level or colour, or a class outside ``0 .. num_classes - 1``."""
+    for name, table in (("mask_values", mask_values), ("mask_colors", mask_colors)):
+        if table == {}:
+            raise UserError(f"data.{name} is empty; give one entry per value found in the masks, or null")
+    values = None
+    if mask_values is not None:
+        values = {}
+        for key, index in mask_values.items():
+            if not (key.strip().isascii() and key.strip().isdecimal()):
+                raise UserError(f'data.mask_values key {key!r}: expected a gray level such as "255"')
+            values[int(key)] = index
+    colors = None if mask_colors is None else {parse_colour(key): index for key, index in mask_colors.items()}
+    if values is None and colors is None and num_classes == 2:
+        values = dict(AUTO_BINARY_VALUES)  # 0/255 (or 0/1) masks
+    for table, name in ((values, "mask_values"), (colors, "mask_colors")):
+        for index in (table or {}).values():
+            if not 0 <= index < num_classes:
+                raise UserError(f"data.{name} maps to class {index}, outside 0..{num_classes - 1} (data.num_classes)")
+    return values, colors
