@@ -172,7 +172,9 @@ def compare(args: argparse.Namespace) -> dict:
         if predictor.precision.name == "fp32" and name.startswith("ours auto (same"):
             continue  # auto is float32 on this CPU: the same run as the fp32 row
         with Timer() as t:  # compiles (once) and warms oneDNN's caches
-            predictor.forward_windows(torch.rand(predictor.windows_per_batch, 1, *predictor.window))
+            predictor.forward_windows(
+                np.random.rand(predictor.windows_per_batch, 1, *predictor.window).astype(np.float32)
+            )
         warmup[name] = t.result.wall
         predictors[name] = predictor
     with torch.no_grad():  # MONAI's warm-up: one batch
@@ -295,7 +297,7 @@ def child_stream(args: argparse.Namespace) -> None:
         blend="gaussian",
     )
     with Timer() as warm:
-        predictor.forward_windows(torch.rand(predictor.windows_per_batch, 1, *predictor.window))
+        predictor.forward_windows(np.random.rand(predictor.windows_per_batch, 1, *predictor.window).astype(np.float32))
     ready_rss = peak_rss_mb()
     with PassTimer(predictor) as passes, Timer() as t:
         (plan,) = plan_outputs(

@@ -1,4 +1,5 @@
-"""Small helpers shared by the benchmarks: timers, peak memory, machine description."""
+"""Small helpers shared by the benchmarks: timers, peak memory, machine description (torch is imported
+only by the functions that use it, so a benchmark's torch-free child process can use the rest)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import platform
 import resource
 import time
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 
 def peak_rss_mb() -> float:
@@ -49,8 +49,10 @@ class Timer:
         self.result = Timing(time.perf_counter() - self._wall, time.process_time() - self._cpu)
 
 
-def matmul_gflops(dtype: torch.dtype, size: int, repeats: int = 3) -> float:
-    """Best-of-``repeats`` GFLOP/s of a ``size``-cube matrix product in ``dtype``."""
+def matmul_gflops(dtype: Any, size: int, repeats: int = 3) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size``-cube matrix product in ``dtype`` (a torch dtype)."""
+    import torch
+
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     a @ b
     best = float("inf")
@@ -63,6 +65,8 @@ def matmul_gflops(dtype: torch.dtype, size: int, repeats: int = 3) -> float:
 
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
+    import torch
+
     model = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:

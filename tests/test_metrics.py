@@ -43,7 +43,7 @@ def test_accumulates_over_batches_like_one_batch():
     whole.update(pred.reshape(-1), truth.reshape(-1))
     parts.update(pred[0], truth[0])
     parts.update(pred[1], truth[1])
-    assert torch.equal(whole.matrix, parts.matrix)
+    assert np.array_equal(whole.matrix, parts.matrix)
     assert whole.matrix.sum() == 2000
 
 
@@ -56,3 +56,14 @@ def test_ignore_index_pixels_not_counted():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="pixels"):
         ConfusionMatrix(2).update(np.zeros(3), np.zeros(4))
+
+
+def test_tensors_and_arrays_count_alike():
+    rng = np.random.default_rng(3)
+    prediction, target = rng.integers(0, 4, (2, 30, 20)), rng.integers(0, 4, (2, 30, 20))
+    target[0, 0, :5] = 255
+    arrays, tensors = ConfusionMatrix(4, ignore_index=255), ConfusionMatrix(4, ignore_index=255)
+    arrays.update(prediction.astype(np.uint8), target.astype(np.uint8))
+    tensors.update(torch.from_numpy(prediction), torch.from_numpy(target))
+    assert arrays.matrix.dtype == np.int64 and np.array_equal(arrays.matrix, tensors.matrix)
+    assert arrays.matrix.sum() == 2 * 30 * 20 - 5

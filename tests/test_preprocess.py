@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -200,6 +201,33 @@ def test_resize_probabilities_keep_sums(size):
     assert out.shape == (4, *size) and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-5)
     assert out.min() >= 0.0
+
+
+SIZE_PAIRS = [
+    ((13, 17), (5, 40)),
+    ((100, 80), (37, 23)),
+    ((37, 23), (100, 80)),
+    ((64, 64), (128, 32)),
+    ((7, 9), (7, 3)),
+]
+
+
+@pytest.mark.parametrize(("source", "size"), SIZE_PAIRS)
+def test_numpy_resizing_is_pytorchs_interpolate(source, size):
+    """The resizing is NumPy (deployment needs no torch) and computes what torch's bilinear (with
+    antialias when shrinking) and nearest-exact interpolation compute."""
+    rng = np.random.default_rng(12)
+    image = rng.random((3, *source), dtype=np.float32)
+    tensor = torch.from_numpy(image)[None]
+    shrinking = size[0] < source[0] or size[1] < source[1]
+    bilinear = dict(mode="bilinear", align_corners=False)
+    expected = F.interpolate(tensor, size=size, antialias=shrinking, **bilinear)[0].numpy()
+    np.testing.assert_allclose(resize_image(image, size), expected, atol=1e-5, rtol=0)
+    expected = F.interpolate(tensor, size=size, **bilinear)[0].numpy()
+    np.testing.assert_allclose(resize_probabilities(image, size), expected, atol=1e-5, rtol=0)
+    labels = rng.integers(0, 5, source).astype(np.uint8)
+    expected = F.interpolate(torch.from_numpy(labels)[None, None], size=size, mode="nearest-exact")[0, 0].numpy()
+    assert np.array_equal(resize_labels(labels, size), expected)
 
 
 def test_scaled_resizes_before_normalising():

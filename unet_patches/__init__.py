@@ -13,3 +13,6 @@ from .api import Segmenter, evaluate_folder, predict, predict_files  # noqa: E40
 from .errors import UserError  # noqa: E402
 
 __all__ = ["Segmenter", "UserError", "evaluate_folder", "predict", "predict_files", "__version__"]
+
+# torch itself is imported only where a checkpoint is read or a torch network runs, so the package,
+# its inference API and its command line work with ONNX exports where torch is not installed.

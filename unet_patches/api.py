@@ -12,26 +12,25 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from . import console
-from .checkpoints import load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
-from .ensemble import ProbabilityEnsemble, checkpoint_paths
 from .errors import UserError
 from .folders import find_pairs, read_pair
 from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
 from .onnx_network import OnnxNetwork, sidecar_path
 from .preprocess import Preprocess, resize_probabilities
-from .runtime import pick_device
-from .tiling import TiledPredictor
+from .tiling.blender import WindowBlender
 from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
 from .tiling.merger import Band, argmax_classes, assemble
 from .tiling.sources import ArraySource, RowSource
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files"]
 
@@ -50,7 +49,7 @@ class Segmenter:
     graph ends in the softmax.
     """
 
-    network: nn.Module
+    network: nn.Module | OnnxNetwork
     patch_size: int
     class_names: tuple[str, ...]
     preprocess: Preprocess
@@ -81,11 +80,23 @@ class Segmenter:
                 ensemble differ in classes or input channels, or (ONNX) the sidecar is missing or
                 incomplete, several ONNX files are named, or ``device`` is not the CPU.
         """
+        if Path(path).suffix.lower() == ".onnx" and ("," not in str(path) or Path(path).exists()):
+            return _onnx_segmenter(path, device)  # needs no torch
+        try:
+            from .checkpoints import load_checkpoint
+            from .ensemble import ProbabilityEnsemble, checkpoint_paths
+            from .runtime import pick_device
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            raise UserError(
+                f"{path}: reading a checkpoint needs PyTorch, which is not installed here; export it where torch is "
+                f"(unet-patches export {path} --format onnx -o model.onnx) and pass model.onnx"
+            ) from None
+
         paths = checkpoint_paths(path)
         if any(p.suffix.lower() == ".onnx" for p in paths):
-            if len(paths) > 1:
-                raise UserError(f"{path}: one ONNX file at a time; ensembles need the checkpoints (.pt)")
-            return _onnx_segmenter(paths[0], device)
+            raise UserError(f"{path}: one ONNX file at a time; ensembles need the checkpoints (.pt)")
         device = pick_device(None if device is None else str(device))
         members = [cls._one(load_checkpoint(p, device), device) for p in paths]
         first = members[0]
@@ -103,6 +114,8 @@ class Segmenter:
 
     @classmethod
     def _one(cls, state: dict[str, Any], device: torch.device) -> Segmenter:
+        from .checkpoints import model_from_checkpoint, preprocess_from_checkpoint
+
         num_classes = int(state["model_config"]["num_classes"])
         names = state.get("class_names") or [f"class{c}" for c in range(num_classes)]
         return cls(
@@ -112,15 +125,18 @@ class Segmenter:
             preprocess=preprocess_from_checkpoint(state),
         )
 
-    def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> TiledPredictor:
+    def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> WindowBlender:
         """A :class:`~unet_patches.tiling.TiledPredictor` over this network; ``window`` defaults to the
         training patch size, ``options`` are its keyword arguments (``activation`` defaults to this
-        segmenter's). An ONNX network runs on the CPU in float32, uncompiled, with nothing to fold
-        (:func:`_onnx_predictor_options`)."""
+        segmenter's). An ONNX network gets the torch-free :class:`~unet_patches.tiling.WindowBlender`
+        instead: on the CPU, in float32, uncompiled (:func:`_onnx_blender_options`)."""
         options = {"activation": self.activation, **options}
+        window = self.patch_size if window is None else window
         if isinstance(self.network, OnnxNetwork):
-            options = _onnx_predictor_options(options)
-        return TiledPredictor(self.network, self.patch_size if window is None else window, **options)
+            return WindowBlender(self.network, window, **_onnx_blender_options(options))
+        from .tiling.engine import TiledPredictor
+
+        return TiledPredictor(self.network, window, **options)
 
     def to_input(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """A raw ``(H, W)`` / ``(H, W, C)`` image as the float32 ``(in_channels, H', W')`` network input
@@ -128,7 +144,7 @@ class Segmenter:
         return self.preprocess.image(image, name)
 
     def bands(
-        self, predictor: TiledPredictor, raw: np.ndarray | RowSource, *, probs: bool = False, progress: bool = False
+        self, predictor: WindowBlender, raw: np.ndarray | RowSource, *, probs: bool = False, progress: bool = False
     ) -> Iterator[Band]:
         """Predicted bands of rows of an image at its own size.
 
@@ -147,7 +163,7 @@ class Segmenter:
         yield Band(0, argmax_classes(blended), blended if probs else None)
 
     def labels(
-        self, predictor: TiledPredictor, raw: np.ndarray, return_probs: bool = False
+        self, predictor: WindowBlender, raw: np.ndarray, return_probs: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 labels ``(H, W)`` of a raw image at its own size (and the probabilities)."""
         bands = self.bands(predictor, raw, probs=return_probs)
@@ -204,7 +220,7 @@ def evaluate_folder(
     for pair in pairs:
         raw, mask = read_pair(pair, pre)
         labels = segmenter.labels(predictor, raw)
-        matrix.update(torch.from_numpy(labels), torch.from_numpy(mask))
+        matrix.update(labels, mask)
         pixels += mask.size
         bar.update(1)
     bar.close()
@@ -297,10 +313,10 @@ def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu")
     return Segmenter(network, patch_size, class_names, preprocess, activation=network.activation)
 
 
-def _onnx_predictor_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``TiledPredictor`` keyword arguments for an :class:`OnnxNetwork`: on the CPU, float32 (the graph
-    is float32; autocast does nothing for ONNX Runtime), not compiled (``torch.compile`` cannot
-    compile ONNX Runtime calls; asking for it is logged and ignored), no BatchNorm folding.
+def _onnx_blender_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``WindowBlender`` keyword arguments for an :class:`OnnxNetwork` from ``TiledPredictor`` ones:
+    the torch settings dropped. It runs on the CPU, in float32 (the graph is float32), not compiled
+    (``torch.compile`` cannot compile ONNX Runtime calls; asking for it is logged and ignored).
 
     Raises:
         UserError: ``device`` other than the CPU (None and ``auto`` mean the CPU).
@@ -313,4 +329,5 @@ def _onnx_predictor_options(options: dict[str, Any]) -> dict[str, Any]:
     precision = options.get("precision", "auto")
     if precision not in ("auto", "fp32"):
         log.info("precision %r ignored: the ONNX graph runs in float32", precision)
-    return {**options, "device": "cpu", "precision": "fp32", "compile": False, "fold_batchnorm": False}
+    torch_only = ("device", "precision", "compile", "fold_batchnorm")
+    return {key: value for key, value in options.items() if key not in torch_only}

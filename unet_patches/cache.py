@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .atomic import write_atomically
 from .imageio import read_raw
@@ -71,7 +71,8 @@ class DecodeCache:
             log.warning("%s: cache entry unreadable, decoding %s again", entry, path)
         raw = read_raw(path, **options)
         self.misses += 1
-        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        torch = sys.modules.get("torch")  # no torch loaded: not a torchrun worker either
+        if torch is None or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             self._store(key, entry, raw)
         return raw
 

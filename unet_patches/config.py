@@ -25,10 +25,8 @@ from .masks import mask_tables
 from .models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .preprocess import NORMALIZE_MODES, Preprocess
-from .runtime import PRECISIONS
+from .settings import PRECISIONS, InferenceConfig, read_parameters
 from .synthetic import CLASS_NAMES, SyntheticSpec
-from .tiling.blending import BLEND_MODES
-from .tiling.padding import PADDING_MODES
 from .typed import build_typed
 from .validate import require_int, require_number
 
@@ -230,39 +228,6 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    """Sliding-window inference (``unet-patches predict`` / ``evaluate``)."""
-
-    overlap: float = 0.5
-    batch_size: int = 32
-    blend: str = "mean"
-    padding: str = "reflect"
-    tta: bool = False
-    precision: str = "auto"
-    compile: bool = False
-
-    def check(self) -> None:
-        require_number("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
-        require_int("inference.batch_size", self.batch_size, 1)
-        BLEND_MODES.check(self.blend, "inference.blend")
-        PADDING_MODES.check(self.padding, "inference.padding")
-        PRECISIONS.check(self.precision, "inference.precision")
-
-    def predictor_options(self) -> dict[str, Any]:
-        """These settings as keyword arguments of ``TiledPredictor`` (and so of ``predict``,
-        ``evaluate_folder`` and ``predict_files``), named explicitly."""
-        return {
-            "overlap": self.overlap,
-            "batch_size": self.batch_size,
-            "blend": self.blend,
-            "padding": self.padding,
-            "tta": self.tta,
-            "precision": self.precision,
-            "compile": self.compile,
-        }
-
-
-@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -358,17 +323,7 @@ def load_config(
         build_typed(Config, overrides, f"{overrides_source}: ")
     if path is None:
         return config_from_dict(overrides or {}, source="settings")
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(
-            f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file"
-        ) from None
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+    values = read_parameters(path)
     if overrides and isinstance(values, dict):
         values = merge(values, overrides)
     return config_from_dict(values, source=str(path))

@@ -1,7 +1,8 @@
 """Exported ONNX files (:mod:`unet_patches.export`) run as networks by ONNX Runtime, so that
 ``predict``, ``evaluate`` and ``submit`` take a ``model.onnx`` (with its sidecar ``model.onnx.json``)
 in place of a checkpoint. onnxruntime itself is imported only when a file is opened, so
-``import unet_patches`` stays light.
+``import unet_patches`` stays light. Nothing here needs torch: with the tiling engine's
+:class:`~unet_patches.tiling.WindowBlender` this is how a model runs where torch is not installed.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import UserError
 
@@ -37,24 +36,22 @@ def require_onnx_package(module: str) -> Any:
         raise UserError(f"ONNX export and inference need the {module} package; {ONNX_INSTALL_HINT}") from None
 
 
-class OnnxNetwork(nn.Module):
-    """An exported ONNX file run by ONNX Runtime behind the ``nn.Module`` interface: ``(N, C, H, W)``
-    float tensor in, ``(N, K, H, W)`` float32 tensor out (on the CPU).
+class OnnxNetwork:
+    """An exported ONNX file run by ONNX Runtime: a float32 NumPy batch ``(N, C, H, W)`` in,
+    float32 ``(N, K, H, W)`` out (on the CPU).
 
     ``output`` is what the file computes (``probabilities`` or ``logits``, its output's name) and
-    ``activation`` what a :class:`~unet_patches.tiling.TiledPredictor` over it must apply: None for
-    probabilities (softmax is already in the graph), ``softmax`` for logits. Pass the predictor
-    ``fold_batchnorm=False`` too (there is nothing to fold)::
+    ``activation`` what a :class:`~unet_patches.tiling.WindowBlender` over it must apply: None for
+    probabilities (softmax is already in the graph), ``softmax`` for logits::
 
         net = OnnxNetwork("model.onnx")
-        predictor = TiledPredictor(net, 96, activation=net.activation, fold_batchnorm=False, precision="fp32")
+        labels = WindowBlender(net, 96, activation=net.activation).labels(image)
 
     Raises:
         UserError: onnxruntime is missing, or the file is not an ONNX export of this package.
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        super().__init__()
         ort = require_onnx_package("onnxruntime")
         try:
             self.session = ort.InferenceSession(str(path), providers=list(providers))
@@ -73,7 +70,6 @@ class OnnxNetwork(nn.Module):
     def activation(self) -> str | None:
         return None if self.output == "probabilities" else "softmax"
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(image.detach().to("cpu", torch.float32).numpy())
-        (result,) = self.session.run([self.output], {"image": array})
-        return torch.from_numpy(result)
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (result,) = self.session.run([self.output], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+        return result

@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .imageio import image_to_array, read_raw
 from .masks import decode_mask, hex_colour, parse_colour
@@ -123,22 +121,60 @@ def percentile_bounds(
     return bounds[0], bounds[1]
 
 
+def _taps(size_in: int, size_out: int, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights ``(size_out, taps)`` of a linear (triangle) filter along one axis.
+
+    Output pixel ``i`` is centred at ``c = (i + 0.5) * size_in / size_out`` in input coordinates; the
+    filter's half-width is 1 input pixel, widened to the scale when shrinking with ``antialias`` (an
+    area average). Weights are normalised over the taps inside the image, which clamps at the border:
+    this is PyTorch's ``interpolate(mode="bilinear", align_corners=False)`` (and its ``antialias``),
+    written in NumPy so that deployment needs no torch.
+    """
+    scale = size_in / size_out
+    support = max(scale, 1.0) if antialias else 1.0
+    centres = (np.arange(size_out, dtype=np.float64) + 0.5) * scale
+    first = np.maximum((centres - support + 0.5).astype(np.int64), 0)
+    last = np.minimum((centres + support + 0.5).astype(np.int64), size_in)
+    count = int((last - first).max())
+    index = first[:, None] + np.arange(count)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs(index + 0.5 - centres[:, None]) / support)
+    weights[index >= last[:, None]] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.minimum(index, size_in - 1), weights.astype(np.float32)
+
+
+def _resample(array: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """float32 ``(C, H, W)`` -> ``(C, *size)``, one axis at a time."""
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    for axis, target in ((1, size[0]), (2, size[1])):
+        if out.shape[axis] == target:
+            continue
+        index, weights = _taps(out.shape[axis], target, antialias)
+        shape = [1, 1, 1]
+        shape[axis] = target
+        result = np.zeros([target if a == axis else n for a, n in enumerate(out.shape)], dtype=np.float32)
+        for tap in range(index.shape[1]):
+            result += np.take(out, index[:, tap], axis=axis) * weights[:, tap].reshape(shape)
+        out = result
+    return out
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """float32 ``(C, H, W)`` -> ``(C, *size)``: bilinear, area-averaged (antialias) when shrinking."""
     if tuple(image.shape[1:]) == tuple(size):
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
     shrinking = size[0] < image.shape[1] or size[1] < image.shape[2]
-    out = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
-    return out[0].numpy()
+    return _resample(image, size, antialias=shrinking)
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(H, W)`` class indices -> ``size`` by nearest neighbour (no new values)."""
+    """uint8 ``(H, W)`` class indices -> ``size`` by nearest neighbour (no new values): output pixel
+    ``i`` takes input pixel ``floor((i + 0.5) * H / h)``, in exact integer arithmetic."""
     if tuple(labels.shape) == tuple(size):
         return labels
-    tensor = torch.from_numpy(np.ascontiguousarray(labels))[None, None]
-    return F.interpolate(tensor, size=tuple(size), mode="nearest-exact")[0, 0].numpy()
+    rows = (2 * np.arange(size[0]) + 1) * labels.shape[0] // (2 * size[0])
+    cols = (2 * np.arange(size[1]) + 1) * labels.shape[1] // (2 * size[1])
+    return labels[rows[:, None], cols[None, :]]
 
 
 def resize_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -146,8 +182,7 @@ def resize_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray
     resized image back to the original's size before the argmax)."""
     if tuple(probs.shape[1:]) == tuple(size):
         return probs
-    tensor = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None]
-    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[0].numpy()
+    return _resample(probs, size, antialias=False)
 
 
 class DatasetStatistics:

@@ -12,17 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .registry import Registry
-
-PRECISIONS: Registry[str] = Registry(
-    "precision",
-    {
-        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32",
-        "fp32": "full float32",
-        "bf16": "bfloat16 autocast (fast only with native bf16 hardware or on CUDA)",
-        "fp16": "float16 autocast with a gradient scaler for training (CUDA only)",
-    },
-)
+from .settings import PRECISIONS
 
 
 def pick_device(name: str | None = None) -> torch.device:

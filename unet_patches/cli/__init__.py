@@ -5,6 +5,9 @@ absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); th
 merged into the file's values before validation (:func:`overrides_from`). Bad input
 ends the program with exit status 2 and one line naming the file or value, what was
 expected, and how to fix it.
+
+Without PyTorch installed, the command line offers ``predict``, ``evaluate`` and ``submit`` for ONNX
+exports (the deployment commands); the others say they need PyTorch.
 """
 
 from __future__ import annotations
@@ -15,43 +18,57 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import UserError
-from .experiments import add_experiments
-from .export import add_export
 from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_predict
-from .inspect import add_inspect
-from .prepare import add_generate, add_patches
 from .submit import add_submit
-from .train import add_train, add_train_arguments, run_train
 
 __all__ = ["DEFAULT_PARAMS", "PROG", "build_parser", "main", "params_path", "run_guarded", "train_main"]
 
 log = logging.getLogger("unet_patches")
 PROG = "unet-patches"
+TORCH_COMMANDS = ("generate", "patches", "inspect", "train", "export", "experiments")
+NO_TORCH = (
+    "PyTorch is not installed here: {command} needs it (pip install torch==2.13.0). Without it, predict, "
+    "evaluate and submit run ONNX exports (unet-patches export CHECKPOINT --format onnx, where torch is)"
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def torch_installed() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_parser(with_torch: bool | None = None) -> argparse.ArgumentParser:
+    """Every command; without torch (``with_torch`` False, default: whether it imports) only the
+    deployment commands, which run ONNX exports."""
     from .. import __version__
 
-    parser = Parser(
-        prog=PROG,
-        description="Patch-based multiclass segmentation: synthetic data, random patches, "
-        "U-Net training and sliding-window inference for images of any size.",
+    with_torch = torch_installed() if with_torch is None else with_torch
+    description = (
+        "Patch-based multiclass segmentation: synthetic data, random patches, "
+        "U-Net training and sliding-window inference for images of any size."
     )
+    if not with_torch:
+        description += " PyTorch is not installed: predict, evaluate and submit run ONNX exports."
+    parser = Parser(prog=PROG, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for add in (
-        add_generate,
-        add_patches,
-        add_inspect,
-        add_train,
-        add_predict,
-        add_evaluate,
-        add_submit,
-        add_export,
-        add_experiments,
-    ):
+    if with_torch:
+        from .experiments import add_experiments
+        from .export import add_export
+        from .inspect import add_inspect
+        from .prepare import add_generate, add_patches
+        from .train import add_train
+
+        adders = (add_generate, add_patches, add_inspect, add_train, add_predict, add_evaluate)
+        adders += (add_submit, add_export, add_experiments)
+    else:
+        adders = (add_predict, add_evaluate, add_submit)
+    for add in adders:
         add(sub)
     return parser
 
@@ -64,6 +81,11 @@ def run_guarded(run: Callable[[], int], prog: str = PROG) -> int:
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        print(f"{prog}: error: {NO_TORCH.format(command=prog)}", file=sys.stderr)
+        return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -74,12 +96,22 @@ def run_guarded(run: Callable[[], int], prog: str = PROG) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with_torch = torch_installed()
+    if not with_torch and argv and argv[0] in TORCH_COMMANDS:
+        print(f"{PROG} {argv[0]}: error: {NO_TORCH.format(command=argv[0])}", file=sys.stderr)
+        return 2
+    args = build_parser(with_torch).parse_args(argv)
     return run_guarded(lambda: args.run(args), f"{PROG} {args.command}")
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``python train.py``: the original's entry point, same flags as ``unet-patches train``."""
+    if not torch_installed():
+        print(f"train.py: error: {NO_TORCH.format(command='training')}", file=sys.stderr)
+        return 2
+    from .train import add_train_arguments, run_train
+
     parser = Parser(prog="train.py", description="Train a multiclass U-Net on patches (see unet-patches train --help).")
     add_train_arguments(parser)
     args = parser.parse_args(argv)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Config, load_config
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -97,4 +98,6 @@ def params_path(path: str | None) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    from ..config import load_config
+
     return load_config(params_path(args.params), overrides_from(args) if overrides is None else overrides)

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from ..runtime import PRECISIONS
+from ..settings import PRECISIONS, inference_settings
 from ..tiling.blending import BLEND_MODES
 from ..tiling.padding import PADDING_MODES
-from .flags import add_params, config_from_args, setting, switch
+from .flags import add_params, overrides_from, params_path, setting, switch
 
 __all__ = ["add_evaluate", "add_predict", "inference_options"]
 
@@ -59,7 +59,10 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
-    return config_from_args(args).inference.predictor_options()
+    """The ``inference`` settings of the parameters file and the flags, as predictor options (the
+    file's training sections are not read, so this needs no torch)."""
+    overrides = overrides_from(args).get("inference")
+    return inference_settings(params_path(args.params), overrides).predictor_options()
 
 
 def load_segmenter(args: argparse.Namespace):

@@ -2,18 +2,22 @@
 
 - :mod:`.placement`: evenly spread windows whose last one ends at the border;
 - :mod:`.blending`: mean / gaussian / hann weights (separable, strictly positive);
-- :mod:`.engine`: :class:`TiledPredictor` (batches, flip TTA, precision, band-wise merging),
-  :func:`sliding_window`, :func:`predict_labels`;
+- :mod:`.blender`: :class:`WindowBlender`, the band loop (windows in batches, flip TTA, activation,
+  band-wise merging) for any network that maps a NumPy batch to NumPy outputs; no torch;
+- :mod:`.engine`: :class:`TiledPredictor`, the blender over a torch network (device, precision,
+  compile), :func:`sliding_window`, :func:`predict_labels`;
 - :mod:`.network`: the network prepared (BatchNorm folded, device, compile setting);
 - :mod:`.padding`: padding modes for an axis shorter than the window;
 - :mod:`.merger`: weighted sums over a band of rows, finished rows as labels and probabilities;
 - :mod:`.sources` / :mod:`.writers`: images read and written a band of rows at a time;
 - :mod:`.files`: inputs expanded, outputs planned and written band by band (``api.predict_files``
   and the command line's ``predict`` are built on them).
+
+Importing this package does not import torch: the torch engine's names are loaded on first use.
 """
 
+from .blender import WindowBlender
 from .blending import BLEND_MODES, axis_weights, blend_weights
-from .engine import TiledPredictor, predict_labels, sliding_window
 from .files import (
     DEFAULT_STREAM_THRESHOLD_PX,
     OutputPlan,
@@ -42,6 +46,7 @@ __all__ = [
     "RowSource",
     "TiffSource",
     "TiffWriter",
+    "WindowBlender",
     "TiledPredictor",
     "axis_starts",
     "axis_weights",
@@ -57,3 +62,14 @@ __all__ = [
     "sliding_window",
     "write_outputs",
 ]
+
+
+_ENGINE = ("TiledPredictor", "predict_labels", "sliding_window")
+
+
+def __getattr__(name: str) -> object:
+    if name in _ENGINE:  # the torch engine, imported when first asked for
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

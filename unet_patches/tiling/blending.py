@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 
 from unet_patches.registry import Registry
 from unet_patches.validate import is_int, require_number
@@ -63,8 +62,8 @@ def axis_weights(size: int, mode: str, sigma_scale: float = 0.125) -> np.ndarray
     return np.maximum(profile, MIN_WEIGHT)
 
 
-def blend_weights(window: int | Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
-    """Weight map of one window, float32 tensor ``(h, w)``: the outer product of the axis profiles.
+def blend_weights(window: int | Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+    """Weight map of one window, float32 ``(h, w)``: the outer product of the axis profiles.
 
     Raises ``UserError`` for an unknown mode or a non-positive ``sigma_scale``.
     """
@@ -73,7 +72,7 @@ def blend_weights(window: int | Sequence[int], mode: str = "gaussian", sigma_sca
     h, w = (int(v) for v in window)
     rows = axis_weights(h, mode, sigma_scale)
     cols = axis_weights(w, mode, sigma_scale)
-    return torch.from_numpy(np.outer(rows, cols).astype(np.float32))
+    return np.outer(rows, cols).astype(np.float32)
 
 
 def weight_sums(length: int, starts: np.ndarray, profile: np.ndarray) -> np.ndarray:

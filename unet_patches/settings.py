@@ -1,0 +1,118 @@
+"""The parts of ``parameters.json`` that deployment reads without the training stack (and so without
+PyTorch): the file itself, the precision names and the ``inference`` section.
+
+:mod:`unet_patches.config` builds the whole :class:`~unet_patches.config.Config` on these.
+``predict``, ``evaluate`` and ``submit`` read only the ``inference`` section
+(:func:`inference_settings`), so they run where only NumPy and ONNX Runtime are installed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .registry import Registry
+from .tiling.blending import BLEND_MODES
+from .tiling.padding import PADDING_MODES
+from .typed import build_typed
+from .validate import require_int, require_number
+
+__all__ = ["PRECISIONS", "InferenceConfig", "inference_settings", "read_parameters"]
+
+PRECISIONS: Registry[str] = Registry(
+    "precision",
+    {
+        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32",
+        "fp32": "full float32",
+        "bf16": "bfloat16 autocast (fast only with native bf16 hardware or on CUDA)",
+        "fp16": "float16 autocast with a gradient scaler for training (CUDA only)",
+    },
+)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window inference (``unet-patches predict`` / ``evaluate`` / ``submit``)."""
+
+    overlap: float = 0.5
+    batch_size: int = 32
+    blend: str = "mean"
+    padding: str = "reflect"
+    tta: bool = False
+    precision: str = "auto"
+    compile: bool = False
+
+    def check(self) -> None:
+        require_number("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
+        require_int("inference.batch_size", self.batch_size, 1)
+        BLEND_MODES.check(self.blend, "inference.blend")
+        PADDING_MODES.check(self.padding, "inference.padding")
+        PRECISIONS.check(self.precision, "inference.precision")
+
+    def predictor_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of ``TiledPredictor`` (and so of ``predict``,
+        ``evaluate_folder`` and ``predict_files``), named explicitly."""
+        return {
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "blend": self.blend,
+            "padding": self.padding,
+            "tta": self.tta,
+            "precision": self.precision,
+            "compile": self.compile,
+        }
+
+
+def read_parameters(path: str | Path) -> Any:
+    """The JSON value of a parameters file.
+
+    Raises:
+        UserError: the file cannot be read or is not JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file"
+        ) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; pass a JSON parameter file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+
+
+@dataclass(frozen=True)
+class _InferenceOnly:
+    inference: InferenceConfig
+
+
+def inference_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> InferenceConfig:
+    """The ``inference`` section of the parameters file ``path`` (the code defaults when None) with
+    ``overrides`` (``{key: value}``, the flags that were given) merged in, validated. The file's other
+    sections are training's and are not read.
+
+    Raises:
+        UserError: the file is unreadable or not a JSON object, or a key of its ``inference``
+            section (or of ``overrides``) is unknown, of the wrong type or out of range.
+    """
+    overrides = overrides or {}
+    build_typed(_InferenceOnly, {"inference": overrides}, "command line: ")
+    section: Any = {}
+    source = "settings"
+    if path is not None:
+        values = read_parameters(path)
+        source = str(path)
+        if not isinstance(values, dict):
+            raise UserError(f'{path}: expected a JSON object with sections such as "inference"')
+        section = values.get("inference", {})
+        if not isinstance(section, dict):
+            raise UserError(f"{path}: inference = {section!r}: expected a JSON object")
+    settings = build_typed(_InferenceOnly, {"inference": {**section, **overrides}}, f"{source}: ").inference
+    settings.check()
+    return settings
