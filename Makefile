@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 ## demo: generate synthetic data, extract patches, train, evaluate on unseen test images
+##       (a later run goes to demo-2, ...; make demo OVERWRITE=1 redoes demo in place)
 demo: setup
-	$(PY) -m unet_patches.demo
+	$(PY) -m unet_patches.demo $(if $(OVERWRITE),--overwrite)
 
 ## test: the default test suite (fast; slow and multi-process tests are in test-all)
 test: setup

@@ -48,7 +48,7 @@ def test_file_values_override_defaults_and_flags_override_file(tmp_path):
         ({"training": {"class_weights": [1, 2]}}, "class_weights has 2 values"),
         ({"training": {"class_weights": "inverse"}}, "median_frequency"),
         ({"training": {"epochs": None}}, "training.epochs = null needs training.time_budget_minutes"),
-        ({"inference": {"overlap": 1.0}}, r"inference.overlap = 1.0: expected a number in \[0.0, 1.0\)"),
+        ({"inference": {"overlap": 1.0}}, r"inference.overlap = 1.0: expected a finite number in \[0.0, 1.0\)"),
         ({"inference": {"padding": "zeros"}}, r"inference.padding = 'zeros'.*reflect, constant, replicate"),
         ({"inference": {"blend": "gauss"}}, r"did you mean 'gaussian'"),
         ({"model": {"name": "unett"}}, r"model.name = 'unett'.*did you mean 'unet'"),

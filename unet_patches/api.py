@@ -98,7 +98,7 @@ class Segmenter:
         if any(p.suffix.lower() == ".onnx" for p in paths):
             raise UserError(f"{path}: one ONNX file at a time; ensembles need the checkpoints (.pt)")
         device = pick_device(None if device is None else str(device))
-        members = [cls._one(load_checkpoint(p, device), device) for p in paths]
+        members = [cls._one(load_checkpoint(p, device), device, p) for p in paths]
         first = members[0]
         for member, member_path in zip(members[1:], paths[1:]):
             if (member.class_names, member.preprocess) != (first.class_names, first.preprocess):
@@ -113,13 +113,13 @@ class Segmenter:
         return replace(first, network=ProbabilityEnsemble([m.network for m in members]).eval())
 
     @classmethod
-    def _one(cls, state: dict[str, Any], device: torch.device) -> Segmenter:
+    def _one(cls, state: dict[str, Any], device: torch.device, path: Path) -> Segmenter:
         from .checkpoints import model_from_checkpoint, preprocess_from_checkpoint
 
         num_classes = int(state["model_config"]["num_classes"])
         names = state.get("class_names") or [f"class{c}" for c in range(num_classes)]
         return cls(
-            network=model_from_checkpoint(state, device),
+            network=model_from_checkpoint(state, device, path),
             patch_size=int(state.get("patch_size", 96)),
             class_names=tuple(names),
             preprocess=preprocess_from_checkpoint(state),

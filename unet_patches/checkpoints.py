@@ -21,6 +21,7 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_onl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,10 @@ from torch import nn
 
 from .atomic import write_atomically
 from .errors import UserError
-from .models import build_model
+from .models import ModelConfig, build_model, check_config
 from .preprocess import Preprocess
+from .typed import build_typed
+from .validate import is_int, is_number
 
 if TYPE_CHECKING:
     from .config import Config
@@ -38,7 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "DAMAGED",
+    "check_resumable",
     "checkpoint_state",
+    "load_weights",
     "load_checkpoint",
     "model_from_checkpoint",
     "preprocess_from_checkpoint",
@@ -114,19 +120,111 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         ) from None
     if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise UserError(f"{path}: not a unet-patches checkpoint (no model_config/model); pass a best.pt or last.pt")
-    if state.get("format_version", 0) > CHECKPOINT_FORMAT:
+    version = state.get("format_version", 0)
+    if not is_int(version):
+        raise UserError(f"{path}: format_version = {version!r}: expected an integer; the file is damaged")
+    if version > CHECKPOINT_FORMAT:
         raise UserError(
             f"{path}: checkpoint format {state['format_version']} is newer than this version reads "
             f"({CHECKPOINT_FORMAT}); upgrade unet-patches"
         )
+    _check_contents(state, path)
     return state
 
 
-def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
-    """The network a loaded checkpoint describes, with its weights, on ``device``, in eval mode."""
+DAMAGED = "the file was edited or damaged; use the checkpoint training wrote"
+
+
+def _check_contents(state: dict[str, Any], path: Path) -> None:
+    """What reading a checkpoint for inference needs, validated like ``parameters.json``: the model
+    settings (known keys, types, ranges), the weights as named tensors, and the facts of the run
+    (class names, channels, patch size, preprocessing) consistent with the model."""
+    values = state["model_config"]
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: model_config = {_short(values)}: expected a dict of model settings; {DAMAGED}")
+    config = check_config(build_typed(ModelConfig, values, f"{path}: ", "model_config."))
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise UserError(f"{path}: model: expected the network's named weight tensors; {DAMAGED}")
+    names = state.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or len(names) != config.num_classes or not all(isinstance(n, str) for n in names)
+    ):
+        raise UserError(f"{path}: class_names = {_short(names)}: expected {config.num_classes} names; {DAMAGED}")
+    for key, low in (("patch_size", 1), ("in_channels", 1)):
+        if key in state and (not is_int(state[key]) or state[key] < low):
+            raise UserError(f"{path}: {key} = {_short(state[key])}: expected an integer >= {low}; {DAMAGED}")
+    if state.get("preprocess") is not None:
+        pre = _preprocess(state["preprocess"], path)
+        if (pre.in_channels, pre.num_classes) != (config.in_channels, config.num_classes):
+            raise UserError(
+                f"{path}: preprocess is for {pre.in_channels} channel(s) and {pre.num_classes} classes but "
+                f"model_config for {config.in_channels} and {config.num_classes}; {DAMAGED}"
+            )
+
+
+def _preprocess(values: Any, path: Path) -> Preprocess:
+    try:
+        return Preprocess.from_dict(values)
+    except UserError as exc:
+        raise UserError(f"{path}: preprocess: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UserError(f"{path}: preprocess = {_short(values)}: not readable ({_short(exc)}); {DAMAGED}") from None
+
+
+def check_resumable(state: dict[str, Any], path: str | Path) -> None:
+    """What ``--resume`` reads beyond :func:`load_checkpoint`'s checks: the run's position, optimizer
+    state, history, RNG state and stored configuration.
+
+    Raises:
+        UserError: a key is missing or of the wrong type (a ``best.pt`` of an old run, or a damaged file).
+    """
+    expected: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "epoch": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "step": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "elapsed": (lambda v: is_number(v) and v >= 0, "seconds >= 0"),
+        "best_miou": (is_number, "a number"),
+        "best_epoch": (lambda v: v is None or is_int(v), "an integer or null"),
+        "optimizer": (lambda v: isinstance(v, dict) and "state" in v and "param_groups" in v, "an optimizer state"),
+        "history": (lambda v: isinstance(v, list), "a list of epoch records"),
+        "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8, "a torch RNG state"),
+        "config": (lambda v: isinstance(v, dict), "the run's settings"),
+    }
+    for key, (valid, what) in expected.items():
+        if key not in state:
+            raise UserError(f"{path}: no {key}; --resume needs a last.pt written by training (not an export)")
+        if not valid(state[key]):
+            raise UserError(f"{path}: {key} = {_short(state[key])}: expected {what}; {DAMAGED}")
+
+
+def _short(value: Any) -> str:
+    text = " ".join(repr(value).split()) if not isinstance(value, BaseException) else " ".join(str(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def model_from_checkpoint(
+    state: dict[str, Any], device: torch.device | str = "cpu", source: str | Path = "checkpoint"
+) -> nn.Module:
+    """The network a loaded checkpoint describes, with its weights, on ``device``, in eval mode.
+
+    Raises:
+        UserError: the weights do not fit the network of ``model_config`` (``source`` names the file).
+    """
     model = build_model(state["model_config"], pretrained=False)  # the weights are in the checkpoint
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], source)
     return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, weights: dict[str, Any], source: str | Path) -> None:
+    """``model.load_state_dict(weights)``; a mismatch is a ``UserError`` naming ``source`` and the first
+    missing, unexpected or mis-shaped weight."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise UserError(f"{source}: the weights do not fit model_config ({_short(detail)}); {DAMAGED}") from None
 
 
 def preprocess_from_checkpoint(state: dict[str, Any]) -> Preprocess:

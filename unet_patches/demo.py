@@ -8,8 +8,9 @@
 4. score full-image sliding-window predictions on the unseen test images;
 5. write label masks and colour overlays of the test images to ``data/demo/predictions``.
 
-The demo owns ``data/demo``, ``checkpoints/demo`` and ``runs/demo`` and replaces what an
-earlier demo left there.
+The demo writes ``data/demo``, ``checkpoints/demo`` and ``runs/demo``. When an earlier demo (or anything
+else) is there, it takes the next free name, ``demo-2``, ``demo-3``, ..., and says so; nothing is
+deleted or replaced unless ``--overwrite`` (``make demo OVERWRITE=1``) asks to redo ``demo`` itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cli import DEFAULT_PARAMS, params_path, run_guarded
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .api import Segmenter
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 DEMO_MINUTES = 10.0
 
 
-def run(params: str | None, minutes: float | None) -> int:
+def run(params: str | None, minutes: float | None, overwrite: bool = False) -> int:
     from .api import Segmenter, evaluate_folder, predict_files
     from .config import load_config
     from .patches import extract_patches
@@ -42,22 +44,27 @@ def run(params: str | None, minutes: float | None) -> int:
 
     started = time.monotonic()
     config = load_config(params_path(params))
-    root = Path(config.data.root) / "demo"
+    name = demo_name(config, overwrite)
+    root = Path(config.data.root) / name
+    if name != "demo":
+        earlier = Path(config.data.root) / "demo"
+        print(f"an earlier demo is in {earlier}; this one goes to {root} (--overwrite redoes demo)")
     synthetic, patches = root / "synthetic", root / f"patches_s{config.patches.patch_size}"
     s, p = config.synthetic, config.patches
 
     print(f"[1/5] generating {s.n_train} training + {s.n_test} test images in {synthetic}")
-    generate_dataset(synthetic, overwrite=True, **s.dataset_options())
+    generate_dataset(synthetic, overwrite=overwrite, **s.dataset_options())
     print(f"[2/5] extracting {p.per_image} random {p.patch_size}x{p.patch_size} patches per image into {patches}")
-    cut = extract_patches(synthetic / "train", patches, overwrite=True, **config.patch_options())
+    cut = extract_patches(synthetic / "train", patches, overwrite=overwrite, **config.patch_options())
     print(f"      kept {cut['windows_kept']} of {cut['windows_drawn']} windows, wrote {cut['patches']} patches")
 
-    training = config.merged({"training": _demo_training(config, synthetic, patches, minutes)})
+    training = config.merged({"training": _demo_training(config, synthetic, patches, minutes, name)})
     t = training.training
     budget = f"up to {t.time_budget_minutes:g} min" if t.time_budget_minutes else f"{t.epochs} epochs"
     print(f"[3/5] training ({budget}) on {t.folder}; TensorBoard: tensorboard --logdir {t.log_dir}")
-    shutil.rmtree(Path(t.log_dir) / "demo", ignore_errors=True)
-    result = fit(training, overwrite=True)
+    if overwrite:
+        shutil.rmtree(Path(t.log_dir) / name, ignore_errors=True)
+    result = fit(training, overwrite=overwrite)
 
     print(f"[4/5] full-image evaluation on the {s.n_test} unseen test images")
     segmenter = Segmenter.from_checkpoint(result["best_checkpoint"])
@@ -66,7 +73,7 @@ def run(params: str | None, minutes: float | None) -> int:
     out = root / "predictions"
     print(f"[5/5] writing label masks and overlays of the test images to {out}")
     logging.getLogger("unet_patches.api").setLevel(logging.WARNING)  # not one line per file
-    predict_files(segmenter, [str(synthetic / "test" / "images")], out, overwrite=True, progress=False, **options)
+    predict_files(segmenter, [str(synthetic / "test" / "images")], out, overwrite=overwrite, progress=False, **options)
     panel = root / "demo_panel.png"
     write_panel(segmenter, synthetic / "test", panel, options)
     report = _report(scores, result, time.monotonic() - started, out, panel)
@@ -75,12 +82,26 @@ def run(params: str | None, minutes: float | None) -> int:
     return 0
 
 
-def _demo_training(config: Config, synthetic: Path, patches: Path, minutes: float | None) -> dict[str, Any]:
+def demo_name(config: Config, overwrite: bool) -> str:
+    """``demo``, or with an earlier demo's folders in place and no ``overwrite``, the first free
+    ``demo-N`` (free under the data root, the checkpoint folder and the TensorBoard folder)."""
+    t = config.training
+    parents = (Path(config.data.root), Path(t.checkpoint_dir), Path(t.log_dir))
+    for n in range(1, 10_000):
+        name = "demo" if n == 1 else f"demo-{n}"
+        if (overwrite and n == 1) or not any((parent / name).exists() for parent in parents):
+            return name
+    raise UserError(f"{config.data.root}: no free demo-N folder name; remove old demo folders")
+
+
+def _demo_training(
+    config: Config, synthetic: Path, patches: Path, minutes: float | None, name: str = "demo"
+) -> dict[str, Any]:
     """The demo's training settings: its own run name and data; with ``minutes``, the budget alone
     ends training. ``training.folder`` picks the kind of source inside data/demo: a patch folder (a
     name starting with "patches") or the full training images, sampled on the fly."""
     folder = patches if Path(config.training.folder).name.startswith("patches") else synthetic / "train"
-    values: dict[str, Any] = {"folder": str(folder), "run_name": "demo"}
+    values: dict[str, Any] = {"folder": str(folder), "run_name": name}
     if minutes is not None:
         values.update(time_budget_minutes=minutes, epochs=None)
     return values
@@ -150,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEMO_MINUTES,
         help=f"training time budget in minutes (default: {DEMO_MINUTES:g})",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redo data/demo, checkpoints/demo and runs/demo in place"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_guarded(lambda: run(args.params, args.minutes), "demo")
+    return run_guarded(lambda: run(args.params, args.minutes, args.overwrite), "demo")
 
 
 if __name__ == "__main__":

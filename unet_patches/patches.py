@@ -97,8 +97,15 @@ def _image_suffix(dtypes: list[str], preprocess: Preprocess) -> str:
 def _prepare_output(out_dir: Path, source: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
-    if out_dir.resolve() == source.resolve():
+    out, src = out_dir.resolve(), source.resolve()
+    if out == src:
         raise UserError(f"{out_dir}: is also the source folder; write the patches to another folder")
+    if src.is_relative_to(out) or out.is_relative_to(src):
+        # Replacing patches clears OUT/images and OUT/masks, which may be the source's own files.
+        inside = f"inside the output folder {out_dir}" if src.is_relative_to(out) else f"around {out_dir}"
+        raise UserError(
+            f"{source}: the source folder lies {inside}; write the patches to a folder outside the source data"
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(
             f"{out_dir}: folder is not empty; pass --overwrite to replace its patches, or pick another folder"

@@ -72,7 +72,8 @@ def decode(text: str, shape: tuple[int, int], where: str = "run-length text") ->
     height, width = int(shape[0]), int(shape[1])
     total = height * width
     tokens = _tokens(text, where)
-    values = np.array([max(-_CLIP, min(_CLIP, int(t))) for t in tokens], dtype=np.int64).reshape(-1, 2)
+    clipped = [_clipped_int(t) for t in tokens]
+    values = np.array(clipped, dtype=np.int64).reshape(-1, 2)
     starts, lengths = values[:, 0], values[:, 1]
     ends = starts + lengths - 1  # last pixel of each run, 1-based
 
@@ -100,6 +101,15 @@ def decode(text: str, shape: tuple[int, int], where: str = "run-length text") ->
     steps[ends] -= 1
     flat = np.cumsum(steps[:-1], dtype=np.int32).astype(np.uint8)
     return np.ascontiguousarray(flat.reshape((height, width), order="F"))
+
+
+def _clipped_int(token: str) -> int:
+    """An integer token clipped to +-_CLIP; digits beyond 18 (after leading zeros) are past the clip
+    anyway, and ``int()`` refuses numbers of over 4300 digits."""
+    digits = token.lstrip("+-").lstrip("0")
+    if len(digits) > 18:
+        return -_CLIP if token.startswith("-") else _CLIP
+    return max(-_CLIP, min(_CLIP, int(token)))
 
 
 def _tokens(text: str, where: str) -> list[str]:

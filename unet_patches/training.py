@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from . import console, runtime
 from .augment import BatchAugmenter, build_augmenter
-from .checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from .checkpoints import DAMAGED, check_resumable, checkpoint_state, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, config_from_dict, save_config
 from .data import DataSources, make_datasets, make_loader, resolve_class_weights, set_epoch
 from .errors import UserError
@@ -164,11 +164,14 @@ def _load_weights(model: nn.Module, path: str | Path, config: Config, device: to
         ) from None
 
 
-def restore(run: Run, state: dict[str, Any]) -> None:
+def restore(run: Run, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
     """Put a run back where its checkpoint ``state`` left it: weights, optimizer, scaler, schedule
     position, epoch, best score, history and the RNG."""
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    load_weights(run.model, state["model"], source)
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"{source}: optimizer state does not fit the model ({exc}); {DAMAGED}") from None
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.epoch = state["epoch"]
@@ -195,24 +198,38 @@ def fit(
     ``overwrite`` a run folder that already holds checkpoints is refused.
     """
     run_dir = Path(config.training.checkpoint_dir) / run_name_for(config)
-    if (run_dir / "last.pt").exists() and not overwrite:
+    held = sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
+    if held and not overwrite:
+        resume = f"continue with --resume {run_dir / 'last.pt'}, " if "last.pt" in held else ""
         raise UserError(
-            f"{run_dir} already holds checkpoints: continue with --resume {run_dir / 'last.pt'}, "
-            "start again with --overwrite, or choose another --run-name"
+            f"{run_dir} already holds checkpoints ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): "
+            f"{resume}start again with --overwrite, or choose another --run-name"
         )
-    return _train(build_run(config, device, init_weights), progress_bars)
+    if held and init_weights is not None and Path(init_weights).resolve().parent == run_dir.resolve():
+        raise UserError(
+            f"{init_weights}: --load reads a checkpoint of the run folder that --overwrite would replace; "
+            "copy it elsewhere first or choose another --run-name"
+        )
+    run = build_run(config, device, init_weights)
+    for name in held if runtime.is_main_process() else []:
+        # The old run's checkpoints: its snapshots must not join the new run's ensemble.
+        if name in ("best.pt", "last.pt") or name.startswith("snapshot_"):
+            (run_dir / name).unlink(missing_ok=True)
+            log.info("removed %s of the earlier run (--overwrite)", run_dir / name)
+    return _train(run, progress_bars)
 
 
 def resume(checkpoint: str | Path, *, device: str | None = None, progress_bars: bool = True) -> dict[str, Any]:
     """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it."""
     state = load_checkpoint(checkpoint)
+    check_resumable(state, checkpoint)
     stored = dict(state["config"])
     if "preprocess" not in state:
         # Written before data.normalize existed: those runs were trained on range-scaled images.
         stored["data"] = {"normalize": "range", **stored.get("data", {})}
     config = config_from_dict(stored, source=f"{checkpoint} (stored config)")
     run = build_run(config, device, pretrained=False)  # the weights come from the checkpoint
-    restore(run, state)
+    restore(run, state, checkpoint)
     return _train(run, progress_bars)
 
 

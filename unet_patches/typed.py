@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -80,7 +81,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if is_int(value):
             return int(value)
     elif hint is float:
-        if is_number(value):
+        if is_number(value) and math.isfinite(value):  # JSON's NaN and Infinity are no setting's value
             return float(value)
     elif hint is str:
         if isinstance(value, str):
@@ -100,4 +101,4 @@ def describe_type(hint: Any) -> str:
         return f"a list of {describe_type(typing.get_args(hint)[0])}"
     if origin is dict:
         return f"an object of {describe_type(typing.get_args(hint)[1])} values"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(hint, str(hint))

@@ -8,6 +8,7 @@ come from the user; internal invariants raise ``ValueError`` or ``AssertionError
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from .errors import UserError
@@ -51,13 +52,13 @@ def require_number(
     high_open: bool = False,
 ) -> float:
     """``value`` as a ``float``; it must be a real number within the (optionally open) bounds."""
-    ok = is_number(value)
+    ok = is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
     if ok and low is not None:
         ok = value > low if low_open else value >= low  # type: ignore[operator]
     if ok and high is not None:
         ok = value < high if high_open else value <= high  # type: ignore[operator]
     if not ok:
-        raise UserError(f"{name} = {value!r}: expected a number {_interval(low, high, low_open, high_open)}")
+        raise UserError(f"{name} = {value!r}: expected a finite number {_interval(low, high, low_open, high_open)}")
     return float(value)  # type: ignore[arg-type]
 
 

@@ -61,6 +61,10 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``inference`` settings of the parameters file and the flags, as predictor options (the
     file's training sections are not read, so this needs no torch)."""
+    from ..validate import require_int
+
+    if args.window is not None:
+        require_int("--window", args.window, 1)
     overrides = overrides_from(args).get("inference")
     return inference_settings(params_path(args.params), overrides).predictor_options()
 

@@ -54,6 +54,9 @@ class PaddedRows:
         """Padded rows ``y:y + count``, float32 ``(C, count, W')``; only the rows they need are read."""
         rows = self.row_map[y : y + count]
         valid = rows >= 0
+        if not valid.any():  # padding only (constant mode): nothing to read
+            channels = self.source.read_rows(0, 1).shape[0]
+            return np.full((channels, count, self.padded_width), self.pad_value, dtype=np.float32)
         lo, hi = int(rows[valid].min()), int(rows[valid].max()) + 1
         raw = self.source.read_rows(lo, hi)
         if valid.all() and hi - lo == count and rows[0] == lo and np.all(np.diff(rows) == 1):
