@@ -34,3 +34,9 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], *, fsync
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:  # the rename itself reaches the disk with the folder's entry
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

@@ -165,6 +165,7 @@ class TrainingConfig:
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "runs"
     log_images_every: int = 1
+    grad_clip: float | None = None  # None: no clipping
 
     def check(self) -> None:
         if self.epochs is None:
@@ -177,6 +178,8 @@ class TrainingConfig:
             require_int("training.epochs", self.epochs, 1)
         require_int("training.batch_size", self.batch_size, 1)
         require_number("training.learning_rate", self.learning_rate, 0.0, low_open=True)
+        if self.grad_clip is not None:
+            require_number("training.grad_clip", self.grad_clip, 0.0, low_open=True)
         OPTIMIZERS.check(self.optimizer, "training.optimizer")
         SCHEDULES.check(self.schedule, "training.schedule")
         LOSSES.check(self.loss, "training.loss")

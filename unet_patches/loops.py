@@ -13,7 +13,19 @@ from . import runtime
 from .metrics import ConfusionMatrix
 from .optim import Progress
 
-__all__ = ["evaluate", "train_one_epoch"]
+__all__ = ["NonFiniteGradients", "evaluate", "train_one_epoch"]
+
+
+class NonFiniteGradients(Exception):
+    """The loss or its gradients became NaN or infinite at ``step``; the optimizer did not step.
+
+    Under torch.distributed every rank sees the same (all-reduced) gradients, so every rank raises it
+    at the same step and none waits for the others.
+    """
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"non-finite gradients at step {step} (loss {loss:.4g})")
+        self.step, self.loss = step, loss
 
 
 def _memory_format(precision: runtime.Precision) -> torch.memory_format:
@@ -34,12 +46,19 @@ def train_one_epoch(
     bar: Any = None,
     after_step: Callable[[], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    grad_clip: float | None = None,
 ) -> float:
     """Train until the loader is exhausted or ``progress`` says the run is done; ``after_step`` is
     called after each optimizer step; ``augment`` (e.g. :class:`~unet_patches.augment.BatchAugmenter`)
-    changes each batch on the device before the forward pass.
+    changes each batch on the device before the forward pass. ``grad_clip``: scale the gradients
+    down to this total L2 norm when above it.
 
     Returns the mean training loss over this rank's steps (reduced over ranks).
+
+    Raises:
+        NonFiniteGradients: the gradients' norm is NaN or infinite (a diverging learning rate,
+            fp16/bf16 overflow), before the optimizer steps on them. With a gradient scaler (fp16
+            on CUDA) infinite gradients are the scaler's to skip, as usual.
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -59,10 +78,14 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            if grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            _check_gradients(model, grad_clip, progress.step, loss)
             optimizer.step()
         loss_sum += loss.detach()
         steps += 1
@@ -74,6 +97,19 @@ def train_one_epoch(
             if steps % 10 == 0:  # reading the loss syncs the device: not every step
                 bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
     return _mean_over_ranks(loss_sum, steps, device)
+
+
+def _check_gradients(model: nn.Module, grad_clip: float | None, step: int, loss: torch.Tensor) -> None:
+    """Clip to ``grad_clip``, and raise :class:`NonFiniteGradients` if the norm is not finite (one
+    pass over the gradients and one device sync per step)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not torch.isfinite(norm):
+        raise NonFiniteGradients(step, float(loss.detach()))
+    if grad_clip is not None:
+        torch.nn.utils.clip_grads_with_norm_(grads, grad_clip, norm)
 
 
 def _mean_over_ranks(total: torch.Tensor, count: int, device: torch.device) -> float:

@@ -30,7 +30,7 @@ from .checkpoints import DAMAGED, check_resumable, checkpoint_state, load_checkp
 from .config import Config, config_from_dict, save_config
 from .data import DataSources, make_datasets, make_loader, resolve_class_weights, set_epoch
 from .errors import UserError
-from .loops import evaluate, train_one_epoch
+from .loops import NonFiniteGradients, evaluate, train_one_epoch
 from .losses import build_loss
 from .models import build_model, describe
 from .optim import Progress, Schedule, build_optimizer, set_learning_rate
@@ -219,10 +219,39 @@ def fit(
     return _train(run, progress_bars)
 
 
+def _tidy_run_folder(run_dir: Path, last: dict[str, Any]) -> None:
+    """Before a resume: remove the temporary files of checkpoint writes a crash interrupted, and make
+    ``best.pt`` agree with ``last.pt`` (each step said in a warning)."""
+    if not runtime.is_main_process():
+        return
+    for stale in sorted(run_dir.glob(".*.pt.*.tmp")):
+        stale.unlink(missing_ok=True)
+        log.warning("removed %s, left by an interrupted checkpoint write", stale)
+    best_path = run_dir / "best.pt"
+    best_epoch = last["best_epoch"]
+    if best_epoch is None:
+        return
+    held = load_checkpoint(best_path)["epoch"] if best_path.is_file() else None
+    if held == best_epoch or (held is not None and held > last["epoch"]):
+        return  # consistent, or written just before a crash in an epoch that is now redone
+    if best_epoch == last["epoch"]:
+        save_checkpoint(last, best_path)
+        log.warning("%s held epoch %s, not the best epoch %s: rewritten from last.pt", best_path, held, best_epoch)
+    else:
+        log.warning(
+            "%s holds epoch %s but last.pt records the best epoch as %s (a crash between the two writes); "
+            "it is replaced when a later epoch scores higher",
+            best_path,
+            held,
+            best_epoch,
+        )
+
+
 def resume(checkpoint: str | Path, *, device: str | None = None, progress_bars: bool = True) -> dict[str, Any]:
     """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it."""
     state = load_checkpoint(checkpoint)
     check_resumable(state, checkpoint)
+    _tidy_run_folder(Path(checkpoint).parent, state)
     stored = dict(state["config"])
     if "preprocess" not in state:
         # Written before data.normalize existed: those runs were trained on range-scaled images.
@@ -231,6 +260,18 @@ def resume(checkpoint: str | Path, *, device: str | None = None, progress_bars: 
     run = build_run(config, device, pretrained=False)  # the weights come from the checkpoint
     restore(run, state, checkpoint)
     return _train(run, progress_bars)
+
+
+def _diverged(run: Run, exc: NonFiniteGradients) -> UserError:
+    """The one-line error of a run whose gradients stopped being finite: where, what is kept, how on."""
+    t = run.config.training
+    last = run.run_dir / "last.pt"
+    kept = f"{last} (epoch {run.epoch}) is the last good checkpoint" if last.exists() else "no checkpoint was written"
+    return UserError(
+        f"training.learning_rate = {t.learning_rate:g}: training diverged in epoch {run.epoch + 1} ({exc}); the step "
+        f"was not taken and {kept}; lower the learning rate, train with --precision fp32, or set "
+        "training.grad_clip (e.g. 1.0)"
+    )
 
 
 def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
@@ -244,20 +285,25 @@ def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
             set_epoch(run.train_loader, run.epoch)
             desc = f"epoch {run.epoch + 1}" + ("" if epochs is None else f"/{epochs}")
             bar = console.progress(len(run.train_loader), desc, "step", enabled=main and progress_bars)
-            train_loss = train_one_epoch(
-                run.train_model,
-                run.train_loader,
-                run.loss_fn,
-                run.optimizer,
-                run.progress,
-                run.set_lr,
-                device=run.device,
-                precision=run.precision,
-                scaler=run.scaler,
-                bar=bar,
-                after_step=run.after_step,
-                augment=run.augmenter,
-            )
+            try:
+                train_loss = train_one_epoch(
+                    run.train_model,
+                    run.train_loader,
+                    run.loss_fn,
+                    run.optimizer,
+                    run.progress,
+                    run.set_lr,
+                    device=run.device,
+                    precision=run.precision,
+                    scaler=run.scaler,
+                    bar=bar,
+                    after_step=run.after_step,
+                    augment=run.augmenter,
+                    grad_clip=run.config.training.grad_clip,
+                )
+            except NonFiniteGradients as exc:
+                bar.close()
+                raise _diverged(run, exc) from None
             bar.close()
             run.epoch += 1
             record, first_batch = _validate(run, train_loss)
@@ -340,10 +386,12 @@ def _state(run: Run) -> dict[str, Any]:
 
 
 def _save(run: Run, improved: bool) -> None:
+    """One epoch's checkpoints, ``best.pt`` before ``last.pt``: a crash between the two leaves a
+    ``last.pt`` whose best epoch is on disk (the epoch is then redone on resume, and rewrites it)."""
     state = _state(run)
-    save_checkpoint(state, run.run_dir / "last.pt")
     if improved:
         save_checkpoint(state, run.run_dir / "best.pt")
+    save_checkpoint(state, run.run_dir / "last.pt")
 
 
 def _summary(run: Run) -> dict[str, Any]:

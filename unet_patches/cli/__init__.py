@@ -79,7 +79,7 @@ def run_guarded(run: Callable[[], int], prog: str = PROG) -> int:
     try:
         return run()
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
@@ -88,11 +88,21 @@ def run_guarded(run: Callable[[], int], prog: str = PROG) -> int:
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{prog}: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (a training run can be continued with --resume <run>/last.pt)", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker arrives re-raised with
+    the worker's whole traceback in its message; its last line is the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(("Error", "UserError")) else last
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,13 +9,16 @@ Outputs for an input ``<stem>.<ext>`` in ``out_dir``:
 - ``<stem>_probs.npy``: float32 ``(K, H, W)`` probabilities (``probs=True``); open it with
   ``numpy.load(path, mmap_mode="r")``.
 
-Every output is written band by band through a temporary file, so even the in-memory path never
-holds more than one copy of the image; large TIFFs are also read band by band.
+Every output is written band by band through a temporary file (``.<name>.part`` beside it), so even
+the in-memory path never holds more than one copy of the image; large TIFFs are also read band by
+band. A failure while writing leaves neither temporary files nor part of an image's outputs; the
+temporary files a killed run leaves are removed by the next run that plans the same outputs.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from unet_patches.preprocess import Preprocess
 
 from .merger import Band
 from .sources import TIFF_SUFFIXES, ArraySource, NormalizedSource, RawSource, RowSource, TiffSource, image_size
-from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter
+from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter, temporary_path
 
 __all__ = [
     "DEFAULT_STREAM_THRESHOLD_PX",
@@ -35,8 +38,11 @@ __all__ = [
     "open_image",
     "output_paths",
     "plan_outputs",
+    "remove_stale_parts",
     "write_outputs",
 ]
+
+log = logging.getLogger(__name__)
 
 # Above this many pixels an image is streamed (TIFF read by bands, labels written as TIFF).
 DEFAULT_STREAM_THRESHOLD_PX = 4096 * 4096
@@ -129,6 +135,9 @@ def plan_outputs(
 ) -> list[OutputPlan]:
     """Open every input (its header only) and check every output path before anything is written.
 
+    When every check passes, the temporary files of the planned outputs that an interrupted run left
+    behind (``.<output name>.part``, see :func:`remove_stale_parts`) are removed.
+
     Raises ``UserError`` for an unreadable input (a TIFF stack without ``page`` included), an output
     folder that is a file, two inputs that would write the same file, or an existing output without
     ``overwrite``.
@@ -158,7 +167,30 @@ def plan_outputs(
             f"{existing[0]} already exists{more}; pass --overwrite (overwrite=True) to replace, "
             "or choose another output folder"
         )
+    remove_stale_parts(every_output)
     return plans
+
+
+def remove_stale_parts(outputs: Iterable[Path]) -> list[Path]:
+    """Remove the temporary files of ``outputs`` left by a run that was killed while writing them.
+
+    Only the exact names the writers use (``.<name>.part`` beside each output,
+    :func:`~unet_patches.tiling.writers.temporary_path`) are touched, and only regular files; one log
+    line names what was removed. Returns the removed paths.
+    """
+    removed = []
+    for output in outputs:
+        part = temporary_path(output)
+        if part.is_file() and not part.is_symlink():
+            part.unlink(missing_ok=True)
+            removed.append(part)
+    if removed:
+        log.info(
+            "removed %d temporary file(s) left by an interrupted prediction: %s",
+            len(removed),
+            ", ".join(str(p) for p in removed),
+        )
+    return removed
 
 
 def open_image(path: Path, preprocess: Preprocess, large: bool) -> RowSource:
@@ -180,10 +212,12 @@ def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path
     """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
     them) into the files ``outs`` names; returns the written paths.
 
-    Each file goes through a temporary file that is removed if anything fails.
+    Each file goes through a temporary file that is removed if anything fails; outputs already moved
+    into place when a later one fails are removed too, so a failure leaves none of this image's files.
     """
     height, width = source.height, source.width
     writers: dict[str, BandWriter] = {}
+    placed: list[Path] = []
     try:
         writers["labels"] = (TiffWriter if large else PngWriter)(outs["labels"], height, width)
         if "overlay" in outs:
@@ -198,8 +232,12 @@ def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path
                 if "probs" not in writers:
                     writers["probs"] = NpyWriter(outs["probs"], band.probs.shape[0], height, width)
                 writers["probs"].write(band.probs)
-        return [writer.close() for writer in writers.values()]
+        for writer in writers.values():
+            placed.append(writer.close())
+        return placed
     except BaseException:
         for writer in writers.values():
             writer.abort()
+        for path in placed:
+            path.unlink(missing_ok=True)
         raise

@@ -10,7 +10,8 @@ truncated, not a 2-D image) raises ``UserError``; an in-memory array of the wron
   (a large 8-bit image then costs 1 byte per pixel in memory, not 4 per channel).
 - :class:`TiffSource`: a TIFF on disk. Uncompressed contiguous data is read row by row with
   positioned reads; compressed or tiled files are decoded one strip/tile row at a time. Peak memory
-  is a band, not the image.
+  is a band, not the image. The header is checked against :data:`MAX_STREAM_PIXELS` and
+  :data:`MAX_DECODE_BYTES` before any pixel is read (decompression bombs, damaged headers).
 """
 
 from __future__ import annotations
@@ -27,11 +28,44 @@ from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array, read_image, tiff_page
 from unet_patches.preprocess import Preprocess
 
-__all__ = ["ArraySource", "NormalizedSource", "RawSource", "RowSource", "TiffSource", "image_size"]
+__all__ = [
+    "MAX_DECODE_BYTES",
+    "MAX_STREAM_PIXELS",
+    "ArraySource",
+    "NormalizedSource",
+    "RawSource",
+    "RowSource",
+    "TiffSource",
+    "image_size",
+]
 
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+
+# Limits of TiffSource, checked on the header before any pixel is read (see TiffSource). Streaming
+# keeps memory flat whatever the image size, so the pixel count itself is bounded generously: 2**35
+# pixels (34 gigapixels, 185000 x 185000) is above the largest whole-slide scans and bounds the time and
+# output size a lying header can ask for. What is decoded at once -- a full-width row of strips or
+# tiles, or the whole image for a layout that is not read by bands -- is bounded by bytes, in the
+# spirit of Pillow's MAX_IMAGE_PIXELS (1 GiB of 32-bit pixels, refused at twice that): 1 GiB, 20 times
+# the band of a 100000-pixel-wide 8-bit image. Python callers may raise either.
+MAX_STREAM_PIXELS = 2**35
+MAX_DECODE_BYTES = 2**30
+
+
+def _human(nbytes: int) -> str:
+    """``1.5 GiB``-style size for messages."""
+    size = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class RowSource:
@@ -158,6 +192,12 @@ class _ChunkReader:
             self.chunk_rows, self.chunk_cols = page.rowsperstrip or self.height, self.width
         self.chunk_rows = min(self.chunk_rows, self.height)
         self.across = math.ceil(self.width / self.chunk_cols)
+        chunks = self.across * math.ceil(self.height / self.chunk_rows)
+        if min(len(page.dataoffsets), len(page.databytecounts)) < chunks:
+            raise UserError(
+                f"{tif.filehandle.path}: TIFF header lists {len(page.dataoffsets)} strip(s)/tile(s) where its size "
+                f"needs {chunks}; the file is damaged, re-save it"
+            )
         self.cache: dict[int, np.ndarray] = {}
         self.jpegtables = getattr(page, "jpegtables", None)
 
@@ -178,7 +218,7 @@ class _ChunkReader:
                 except Exception as exc:  # codecs raise many types for truncated or damaged data
                     raise UserError(
                         f"{fh.path}: cannot decode TIFF data at rows {top}..{top + rows} "
-                        f"({' '.join(str(exc).split())}); the file is truncated or damaged, re-save it"
+                        f"({_one_line(exc)}); the file is truncated or damaged, re-save it"
                     ) from exc
                 if segment is None:
                     continue
@@ -207,43 +247,100 @@ class _ChunkReader:
 class TiffSource(RowSource):
     """The first image of a TIFF, read a band of rows at a time without loading the whole file.
 
-    Raises ``UserError`` when the file cannot be read as a single 2-D image.
+    The header is checked before any pixel is read or any buffer allocated, so that a small file
+    whose header claims a huge image (a decompression bomb, or a damaged header) is refused instead of
+    asking for gigabytes:
+
+    - the image may have at most :data:`MAX_STREAM_PIXELS` pixels (height x width);
+    - uncompressed pixel data cannot be larger than the file that holds it: a header claiming more
+      bytes than the file's size is damaged or truncated;
+    - what one read decodes at once -- a full-width row of strips or tiles (a single-strip file: the
+      whole image), or the whole image for a layout that is not read by bands (planar, subsampled) --
+      may be at most :data:`MAX_DECODE_BYTES`. Uncompressed contiguous data is read by positioned reads
+      of the rows asked for, so it has no such limit.
+
+    Compressed data is not held to the file size (flat or sparse tiles compress a thousandfold and
+    more); the limits above bound the memory it can ask for. Raises ``UserError``, one line naming
+    the file, when the file cannot be read as a single 2-D image, breaks one of these limits, or
+    tifffile fails on it (corrupt or truncated data), when opened or later in :meth:`read_rows`.
     """
 
     def __init__(self, path: str | Path, in_channels: int, page: int | None = None) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.in_channels = in_channels
+        self.reader: _ContiguousReader | _ChunkReader | _WholeReader | None = None
         try:
             self.tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # tifffile raises many types for broken files
-            raise UserError(
-                f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); re-save it as TIFF or PNG"
-            ) from exc
+            raise self._unreadable(exc) from exc
         try:
-            chosen = self.tif.pages[tiff_page(self.tif, page, self.path)]
-            series_shape = tuple(chosen.shape)
-        except UserError:
-            self.tif.close()
-            raise
-        except Exception as exc:  # a damaged page table
-            self.tif.close()
-            raise UserError(
-                f"{self.path}: cannot read as a TIFF image ({' '.join(str(exc).split())}); re-save it as TIFF or PNG"
-            ) from exc
-        page = chosen
+            self._open(page)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, UserError) or not isinstance(exc, Exception):
+                raise
+            raise self._unreadable(exc) from exc  # a damaged page table or data
+
+    def _unreadable(self, exc: BaseException) -> UserError:
+        return UserError(f"{self.path}: cannot read as a TIFF image ({_one_line(exc)}); re-save it as TIFF or PNG")
+
+    def _open(self, page: int | None) -> None:
+        chosen = self.tif.pages[tiff_page(self.tif, page, self.path)]
+        series_shape = tuple(chosen.shape)
         squeezed = tuple(s for s in series_shape if s != 1)
         if len(squeezed) > 3 or (len(squeezed) == 3 and min(squeezed) > 4):
-            self.tif.close()
             raise UserError(
                 f"{self.path}: TIFF of shape {series_shape} is not a single 2-D image (H,W) or "
                 "(H,W,C<=4); save each plane of a stack as its own file"
             )
-        self.page = page
-        self.height, self.width = page.imagelength, page.imagewidth
+        self.page = chosen
+        self.height, self.width = int(chosen.imagelength), int(chosen.imagewidth)
+        self._check_size()
         self.reader = self._make_reader()
-        first = image_to_array(self.reader.rows(0, 1), in_channels, self.name)
+        first = image_to_array(self.reader.rows(0, 1), self.in_channels, self.name)
         self.channels = first.shape[0]
+
+    def _pixel_bytes(self) -> int:
+        """Bytes of one decoded pixel (all its samples)."""
+        page = self.page
+        itemsize = np.dtype(page.dtype).itemsize if page.dtype is not None else math.ceil(page.bitspersample / 8)
+        return max(1, itemsize) * max(1, int(page.samplesperpixel))
+
+    def _claim(self) -> str:
+        page = self.page
+        kind = np.dtype(page.dtype).name if page.dtype is not None else f"{page.bitspersample}-bit"
+        samples = int(page.samplesperpixel)
+        return f"{self.width} x {self.height} pixels of {f'{samples} x ' if samples > 1 else ''}{kind}"
+
+    def _check_size(self) -> None:
+        """The pixel and file-size rules of the class docstring, on the header alone."""
+        pixels = self.height * self.width
+        if pixels > MAX_STREAM_PIXELS:
+            raise UserError(
+                f"{self.path}: TIFF header claims {self._claim()} ({pixels / 1e9:.1f} gigapixels), above the limit of "
+                f"{MAX_STREAM_PIXELS / 1e9:.1f} gigapixels; if the image is real, cut it into parts "
+                "(or raise unet_patches.tiling.sources.MAX_STREAM_PIXELS from Python)"
+            )
+        if self.page.compression == 1:
+            nbytes = pixels * self._pixel_bytes()
+            file_size = self.path.stat().st_size
+            if nbytes > file_size:
+                raise UserError(
+                    f"{self.path}: TIFF header claims {self._claim()} ({_human(nbytes)} uncompressed) but the file "
+                    f"holds only {_human(file_size)}; the file is truncated or its header is damaged, re-save it"
+                )
+
+    def _check_decode(self, rows: int, what: str) -> None:
+        """Refuse to decode ``rows`` full-width rows at once above :data:`MAX_DECODE_BYTES`."""
+        nbytes = rows * self.width * self._pixel_bytes()
+        if nbytes > MAX_DECODE_BYTES:
+            raise UserError(
+                f"{self.path}: TIFF header claims {self._claim()} stored {what}, so reading it decodes "
+                f"{_human(nbytes)} at once, above the limit of {_human(MAX_DECODE_BYTES)}; if the image is real, "
+                "re-save it tiled (e.g. tifffile.imwrite(out, image, tile=(512, 512), compression='zlib')) or "
+                "uncompressed (or raise unet_patches.tiling.sources.MAX_DECODE_BYTES from Python)"
+            )
 
     def _make_reader(self) -> _ContiguousReader | _ChunkReader | _WholeReader:
         page = self.page
@@ -258,15 +355,33 @@ class TiffSource(RowSource):
             if sum(page.databytecounts) >= expected:
                 return _ContiguousReader(self.path, page.dataoffsets[0], row_shape, dtype)
         if not separate and page.dataoffsets and not page.is_subsampled:
+            if page.is_tiled:
+                self._check_decode(min(page.tilelength, self.height), f"in tiles {page.tilelength} rows high")
+            else:
+                rows = min(page.rowsperstrip or self.height, self.height)
+                self._check_decode(rows, f"in strips of {rows} rows")
             return _ChunkReader(self.tif, page)
+        self._check_decode(self.height, "in a layout that is read whole (planar or subsampled)")
         log.warning("%s: this TIFF layout is read whole into memory (no band-wise reading)", self.path)
         return _WholeReader(read_image(self.path, page=self.page.index))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return image_to_array(self.reader.rows(start, stop), self.in_channels, self.name)
+        assert self.reader is not None, f"{self.path}: read after close"
+        try:
+            raw = self.reader.rows(start, stop)
+        except UserError:
+            raise
+        except Exception as exc:  # tifffile, codecs and the OS raise many types for damaged files
+            raise UserError(
+                f"{self.path}: cannot read TIFF rows {start}..{stop} ({_one_line(exc)}); "
+                "the file is truncated or damaged, re-save it"
+            ) from exc
+        return image_to_array(raw, self.in_channels, self.name)
 
     def close(self) -> None:
-        self.reader.close()
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         self.tif.close()
 
 
@@ -300,6 +415,5 @@ def image_size(path: str | Path, page: int | None = None) -> tuple[int, int]:
         raise
     except Exception as exc:  # Pillow and tifffile raise many types for broken files
         raise UserError(
-            f"{path}: cannot read as an image ({' '.join(str(exc).split())}); "
-            "expected a readable PNG, TIFF, JPEG or BMP file"
+            f"{path}: cannot read as an image ({_one_line(exc)}); expected a readable PNG, TIFF, JPEG or BMP file"
         ) from exc

@@ -5,7 +5,13 @@ row has arrived (``close``); an error on the way leaves no half-written output b
 
 - :class:`PngWriter`: 8-bit gray or RGB PNG, compressed as the rows come (zlib stream).
 - :class:`TiffWriter`: uncompressed single-page TIFF (tifffile writes the header, rows go in by
-  positioned writes), so it can be memory-mapped or read by bands later.
+  positioned writes), so it can be memory-mapped or read by bands later. Pixel data over
+  :data:`BIGTIFF_THRESHOLD_BYTES` makes it a BigTIFF (64-bit offsets), which a classic TIFF's 32-bit
+  offsets cannot address.
+
+The temporary file of ``<folder>/<name>`` is ``<folder>/.<name>.part`` (:func:`temporary_path`); a
+killed process leaves it behind, and the next ``predict`` into that folder removes it
+(:func:`unet_patches.tiling.files.plan_outputs`).
 - :class:`NpyWriter`: a ``(K, H, W)`` float32 ``.npy`` file (open it with ``numpy.load(path,
   mmap_mode="r")``), filled band by band.
 """
@@ -20,7 +26,18 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-__all__ = ["BandWriter", "NpyWriter", "PngWriter", "TiffWriter"]
+__all__ = ["BIGTIFF_THRESHOLD_BYTES", "BandWriter", "NpyWriter", "PngWriter", "TiffWriter", "temporary_path"]
+
+# A classic TIFF addresses its file with 32-bit offsets (4 GiB). Pixel data above 4 GiB less 32 MiB
+# (room for the header and tags) is written as BigTIFF: tifffile.imwrite's own rule. Below it the file
+# stays classic, which every TIFF reader opens.
+BIGTIFF_THRESHOLD_BYTES = 2**32 - 2**25
+
+
+def temporary_path(path: str | Path) -> Path:
+    """The temporary file a writer fills before moving it to ``path``: ``.<name>.part`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.part")
 
 
 class BandWriter:
@@ -31,7 +48,7 @@ class BandWriter:
         self.height, self.width = int(height), int(width)
         self.rows_done = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.part")
+        self.tmp = temporary_path(self.path)
 
     def write(self, rows: np.ndarray) -> None:
         """Append the next band: ``(rows, W)`` or ``(rows, W, channels)`` / ``(K, rows, W)`` for probs."""
@@ -60,6 +77,14 @@ class BandWriter:
         except Exception:  # the file is being thrown away; its state does not matter
             pass
         self.tmp.unlink(missing_ok=True)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``os.pwrite`` until every byte is written (one call may write less, e.g. above 2 GiB on Linux)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -105,17 +130,32 @@ class PngWriter(BandWriter):
 
 
 class TiffWriter(BandWriter):
-    """Uncompressed single-page TIFF of ``(rows, W)`` bands (labels: uint8)."""
+    """Uncompressed single-page TIFF of ``(rows, W)`` bands (labels: uint8).
 
-    def __init__(self, path: str | Path, height: int, width: int, dtype: np.dtype = np.uint8) -> None:
+    ``bigtiff``: None (the default) writes a BigTIFF when the pixel data exceeds
+    :data:`BIGTIFF_THRESHOLD_BYTES` (a 66000 x 66000 uint8 image, for one) and a classic TIFF otherwise;
+    True or False forces the choice. ``self.bigtiff`` says which was written.
+    """
+
+    def __init__(
+        self, path: str | Path, height: int, width: int, dtype: np.dtype = np.uint8, bigtiff: bool | None = None
+    ) -> None:
         super().__init__(path, height, width)
         self.dtype = np.dtype(dtype)
-        with tifffile.TiffWriter(self.tmp, byteorder="<") as tif:
-            offset, _ = tif.write(
-                None, shape=(self.height, self.width), dtype=self.dtype, photometric="minisblack", returnoffset=True
-            )
-        self.offset = offset
-        self.fd = os.open(self.tmp, os.O_WRONLY)
+        self.fd: int | None = None
+        data_bytes = self.height * self.width * self.dtype.itemsize
+        self.bigtiff = data_bytes > BIGTIFF_THRESHOLD_BYTES if bigtiff is None else bool(bigtiff)
+        try:
+            # The pixel data is only reserved here (tifffile seeks past it), not written.
+            with tifffile.TiffWriter(self.tmp, byteorder="<", bigtiff=self.bigtiff) as tif:
+                offset, _ = tif.write(
+                    None, shape=(self.height, self.width), dtype=self.dtype, photometric="minisblack", returnoffset=True
+                )
+            self.offset = offset
+            self.fd = os.open(self.tmp, os.O_WRONLY)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
@@ -124,7 +164,8 @@ class TiffWriter(BandWriter):
         start = self.rows_done
         self._advance(rows.shape[0])
         data = np.ascontiguousarray(rows, dtype=self.dtype.newbyteorder("<")).tobytes()
-        os.pwrite(self.fd, data, self.offset + start * self.width * self.dtype.itemsize)
+        assert self.fd is not None, f"{self.path}: written after close"
+        _pwrite_all(self.fd, data, self.offset + start * self.width * self.dtype.itemsize)
 
     def _finish(self) -> None:
         if self.fd is not None:
@@ -138,12 +179,17 @@ class NpyWriter(BandWriter):
     def __init__(self, path: str | Path, classes: int, height: int, width: int) -> None:
         super().__init__(path, height, width)
         self.classes = int(classes)
-        with open(self.tmp, "wb") as file:
-            header = {"descr": "<f4", "fortran_order": False, "shape": (self.classes, self.height, self.width)}
-            np.lib.format.write_array_header_1_0(file, header)
-            self.offset = file.tell()
-            file.truncate(self.offset + self.classes * self.height * self.width * 4)
-        self.fd = os.open(self.tmp, os.O_WRONLY)
+        self.fd: int | None = None
+        try:
+            with open(self.tmp, "wb") as file:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (self.classes, self.height, self.width)}
+                np.lib.format.write_array_header_1_0(file, header)
+                self.offset = file.tell()
+                file.truncate(self.offset + self.classes * self.height * self.width * 4)
+            self.fd = os.open(self.tmp, os.O_WRONLY)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
@@ -152,9 +198,10 @@ class NpyWriter(BandWriter):
         start = self.rows_done
         self._advance(rows.shape[1])
         plane = self.height * self.width
+        assert self.fd is not None, f"{self.path}: written after close"
         for k in range(self.classes):
             data = np.ascontiguousarray(rows[k], dtype="<f4").tobytes()
-            os.pwrite(self.fd, data, self.offset + 4 * (k * plane + start * self.width))
+            _pwrite_all(self.fd, data, self.offset + 4 * (k * plane + start * self.width))
 
     def _finish(self) -> None:
         if self.fd is not None:

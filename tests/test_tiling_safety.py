@@ -1,0 +1,274 @@
+"""Streamed prediction files under stress: BigTIFF labels past 4 GiB, decompression-bomb and damaged
+TIFF inputs, temporary files left by a killed run, and failures half-way through writing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from torch import nn
+
+from unet_patches.api import Segmenter, predict_files
+from unet_patches.checkpoints import save_checkpoint
+from unet_patches.cli import main
+from unet_patches.errors import UserError
+from unet_patches.imageio import image_to_array
+from unet_patches.models import ModelConfig, build_model
+from unet_patches.preprocess import Preprocess
+from unet_patches.tiling import TiffSource, TiffWriter, open_image, predict_labels, sources, write_outputs, writers
+from unet_patches.tiling.merger import Band
+
+from helpers import tiny_net
+
+OPTIONS = dict(window=16, overlap=0.5, batch_size=8, blend="gaussian")
+
+
+def as_segmenter(net: nn.Module) -> Segmenter:
+    preprocess = Preprocess(in_channels=1, num_classes=3, normalize="range")
+    return Segmenter(net, 16, ("class0", "class1", "class2"), preprocess)
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A tiny U-Net checkpoint, as tests/test_export.py writes one."""
+    config = ModelConfig(name="unet", base_width=4, depth=2)
+    torch.manual_seed(0)
+    network = build_model(config, pretrained=False).eval()
+    preprocess = Preprocess(in_channels=config.in_channels, num_classes=config.num_classes, normalize="range")
+    state = {
+        "format_version": 1,
+        "model_config": config.to_dict(),
+        "model": network.state_dict(),
+        "class_names": [f"class{c}" for c in range(config.num_classes)],
+        "in_channels": config.in_channels,
+        "patch_size": 32,
+        "preprocess": preprocess.to_dict(),
+    }
+    save_checkpoint(state, path)
+    return path
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------------ BigTIFF
+
+
+@pytest.mark.parametrize("bigtiff", [True, False], ids=["over", "at"])
+def test_tiff_writer_switches_to_bigtiff_past_the_threshold(tmp_path, monkeypatch, bigtiff: bool) -> None:
+    labels = np.random.default_rng(1).integers(0, 7, (50, 33), dtype=np.uint8)
+    # The same rule as at 4 GiB, on a small image: BigTIFF only when the data is above the threshold.
+    monkeypatch.setattr(writers, "BIGTIFF_THRESHOLD_BYTES", labels.nbytes - 1 if bigtiff else labels.nbytes)
+    writer = TiffWriter(tmp_path / "l.tif", 50, 33)
+    for start, stop in ((0, 7), (7, 8), (8, 50)):
+        writer.write(labels[start:stop])
+    assert writer.close() == tmp_path / "l.tif"
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        assert tif.is_bigtiff is bigtiff
+        assert np.array_equal(tif.asarray(), labels)
+    assert files_in(tmp_path) == ["l.tif"]
+
+
+def test_labels_over_4_gib_get_a_bigtiff_header_without_writing_the_data(tmp_path) -> None:
+    # The header is written and the data only reserved (a sparse file): no 4 GiB on disk.
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as file:
+        file.truncate(1 << 30)
+    sparse = os.stat(probe).st_blocks * 512 < 1 << 20
+    probe.unlink()
+    if not sparse:
+        pytest.skip("this file system has no sparse files")
+    big = TiffWriter(tmp_path / "big.tif", 66000, 66000)  # 4.06 GiB of uint8: classic TIFF offsets overflow
+    small = TiffWriter(tmp_path / "small.tif", 65000, 65000)  # 3.93 GiB: still classic
+    try:
+        for writer, expected in ((big, True), (small, False)):
+            assert writer.bigtiff is expected
+            with tifffile.TiffFile(writer.tmp) as tif:
+                assert tif.is_bigtiff is expected
+                assert tif.pages.first.shape == (writer.height, writer.width)
+            assert os.stat(writer.tmp).st_blocks * 512 < 1 << 20
+    finally:
+        big.abort()
+        small.abort()
+    assert files_in(tmp_path) == []
+
+
+def test_streamed_prediction_writes_bigtiff_labels_equal_to_in_memory(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(writers, "BIGTIFF_THRESHOLD_BYTES", 1000)
+    image = np.random.default_rng(2).integers(0, 256, (61, 47), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    net = tiny_net()
+    predict_files(
+        as_segmenter(net), [tmp_path / "a.tif"], tmp_path / "out", stream_threshold_px=0, progress=False, **OPTIONS
+    )
+    with tifffile.TiffFile(tmp_path / "out" / "a_labels.tif") as tif:
+        assert tif.is_bigtiff
+        assert np.array_equal(tif.asarray(), predict_labels(image_to_array(image, 1), net, **OPTIONS))
+
+
+# ------------------------------------------------------------------------------------ bombs
+
+
+def bomb(path: Path, height: int, width: int, rows_per_strip: int | None = None, **options) -> Path:
+    """A real 16 x 16 TIFF whose header is patched to claim ``height x width`` pixels."""
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), **options)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
+        for code, value in ((256, width), (257, height), (278, rows_per_strip or height)):
+            tag = tags[code]
+            struct.pack_into({3: "<H", 4: "<I"}[tag.dtype], data, tag.valueoffset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({}, r"claims 100000 x 100000 pixels of uint8 \(9.3 GiB uncompressed\) but the file holds only"),
+        ({"compression": "zlib"}, r"claims 100000 x 100000 pixels of uint8 stored in strips of 100000 rows.*9.3 GiB"),
+        ({"compression": "zlib", "rows_per_strip": 16}, "lists 1 strip.*needs 6250; the file is damaged"),
+    ],
+    ids=["plain", "zlib-one-strip", "zlib-missing-strips"],
+)
+def test_tiff_bomb_is_refused_before_reading(tmp_path, options: dict, needle: str) -> None:
+    path = bomb(tmp_path / "bomb.tif", 100000, 100000, **options)
+    with pytest.raises(UserError, match=rf"bomb.tif: .*{needle}") as info:
+        open_image(path, Preprocess(normalize="range"), large=True)
+    assert "\n" not in str(info.value)
+
+
+def test_limits_are_module_settings(tmp_path, monkeypatch) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (40, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "strips.tif", image, compression="zlib", rowsperstrip=8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([image] * 3), photometric="rgb", planarconfig="separate")
+    with TiffSource(tmp_path / "strips.tif", 1) as source:
+        assert np.array_equal(source.read_rows(0, 40), image_to_array(image, 1))
+    monkeypatch.setattr(sources, "MAX_STREAM_PIXELS", 40 * 30 - 1)
+    with pytest.raises(UserError, match=r"strips.tif: .*30 x 40 pixels .*above the limit.*MAX_STREAM_PIXELS"):
+        TiffSource(tmp_path / "strips.tif", 1)
+    monkeypatch.setattr(sources, "MAX_STREAM_PIXELS", 40 * 30)
+    monkeypatch.setattr(sources, "MAX_DECODE_BYTES", 8 * 30 - 1)  # one strip of 8 rows decodes 240 bytes
+    with pytest.raises(UserError, match=r"strips.tif: .*strips of 8 rows.*240 bytes at once.*re-save it tiled"):
+        TiffSource(tmp_path / "strips.tif", 1)
+    monkeypatch.setattr(sources, "MAX_DECODE_BYTES", 40 * 30 * 3 - 1)  # planar data is read whole
+    with pytest.raises(UserError, match=r"planar.tif: .*30 x 40 pixels of 3 x uint8 .*read whole"):
+        TiffSource(tmp_path / "planar.tif", 3)
+    monkeypatch.setattr(sources, "MAX_DECODE_BYTES", 40 * 30 * 3)
+    with TiffSource(tmp_path / "planar.tif", 3) as source:
+        assert source.read_rows(0, 40).shape == (3, 40, 30)
+
+
+@pytest.mark.parametrize("damage", ["cut-header", "garbage-data"])
+def test_damaged_tiff_is_one_line_user_error(tmp_path, damage: str) -> None:
+    path = tmp_path / "bad.tif"
+    image = np.random.default_rng(4).integers(0, 256, (64, 32), dtype=np.uint8)
+    tifffile.imwrite(path, image, compression="zlib", rowsperstrip=8)
+    data = bytearray(path.read_bytes())
+    if damage == "cut-header":
+        data = data[:12]
+    else:
+        with tifffile.TiffFile(path) as tif:
+            offsets, counts = tif.pages.first.dataoffsets, tif.pages.first.databytecounts
+        data[offsets[3] : offsets[3] + counts[3]] = b"\xff" * counts[3]
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="bad.tif: ") as info:
+        with TiffSource(path, 1) as source:
+            source.read_rows(0, 64)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_predict_on_a_bomb_exits_2_with_one_line(tmp_path, capsys) -> None:
+    checkpoint = write_checkpoint(tmp_path / "best.pt")
+    path = bomb(tmp_path / "bomb.tif", 100000, 100000, compression="zlib")
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(path), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert str(path) in lines[0] and "above the limit" in lines[0], lines[0]
+    assert files_in(out) == []
+
+
+# ------------------------------------------------------------------------------------ temporary files
+
+
+def test_predict_removes_stale_parts_of_its_planned_outputs_only(tmp_path, caplog) -> None:
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", np.full((40, 40), 30, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [".a_labels.png.part", ".a_overlay.png.part", ".b_labels.tif.part", ".b_overlay.png.part"]
+    kept = [".notes.part", ".a_probs.npy.part", "a_labels.png.part", ".a_labels.png.part.bak"]  # not planned / not ours
+    for name in stale + kept:
+        (out / name).write_bytes(b"left over")
+    with caplog.at_level(logging.INFO, logger="unet_patches.tiling.files"):
+        written = predict_files(
+            as_segmenter(tiny_net()), [tmp_path / "a.png", tmp_path / "b.tif"], out, stream_threshold_px=500,
+            progress=False, **OPTIONS,
+        )  # fmt: skip
+    assert sorted(p.name for p in written) == ["a_labels.png", "a_overlay.png", "b_labels.tif", "b_overlay.png"]
+    assert files_in(out) == sorted(kept + [p.name for p in written])
+    assert all((out / name).read_bytes() == b"left over" for name in kept)
+    messages = [r.getMessage() for r in caplog.records if "temporary" in r.getMessage()]
+    assert len(messages) == 1 and all(name in messages[0] for name in stale), messages
+
+
+def test_refused_run_removes_nothing(tmp_path) -> None:
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_labels.png").write_bytes(b"mine")
+    (out / ".a_overlay.png.part").write_bytes(b"left over")
+    with pytest.raises(UserError, match="already exists"):
+        predict_files(as_segmenter(tiny_net()), [tmp_path / "a.png"], out, progress=False, **OPTIONS)
+    assert files_in(out) == [".a_overlay.png.part", "a_labels.png"]
+
+
+def test_read_failure_half_way_leaves_no_output(tmp_path, monkeypatch) -> None:
+    written_rows = []
+    write = TiffWriter.write
+    monkeypatch.setattr(TiffWriter, "write", lambda self, rows: (written_rows.append(len(rows)), write(self, rows)))
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(
+        path, np.random.default_rng(5).integers(0, 256, (200, 64), dtype=np.uint8), compression="zlib", rowsperstrip=5
+    )
+    with tifffile.TiffFile(path) as tif:
+        offsets = tif.pages.first.dataoffsets
+    path.write_bytes(path.read_bytes()[: offsets[30] + 10])  # rows 150.. are gone
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="cut.tif.*truncated"):
+        predict_files(
+            as_segmenter(tiny_net()), [path], out, stream_threshold_px=0, probs=True, progress=False, **OPTIONS
+        )
+    assert 0 < sum(written_rows) <= 150  # bands were written before the failure
+    assert files_in(out) == []
+
+
+def test_failure_after_some_outputs_are_in_place_removes_them(tmp_path, monkeypatch) -> None:
+    labels = np.zeros((20, 30), np.uint8)
+    bands = [
+        Band(0, labels[:10], np.zeros((3, 10, 30), np.float32)),
+        Band(10, labels[10:], np.zeros((3, 10, 30), np.float32)),
+    ]
+    source = sources.ArraySource(np.zeros((1, 20, 30), np.float32))
+    outs = {"labels": tmp_path / "l.tif", "overlay": tmp_path / "o.png", "probs": tmp_path / "p.npy"}
+    replace, calls = os.replace, []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        replace(src, dst)
+
+    monkeypatch.setattr(writers.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(iter(bands), source, outs, large=True)
+    assert len(calls) == 2 and files_in(tmp_path) == []

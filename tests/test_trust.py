@@ -1,0 +1,172 @@
+"""Issue 13's promises about the user's files and hours of training: nothing replaced without
+--overwrite (and --overwrite never touching a command's own inputs), a diverging run stopped before
+the bad step with its last good checkpoint kept, a resume after a crash tidied, hostile checkpoints
+refused without running anything, and a DataLoader worker's error kept to one line."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from unet_patches.checkpoints import load_checkpoint, save_checkpoint
+from unet_patches.cli import _one_line
+from unet_patches.demo import demo_name
+from unet_patches.errors import UserError
+from unet_patches.patches import extract_patches
+from unet_patches.training import fit, resume
+
+from helpers import small_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_dataset(tmp_path_factory.mktemp("trust"))
+
+
+def test_a_run_folder_holding_only_best_pt_is_not_replaced(data, tmp_path):
+    config = tiny_config(tmp_path, str(data / "train"), epochs=1, run_name="r")
+    run_dir = tmp_path / "checkpoints" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.pt").write_bytes(b"precious")
+    (run_dir / "snapshot_00.pt").write_bytes(b"old snapshot")
+    with pytest.raises(UserError, match=r"already holds checkpoints \(best.pt, snapshot_00.pt\).*--overwrite"):
+        fit(config, progress_bars=False)
+    assert (run_dir / "best.pt").read_bytes() == b"precious"
+    with pytest.raises(UserError, match="--load reads a checkpoint of the run folder"):
+        fit(config, init_weights=run_dir / "best.pt", overwrite=True, progress_bars=False)
+    assert (run_dir / "best.pt").read_bytes() == b"precious"
+    fit(config, overwrite=True, progress_bars=False)
+    assert not (run_dir / "snapshot_00.pt").exists()  # the old run's snapshot does not join the new one's
+    assert load_checkpoint(run_dir / "best.pt")["epoch"] == 1
+
+
+def test_a_diverging_run_stops_before_the_bad_step_and_says_how_to_go_on(data, tmp_path):
+    config = tiny_config(tmp_path, str(data / "train"), epochs=2, learning_rate=1e30, run_name="nan")
+    with pytest.raises(UserError, match=r"training.learning_rate = 1e\+30: training diverged.*grad_clip"):
+        fit(config, progress_bars=False)
+    assert not list((tmp_path / "checkpoints" / "nan").glob("*.pt"))  # no NaN model saved as best
+
+
+def test_gradient_clipping_trains(data, tmp_path):
+    config = tiny_config(tmp_path, str(data / "train"), epochs=1, grad_clip=0.5, run_name="clip")
+    assert fit(config, progress_bars=False)["epochs"] == 1
+
+
+def test_resume_removes_stale_temporary_files_and_repairs_best(data, tmp_path, caplog):
+    config = tiny_config(tmp_path, str(data / "train"), epochs=1, run_name="crash")
+    fit(config, progress_bars=False)
+    run_dir = tmp_path / "checkpoints" / "crash"
+    last = load_checkpoint(run_dir / "last.pt")
+    stale = run_dir / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    # As a crash between the writes of the old order left it: best.pt from another epoch.
+    save_checkpoint({**last, "epoch": 0}, run_dir / "best.pt")
+    state = {**last, "best_epoch": last["epoch"]}
+    save_checkpoint(state, run_dir / "last.pt")
+    extended = {**state, "config": {**state["config"], "training": {**state["config"]["training"], "epochs": 2}}}
+    save_checkpoint(extended, run_dir / "last.pt")
+    with caplog.at_level("WARNING"):
+        resume(run_dir / "last.pt", progress_bars=False)
+    assert not stale.exists() and "interrupted checkpoint write" in caplog.text
+    assert "rewritten from last.pt" in caplog.text
+    assert load_checkpoint(run_dir / "best.pt")["epoch"] >= 1
+
+
+class _Payload:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_crafted_pickle_never_runs(tmp_path):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model_config": {}, "model": _Payload(str(target))}, f)
+    with pytest.raises(UserError, match="not a readable unet-patches checkpoint"):
+        load_checkpoint(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"model_config": {"num_classes": "three"}}, "model_config.num_classes"),
+        ({"model_config": {"widht": 8}}, "unknown key 'model_config.widht'"),
+        ({"model_config": [1, 2]}, "expected a dict of model settings"),
+        ({"class_names": ["a"]}, "class_names"),
+        ({"preprocess": {"normalize": 3, "bogus": 1}}, "preprocess"),
+        ({"patch_size": -4}, "patch_size = -4"),
+        ({"format_version": "one"}, "format_version"),
+    ],
+)
+def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
+    from unet_patches.api import Segmenter
+    from unet_patches.models import ModelConfig, build_model
+    from unet_patches.preprocess import Preprocess
+
+    config = ModelConfig(base_width=4, depth=2)
+    state = {
+        "format_version": 1,
+        "model_config": config.to_dict(),
+        "model": build_model(config, pretrained=False).state_dict(),
+        "class_names": ["a", "b", "c"],
+        "patch_size": 32,
+        "preprocess": Preprocess(num_classes=3).to_dict(),
+        **change,
+    }
+    save_checkpoint(state, tmp_path / "x.pt")
+    with pytest.raises(UserError, match=needle.replace("(", r"\(")) as info:
+        Segmenter.from_checkpoint(tmp_path / "x.pt")
+    assert str(tmp_path / "x.pt") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_weights_that_do_not_fit_the_model_config(tmp_path):
+    from unet_patches.api import Segmenter
+    from unet_patches.models import ModelConfig, build_model
+
+    small, other = ModelConfig(base_width=4, depth=2), ModelConfig(base_width=8, depth=2)
+    state = {
+        "format_version": 1,
+        "model_config": small.to_dict(),
+        "model": build_model(other, pretrained=False).state_dict(),
+    }
+    save_checkpoint(state, tmp_path / "x.pt")
+    with pytest.raises(UserError, match=r"x.pt: the weights do not fit model_config"):
+        Segmenter.from_checkpoint(tmp_path / "x.pt")
+
+
+def test_patches_refuses_a_source_inside_its_output(tmp_path):
+    small_dataset(tmp_path / "out" / "src")
+    before = sorted(p for p in (tmp_path / "out").rglob("*"))
+    with pytest.raises(UserError, match="inside the output folder"):
+        extract_patches(tmp_path / "out" / "src" / "train", tmp_path / "out", overwrite=True, patch_size=16)
+    assert sorted(p for p in (tmp_path / "out").rglob("*")) == before
+
+
+def test_the_demo_takes_a_fresh_name_instead_of_replacing(tmp_path):
+    from unet_patches.config import default_config
+
+    config = default_config().merged(
+        {
+            "data": {"root": str(tmp_path / "data")},
+            "training": {"checkpoint_dir": str(tmp_path / "ck"), "log_dir": str(tmp_path / "runs")},
+        }
+    )
+    assert demo_name(config, overwrite=False) == "demo"
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    assert demo_name(config, overwrite=False) == "demo-2"
+    assert demo_name(config, overwrite=True) == "demo"
+
+
+def test_an_error_from_a_dataloader_worker_is_one_line():
+    wrapped = UserError(
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise UserError(...)\n'
+        "unet_patches.errors.UserError: p/0001.png: bad patch; fix it\n"
+    )
+    assert _one_line(wrapped) == "p/0001.png: bad patch; fix it"
+    assert _one_line(OSError("a\nb")) == "a b"
