@@ -144,7 +144,13 @@ class Segmenter:
         return self.preprocess.image(image, name)
 
     def bands(
-        self, predictor: WindowBlender, raw: np.ndarray | RowSource, *, probs: bool = False, progress: bool = False
+        self,
+        predictor: WindowBlender,
+        raw: np.ndarray | RowSource,
+        *,
+        probs: bool = False,
+        progress: bool = False,
+        name: str = "image",
     ) -> Iterator[Band]:
         """Predicted bands of rows of an image at its own size.
 
@@ -154,19 +160,22 @@ class Segmenter:
         back bilinearly before the argmax (one band).
         """
         if self.preprocess.resize is None:
-            source = raw if isinstance(raw, RowSource) else ArraySource(self.to_input(raw))
+            source = raw if isinstance(raw, RowSource) else ArraySource(self.to_input(raw, name))
             yield from predictor.bands(source, probs=probs, progress=progress)
             return
         if isinstance(raw, RowSource):
             raise ValueError("a checkpoint with data.resize needs the raw image, not a row source")
-        blended = resize_probabilities(predictor.probabilities(self.to_input(raw), progress), tuple(raw.shape[:2]))
+        blended = resize_probabilities(
+            predictor.probabilities(self.to_input(raw, name), progress), tuple(raw.shape[:2])
+        )
         yield Band(0, argmax_classes(blended), blended if probs else None)
 
     def labels(
-        self, predictor: WindowBlender, raw: np.ndarray, return_probs: bool = False
+        self, predictor: WindowBlender, raw: np.ndarray, return_probs: bool = False, name: str = "image"
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """uint8 labels ``(H, W)`` of a raw image at its own size (and the probabilities)."""
-        bands = self.bands(predictor, raw, probs=return_probs)
+        """uint8 labels ``(H, W)`` of a raw image at its own size (and the probabilities); ``name``
+        (the file) starts error messages about the image."""
+        bands = self.bands(predictor, raw, probs=return_probs, name=name)
         labels, probs = assemble(bands, raw.shape[:2], with_probs=return_probs)
         return (labels, probs) if return_probs else labels
 
@@ -219,7 +228,7 @@ def evaluate_folder(
     pixels = 0
     for pair in pairs:
         raw, mask = read_pair(pair, pre)
-        labels = segmenter.labels(predictor, raw)
+        labels = segmenter.labels(predictor, raw, name=str(pair.image))
         matrix.update(labels, mask)
         pixels += mask.size
         bar.update(1)

@@ -142,7 +142,11 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
     values = state["model_config"]
     if not isinstance(values, dict):
         raise UserError(f"{path}: model_config = {_short(values)}: expected a dict of model settings; {DAMAGED}")
-    config = check_config(build_typed(ModelConfig, values, f"{path}: ", "model_config."))
+    config = build_typed(ModelConfig, values, f"{path}: ", "model_config.")
+    try:
+        check_config(config)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}; {DAMAGED}") from None
     weights = state["model"]
     if not isinstance(weights, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()

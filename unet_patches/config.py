@@ -345,7 +345,11 @@ def config_from_dict(values: Any, source: str = "parameters") -> Config:
     if not isinstance(values, dict):
         raise UserError(f"{source}: expected a JSON object with sections {', '.join(_section_names())}")
     values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_comment" keys are allowed
-    return build_typed(Config, values, f"{source}: ").check()
+    config = build_typed(Config, values, f"{source}: ")
+    try:
+        return config.check()
+    except UserError as exc:
+        raise UserError(str(exc) if source == "settings" else f"{source}: {exc}") from None
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -105,6 +105,11 @@ def read_grid(path: str | Path, params: str | None, out_dir: Path) -> tuple[list
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
     grid = _object(grid, str(path))
+    unknown = sorted(set(grid) - {"base", "runs", "grid", "test"} - {k for k in grid if k.startswith("_")})
+    if unknown:
+        raise UserError(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a grid file has base, runs, grid, test"
+        )
     base = _object(grid.get("base", {}), f"{path}: base")
     plans = []
     for name, overrides in _runs(grid, path).items():
@@ -179,6 +184,14 @@ def run_experiments(
     """Train and score every run of the grid not yet finished; write the tables and the chart."""
     out_dir = Path(out_dir)
     plans, test_dir = read_grid(grid_path, params, out_dir)
+    from .data import resolve_folder
+
+    for plan in plans:  # before anything is written
+        if not resolve_folder(plan.config).is_dir():
+            raise UserError(
+                f"{grid_path}: run {plan.name!r}: data folder {plan.config.training.folder} not found; check "
+                "training.folder in the grid's base or the parameters file"
+            )
     results = out_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
     bar = console.progress(len(plans), "experiments", "run", enabled=progress)

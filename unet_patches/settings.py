@@ -114,5 +114,8 @@ def inference_settings(path: str | Path | None, overrides: dict[str, Any] | None
         if not isinstance(section, dict):
             raise UserError(f"{path}: inference = {section!r}: expected a JSON object")
     settings = build_typed(_InferenceOnly, {"inference": {**section, **overrides}}, f"{source}: ").inference
-    settings.check()
+    try:
+        settings.check()
+    except UserError as exc:
+        raise UserError(str(exc) if source == "settings" else f"{source}: {exc}") from None
     return settings

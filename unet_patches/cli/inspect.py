@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..errors import UserError
@@ -50,4 +51,8 @@ def _inspect(args: argparse.Namespace) -> int:
         raise UserError(f"{args.folder}: data folder not found{tried}; check the path")
     report = inspect_folder(folder, config, split=split_by_group)
     print(json.dumps(report.to_dict()) if args.json else format_report(report))
-    return 2 if report.problems else 0
+    if report.problems:  # the report is on stdout; the error line on stderr, as for every command
+        more = f" (and {len(report.problems) - 1} more in the report)" if len(report.problems) > 1 else ""
+        print(f"unet-patches inspect: error: {report.problems[0]}{more}", file=sys.stderr)
+        return 2
+    return 0
