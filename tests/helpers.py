@@ -55,3 +55,34 @@ def tiny_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> nn.Module
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 2.0)
     return net.eval()
+
+
+def unet_checkpoint_state(
+    config=None, *, seed: int = 0, class_names=None, patch_size: int = 32, normalize: str = "range", **extra
+) -> dict:
+    """What training writes into a checkpoint, for a small U-Net with seeded random weights (base
+    width 4, depth 2 unless ``config`` says otherwise); ``extra`` keys replace or add to it."""
+    from unet_patches.models import ModelConfig, build_model
+    from unet_patches.preprocess import Preprocess
+
+    config = config or ModelConfig(name="unet", base_width=4, depth=2)
+    torch.manual_seed(seed)
+    classes = config.num_classes
+    return {
+        "format_version": 1,
+        "model_config": config.to_dict(),
+        "model": build_model(config, pretrained=False).state_dict(),
+        "class_names": list(class_names or [f"class{c}" for c in range(classes)]),
+        "in_channels": config.in_channels,
+        "patch_size": patch_size,
+        "preprocess": Preprocess(in_channels=config.in_channels, num_classes=classes, normalize=normalize).to_dict(),
+        **extra,
+    }
+
+
+def write_unet_checkpoint(path: Path, **options) -> Path:
+    """:func:`unet_checkpoint_state` saved at ``path``."""
+    from unet_patches.checkpoints import save_checkpoint
+
+    save_checkpoint(unet_checkpoint_state(**options), path)
+    return path

@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from unet_patches.cache import CACHE_DIR_NAME
-from unet_patches.checkpoints import save_checkpoint
 from unet_patches.cli import main
-from unet_patches.models import ModelConfig, build_model
-from unet_patches.preprocess import Preprocess
+from unet_patches.models import ModelConfig
 from unet_patches.synthetic import SyntheticSpec, generate_dataset
+
+from helpers import write_unet_checkpoint
 
 SPEC = SyntheticSpec(height=64, width=48)
 MODEL = ModelConfig(name="unet", base_width=4, depth=2)
@@ -144,18 +144,7 @@ def valid_params(tmp: Path) -> dict:
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
     generate_dataset(root / "data", n_train=3, n_test=2, seed=0, spec=SPEC)
-    torch.manual_seed(0)
-    network = build_model(MODEL, pretrained=False).eval()
-    state = {
-        "format_version": 1,
-        "model_config": MODEL.to_dict(),
-        "model": network.state_dict(),
-        "class_names": list(CLASS_NAMES),
-        "in_channels": 1,
-        "patch_size": 32,
-        "preprocess": Preprocess(in_channels=1, num_classes=3, normalize="range").to_dict(),
-    }
-    save_checkpoint(state, root / "ckpt.pt")
+    write_unet_checkpoint(root / "ckpt.pt", config=MODEL, class_names=CLASS_NAMES)
     return root
 
 

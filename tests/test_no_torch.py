@@ -15,13 +15,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
-from unet_patches.checkpoints import save_checkpoint
 from unet_patches.cli import main
-from unet_patches.models import ModelConfig, build_model
-from unet_patches.preprocess import Preprocess
 from unet_patches.synthetic import SyntheticSpec, generate_dataset
+
+from helpers import write_unet_checkpoint
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -56,18 +54,8 @@ def without_torch(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
 def deployed(tmp_path_factory) -> Path:
     """A small U-Net checkpoint, its ONNX export (probabilities) and a synthetic test set."""
     root = tmp_path_factory.mktemp("deployed")
-    config = ModelConfig(name="unet", base_width=4, depth=2)
-    torch.manual_seed(0)
-    state = {
-        "format_version": 1,
-        "model_config": config.to_dict(),
-        "model": build_model(config, pretrained=False).state_dict(),
-        "class_names": ["background", "line", "ellipse"],
-        "in_channels": 1,
-        "patch_size": 32,
-        "preprocess": Preprocess(in_channels=1, num_classes=3, normalize="percentile").to_dict(),
-    }
-    save_checkpoint(state, root / "best.pt")
+    names = ["background", "line", "ellipse"]
+    write_unet_checkpoint(root / "best.pt", class_names=names, normalize="percentile")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["export", str(root / "best.pt"), "--format", "onnx", "-o", str(root / "model.onnx")]) == 0

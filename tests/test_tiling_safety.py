@@ -11,21 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from torch import nn
 
 from unet_patches.api import Segmenter, predict_files
-from unet_patches.checkpoints import save_checkpoint
 from unet_patches.cli import main
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array
-from unet_patches.models import ModelConfig, build_model
 from unet_patches.preprocess import Preprocess
 from unet_patches.tiling import TiffSource, TiffWriter, open_image, predict_labels, sources, write_outputs, writers
 from unet_patches.tiling.merger import Band
 
-from helpers import tiny_net
+from helpers import tiny_net, write_unet_checkpoint
 
 OPTIONS = dict(window=16, overlap=0.5, batch_size=8, blend="gaussian")
 
@@ -33,25 +30,6 @@ OPTIONS = dict(window=16, overlap=0.5, batch_size=8, blend="gaussian")
 def as_segmenter(net: nn.Module) -> Segmenter:
     preprocess = Preprocess(in_channels=1, num_classes=3, normalize="range")
     return Segmenter(net, 16, ("class0", "class1", "class2"), preprocess)
-
-
-def write_checkpoint(path: Path) -> Path:
-    """A tiny U-Net checkpoint, as tests/test_export.py writes one."""
-    config = ModelConfig(name="unet", base_width=4, depth=2)
-    torch.manual_seed(0)
-    network = build_model(config, pretrained=False).eval()
-    preprocess = Preprocess(in_channels=config.in_channels, num_classes=config.num_classes, normalize="range")
-    state = {
-        "format_version": 1,
-        "model_config": config.to_dict(),
-        "model": network.state_dict(),
-        "class_names": [f"class{c}" for c in range(config.num_classes)],
-        "in_channels": config.in_channels,
-        "patch_size": 32,
-        "preprocess": preprocess.to_dict(),
-    }
-    save_checkpoint(state, path)
-    return path
 
 
 def files_in(folder: Path) -> list[str]:
@@ -186,7 +164,7 @@ def test_damaged_tiff_is_one_line_user_error(tmp_path, damage: str) -> None:
 
 
 def test_cli_predict_on_a_bomb_exits_2_with_one_line(tmp_path, capsys) -> None:
-    checkpoint = write_checkpoint(tmp_path / "best.pt")
+    checkpoint = write_unet_checkpoint(tmp_path / "best.pt")
     path = bomb(tmp_path / "bomb.tif", 100000, 100000, compression="zlib")
     out = tmp_path / "out"
     assert main(["predict", str(checkpoint), str(path), "-o", str(out), "--no-progress"]) == 2

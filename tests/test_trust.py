@@ -16,7 +16,7 @@ from unet_patches.errors import UserError
 from unet_patches.patches import extract_patches
 from unet_patches.training import fit, resume
 
-from helpers import small_dataset, tiny_config
+from helpers import small_dataset, tiny_config, unet_checkpoint_state
 
 
 @pytest.fixture(scope="module")
@@ -105,20 +105,8 @@ def test_a_crafted_pickle_never_runs(tmp_path):
 )
 def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
     from unet_patches.api import Segmenter
-    from unet_patches.models import ModelConfig, build_model
-    from unet_patches.preprocess import Preprocess
 
-    config = ModelConfig(base_width=4, depth=2)
-    state = {
-        "format_version": 1,
-        "model_config": config.to_dict(),
-        "model": build_model(config, pretrained=False).state_dict(),
-        "class_names": ["a", "b", "c"],
-        "patch_size": 32,
-        "preprocess": Preprocess(num_classes=3).to_dict(),
-        **change,
-    }
-    save_checkpoint(state, tmp_path / "x.pt")
+    save_checkpoint({**unet_checkpoint_state(class_names=["a", "b", "c"]), **change}, tmp_path / "x.pt")
     with pytest.raises(UserError, match=needle.replace("(", r"\(")) as info:
         Segmenter.from_checkpoint(tmp_path / "x.pt")
     assert str(tmp_path / "x.pt") in str(info.value) and "\n" not in str(info.value)
@@ -126,15 +114,10 @@ def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
 
 def test_weights_that_do_not_fit_the_model_config(tmp_path):
     from unet_patches.api import Segmenter
-    from unet_patches.models import ModelConfig, build_model
+    from unet_patches.models import ModelConfig
 
-    small, other = ModelConfig(base_width=4, depth=2), ModelConfig(base_width=8, depth=2)
-    state = {
-        "format_version": 1,
-        "model_config": small.to_dict(),
-        "model": build_model(other, pretrained=False).state_dict(),
-    }
-    save_checkpoint(state, tmp_path / "x.pt")
+    other = ModelConfig(base_width=8, depth=2)
+    save_checkpoint(unet_checkpoint_state(model=unet_checkpoint_state(other)["model"]), tmp_path / "x.pt")
     with pytest.raises(UserError, match=r"x.pt: the weights do not fit model_config"):
         Segmenter.from_checkpoint(tmp_path / "x.pt")
 

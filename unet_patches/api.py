@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import console
-from .errors import UserError
+from .errors import UserError, one_line
 from .folders import find_pairs, read_pair
 from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
@@ -316,7 +316,7 @@ def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu")
     except FileNotFoundError:
         raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        reason = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:120]
+        reason = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc, 120)
         raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
     network = OnnxNetwork(path)
     return Segmenter(network, patch_size, class_names, preprocess, activation=network.activation)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .atomic import write_atomically
-from .errors import UserError
+from .errors import UserError, one_line
 from .models import ModelConfig, build_model, check_config
 from .preprocess import Preprocess
 from .typed import build_typed
@@ -141,7 +141,7 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
     (class names, channels, patch size, preprocessing) consistent with the model."""
     values = state["model_config"]
     if not isinstance(values, dict):
-        raise UserError(f"{path}: model_config = {_short(values)}: expected a dict of model settings; {DAMAGED}")
+        raise UserError(f"{path}: model_config = {_quoted(values)}: expected a dict of model settings; {DAMAGED}")
     config = build_typed(ModelConfig, values, f"{path}: ", "model_config.")
     try:
         check_config(config)
@@ -156,10 +156,10 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
     if names is not None and (
         not isinstance(names, list) or len(names) != config.num_classes or not all(isinstance(n, str) for n in names)
     ):
-        raise UserError(f"{path}: class_names = {_short(names)}: expected {config.num_classes} names; {DAMAGED}")
+        raise UserError(f"{path}: class_names = {_quoted(names)}: expected {config.num_classes} names; {DAMAGED}")
     for key, low in (("patch_size", 1), ("in_channels", 1)):
         if key in state and (not is_int(state[key]) or state[key] < low):
-            raise UserError(f"{path}: {key} = {_short(state[key])}: expected an integer >= {low}; {DAMAGED}")
+            raise UserError(f"{path}: {key} = {_quoted(state[key])}: expected an integer >= {low}; {DAMAGED}")
     if state.get("preprocess") is not None:
         pre = _preprocess(state["preprocess"], path)
         if (pre.in_channels, pre.num_classes) != (config.in_channels, config.num_classes):
@@ -175,7 +175,9 @@ def _preprocess(values: Any, path: Path) -> Preprocess:
     except UserError as exc:
         raise UserError(f"{path}: preprocess: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise UserError(f"{path}: preprocess = {_short(values)}: not readable ({_short(exc)}); {DAMAGED}") from None
+        raise UserError(
+            f"{path}: preprocess = {_quoted(values)}: not readable ({one_line(exc, 80)}); {DAMAGED}"
+        ) from None
 
 
 def check_resumable(state: dict[str, Any], path: str | Path) -> None:
@@ -200,12 +202,11 @@ def check_resumable(state: dict[str, Any], path: str | Path) -> None:
         if key not in state:
             raise UserError(f"{path}: no {key}; --resume needs a last.pt written by training (not an export)")
         if not valid(state[key]):
-            raise UserError(f"{path}: {key} = {_short(state[key])}: expected {what}; {DAMAGED}")
+            raise UserError(f"{path}: {key} = {_quoted(state[key])}: expected {what}; {DAMAGED}")
 
 
-def _short(value: Any) -> str:
-    text = " ".join(repr(value).split()) if not isinstance(value, BaseException) else " ".join(str(value).split())
-    return text if len(text) <= 80 else text[:77] + "..."
+def _quoted(value: Any) -> str:
+    return one_line(repr(value), 80)
 
 
 def model_from_checkpoint(
@@ -228,7 +229,7 @@ def load_weights(model: nn.Module, weights: dict[str, Any], source: str | Path) 
         model.load_state_dict(weights)
     except RuntimeError as exc:
         detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-        raise UserError(f"{source}: the weights do not fit model_config ({_short(detail)}); {DAMAGED}") from None
+        raise UserError(f"{source}: the weights do not fit model_config ({one_line(detail, 80)}); {DAMAGED}") from None
 
 
 def preprocess_from_checkpoint(state: dict[str, Any]) -> Preprocess:

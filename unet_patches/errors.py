@@ -8,3 +8,11 @@ class UserError(ValueError):
     expected and how to fix it. The command-line tools print it and exit
     with status 2 instead of showing a traceback.
     """
+
+
+def one_line(what: object, limit: int | None = None) -> str:
+    """``what`` (an exception's message, or any text) on one line with runs of blanks collapsed,
+    cut to ``limit`` characters; an exception without a message gives its type's name. For quoting
+    a library's error, or a value, inside a one-line message."""
+    text = " ".join(str(what).split()) or (type(what).__name__ if isinstance(what, BaseException) else "")
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from unet_patches.errors import UserError
+from unet_patches.errors import UserError, one_line
 from unet_patches.validate import require_int
 
 __all__ = [
@@ -72,10 +72,6 @@ PALETTE = np.array(
 # --------------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
@@ -111,7 +107,7 @@ def _read_tiff(path: Path, page: int | None = None, single_page_ok: bool = False
     except UserError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise UserError(f"{path}: cannot read as a TIFF image ({_one_line(exc)}); re-save it as TIFF or PNG") from exc
+        raise UserError(f"{path}: cannot read as a TIFF image ({one_line(exc)}); re-save it as TIFF or PNG") from exc
     array = np.squeeze(array) if array.ndim > 3 else array
     if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
         # Planar TIFFs come back channels-first.
@@ -189,7 +185,7 @@ def read_raw(
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise UserError(
-            f"{path}: cannot read as an image ({_one_line(exc)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
+            f"{path}: cannot read as an image ({one_line(exc)}); expected one of {', '.join(IMAGE_SUFFIXES)}"
         ) from exc
 
 
@@ -206,7 +202,7 @@ def _decode_deep_png(f, path: Path) -> np.ndarray:
     try:
         return np.asarray(imagecodecs.png_decode(f.read()))
     except Exception as exc:  # imagecodecs raises its own error types for broken data
-        raise UserError(f"{path}: cannot read as a 16-bit PNG ({_one_line(exc)}); re-save it") from exc
+        raise UserError(f"{path}: cannot read as a 16-bit PNG ({one_line(exc)}); re-save it") from exc
 
 
 def read_image(path: str | Path, page: int | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "require_onnx_package", "sidecar_path"]
 
@@ -56,7 +56,7 @@ class OnnxNetwork:
         try:
             self.session = ort.InferenceSession(str(path), providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own types for missing or malformed files
-            raise UserError(f"{path}: not a readable ONNX file ({' '.join(str(exc).split())[:200]})") from None
+            raise UserError(f"{path}: not a readable ONNX file ({one_line(exc, 200)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if (
             [i.name for i in inputs] != ["image"]

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from unet_patches.atomic import write_atomically
 from unet_patches.cache import DecodeCache
-from unet_patches.errors import UserError
+from unet_patches.errors import UserError, one_line
 from unet_patches.folders import load_pairs
 from unet_patches.imageio import image_to_array, write_png
 from unet_patches.masks import decode_mask
@@ -296,7 +296,7 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise UserError(f"{path}: not a readable JSON file ({reason}); {fix}") from exc
     if not isinstance(manifest, dict):
         raise UserError(f"{path}: expected a JSON object; {fix}")

@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_predict
 from .submit import add_submit
@@ -101,8 +101,8 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc)
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(("Error", "UserError")) else last
-    return " ".join(text.split())
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return one_line(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unet_patches.errors import one_line
 from unet_patches.runtime import resolve_precision
 
 from .blender import FLIPS, WindowBlender
@@ -124,7 +125,7 @@ class TiledPredictor(WindowBlender):
             try:  # the first call compiles
                 out = self.network(batch)
             except Exception as exc:  # no C++ compiler, unsupported op, ...: run eagerly instead
-                reason = " ".join(str(exc).split())[:200]
+                reason = one_line(exc, 200)
                 log.warning("torch.compile failed (%s); running the network uncompiled", reason)
                 self.network, self.compiled = self._eager, False
                 out = self.network(batch)

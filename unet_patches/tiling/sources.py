@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unet_patches.errors import UserError
+from unet_patches.errors import UserError, one_line
 from unet_patches.imageio import image_to_array, read_image, tiff_page
 from unet_patches.preprocess import Preprocess
 
@@ -62,10 +62,6 @@ def _human(nbytes: int) -> str:
             return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class RowSource:
@@ -218,7 +214,7 @@ class _ChunkReader:
                 except Exception as exc:  # codecs raise many types for truncated or damaged data
                     raise UserError(
                         f"{fh.path}: cannot decode TIFF data at rows {top}..{top + rows} "
-                        f"({_one_line(exc)}); the file is truncated or damaged, re-save it"
+                        f"({one_line(exc)}); the file is truncated or damaged, re-save it"
                     ) from exc
                 if segment is None:
                     continue
@@ -283,7 +279,7 @@ class TiffSource(RowSource):
             raise self._unreadable(exc) from exc  # a damaged page table or data
 
     def _unreadable(self, exc: BaseException) -> UserError:
-        return UserError(f"{self.path}: cannot read as a TIFF image ({_one_line(exc)}); re-save it as TIFF or PNG")
+        return UserError(f"{self.path}: cannot read as a TIFF image ({one_line(exc)}); re-save it as TIFF or PNG")
 
     def _open(self, page: int | None) -> None:
         chosen = self.tif.pages[tiff_page(self.tif, page, self.path)]
@@ -373,7 +369,7 @@ class TiffSource(RowSource):
             raise
         except Exception as exc:  # tifffile, codecs and the OS raise many types for damaged files
             raise UserError(
-                f"{self.path}: cannot read TIFF rows {start}..{stop} ({_one_line(exc)}); "
+                f"{self.path}: cannot read TIFF rows {start}..{stop} ({one_line(exc)}); "
                 "the file is truncated or damaged, re-save it"
             ) from exc
         return image_to_array(raw, self.in_channels, self.name)
@@ -415,5 +411,5 @@ def image_size(path: str | Path, page: int | None = None) -> tuple[int, int]:
         raise
     except Exception as exc:  # Pillow and tifffile raise many types for broken files
         raise UserError(
-            f"{path}: cannot read as an image ({_one_line(exc)}); expected a readable PNG, TIFF, JPEG or BMP file"
+            f"{path}: cannot read as an image ({one_line(exc)}); expected a readable PNG, TIFF, JPEG or BMP file"
         ) from exc
