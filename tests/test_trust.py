@@ -5,9 +5,13 @@ refused without running anything, and a DataLoader worker's error kept to one li
 
 from __future__ import annotations
 
+import json
 import pickle
 
+import numpy as np
+
 import pytest
+import torch
 
 from unet_patches.checkpoints import load_checkpoint, save_checkpoint
 from unet_patches.cli import _one_line
@@ -153,3 +157,101 @@ def test_an_error_from_a_dataloader_worker_is_one_line():
     )
     assert _one_line(wrapped) == "p/0001.png: bad patch; fix it"
     assert _one_line(OSError("a\nb")) == "a b"
+
+
+def test_a_bad_patch_read_by_a_real_dataloader_worker_is_one_line(data, tmp_path, capsys):
+    from PIL import Image
+
+    from unet_patches.cli import main
+
+    extract_patches(data / "train", tmp_path / "p", patch_size=32, per_image=2, seed=0)
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(tmp_path / "p" / "masks" / "p0.png")
+    (tmp_path / "params.json").write_text(json.dumps(tiny_config(tmp_path, "p").to_dict()))
+    argv = ["train", "--workers", "1", "-e", "1", "--no-progress", "--params", str(tmp_path / "params.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"unet-patches train: error: {tmp_path / 'p' / 'masks' / 'p0.png'}: mask value 7 is out of "
+        "range for num_classes=3 (expected 0..2); fix the mask or raise num_classes"
+    ]
+
+
+# --- --resume with new flags: -e extends a run, --run-name forks it ---------------------------------
+
+
+def _same_weights(a, b) -> bool:
+    a, b = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(data, tmp_path, caplog):
+    folder = str(data / "train")
+    whole = fit(tiny_config(tmp_path, folder, epochs=4, schedule="constant", run_name="whole"), progress_bars=False)
+    short = fit(tiny_config(tmp_path, folder, epochs=2, schedule="constant", run_name="short"), progress_bars=False)
+    assert resume(short["last_checkpoint"], progress_bars=False)["epochs"] == 2  # finished: nothing to do
+    with caplog.at_level("INFO"):
+        longer = resume(short["last_checkpoint"], epochs=4, progress_bars=False)
+    assert longer["epochs"] == 4 and "planned anew over 4 epochs" in caplog.text
+    # A constant schedule does not depend on the run's length: extended = planned that long.
+    assert _same_weights(whole["last_checkpoint"], longer["last_checkpoint"])
+    assert load_checkpoint(longer["last_checkpoint"])["config"]["training"]["epochs"] == 4
+
+
+def test_extending_replans_the_schedule_and_says_how_the_rate_jumps(data, tmp_path, caplog):
+    config = tiny_config(tmp_path, str(data / "train"), epochs=2, schedule="poly", run_name="poly")
+    short = fit(config, progress_bars=False)
+    with caplog.at_level("INFO"):
+        longer = resume(short["last_checkpoint"], epochs=4, progress_bars=False)
+    # poly over 4 epochs, from half-way: (1 - 0.5) ** 0.9 of the base rate at the first new step.
+    assert "learning rate goes from 0 to 0.0268 at epoch 3" in caplog.text
+    lrs = [record["lr"] for record in longer["history"]]
+    assert lrs[1] < lrs[2] and lrs[2] > lrs[3]
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({}, {2: r"-e 2: .*has trained 2 epochs already; pass more than 2", 1: r"pass more than 2"}),
+        ({"schedule": "cosine_restarts", "restart_cycles": 2}, {4: r"cosine_restarts.*-c/--load"}),
+    ],
+)
+def test_an_extension_that_cannot_be_kept_is_refused(data, tmp_path, settings, refused):
+    short = fit(tiny_config(tmp_path, str(data / "train"), epochs=2, run_name="r", **settings), progress_bars=False)
+    before = (tmp_path / "checkpoints" / "r" / "last.pt").read_bytes()
+    for epochs, needle in refused.items():
+        with pytest.raises(UserError, match=needle):
+            resume(short["last_checkpoint"], epochs=epochs, progress_bars=False)
+    assert (tmp_path / "checkpoints" / "r" / "last.pt").read_bytes() == before
+
+
+def test_resume_with_a_run_name_forks_and_leaves_the_original_alone(data, tmp_path):
+    short = fit(tiny_config(tmp_path, str(data / "train"), epochs=2, run_name="a"), progress_bars=False)
+    source = tmp_path / "checkpoints" / "a"
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    fork = resume(short["last_checkpoint"], epochs=3, run_name="b", progress_bars=False)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    assert fork["run_dir"] == str(tmp_path / "checkpoints" / "b") and fork["epochs"] == 3
+    last = load_checkpoint(fork["last_checkpoint"])
+    assert last["config"]["training"]["run_name"] == "b" and last["epoch"] == 3
+    assert load_checkpoint(fork["best_checkpoint"])["epoch"] == last["best_epoch"]
+    assert (tmp_path / "runs" / "b").is_dir()
+    # The fork's folder is a run of its own now: resuming it goes on there.
+    assert resume(fork["last_checkpoint"], epochs=4, progress_bars=False)["run_dir"] == fork["run_dir"]
+
+    with pytest.raises(UserError, match=r"checkpoints/b already holds checkpoints.*--overwrite"):
+        resume(short["last_checkpoint"], epochs=3, run_name="b", progress_bars=False)
+    with pytest.raises(UserError, match="would replace the run being resumed"):
+        resume(short["last_checkpoint"], epochs=3, overwrite=True, progress_bars=False)
+    again = resume(short["last_checkpoint"], epochs=3, run_name="b", overwrite=True, progress_bars=False)
+    assert load_checkpoint(again["last_checkpoint"])["epoch"] == 3
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_the_train_command_takes_only_epochs_and_run_name_beside_resume(data, tmp_path, capsys):
+    from unet_patches.cli import main
+
+    short = fit(tiny_config(tmp_path, str(data / "train"), epochs=1, run_name="c"), progress_bars=False)
+    assert main(["train", "--resume", short["last_checkpoint"], "-l", "0.1", "--no-progress"]) == 2
+    assert "--resume with settings flags (training.learning_rate)" in capsys.readouterr().err
+    assert main(["train", "--resume", short["last_checkpoint"], "-e", "2", "--run-name", "d", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "checkpoints" / "d" / "last.pt")["epoch"] == 2

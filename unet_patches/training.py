@@ -16,6 +16,7 @@ logs and writes files.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import console, runtime
+from .atomic import write_atomically
 from .augment import BatchAugmenter, build_augmenter
 from .checkpoints import DAMAGED, check_resumable, checkpoint_state, load_checkpoint, load_weights, save_checkpoint
 from .config import Config, config_from_dict, save_config
@@ -198,12 +200,12 @@ def fit(
     ``overwrite`` a run folder that already holds checkpoints is refused.
     """
     run_dir = Path(config.training.checkpoint_dir) / run_name_for(config)
-    held = sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
+    held = _held_checkpoints(run_dir)
     if held and not overwrite:
         resume = f"continue with --resume {run_dir / 'last.pt'}, " if "last.pt" in held else ""
         raise UserError(
-            f"{run_dir} already holds checkpoints ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): "
-            f"{resume}start again with --overwrite, or choose another --run-name"
+            f"{run_dir} already holds checkpoints ({_listed(held)}): {resume}start again with "
+            "--overwrite, or choose another --run-name"
         )
     if held and init_weights is not None and Path(init_weights).resolve().parent == run_dir.resolve():
         raise UserError(
@@ -211,12 +213,25 @@ def fit(
             "copy it elsewhere first or choose another --run-name"
         )
     run = build_run(config, device, init_weights)
+    _clear_run_folder(run_dir, held)
+    return _train(run, progress_bars)
+
+
+def _held_checkpoints(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _clear_run_folder(run_dir: Path, held: list[str]) -> None:
+    """Remove the checkpoints of an earlier run that ``--overwrite`` replaces (rank 0): its snapshots
+    must not join the new run's ensemble."""
     for name in held if runtime.is_main_process() else []:
-        # The old run's checkpoints: its snapshots must not join the new run's ensemble.
         if name in ("best.pt", "last.pt") or name.startswith("snapshot_"):
             (run_dir / name).unlink(missing_ok=True)
             log.info("removed %s of the earlier run (--overwrite)", run_dir / name)
-    return _train(run, progress_bars)
 
 
 def _tidy_run_folder(run_dir: Path, last: dict[str, Any]) -> None:
@@ -247,19 +262,115 @@ def _tidy_run_folder(run_dir: Path, last: dict[str, Any]) -> None:
         )
 
 
-def resume(checkpoint: str | Path, *, device: str | None = None, progress_bars: bool = True) -> dict[str, Any]:
-    """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it."""
+def resume(
+    checkpoint: str | Path,
+    *,
+    epochs: int | None = None,
+    run_name: str | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+    progress_bars: bool = True,
+) -> dict[str, Any]:
+    """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it.
+
+    ``epochs`` extends the run to that many epochs in all (a finished run too): the schedule is planned
+    anew over the new length, as if the run had been planned that long from its start, and the jump
+    in learning rate is logged. ``run_name`` continues the run in a new run folder (a fork): its
+    checkpoints are copied there and the original folder is left as it is; ``overwrite`` lets the fork
+    replace a run already in that folder.
+    """
+    checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     check_resumable(state, checkpoint)
-    _tidy_run_folder(Path(checkpoint).parent, state)
     stored = dict(state["config"])
     if "preprocess" not in state:
         # Written before data.normalize existed: those runs were trained on range-scaled images.
         stored["data"] = {"normalize": "range", **stored.get("data", {})}
     config = config_from_dict(stored, source=f"{checkpoint} (stored config)")
+    if epochs is not None:
+        _check_extension(config, state, epochs, checkpoint)
+        config = config.merged({"training": {"epochs": epochs}})
+    source_dir = checkpoint.parent
+    if run_name is not None:
+        config = config.merged({"training": {"run_name": run_name}})
+    run_dir = Path(config.training.checkpoint_dir) / run_name_for(config)
+    forked = run_dir.resolve() != source_dir.resolve()
+    held = _held_checkpoints(run_dir) if forked else []
+    if held and not overwrite:
+        raise UserError(
+            f"{run_dir} already holds checkpoints ({_listed(held)}): replace them with --overwrite, "
+            "or choose another --run-name"
+        )
+    if overwrite and not forked:
+        raise UserError(f"--overwrite with --resume {checkpoint}: it would replace the run being resumed; drop it")
+    if not forked:
+        _tidy_run_folder(run_dir, state)
     run = build_run(config, device, pretrained=False)  # the weights come from the checkpoint
     restore(run, state, checkpoint)
+    if epochs is not None:
+        _log_extension(run, state)
+    if forked:
+        _fork(run, source_dir, held, state)
+    if run.finished():
+        log.info("%s: the run has finished (%d epochs); extend it with -e N", checkpoint, run.epoch)
     return _train(run, progress_bars)
+
+
+def _check_extension(config: Config, state: dict[str, Any], epochs: int, checkpoint: Path) -> None:
+    """Refuse an ``-e`` that cannot extend the run of ``state``."""
+    t = config.training
+    if epochs <= state["epoch"]:
+        raise UserError(
+            f"-e {epochs}: {checkpoint} has trained {state['epoch']} epochs already; "
+            f"pass more than {state['epoch']} to extend the run"
+        )
+    if t.schedule == "cosine_restarts":
+        raise UserError(
+            f"-e {epochs}: {checkpoint} uses training.schedule = cosine_restarts, whose cycles and snapshots were "
+            f"planned for {t.epochs} epochs; start a new run from its weights with -c/--load instead"
+        )
+    if t.time_budget_minutes is not None and state["elapsed"] >= t.time_budget_minutes * 60:
+        raise UserError(
+            f"-e {epochs}: {checkpoint} was ended by its time budget of {t.time_budget_minutes:g} minutes, which "
+            "-e does not lift; start a new run from its weights with -c/--load instead"
+        )
+
+
+def _log_extension(run: Run, state: dict[str, Any]) -> None:
+    """Say what extending the run does to its schedule: planned anew over the new length."""
+    old_epochs = state["config"]["training"].get("epochs")
+    old_total = None if old_epochs is None else len(run.train_loader) * old_epochs
+    before = run.schedule.factor(1.0 if not old_total else run.progress.step / old_total)
+    now = run.schedule.factor(run.progress.fraction())
+    lr = run.config.training.learning_rate
+    log.info(
+        "extending the run from %s to %d epochs: the %s schedule is planned anew over %d epochs, so the "
+        "learning rate goes from %.3g to %.3g at epoch %d",
+        "no epoch limit" if old_epochs is None else old_epochs,
+        run.config.training.epochs,
+        run.schedule.name,
+        run.config.training.epochs,
+        lr * before,
+        lr * now,
+        run.epoch + 1,
+    )
+
+
+def _fork(run: Run, source_dir: Path, held: list[str], state: dict[str, Any]) -> None:
+    """Make ``run.run_dir`` the folder of a run continued from ``source_dir``, which is left as it is:
+    an earlier run there removed (``--overwrite``), the source's best.pt and snapshots copied, and a
+    last.pt written at once, so that a fork killed before its first epoch resumes from its own folder."""
+    if runtime.is_main_process():
+        _clear_run_folder(run.run_dir, held)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        for source in [source_dir / "best.pt", *sorted(source_dir.glob("snapshot_*.pt"))]:
+            if source.is_file():
+                copy = lambda tmp, source=source: shutil.copyfile(source, tmp)  # noqa: E731
+                write_atomically(run.run_dir / source.name, copy, fsync=True)
+        _tidy_run_folder(run.run_dir, state)  # the copied best.pt checked against last.pt
+        save_checkpoint(_state(run), run.run_dir / "last.pt")
+        log.info("continuing the run of %s in %s (the original folder is unchanged)", source_dir, run.run_dir)
+    runtime.barrier()
 
 
 def _diverged(run: Run, exc: NonFiniteGradients) -> UserError:

@@ -33,7 +33,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         metavar="CKPT",
-        help="continue an interrupted run from its last.pt, exactly, with the settings stored in it",
+        help="continue a run from its last.pt, exactly, with the settings stored in it; with -e N it is "
+        "extended to N epochs (the schedule planned anew over N), with --run-name it continues in a new folder",
     )
     setting(
         p,
@@ -100,22 +101,22 @@ def run_train(args: argparse.Namespace) -> int:
     from ..runtime import cleanup_distributed, is_main_process
 
     overrides = overrides_from(args)
-    if args.resume and (args.load or overrides):
-        given = (
-            "-c/--load"
-            if args.load
-            else "settings flags (" + ", ".join(f"{s}.{k}" for s, keys in overrides.items() for k in keys) + ")"
-        )
-        raise UserError(
-            f"--resume with {given}: --resume continues a run exactly, with the settings stored in its checkpoint; "
-            "drop the other flags, or start a new run from its weights with -c/--load"
-        )
+    if args.resume:
+        _check_resume_flags(args, overrides)
     training_flags = overrides.get("training", {})
     if "time_budget_minutes" in training_flags and "epochs" not in training_flags:
         training_flags["epochs"] = None  # "train for N minutes", whatever training.epochs says
     try:
         if args.resume:
-            summary = training.resume(args.resume, device=args.device, progress_bars=not args.no_progress)
+            resumed = overrides.get("training", {})
+            summary = training.resume(
+                args.resume,
+                epochs=resumed.get("epochs"),
+                run_name=resumed.get("run_name"),
+                overwrite=args.overwrite,
+                device=args.device,
+                progress_bars=not args.no_progress,
+            )
         else:
             summary = training.fit(
                 config_from_args(args, overrides),
@@ -130,6 +131,22 @@ def run_train(args: argparse.Namespace) -> int:
     if main_process:
         _print_training_summary(summary, args.json)
     return 0
+
+
+RESUME_FLAGS = {"epochs": "-e", "run_name": "--run-name"}
+"""The settings ``--resume`` takes beside the stored ones: a longer run, a new run folder."""
+
+
+def _check_resume_flags(args: argparse.Namespace, overrides: dict[str, dict[str, Any]]) -> None:
+    others = [f"{s}.{k}" for s, keys in overrides.items() for k in keys if s != "training" or k not in RESUME_FLAGS]
+    if not args.load and not others:
+        return
+    given = "-c/--load" if args.load else "settings flags (" + ", ".join(others) + ")"
+    raise UserError(
+        f"--resume with {given}: --resume continues a run exactly, with the settings stored in its checkpoint "
+        "(-e extends it, --run-name continues it in a new folder); drop the other flags, or start a new run "
+        "from its weights with -c/--load"
+    )
 
 
 def _print_training_summary(summary: dict[str, Any], as_json: bool) -> None:
