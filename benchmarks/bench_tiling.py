@@ -38,11 +38,12 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_patches.models import UNet  # noqa: E402
+from unet_patches.models import UNet, model_cost  # noqa: E402
 from unet_patches.preprocess import Preprocess  # noqa: E402
 from unet_patches.tiling import TiledPredictor, open_image, plan_outputs, write_outputs  # noqa: E402
+from unet_patches.tiling.sizing import plan_window  # noqa: E402
 
-from common import PeakSampler, Timer, machine, peak_rss_mb  # noqa: E402
+from common import PeakSampler, Timer, conv1x1_gflops, machine, matmul_gflops, peak_rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 3
@@ -144,13 +145,24 @@ def bare_forward_seconds(predictor: TiledPredictor, passes: int, last: int) -> f
 def compare(args: argparse.Namespace) -> dict:
     model = build_model(args.width, args.checkpoint)
     params = sum(p.numel() for p in model.parameters())
+    _, mflop_per_px = model_cost(model, 256, in_channels=1)
+    # The roofline: the matrix peak of this machine for each precision (bf16 through a 2048^3 matmul,
+    # fp32 through a 1x1 convolution, which reaches oneDNN's fp32 peak where torch.mm does not).
+    peaks = {"bf16": matmul_gflops(torch.bfloat16, 2048), "fp32": conv1x1_gflops(torch.float32)}
     raw, truth = synthetic_image(args.size, seed=7)
     image = (raw.astype(np.float32) / 255.0)[None]
     megapixels = args.size * args.size / 1e6
     monai_model = copy.deepcopy(model).eval()
     import monai.inferers  # noqa: F401  (imported here, not inside the first timed run)
 
+    # inference defaults: window auto (planned for this image as Segmenter.predictor_for does), precision auto.
+    depth = model.config.depth if hasattr(model, "config") else 4
+    plan = plan_window((args.size, args.size), patch=96, grid=2**depth)
+    auto = dict(window=plan.window, overlap=plan.overlap, batch_size=plan.batch_size)
     configs = {
+        "ours defaults (window auto, precision auto)": dict(**auto, precision="auto"),
+        "ours fp32, window auto": dict(**auto, precision="fp32"),
+        "ours defaults + compile": dict(**auto, precision="auto", compile=True),
         "ours fp32 (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="fp32"),
         "ours auto (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="auto"),
         "ours auto+compile (same window)": dict(window=96, overlap=0.5, batch_size=32, precision="auto", compile=True),
@@ -247,10 +259,16 @@ def compare(args: argparse.Namespace) -> dict:
             )
         else:
             row.update(windows=(-(-(args.size - 96) // 48) + 1) ** 2, precision="fp32")
+        window = predictor.window if predictor is not None else (96, 96)
+        gflop = row["windows"] * window[0] * window[1] * mflop_per_px / 1e3
+        row["pass_gflops"] = gflop / float(np.min(np.array(pass_log[name]), axis=0).sum())
     width = model.config.base_width if hasattr(model, "config") else args.width
     return {
         "size": args.size,
         "megapixels": megapixels,
+        "mflop_per_px": mflop_per_px,
+        "peaks": peaks,
+        "auto_plan": {"window": plan.window, "overlap": plan.overlap, "batch_size": plan.batch_size},
         "model_width": width,
         "parameters": params,
         "checkpoint": args.checkpoint,
@@ -405,18 +423,24 @@ def markdown(report: dict) -> str:
             f"Image {c['size']}x{c['size']} ({c['megapixels']:.2f} Mpx), UNet base_width={c['model_width']} "
             f"({c['parameters'] / 1e6:.2f} M parameters){', checkpoint ' + c['checkpoint'] if c['checkpoint'] else ', random weights'}",
             "",
+            f"Peaks (roofline): bf16 {c['peaks']['bf16']:.0f} GFLOP/s (2048^3 matmul), fp32 {c['peaks']['fp32']:.0f} "
+            f"GFLOP/s (1x1 convolution); the model {c['mflop_per_px']:.4f} MFLOP per pixel; window auto here: "
+            f"{c['auto_plan']}; CPU flags {' '.join(m.get('cpu_flags', []))}",
+            "",
             "| run | precision | windows (passes) | Mpx/s (best wall) | x MONAI (wall) | x MONAI (CPU time) "
-            "| Mpx/s (quiet est.) | x MONAI (quiet est.) | peak memory (MiB) | argmax = MONAI "
+            "| Mpx/s (quiet est.) | x MONAI (quiet est.) | passes GFLOP/s (% of peak) | peak memory (MiB) | argmax = MONAI "
             "| overhead in run | overhead vs ready-made batches | mIoU |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in c["rows"].items():
             overhead = f"{100 * r['overhead']:.1f} %" if "overhead" in r else "-"
             miou_text = f"{r['miou']:.4f}" if r.get("miou") is not None else "n/a"
+            peak = "bf16" if r["precision"] in ("bf16", "fp16") else "fp32"
             lines.append(
                 f"| {name} | {r['precision']} | {r['windows']} ({r['passes']}) | {r['mpx_per_s']:.4f} | "
                 f"{r['ratio_wall']:.2f} | {r['ratio_cpu']:.2f} | {r['quiet_mpx_per_s']:.4f} | "
-                f"{r['ratio_quiet']:.2f} | {r['peak_mb']:.0f} | {100 * r['agree_monai']:.3f} % | "
+                f"{r['ratio_quiet']:.2f} | {r['pass_gflops']:.0f} ({100 * r['pass_gflops'] / c['peaks'][peak]:.0f} %) | "
+                f"{r['peak_mb']:.0f} | {100 * r['agree_monai']:.3f} % | "
                 f"{100 * r['overhead_in_run']:.1f} % | {overhead} | {miou_text} |"
             )
         warm = {k: v["warmup_s"] for k, v in c["rows"].items() if "warmup_s" in v}

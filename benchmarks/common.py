@@ -63,6 +63,39 @@ def matmul_gflops(dtype: Any, size: int, repeats: int = 3) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def conv1x1_gflops(dtype: Any, channels: int = 256, size: int = 128, repeats: int = 3) -> float:
+    """Best-of-``repeats`` GFLOP/s of a 1x1 convolution (``channels`` in and out, batch 8 of
+    ``size``-square maps) in ``dtype`` under autocast: the fp32 peak through oneDNN, which
+    ``torch.mm`` in fp32 does not reach on some AMD CPUs."""
+    import torch
+
+    conv = torch.nn.Conv2d(channels, channels, 1, bias=False).eval()
+    x = torch.randn(8, channels, size, size).contiguous(memory_format=torch.channels_last)
+    conv = conv.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    best = float("inf")
+    with torch.inference_mode(), autocast:
+        conv(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - start)
+    return 2 * channels * channels * 8 * size * size / best / 1e9
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The matrix-relevant flags of this CPU (``lscpu``'s ``Flags``, from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return [flag for flag in CPU_FLAGS if flag in flags]
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     import torch
@@ -82,6 +115,7 @@ def machine() -> dict[str, object]:
         "load_average": os.getloadavg(),
         "matmul_gflops_fp32": round(matmul_gflops(torch.float32, 2048), 1),
         "matmul_gflops_bf16": round(matmul_gflops(torch.bfloat16, 512, repeats=1), 2),
+        "cpu_flags": cpu_flags(),
     }
 
 

@@ -232,6 +232,7 @@ def test_only_the_flags_given_override_the_file(params):
 
 
 def test_resume_refuses_flags_that_would_be_ignored(params, capsys):
-    code = train_main(["--resume", "last.pt", "-e", "40", "--params", str(params)])
+    code = train_main(["--resume", "last.pt", "-e", "40", "-b", "8", "--params", str(params)])
     _, err = capsys.readouterr()
-    assert_one_line_error(code, err, "--resume", "training.epochs", "-c/--load")
+    assert_one_line_error(code, err, "--resume", "training.batch_size", "-c/--load")
+    assert "training.epochs" not in err  # -e extends the run

@@ -104,12 +104,18 @@ def test_code_defaults_are_the_shipped_file(repo_root):
 
 
 def test_inference_settings_are_predictor_options():
-    from unet_patches.tiling import TiledPredictor
+    from unet_patches.api import Segmenter
+    from unet_patches.preprocess import Preprocess
+
+    from helpers import tiny_net
 
     options = default_config().inference.predictor_options()
     assert set(options) == set(default_config().to_dict()["inference"])  # every setting reaches the predictor
-    predictor = TiledPredictor(lambda x: x, 16, **options)
+    segmenter = Segmenter(tiny_net(), 96, ("a", "b", "c"), Preprocess(in_channels=1, num_classes=3))
+    predictor = segmenter.predictor_for((1000, 200), **options)
     assert (predictor.blend, predictor.padding, predictor.tta) == ("mean", "reflect", False)
+    assert predictor.window == (256, 208) and predictor.strides == (256 - 48, 208 - 48)  # 200 rounded to 16s
+    assert predictor.windows_per_batch == 32 * 96 * 96 // (256 * 208)
 
 
 def test_each_consumer_takes_its_settings_as_one_bundle():

@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from unet_patches import training
+from unet_patches import resuming, training
 from unet_patches.cli import main
 from unet_patches.errors import UserError
 from unet_patches.experiments import read_grid, run_experiments
@@ -66,8 +66,8 @@ def test_finished_runs_are_skipped_and_an_interrupted_one_continues(setup, monke
     (out / "results" / "dice-adam.json").unlink()  # as if it crashed after training, before its row
     calls = []
     monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("a run was trained again from scratch"))
-    real_resume = training.resume
-    monkeypatch.setattr(training, "resume", lambda path, **k: calls.append(path) or real_resume(path, **k))
+    real_resume = resuming.resume
+    monkeypatch.setattr(resuming, "resume", lambda path, **k: calls.append(path) or real_resume(path, **k))
     rows = run_experiments(grid, out, params=str(params), progress=False)
     assert len(rows) == 4 and [p.parent.name for p in calls] == ["dice-adam"]
 

@@ -230,12 +230,13 @@ def test_predict_on_read_image_equals_predict_files(tmp_path, name, raw, stream)
     segmenter = _segmenter(Preprocess(in_channels=1, num_classes=3, normalize="percentile"))
     path = tmp_path / name
     _write(path, raw)
-    expected = predict(segmenter, read_image(path), precision="fp32")
+    expected = predict(segmenter, read_image(path), window="patch", precision="fp32")
     threshold = 0 if stream else 4096 * 4096
     written = predict_files(
         segmenter,
         [path],
         tmp_path / "out",
+        window="patch",
         precision="fp32",
         overlay=False,
         progress=False,

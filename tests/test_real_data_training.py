@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from unet_patches import data, training
+from unet_patches import data, resuming, training
 from unet_patches.api import Segmenter, evaluate_folder, predict, predict_files
 from unet_patches.checkpoints import load_checkpoint
 from unet_patches.cli import main
@@ -124,5 +124,5 @@ def test_resuming_a_run_from_before_data_normalize_keeps_range(tmp_path):
     state["config"]["training"]["epochs"] = 2
     torch.save(state, last)
     assert summary["epochs"] == 1
-    training.resume(last, progress_bars=False)
+    resuming.resume(last, progress_bars=False)
     assert load_checkpoint(last)["preprocess"]["normalize"] == "range"

@@ -7,7 +7,8 @@ from unet_patches import training
 from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint
 from unet_patches.errors import UserError
 from unet_patches.patches import extract_patches
-from unet_patches.training import fit, resume
+from unet_patches.resuming import resume
+from unet_patches.training import fit
 
 from helpers import small_dataset, tiny_config
 

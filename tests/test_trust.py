@@ -9,7 +9,6 @@ import json
 import pickle
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -18,7 +17,8 @@ from unet_patches.cli import _one_line
 from unet_patches.demo import demo_name
 from unet_patches.errors import UserError
 from unet_patches.patches import extract_patches
-from unet_patches.training import fit, resume
+from unet_patches.resuming import resume
+from unet_patches.training import fit
 
 from helpers import small_dataset, tiny_config, unet_checkpoint_state
 
@@ -43,6 +43,17 @@ def test_a_run_folder_holding_only_best_pt_is_not_replaced(data, tmp_path):
     fit(config, overwrite=True, progress_bars=False)
     assert not (run_dir / "snapshot_00.pt").exists()  # the old run's snapshot does not join the new one's
     assert load_checkpoint(run_dir / "best.pt")["epoch"] == 1
+
+
+def test_starting_again_removes_the_temporary_files_of_an_interrupted_write(data, tmp_path, caplog):
+    config = tiny_config(tmp_path, str(data / "train"), epochs=1, run_name="again")
+    run_dir = tmp_path / "checkpoints" / "again"
+    run_dir.mkdir(parents=True)
+    stale = run_dir / ".best.pt.x1y2.tmp"  # a kill inside the first checkpoint write: no .pt yet
+    stale.write_bytes(b"half a checkpoint")
+    with caplog.at_level("WARNING"):
+        fit(config, progress_bars=False)
+    assert not stale.exists() and "interrupted checkpoint write" in caplog.text
 
 
 def test_a_diverging_run_stops_before_the_bad_step_and_says_how_to_go_on(data, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from .preprocess import Preprocess, resize_probabilities
 from .tiling.blender import WindowBlender
 from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
 from .tiling.merger import Band, argmax_classes, assemble
+from .tiling.sizing import Window, plan_window
+from .tiling.sizing import describe as describe_plan
 from .tiling.sources import ArraySource, RowSource
 
 if TYPE_CHECKING:
@@ -36,12 +39,26 @@ __all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files"]
 
 log = logging.getLogger(__name__)
 
+_PREDICTORS: weakref.WeakKeyDictionary[Any, dict[tuple, WindowBlender]] = weakref.WeakKeyDictionary()
+"""Predictors kept per network (while it lives): plan and options -> predictor."""
+_PREDICTORS_PER_NETWORK = 8
+
+
+def _weights_version(network: Any) -> tuple[int, ...]:
+    """Changes when a parameter of a torch network is changed in place, so that a kept predictor
+    (which may hold a folded copy of the weights) is not used after the network was trained further."""
+    parameters = getattr(network, "parameters", None)
+    if parameters is None or isinstance(network, OnnxNetwork):
+        return ()
+    return tuple(p._version for p in parameters())
+
 
 @dataclass(frozen=True)
 class Segmenter:
     """A trained network (eval mode) and the facts of its training run.
 
-    ``patch_size`` is the training patch size, the default inference window; ``class_names`` has one
+    ``patch_size`` is the training patch size and ``grid`` what window sizes are made multiples of
+    (``2 ** poolings``; :func:`~unet_patches.models.window_multiple`); ``class_names`` has one
     name per output class; ``preprocess`` turns raw images into network input exactly as training
     did (channels, resize, normalisation and its statistics; :mod:`unet_patches.preprocess`) and
     decodes masks by the training run's mask tables. ``activation`` is what turns the network's
@@ -54,6 +71,7 @@ class Segmenter:
     class_names: tuple[str, ...]
     preprocess: Preprocess
     activation: str | None = "softmax"
+    grid: int = 16
 
     @property
     def num_classes(self) -> int:
@@ -110,11 +128,13 @@ class Segmenter:
                 )
         if len(members) == 1:
             return first
-        return replace(first, network=ProbabilityEnsemble([m.network for m in members]).eval())
+        network = ProbabilityEnsemble([m.network for m in members]).eval()
+        return replace(first, network=network, grid=max(m.grid for m in members))
 
     @classmethod
     def _one(cls, state: dict[str, Any], device: torch.device, path: Path) -> Segmenter:
         from .checkpoints import model_from_checkpoint, preprocess_from_checkpoint
+        from .models import window_multiple
 
         num_classes = int(state["model_config"]["num_classes"])
         names = state.get("class_names") or [f"class{c}" for c in range(num_classes)]
@@ -123,13 +143,15 @@ class Segmenter:
             patch_size=int(state.get("patch_size", 96)),
             class_names=tuple(names),
             preprocess=preprocess_from_checkpoint(state),
+            grid=window_multiple(state["model_config"]),
         )
 
     def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> WindowBlender:
-        """A :class:`~unet_patches.tiling.TiledPredictor` over this network; ``window`` defaults to the
-        training patch size, ``options`` are its keyword arguments (``activation`` defaults to this
-        segmenter's). An ONNX network gets the torch-free :class:`~unet_patches.tiling.WindowBlender`
-        instead: on the CPU, in float32, uncompiled (:func:`_onnx_blender_options`)."""
+        """A :class:`~unet_patches.tiling.TiledPredictor` over this network with exactly these settings;
+        ``window`` defaults to the training patch size, ``options`` are its keyword arguments
+        (``activation`` defaults to this segmenter's). An ONNX network gets the torch-free
+        :class:`~unet_patches.tiling.WindowBlender` instead: on the CPU, in float32, uncompiled
+        (:func:`_onnx_blender_options`). :meth:`predictor_for` plans the window for an image instead."""
         options = {"activation": self.activation, **options}
         window = self.patch_size if window is None else window
         if isinstance(self.network, OnnxNetwork):
@@ -137,6 +159,37 @@ class Segmenter:
         from .tiling.engine import TiledPredictor
 
         return TiledPredictor(self.network, window, **options)
+
+    def predictor_for(
+        self, size: tuple[int, int], window: Window = "auto", overlap: float | str = "auto", **options: Any
+    ) -> WindowBlender:
+        """The predictor for an image of ``size`` ``(H, W)`` (as the network sees it, after any resize):
+        the window planned by :func:`~unet_patches.tiling.sizing.plan_window` (``window``: ``auto``,
+        ``patch`` or a size; ``overlap``: ``auto`` or a fraction; ``batch_size`` in ``options`` counts
+        windows of the training patch). Predictors are kept per network, plan and options for the rest
+        of the process (:data:`_PREDICTORS`), so a compiled network is compiled once per window shape."""
+        plan = plan_window(
+            size,
+            window=window,
+            overlap=overlap,
+            batch_size=options.pop("batch_size", 32),
+            patch=self.patch_size,
+            grid=self.grid,
+        )
+        options = {"activation": self.activation, **options}
+        key = (plan, tuple(sorted((k, repr(v)) for k, v in options.items())), _weights_version(self.network))
+        kept = _PREDICTORS.setdefault(self.network, {})
+        if key not in kept:
+            if len(kept) >= _PREDICTORS_PER_NETWORK:
+                kept.pop(next(iter(kept)))  # the oldest
+            log.info("tiled inference: %s", describe_plan(plan))
+            kept[key] = self.predictor(plan.window, overlap=plan.overlap, batch_size=plan.batch_size, **options)
+        return kept[key]
+
+    def network_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size the network sees for an image of ``size``: ``preprocess.resize`` if set."""
+        resize = self.preprocess.resize
+        return (int(resize[0]), int(resize[1])) if resize is not None else (int(size[0]), int(size[1]))
 
     def to_input(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """A raw ``(H, W)`` / ``(H, W, C)`` image as the float32 ``(in_channels, H', W')`` network input
@@ -181,7 +234,7 @@ class Segmenter:
 
 
 def predict(
-    segmenter: Segmenter, image: np.ndarray, *, window: int | None = None, return_probs: bool = False, **options: Any
+    segmenter: Segmenter, image: np.ndarray, *, window: Window = "auto", return_probs: bool = False, **options: Any
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one image with sliding windows.
 
@@ -189,11 +242,14 @@ def predict(
         segmenter: from :meth:`Segmenter.from_checkpoint`.
         image: ``(H, W)`` or ``(H, W, C)`` array, uint8, uint16 or float, as read from a file;
             preprocessed as training did (``segmenter.preprocess``: channels, resize, normalisation).
-        window: window size; defaults to the training patch size.
+        window: ``auto`` (sized for speed), ``patch`` (the training patch) or a size in pixels;
+            see :mod:`unet_patches.tiling.sizing`.
         return_probs: also return the blended ``(K, H, W)`` float32 probabilities.
-        options: keyword arguments of :class:`~unet_patches.tiling.TiledPredictor` (``overlap``,
-            ``batch_size``, ``blend``, ``padding``, ``tta``, ``precision``, ``compile``, ``device``, ...);
-            ``Config.inference.predictor_options()`` gives those of ``parameters.json``.
+        options: ``overlap`` (``auto`` or a fraction), ``batch_size`` (windows of the training patch
+            per pass) and keyword arguments of :class:`~unet_patches.tiling.TiledPredictor` (``blend``,
+            ``padding``, ``tta``, ``precision``, ``compile``, ``device``, ...);
+            ``Config.inference.predictor_options()`` gives those of ``parameters.json``. The predictor
+            is kept for later calls with the same settings and window (:meth:`Segmenter.predictor_for`).
 
     Returns:
         ``(H, W)`` uint8 label mask, or ``(labels, probs)``.
@@ -203,11 +259,12 @@ def predict(
     """
     if not isinstance(image, np.ndarray):
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
-    return segmenter.labels(segmenter.predictor(window, **options), image, return_probs=return_probs)
+    predictor = segmenter.predictor_for(segmenter.network_size(image.shape[:2]), window, **options)
+    return segmenter.labels(predictor, image, return_probs=return_probs)
 
 
 def evaluate_folder(
-    segmenter: Segmenter, folder: str | Path, *, window: int | None = None, progress: bool = False, **options: Any
+    segmenter: Segmenter, folder: str | Path, *, window: Window = "auto", progress: bool = False, **options: Any
 ) -> dict[str, Any]:
     """Full-image predictions for an ``images/`` + ``masks/`` folder scored against its masks.
 
@@ -222,12 +279,12 @@ def evaluate_folder(
     """
     pairs = find_pairs(folder)
     pre = segmenter.preprocess
-    predictor = segmenter.predictor(window, **options)
     matrix = ConfusionMatrix(segmenter.num_classes)
     bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
     pixels = 0
     for pair in pairs:
         raw, mask = read_pair(pair, pre)
+        predictor = segmenter.predictor_for(segmenter.network_size(raw.shape[:2]), window, **options)
         labels = segmenter.labels(predictor, raw, name=str(pair.image))
         matrix.update(labels, mask)
         pixels += mask.size
@@ -241,7 +298,7 @@ def predict_files(
     inputs: Sequence[str | Path] | str | Path,
     out_dir: str | Path,
     *,
-    window: int | Sequence[int] | None = None,
+    window: Window = "auto",
     probs: bool = False,
     overlay: bool = True,
     overwrite: bool = False,
@@ -269,10 +326,10 @@ def predict_files(
         stream_threshold_px=stream_threshold_px,
         page=segmenter.preprocess.page,
     )
-    predictor = segmenter.predictor(window, **options)
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
     for plan in plans:
+        predictor = segmenter.predictor_for(segmenter.network_size(plan.size), window, **options)
         windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
         want_probs = "probs" in plan.outputs
         if segmenter.preprocess.resize is None:
@@ -313,13 +370,14 @@ def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu")
         preprocess = Preprocess.from_dict(info["preprocess"])
         class_names = tuple(str(name) for name in info["class_names"])
         patch_size = int(info["patch_size"])
+        grid = int(info.get("input_size_multiple", 16))
     except FileNotFoundError:
         raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         reason = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc, 120)
         raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
     network = OnnxNetwork(path)
-    return Segmenter(network, patch_size, class_names, preprocess, activation=network.activation)
+    return Segmenter(network, patch_size, class_names, preprocess, activation=network.activation, grid=grid)
 
 
 def _onnx_blender_options(options: dict[str, Any]) -> dict[str, Any]:

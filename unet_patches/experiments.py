@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import console, training
+from . import console, resuming, training
 from .api import Segmenter, evaluate_folder
 from .charts import line_chart
 from .checkpoints import load_checkpoint
@@ -137,7 +137,7 @@ def read_grid(path: str | Path, params: str | None, out_dir: Path) -> tuple[list
 def _train_or_continue(plan: Plan, device: str | None) -> dict[str, Any]:
     last = Path(plan.config.training.checkpoint_dir) / plan.name / "last.pt"
     if last.is_file():
-        return training.resume(last, device=device, progress_bars=False)
+        return resuming.resume(last, device=device, progress_bars=False)
     return training.fit(plan.config, device=device, progress_bars=False)
 
 

@@ -32,7 +32,7 @@ from .api import Segmenter
 from .atomic import write_atomically
 from .ensemble import ProbabilityEnsemble
 from .errors import UserError
-from .models import ModelConfig, input_size_multiple
+from .models import ModelConfig, window_multiple
 from .onnx_network import OnnxNetwork, require_onnx_package, sidecar_path
 from .registry import Registry
 
@@ -91,12 +91,6 @@ def _traceable(network: nn.Module) -> nn.Module:
     return network
 
 
-def export_size_multiple(config: ModelConfig) -> int:
-    """What exported heights and widths must be multiples of: ``2 ** depth`` (sizes pooling divides
-    exactly), and at least what the model itself needs."""
-    return max(input_size_multiple(config), 2**config.depth)
-
-
 def export_network(
     segmenter: Segmenter, path: str | Path, fmt: str, *, output: str = "probabilities", overwrite: bool = False
 ) -> Path:
@@ -127,7 +121,7 @@ def export_network(
     if fmt == "onnx":
         require_onnx_package("onnx")
     config: ModelConfig = network.config
-    multiple = export_size_multiple(config)
+    multiple = window_multiple(config)
     exported = _Exported(_traceable(network), output == "probabilities").eval()
     # An example of a size and batch that a caller is unlikely to use, so that nothing passes by
     # accident where the trace kept a size as a constant.

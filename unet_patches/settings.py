@@ -17,6 +17,7 @@ from .errors import UserError
 from .registry import Registry
 from .tiling.blending import BLEND_MODES
 from .tiling.padding import PADDING_MODES
+from .tiling.sizing import check_window
 from .typed import build_typed
 from .validate import require_int, require_number
 
@@ -35,9 +36,16 @@ PRECISIONS: Registry[str] = Registry(
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Sliding-window inference (``unet-patches predict`` / ``evaluate`` / ``submit``)."""
+    """Sliding-window inference (``unet-patches predict`` / ``evaluate`` / ``submit``).
 
-    overlap: float = 0.5
+    ``window``: ``auto`` (windows sized for speed, :mod:`unet_patches.tiling.sizing`), ``patch`` (the
+    training patch, the original's behaviour) or a size in pixels. ``overlap``: ``auto`` (pixels
+    chosen from the model for ``auto`` windows, 0.5 otherwise) or a fraction in [0, 1).
+    ``batch_size`` counts windows of the training patch per pass; larger windows go fewer per pass.
+    """
+
+    window: int | str = "auto"
+    overlap: float | str = "auto"
     batch_size: int = 32
     blend: str = "mean"
     padding: str = "reflect"
@@ -46,16 +54,21 @@ class InferenceConfig:
     compile: bool = False
 
     def check(self) -> None:
-        require_number("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
+        check_window(self.window, "inference.window")
+        if self.overlap != "auto":
+            if isinstance(self.overlap, str):
+                raise UserError(f"inference.overlap = {self.overlap!r}: expected auto or a fraction in [0, 1)")
+            require_number("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
         require_int("inference.batch_size", self.batch_size, 1)
         BLEND_MODES.check(self.blend, "inference.blend")
         PADDING_MODES.check(self.padding, "inference.padding")
         PRECISIONS.check(self.precision, "inference.precision")
 
     def predictor_options(self) -> dict[str, Any]:
-        """These settings as keyword arguments of ``TiledPredictor`` (and so of ``predict``,
-        ``evaluate_folder`` and ``predict_files``), named explicitly."""
+        """These settings as keyword arguments of ``predict``, ``evaluate_folder``, ``predict_files``
+        and ``write_submission`` (:mod:`unet_patches.api`), named explicitly."""
         return {
+            "window": self.window,
             "overlap": self.overlap,
             "batch_size": self.batch_size,
             "blend": self.blend,

@@ -26,6 +26,7 @@ from .errors import UserError
 from .imageio import read_image
 from .rle import encode
 from .tiling.files import expand_inputs
+from .tiling.sizing import Window
 from .tiling.sources import image_size
 from .validate import require_int
 
@@ -116,7 +117,7 @@ def write_submission(
     min_area: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-    window: int | Sequence[int] | None = None,
+    window: Window = "auto",
     **options: Any,
 ) -> dict[str, Any]:
     """Predict every input image and write the run-length submission ``out_csv``.
@@ -147,13 +148,13 @@ def write_submission(
     _check_output(out_csv, [path for _, path in ids], overwrite)
     for _, path in ids:  # every header read (a TIFF stack without a page refused) before predicting
         image_size(path, segmenter.preprocess.page)
-    predictor = segmenter.predictor(window, **options)
     rows: list[tuple[str, str]] = []
     empty = dropped = 0
     bar = console.progress(len(ids), "submit", "image", enabled=progress)
     for image_id, path in ids:
         raw = read_image(path, segmenter.preprocess.page)
-        mask = segmenter.labels(predictor, raw) == class_index
+        predictor = segmenter.predictor_for(segmenter.network_size(raw.shape[:2]), window, **options)
+        mask = segmenter.labels(predictor, raw, name=str(path)) == class_index
         area = int(mask.sum())
         if 0 < area < min_area:
             # The competition's post-processing: the whole mask goes, not its small pieces, because a

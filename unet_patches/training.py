@@ -1,7 +1,7 @@
 """Training: a run in named steps, over the loops of :mod:`.loops` (:func:`train_one_epoch`, :func:`evaluate`).
 
-:func:`fit` starts a run and :func:`resume` continues one from its checkpoint; both build the run
-(:func:`build_run`), loop over epochs and save a checkpoint after each (:func:`_train`).
+:func:`fit` starts a run and :func:`.resuming.resume` continues one from its checkpoint; both build
+the run (:func:`build_run`), loop over epochs and save a checkpoint after each (:func:`train_run`).
 ``train.py`` and ``unet-patches train`` only parse flags and call them.
 
 Reproducibility: the weights are initialised from ``training.seed``; the order of samples in epoch
@@ -16,7 +16,6 @@ logs and writes files.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import console, runtime
-from .atomic import write_atomically
+from . import console, run_folder, runtime
 from .augment import BatchAugmenter, build_augmenter
-from .checkpoints import DAMAGED, check_resumable, checkpoint_state, load_checkpoint, load_weights, save_checkpoint
-from .config import Config, config_from_dict, save_config
+from .checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from .config import Config, save_config
 from .data import DataSources, make_datasets, make_loader, resolve_class_weights, set_epoch
 from .errors import UserError
 from .loops import NonFiniteGradients, evaluate, train_one_epoch
@@ -38,7 +36,7 @@ from .models import build_model, describe
 from .optim import Progress, Schedule, build_optimizer, set_learning_rate
 from .runlog import RunLog
 
-__all__ = ["Run", "build_run", "evaluate", "fit", "resume", "run_name_for", "train_one_epoch"]
+__all__ = ["Run", "build_run", "evaluate", "fit", "run_name_for", "run_state", "train_one_epoch", "train_run"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ class Run:
     def save_snapshot(self) -> None:
         self.snapshots += 1
         if runtime.is_main_process():
-            state = _state(self)
+            state = run_state(self)
             save_checkpoint(state, self.run_dir / f"snapshot_{self.snapshots:02d}.pt")
 
     def finished(self) -> bool:
@@ -166,26 +164,6 @@ def _load_weights(model: nn.Module, path: str | Path, config: Config, device: to
         ) from None
 
 
-def restore(run: Run, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
-    """Put a run back where its checkpoint ``state`` left it: weights, optimizer, scaler, schedule
-    position, epoch, best score, history and the RNG."""
-    load_weights(run.model, state["model"], source)
-    try:
-        run.optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"{source}: optimizer state does not fit the model ({exc}); {DAMAGED}") from None
-    if run.scaler is not None and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    run.epoch = state["epoch"]
-    run.progress.step, run.progress.elapsed = state["step"], state["elapsed"]
-    run.best, run.best_epoch = state["best_miou"], state["best_epoch"]
-    run.history = list(state.get("history", []))
-    if state.get("schedule"):  # older files had no schedule state: their schedules kept none
-        run.schedule.load_state_dict(state["schedule"])
-    run.snapshots = int(state.get("snapshots", 0))
-    torch.set_rng_state(state["torch_rng"].cpu())
-
-
 def fit(
     config: Config,
     *,
@@ -200,11 +178,11 @@ def fit(
     ``overwrite`` a run folder that already holds checkpoints is refused.
     """
     run_dir = Path(config.training.checkpoint_dir) / run_name_for(config)
-    held = _held_checkpoints(run_dir)
+    held = run_folder.held_checkpoints(run_dir)
     if held and not overwrite:
         resume = f"continue with --resume {run_dir / 'last.pt'}, " if "last.pt" in held else ""
         raise UserError(
-            f"{run_dir} already holds checkpoints ({_listed(held)}): {resume}start again with "
+            f"{run_dir} already holds checkpoints ({run_folder.listed(held)}): {resume}start again with "
             "--overwrite, or choose another --run-name"
         )
     if held and init_weights is not None and Path(init_weights).resolve().parent == run_dir.resolve():
@@ -213,164 +191,10 @@ def fit(
             "copy it elsewhere first or choose another --run-name"
         )
     run = build_run(config, device, init_weights)
-    _clear_run_folder(run_dir, held)
-    return _train(run, progress_bars)
-
-
-def _held_checkpoints(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
-
-
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-
-
-def _clear_run_folder(run_dir: Path, held: list[str]) -> None:
-    """Remove the checkpoints of an earlier run that ``--overwrite`` replaces (rank 0): its snapshots
-    must not join the new run's ensemble."""
-    for name in held if runtime.is_main_process() else []:
-        if name in ("best.pt", "last.pt") or name.startswith("snapshot_"):
-            (run_dir / name).unlink(missing_ok=True)
-            log.info("removed %s of the earlier run (--overwrite)", run_dir / name)
-
-
-def _tidy_run_folder(run_dir: Path, last: dict[str, Any]) -> None:
-    """Before a resume: remove the temporary files of checkpoint writes a crash interrupted, and make
-    ``best.pt`` agree with ``last.pt`` (each step said in a warning)."""
-    if not runtime.is_main_process():
-        return
-    for stale in sorted(run_dir.glob(".*.pt.*.tmp")):
-        stale.unlink(missing_ok=True)
-        log.warning("removed %s, left by an interrupted checkpoint write", stale)
-    best_path = run_dir / "best.pt"
-    best_epoch = last["best_epoch"]
-    if best_epoch is None:
-        return
-    held = load_checkpoint(best_path)["epoch"] if best_path.is_file() else None
-    if held == best_epoch or (held is not None and held > last["epoch"]):
-        return  # consistent, or written just before a crash in an epoch that is now redone
-    if best_epoch == last["epoch"]:
-        save_checkpoint(last, best_path)
-        log.warning("%s held epoch %s, not the best epoch %s: rewritten from last.pt", best_path, held, best_epoch)
-    else:
-        log.warning(
-            "%s holds epoch %s but last.pt records the best epoch as %s (a crash between the two writes); "
-            "it is replaced when a later epoch scores higher",
-            best_path,
-            held,
-            best_epoch,
-        )
-
-
-def resume(
-    checkpoint: str | Path,
-    *,
-    epochs: int | None = None,
-    run_name: str | None = None,
-    overwrite: bool = False,
-    device: str | None = None,
-    progress_bars: bool = True,
-) -> dict[str, Any]:
-    """Continue the run of ``checkpoint`` (its ``last.pt``) exactly, with the configuration stored in it.
-
-    ``epochs`` extends the run to that many epochs in all (a finished run too): the schedule is planned
-    anew over the new length, as if the run had been planned that long from its start, and the jump
-    in learning rate is logged. ``run_name`` continues the run in a new run folder (a fork): its
-    checkpoints are copied there and the original folder is left as it is; ``overwrite`` lets the fork
-    replace a run already in that folder.
-    """
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    check_resumable(state, checkpoint)
-    stored = dict(state["config"])
-    if "preprocess" not in state:
-        # Written before data.normalize existed: those runs were trained on range-scaled images.
-        stored["data"] = {"normalize": "range", **stored.get("data", {})}
-    config = config_from_dict(stored, source=f"{checkpoint} (stored config)")
-    if epochs is not None:
-        _check_extension(config, state, epochs, checkpoint)
-        config = config.merged({"training": {"epochs": epochs}})
-    source_dir = checkpoint.parent
-    if run_name is not None:
-        config = config.merged({"training": {"run_name": run_name}})
-    run_dir = Path(config.training.checkpoint_dir) / run_name_for(config)
-    forked = run_dir.resolve() != source_dir.resolve()
-    held = _held_checkpoints(run_dir) if forked else []
-    if held and not overwrite:
-        raise UserError(
-            f"{run_dir} already holds checkpoints ({_listed(held)}): replace them with --overwrite, "
-            "or choose another --run-name"
-        )
-    if overwrite and not forked:
-        raise UserError(f"--overwrite with --resume {checkpoint}: it would replace the run being resumed; drop it")
-    if not forked:
-        _tidy_run_folder(run_dir, state)
-    run = build_run(config, device, pretrained=False)  # the weights come from the checkpoint
-    restore(run, state, checkpoint)
-    if epochs is not None:
-        _log_extension(run, state)
-    if forked:
-        _fork(run, source_dir, held, state)
-    if run.finished():
-        log.info("%s: the run has finished (%d epochs); extend it with -e N", checkpoint, run.epoch)
-    return _train(run, progress_bars)
-
-
-def _check_extension(config: Config, state: dict[str, Any], epochs: int, checkpoint: Path) -> None:
-    """Refuse an ``-e`` that cannot extend the run of ``state``."""
-    t = config.training
-    if epochs <= state["epoch"]:
-        raise UserError(
-            f"-e {epochs}: {checkpoint} has trained {state['epoch']} epochs already; "
-            f"pass more than {state['epoch']} to extend the run"
-        )
-    if t.schedule == "cosine_restarts":
-        raise UserError(
-            f"-e {epochs}: {checkpoint} uses training.schedule = cosine_restarts, whose cycles and snapshots were "
-            f"planned for {t.epochs} epochs; start a new run from its weights with -c/--load instead"
-        )
-    if t.time_budget_minutes is not None and state["elapsed"] >= t.time_budget_minutes * 60:
-        raise UserError(
-            f"-e {epochs}: {checkpoint} was ended by its time budget of {t.time_budget_minutes:g} minutes, which "
-            "-e does not lift; start a new run from its weights with -c/--load instead"
-        )
-
-
-def _log_extension(run: Run, state: dict[str, Any]) -> None:
-    """Say what extending the run does to its schedule: planned anew over the new length."""
-    old_epochs = state["config"]["training"].get("epochs")
-    old_total = None if old_epochs is None else len(run.train_loader) * old_epochs
-    before = run.schedule.factor(1.0 if not old_total else run.progress.step / old_total)
-    now = run.schedule.factor(run.progress.fraction())
-    lr = run.config.training.learning_rate
-    log.info(
-        "extending the run from %s to %d epochs: the %s schedule is planned anew over %d epochs, so the "
-        "learning rate goes from %.3g to %.3g at epoch %d",
-        "no epoch limit" if old_epochs is None else old_epochs,
-        run.config.training.epochs,
-        run.schedule.name,
-        run.config.training.epochs,
-        lr * before,
-        lr * now,
-        run.epoch + 1,
-    )
-
-
-def _fork(run: Run, source_dir: Path, held: list[str], state: dict[str, Any]) -> None:
-    """Make ``run.run_dir`` the folder of a run continued from ``source_dir``, which is left as it is:
-    an earlier run there removed (``--overwrite``), the source's best.pt and snapshots copied, and a
-    last.pt written at once, so that a fork killed before its first epoch resumes from its own folder."""
     if runtime.is_main_process():
-        _clear_run_folder(run.run_dir, held)
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        for source in [source_dir / "best.pt", *sorted(source_dir.glob("snapshot_*.pt"))]:
-            if source.is_file():
-                copy = lambda tmp, source=source: shutil.copyfile(source, tmp)  # noqa: E731
-                write_atomically(run.run_dir / source.name, copy, fsync=True)
-        _tidy_run_folder(run.run_dir, state)  # the copied best.pt checked against last.pt
-        save_checkpoint(_state(run), run.run_dir / "last.pt")
-        log.info("continuing the run of %s in %s (the original folder is unchanged)", source_dir, run.run_dir)
-    runtime.barrier()
+        run_folder.remove_interrupted_writes(run_dir)
+        run_folder.clear(run_dir, held)
+    return train_run(run, progress_bars)
 
 
 def _diverged(run: Run, exc: NonFiniteGradients) -> UserError:
@@ -385,7 +209,7 @@ def _diverged(run: Run, exc: NonFiniteGradients) -> UserError:
     )
 
 
-def _train(run: Run, progress_bars: bool) -> dict[str, Any]:
+def train_run(run: Run, progress_bars: bool) -> dict[str, Any]:
     """The epoch loop: train, validate, record, save; then the summary."""
     main = runtime.is_main_process()
     runlog = _start_records(run) if main else None
@@ -478,7 +302,7 @@ def _score(record: dict[str, Any]) -> float:
     return record.get("miou", -record["train_loss"])
 
 
-def _state(run: Run) -> dict[str, Any]:
+def run_state(run: Run) -> dict[str, Any]:
     return checkpoint_state(
         config=run.config,
         model=run.model,
@@ -499,7 +323,7 @@ def _state(run: Run) -> dict[str, Any]:
 def _save(run: Run, improved: bool) -> None:
     """One epoch's checkpoints, ``best.pt`` before ``last.pt``: a crash between the two leaves a
     ``last.pt`` whose best epoch is on disk (the epoch is then redone on resume, and rewrites it)."""
-    state = _state(run)
+    state = run_state(run)
     if improved:
         save_checkpoint(state, run.run_dir / "best.pt")
     save_checkpoint(state, run.run_dir / "last.pt")

@@ -21,9 +21,28 @@ CHECKPOINT_HELP = (
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=int, help="window size (default: the checkpoint's training patch size)")
-    setting(p, "--overlap", key="inference.overlap", type=float, help="window overlap, a fraction in [0, 1)")
-    setting(p, "--batch-size", key="inference.batch_size", type=int, help="windows per forward pass")
+    setting(
+        p,
+        "--window",
+        key="inference.window",
+        type=_window,
+        help="window size in pixels, 'patch' (the training patch size) or 'auto' (sized for speed from the "
+        "model and the image)",
+    )
+    setting(
+        p,
+        "--overlap",
+        key="inference.overlap",
+        type=_overlap,
+        help="window overlap, a fraction in [0, 1), or 'auto' (chosen from the model for auto windows, else 0.5)",
+    )
+    setting(
+        p,
+        "--batch-size",
+        key="inference.batch_size",
+        type=int,
+        help="windows of the training patch size per forward pass (larger windows go proportionally fewer)",
+    )
     setting(p, "--blend", key="inference.blend", choices=BLEND_MODES.names, help="how overlapping windows are weighted")
     setting(
         p,
@@ -58,13 +77,28 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     add_params(p)
 
 
+def _window(text: str) -> int | str:
+    """``--window``: ``auto``, ``patch`` or a whole number (its range is checked with the settings)."""
+    if text in ("auto", "patch"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, patch or a size in pixels such as 256") from None
+
+
+def _overlap(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or a fraction such as 0.5") from None
+
+
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``inference`` settings of the parameters file and the flags, as predictor options (the
     file's training sections are not read, so this needs no torch)."""
-    from ..validate import require_int
-
-    if args.window is not None:
-        require_int("--window", args.window, 1)
     overrides = overrides_from(args).get("inference")
     return inference_settings(params_path(args.params), overrides).predictor_options()
 
@@ -112,7 +146,6 @@ def _predict(args: argparse.Namespace) -> int:
         segmenter,
         args.inputs,
         args.out,
-        window=args.window,
         probs=args.probs,
         overlay=not args.no_overlay,
         overwrite=args.overwrite,
@@ -144,9 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     options = inference_options(args)
     segmenter = load_segmenter(args)
-    scores = evaluate_folder(
-        segmenter, args.data_dir, window=args.window, progress=not args.no_progress and not args.json, **options
-    )
+    scores = evaluate_folder(segmenter, args.data_dir, progress=not args.no_progress and not args.json, **options)
     if args.json:
         print(json.dumps(scores))
         return 0

@@ -57,7 +57,6 @@ def _submit(args: argparse.Namespace) -> int:
         min_area=min_area,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        window=args.window,
         **options,
     )
     dropped = f", {summary['dropped']} below --min-area" if min_area else ""

@@ -1,4 +1,4 @@
-"""``train`` and ``python train.py``: flags to settings, then ``training.fit`` or ``training.resume``."""
+"""``train`` and ``python train.py``: flags to settings, then ``training.fit`` or ``resuming.resume``."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def add_train(sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .. import training
+    from .. import resuming, training
     from ..runtime import cleanup_distributed, is_main_process
 
     overrides = overrides_from(args)
@@ -109,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             resumed = overrides.get("training", {})
-            summary = training.resume(
+            summary = resuming.resume(
                 args.resume,
                 epochs=resumed.get("epochs"),
                 run_name=resumed.get("run_name"),

@@ -40,6 +40,7 @@ __all__ = [
     "count_parameters",
     "describe",
     "input_size_multiple",
+    "window_multiple",
     "load_encoder_weights",
     "model_cost",
 ]
@@ -70,6 +71,13 @@ def input_size_multiple(config: ModelConfig | dict[str, Any]) -> int:
     windows of the patch size, so the patch size must be a multiple of it."""
     config = _as_config(config)
     return MODELS.lookup(config.name, "model.name").size_multiple
+
+
+def window_multiple(config: ModelConfig | dict[str, Any]) -> int:
+    """What inference windows (and exported sizes) are made multiples of: ``2 ** depth``, the size the
+    poolings divide exactly, and at least what the model itself needs (:func:`input_size_multiple`)."""
+    config = _as_config(config)
+    return max(input_size_multiple(config), 2**config.depth)
 
 
 def build_model(config: ModelConfig | dict[str, Any], *, pretrained: bool = True) -> nn.Module:
