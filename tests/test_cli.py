@@ -176,7 +176,7 @@ class _no_raise:
         return False
 
 
-def test_compile_flag_reaches_theinference_options(params):
+def test_compile_flags_reach_the_inference_options(params):
     from unet_patches.cli import build_parser
     from unet_patches.cli.inference import inference_options
 
@@ -184,8 +184,10 @@ def test_compile_flag_reaches_theinference_options(params):
     for command in (["predict", "ck.pt", "x.png", "-o", "out"], ["evaluate", "ck.pt", "data"]):
         plain = parser.parse_args([*command, "--params", str(params)])
         flagged = parser.parse_args([*command, "--params", str(params), "--compile"])
-        assert inference_options(plain)["compile"] is False
+        never = parser.parse_args([*command, "--params", str(params), "--no-compile"])
+        assert inference_options(plain)["compile"] == "auto"
         assert inference_options(flagged)["compile"] is True
+        assert inference_options(never)["compile"] is False
 
 
 def test_time_budget_alone_means_train_for_that_long(params, monkeypatch, capsys):

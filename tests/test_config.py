@@ -114,8 +114,8 @@ def test_inference_settings_are_predictor_options():
     segmenter = Segmenter(tiny_net(), 96, ("a", "b", "c"), Preprocess(in_channels=1, num_classes=3))
     predictor = segmenter.predictor_for((1000, 200), **options)
     assert (predictor.blend, predictor.padding, predictor.tta) == ("mean", "reflect", False)
-    assert predictor.window == (256, 208) and predictor.strides == (256 - 48, 208 - 48)  # 200 rounded to 16s
-    assert predictor.windows_per_batch == 32 * 96 * 96 // (256 * 208)
+    assert predictor.window == (368, 208) and predictor.strides == (368 - 48, 208 - 48)  # 200 rounded to 16s
+    assert predictor.windows_per_batch == 32 * 96 * 96 // (368 * 208)
 
 
 def test_each_consumer_takes_its_settings_as_one_bundle():

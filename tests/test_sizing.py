@@ -20,14 +20,15 @@ from helpers import tiny_net
 @pytest.mark.parametrize(
     ("size", "options", "window", "overlap", "batch"),
     [
-        ((2048, 2048), {}, (256, 256), (48, 48), 4),  # big: 256 windows, half the patch as overlap
-        ((100, 700), {}, (112, 256), (48, 48), 32 * 96 * 96 // (112 * 256)),  # short side: the image, on the grid
+        ((2048, 2048), {}, (336, 336), (48, 48), 2),  # big: 7 windows of 336 per axis, half the patch as overlap
+        ((1000, 1000), {}, (368, 368), (48, 48), 2),  # 3 windows of 368 cover 1000, not 4 of 320
+        ((100, 700), {}, (112, 384), (48, 48), 32 * 96 * 96 // (112 * 384)),  # short side: the image, on the grid
         ((5, 7), {}, (96, 96), (48, 48), 32),  # smaller than the patch: a window of the patch, padded
         ((2048, 2048), {"window": "patch"}, (96, 96), (0.5, 0.5), 32),  # the original's
         ((2048, 2048), {"window": 128}, (128, 128), (0.5, 0.5), 18),
         ((2048, 2048), {"window": (64, 128)}, (64, 128), (0.5, 0.5), 36),
-        ((2048, 2048), {"overlap": 0.25}, (256, 256), (0.25, 0.25), 4),
-        ((2048, 2048), {"batch_size": 1}, (256, 256), (48, 48), 1),  # at least one window per pass
+        ((2048, 2048), {"overlap": 0.25}, (336, 336), (0.25, 0.25), 2),
+        ((2048, 2048), {"batch_size": 1}, (336, 336), (48, 48), 1),  # at least one window per pass
     ],
 )
 def test_plan_window(size, options, window, overlap, batch):
@@ -38,7 +39,25 @@ def test_plan_window(size, options, window, overlap, batch):
 def test_the_overlap_grows_with_the_depth_of_the_model():
     assert auto_overlap(96, 16) == 48 and auto_overlap(96, 32) == 64 and auto_overlap(32, 4) == 16
     assert plan_window((2048, 2048), patch=96, grid=32).overlap == (64, 64)  # segnet's five poolings
-    assert plan_window((2048, 2048), patch=320, grid=32).window == (320, 320)  # never below the patch
+    assert plan_window((2048, 2048), patch=448, grid=32).window >= (448, 448)  # never below the patch
+
+
+@pytest.mark.parametrize("length", [97, 320, 321, 500, 593, 1000, 2048, 3001, 10000])
+def test_auto_windows_cover_each_axis_with_the_overlap_and_no_window_to_spare(length):
+    from unet_patches.tiling.placement import axis_starts, stride_for
+
+    plan = plan_window((length, 64), patch=96, grid=16)
+    side, overlap = plan.window[0], plan.overlap[0]
+    assert side % 16 == 0
+    if side >= length:
+        assert side == -(-length // 16) * 16  # the whole axis in one window, padded to the grid
+        assert length < 2 * 320 - overlap  # ... only where one window of about 320 could not cover it
+        return
+    assert side >= 320
+    starts = axis_starts(length, side, stride_for(side, overlap))
+    assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # every seam has the overlap
+    n = len(starts)
+    assert n == 1 or (n - 1) * side - (n - 2) * overlap < length  # one window fewer would not cover the axis
 
 
 @pytest.mark.parametrize(
@@ -56,13 +75,13 @@ def test_bad_window_settings_are_user_errors(options, needle):
 
 def test_predictors_are_kept_per_window_shape_until_the_weights_change():
     segmenter = Segmenter(tiny_net(), 32, ("a", "b", "c"), Preprocess(in_channels=1, num_classes=3), grid=4)
-    first = segmenter.predictor_for((500, 500), precision="fp32")
-    assert segmenter.predictor_for((600, 700), precision="fp32") is first  # both get 256 x 256 windows
-    assert segmenter.predictor_for((100, 500), precision="fp32") is not first  # 100 rows: a 100 x 256 window
-    assert segmenter.predictor_for((500, 500), precision="bf16") is not first
+    first = segmenter.predictor_for((2048, 2048), precision="fp32")
+    assert segmenter.predictor_for((2050, 2046), precision="fp32") is first  # both get 356 x 356 windows
+    assert segmenter.predictor_for((100, 2048), precision="fp32") is not first  # 100 rows: a 100 x 356 window
+    assert segmenter.predictor_for((2048, 2048), precision="bf16") is not first
     with torch.no_grad():
         next(segmenter.network.parameters()).add_(1.0)  # trained further in place
-    assert segmenter.predictor_for((500, 500), precision="fp32") is not first
+    assert segmenter.predictor_for((2048, 2048), precision="fp32") is not first
 
 
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_unet_w8.pt"
@@ -91,3 +110,17 @@ def test_auto_windows_change_few_labels(trained):
         a = predict(segmenter, image, window="patch", precision="fp32")
         b = predict(segmenter, image, precision="fp32")
         assert (a == b).mean() >= 0.995, path
+
+
+def test_models_that_predict_worse_in_large_windows_keep_the_patch_under_auto():
+    from unet_patches.models import MODELS, large_windows
+
+    assert {name: large_windows({"name": name}) for name in MODELS.names} == {
+        "unet": True,
+        "inception_unet": True,
+        "segnet": False,  # measured 0.009 mIoU lower with larger windows (BENCHMARKS.md)
+        "vgg16_unet": True,
+    }
+    plan = plan_window((2048, 2048), patch=96, grid=32, large=False)
+    assert (plan.window, plan.overlap, plan.batch_size) == ((96, 96), (0.5, 0.5), 32)
+    assert plan_window((2048, 2048), window=256, patch=96, grid=32, large=False).window == (256, 256)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import console
+from .compiling import compile_for_job
 from .errors import UserError, one_line
 from .folders import find_pairs, read_pair
 from .imageio import image_to_array, read_image
@@ -27,9 +28,9 @@ from .preprocess import Preprocess, resize_probabilities
 from .tiling.blender import WindowBlender
 from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
 from .tiling.merger import Band, argmax_classes, assemble
-from .tiling.sizing import Window, plan_window
+from .tiling.sizing import Window, WindowPlan, plan_window
 from .tiling.sizing import describe as describe_plan
-from .tiling.sources import ArraySource, RowSource
+from .tiling.sources import ArraySource, RowSource, image_size
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +59,8 @@ class Segmenter:
     """A trained network (eval mode) and the facts of its training run.
 
     ``patch_size`` is the training patch size and ``grid`` what window sizes are made multiples of
-    (``2 ** poolings``; :func:`~unet_patches.models.window_multiple`); ``class_names`` has one
+    (``2 ** poolings``; :func:`~unet_patches.models.window_multiple`), ``large_windows`` whether window
+    ``auto`` may go beyond the patch (:func:`~unet_patches.models.large_windows`); ``class_names`` has one
     name per output class; ``preprocess`` turns raw images into network input exactly as training
     did (channels, resize, normalisation and its statistics; :mod:`unet_patches.preprocess`) and
     decodes masks by the training run's mask tables. ``activation`` is what turns the network's
@@ -72,6 +74,7 @@ class Segmenter:
     preprocess: Preprocess
     activation: str | None = "softmax"
     grid: int = 16
+    large_windows: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -129,12 +132,13 @@ class Segmenter:
         if len(members) == 1:
             return first
         network = ProbabilityEnsemble([m.network for m in members]).eval()
-        return replace(first, network=network, grid=max(m.grid for m in members))
+        large = all(m.large_windows for m in members)
+        return replace(first, network=network, grid=max(m.grid for m in members), large_windows=large)
 
     @classmethod
     def _one(cls, state: dict[str, Any], device: torch.device, path: Path) -> Segmenter:
         from .checkpoints import model_from_checkpoint, preprocess_from_checkpoint
-        from .models import window_multiple
+        from .models import large_windows, window_multiple
 
         num_classes = int(state["model_config"]["num_classes"])
         names = state.get("class_names") or [f"class{c}" for c in range(num_classes)]
@@ -144,6 +148,7 @@ class Segmenter:
             class_names=tuple(names),
             preprocess=preprocess_from_checkpoint(state),
             grid=window_multiple(state["model_config"]),
+            large_windows=large_windows(state["model_config"]),
         )
 
     def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> WindowBlender:
@@ -168,14 +173,9 @@ class Segmenter:
         ``patch`` or a size; ``overlap``: ``auto`` or a fraction; ``batch_size`` in ``options`` counts
         windows of the training patch). Predictors are kept per network, plan and options for the rest
         of the process (:data:`_PREDICTORS`), so a compiled network is compiled once per window shape."""
-        plan = plan_window(
-            size,
-            window=window,
-            overlap=overlap,
-            batch_size=options.pop("batch_size", 32),
-            patch=self.patch_size,
-            grid=self.grid,
-        )
+        if options.get("compile", False) == "auto":
+            options["compile"] = compile_for_job(self, [size], window, overlap=overlap, **options)
+        plan = self.plan(size, window, overlap, options.pop("batch_size", 32))
         options = {"activation": self.activation, **options}
         key = (plan, tuple(sorted((k, repr(v)) for k, v in options.items())), _weights_version(self.network))
         kept = _PREDICTORS.setdefault(self.network, {})
@@ -185,6 +185,20 @@ class Segmenter:
             log.info("tiled inference: %s", describe_plan(plan))
             kept[key] = self.predictor(plan.window, overlap=plan.overlap, batch_size=plan.batch_size, **options)
         return kept[key]
+
+    def plan(
+        self, size: tuple[int, int], window: Window = "auto", overlap: float | str = "auto", batch_size: int = 32
+    ) -> WindowPlan:
+        """The :class:`~unet_patches.tiling.sizing.WindowPlan` of an image of network size ``size``."""
+        return plan_window(
+            size,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            patch=self.patch_size,
+            grid=self.grid,
+            large=self.large_windows,
+        )
 
     def network_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The size the network sees for an image of ``size``: ``preprocess.resize`` if set."""
@@ -259,6 +273,7 @@ def predict(
     """
     if not isinstance(image, np.ndarray):
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
+    options["compile"] = compile_for_job(segmenter, [image.shape[:2]], window, **options)
     predictor = segmenter.predictor_for(segmenter.network_size(image.shape[:2]), window, **options)
     return segmenter.labels(predictor, image, return_probs=return_probs)
 
@@ -279,6 +294,8 @@ def evaluate_folder(
     """
     pairs = find_pairs(folder)
     pre = segmenter.preprocess
+    sizes = [image_size(pair.image, pre.page) for pair in pairs]
+    options["compile"] = compile_for_job(segmenter, sizes, window, **options)
     matrix = ConfusionMatrix(segmenter.num_classes)
     bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
     pixels = 0
@@ -326,6 +343,7 @@ def predict_files(
         stream_threshold_px=stream_threshold_px,
         page=segmenter.preprocess.page,
     )
+    options["compile"] = compile_for_job(segmenter, [plan.size for plan in plans], window, **options)
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
     for plan in plans:
@@ -371,13 +389,16 @@ def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu")
         class_names = tuple(str(name) for name in info["class_names"])
         patch_size = int(info["patch_size"])
         grid = int(info.get("input_size_multiple", 16))
+        large = bool(info.get("large_windows", True))
     except FileNotFoundError:
         raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         reason = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc, 120)
         raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
     network = OnnxNetwork(path)
-    return Segmenter(network, patch_size, class_names, preprocess, activation=network.activation, grid=grid)
+    return Segmenter(
+        network, patch_size, class_names, preprocess, activation=network.activation, grid=grid, large_windows=large
+    )
 
 
 def _onnx_blender_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -391,7 +412,7 @@ def _onnx_blender_options(options: dict[str, Any]) -> dict[str, Any]:
     device = options.get("device")
     if device is not None and str(device) not in ("cpu", "auto"):
         raise UserError(f"device {device!r}: ONNX files run on the CPU (ONNX Runtime); use --device cpu")
-    if options.get("compile"):
+    if options.get("compile") is True:
         log.warning("compile ignored: torch.compile cannot compile ONNX Runtime calls")
     precision = options.get("precision", "auto")
     if precision not in ("auto", "fp32"):

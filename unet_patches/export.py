@@ -172,6 +172,7 @@ def sidecar_info(segmenter: Segmenter, fmt: str, output: str, multiple: int) -> 
         "in_channels": segmenter.in_channels,
         "patch_size": segmenter.patch_size,
         "input_size_multiple": multiple,
+        "large_windows": segmenter.large_windows,
         "preprocess": segmenter.preprocess.to_dict(),
         "normalization": segmenter.preprocess.describe(),
         "model_config": config.to_dict(),

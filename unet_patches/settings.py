@@ -21,7 +21,7 @@ from .tiling.sizing import check_window
 from .typed import build_typed
 from .validate import require_int, require_number
 
-__all__ = ["PRECISIONS", "InferenceConfig", "inference_settings", "read_parameters"]
+__all__ = ["COMPILE_CHOICES", "PRECISIONS", "InferenceConfig", "check_compile", "inference_settings", "read_parameters"]
 
 PRECISIONS: Registry[str] = Registry(
     "precision",
@@ -34,6 +34,16 @@ PRECISIONS: Registry[str] = Registry(
 )
 
 
+COMPILE_CHOICES = ("auto", True, False)
+
+
+def check_compile(value: object, name: str = "inference.compile") -> bool | str:
+    """``value`` if it is ``auto``, true or false (:mod:`unet_patches.compiling` decides ``auto``)."""
+    if value not in COMPILE_CHOICES or isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise UserError(f"{name} = {value!r}: expected auto, true or false")
+    return value  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Sliding-window inference (``unet-patches predict`` / ``evaluate`` / ``submit``).
@@ -42,6 +52,7 @@ class InferenceConfig:
     training patch, the original's behaviour) or a size in pixels. ``overlap``: ``auto`` (pixels
     chosen from the model for ``auto`` windows, 0.5 otherwise) or a fraction in [0, 1).
     ``batch_size`` counts windows of the training patch per pass; larger windows go fewer per pass.
+    ``compile``: ``auto`` (when the job's planned work repays it, :mod:`unet_patches.compiling`), true or false.
     """
 
     window: int | str = "auto"
@@ -51,7 +62,7 @@ class InferenceConfig:
     padding: str = "reflect"
     tta: bool = False
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"
 
     def check(self) -> None:
         check_window(self.window, "inference.window")
@@ -63,6 +74,7 @@ class InferenceConfig:
         BLEND_MODES.check(self.blend, "inference.blend")
         PADDING_MODES.check(self.padding, "inference.padding")
         PRECISIONS.check(self.precision, "inference.precision")
+        check_compile(self.compile)
 
     def predictor_options(self) -> dict[str, Any]:
         """These settings as keyword arguments of ``predict``, ``evaluate_folder``, ``predict_files``

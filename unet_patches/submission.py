@@ -22,6 +22,7 @@ from typing import Any
 from . import console
 from .api import Segmenter
 from .atomic import write_atomically
+from .compiling import compile_for_job
 from .errors import UserError
 from .imageio import read_image
 from .rle import encode
@@ -146,8 +147,8 @@ def write_submission(
     out_csv = Path(out_csv)
     ids = image_ids(expand_inputs(inputs))
     _check_output(out_csv, [path for _, path in ids], overwrite)
-    for _, path in ids:  # every header read (a TIFF stack without a page refused) before predicting
-        image_size(path, segmenter.preprocess.page)
+    sizes = [image_size(path, segmenter.preprocess.page) for _, path in ids]  # every header read first
+    options["compile"] = compile_for_job(segmenter, sizes, window, **options)
     rows: list[tuple[str, str]] = []
     empty = dropped = 0
     bar = console.progress(len(ids), "submit", "image", enabled=progress)

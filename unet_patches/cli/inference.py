@@ -64,9 +64,10 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
         "--compile",
         key="inference.compile",
         value=True,
-        help="run the network through torch.compile: 10-30 s to compile, then faster passes; worth it "
-        "for many or large images (default: inference.compile)",
+        help="run the network through torch.compile: 5-30 s to compile per window shape, then faster passes "
+        "(default: inference.compile, auto: when the planned work repays it)",
     )
+    switch(p, "--no-compile", key="inference.compile", value=False, help="never compile the network")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument(
         "--page",

@@ -40,6 +40,7 @@ __all__ = [
     "count_parameters",
     "describe",
     "input_size_multiple",
+    "large_windows",
     "window_multiple",
     "load_encoder_weights",
     "model_cost",
@@ -78,6 +79,13 @@ def window_multiple(config: ModelConfig | dict[str, Any]) -> int:
     poolings divide exactly, and at least what the model itself needs (:func:`input_size_multiple`)."""
     config = _as_config(config)
     return max(input_size_multiple(config), 2**config.depth)
+
+
+def large_windows(config: ModelConfig | dict[str, Any]) -> bool:
+    """Whether windows larger than the training patch predict as well as it (window ``auto``): true
+    unless the model class says otherwise (``segnet``)."""
+    config = _as_config(config)
+    return bool(getattr(MODELS.lookup(config.name, "model.name"), "large_windows", True))
 
 
 def build_model(config: ModelConfig | dict[str, Any], *, pretrained: bool = True) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -92,6 +93,7 @@ class TiledPredictor(WindowBlender):
                 module.to(memory_format=torch.channels_last)
             network = module
         self.compiled = bool(compile)
+        self.warmup_seconds = 0.0  # the one-off compile of the first compiled pass
         self._eager = network
         self._compile_checked = False
         # Static shapes: batches are padded to one size, and dynamic shapes do not mix with freezing.
@@ -122,6 +124,7 @@ class TiledPredictor(WindowBlender):
         with torch.inference_mode(), self.precision.autocast(self.device), frozen:
             if not self.compiled or self._compile_checked:
                 return self.network(batch)
+            start = time.perf_counter()
             try:  # the first call compiles
                 out = self.network(batch)
             except Exception as exc:  # no C++ compiler, unsupported op, ...: run eagerly instead
@@ -130,6 +133,11 @@ class TiledPredictor(WindowBlender):
                 self.network, self.compiled = self._eager, False
                 out = self.network(batch)
             self._compile_checked = True
+            if self.compiled:
+                self.warmup_seconds = time.perf_counter() - start
+                log.info(
+                    "compiled the network for %dx%d windows in %.1f s (one-off)", *self.window, self.warmup_seconds
+                )
             return out
 
     def forward_windows(self, windows: np.ndarray) -> np.ndarray:

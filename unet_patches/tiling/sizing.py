@@ -2,13 +2,14 @@
 explicit size, or one chosen for speed (``window: auto``, the default).
 
 A window of the training patch with overlap 0.5 sends every pixel through the network about four
-times, in small passes that keep a CPU's matrix units half idle. ``auto`` uses windows of
-:data:`AUTO_WINDOW` pixels (at least the training patch, at most the image rounded up to the
-model's grid) with a fixed overlap in pixels chosen from the model: half the training patch, and
-at least two cells of its coarsest level (:func:`auto_overlap`). Each pixel then keeps at least the
-margin from a window's border that ``patch`` gave it, and goes through the network about 1.5 times
-instead of 4. BENCHMARKS.md (window auto) records the full-image mIoU of every registered model with
-``auto`` against ``patch``.
+times, in small passes that keep a CPU's matrix units half idle. ``auto`` uses windows of about
+:data:`AUTO_WINDOW` pixels (at least the training patch; the whole axis if it is shorter; fitted so
+that the windows of an axis cover it with no window to spare; on the model's grid) with a fixed
+overlap in pixels chosen from the model: half the training patch, and at least two cells of its
+coarsest level (:func:`auto_overlap`). Each pixel then keeps at least the margin from a window's
+border that ``patch`` gave it, and goes through the network about 1.3 times instead of 4.
+BENCHMARKS.md (window auto) records the full-image mIoU of every registered model with ``auto``
+against ``patch``.
 
 ``inference.batch_size`` counts windows of the training patch: larger windows go proportionally
 fewer per pass (:func:`windows_per_pass`), so a pass needs about the same memory whatever the window.
@@ -36,8 +37,9 @@ __all__ = [
     "windows_per_pass",
 ]
 
-AUTO_WINDOW = 256
-"""Side of an ``auto`` window in pixels (before rounding to the model's grid)."""
+AUTO_WINDOW = 320
+"""Smallest side of an ``auto`` window in pixels (on an axis longer than it; before fitting to the
+axis and rounding to the model's grid). 256 to 384 measured alike on the demo U-Net (BENCHMARKS.md)."""
 
 WINDOW_CHOICES = ("auto", "patch")
 
@@ -56,6 +58,17 @@ class WindowPlan:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def _fitted(length: int, side: int, overlap: int, grid: int) -> int:
+    """The window for an axis of ``length``: the axis itself (on the grid) if it is no longer than
+    ``side``; else the smallest window on the grid, at least ``side``, whose count of windows with
+    ``overlap`` covers the axis with no window to spare (2048 pixels: 7 windows of 336, not 8 of
+    320)."""
+    if length <= side:
+        return _round_up(length, grid)
+    count = max(1, (length - overlap) // (side - overlap))
+    return _round_up(-(-(length + (count - 1) * overlap) // count), grid)
 
 
 def auto_overlap(patch: int, grid: int) -> int:
@@ -90,6 +103,7 @@ def plan_window(
     batch_size: int = 32,
     patch: int,
     grid: int,
+    large: bool = True,
 ) -> WindowPlan:
     """The window for an image of ``size`` ``(H, W)`` (after any resize).
 
@@ -98,14 +112,17 @@ def plan_window(
         overlap: ``auto`` (:func:`auto_overlap` pixels for ``auto`` windows, 0.5 otherwise) or a fraction.
         batch_size: windows of the training patch per pass (:func:`windows_per_pass`).
         patch: the training patch size; ``grid``: what window sizes are rounded to (``2 ** poolings``,
-            at least the model's input size multiple).
+            at least the model's input size multiple); ``large``: whether the model predicts as well
+            in windows larger than the patch (else ``auto`` means ``patch``).
     """
     check_window(window)
+    if window == "auto" and not large:
+        window = "patch"
     if window == "auto":
         side = _round_up(max(AUTO_WINDOW, patch), grid)
-        # An image smaller than the window gets a window of its size (on the grid), not padding.
-        shape = tuple(max(_round_up(patch, grid), min(side, _round_up(int(n), grid))) for n in size)
-        overlaps: tuple = (auto_overlap(patch, grid),) * 2 if overlap == "auto" else (overlap, overlap)
+        margin = auto_overlap(patch, grid)
+        shape = tuple(max(_round_up(patch, grid), _fitted(int(n), side, margin, grid)) for n in size)
+        overlaps: tuple = (margin, margin) if overlap == "auto" else (overlap, overlap)
         # An overlap must stay below its window (a window of the patch, for tiny images).
         overlaps = tuple(min(o, w // 2) if is_int(o) else o for o, w in zip(overlaps, shape))
     else:

@@ -1,0 +1,88 @@
+"""Whether a prediction job compiles its network (``inference.compile: auto``, the default).
+
+``torch.compile`` costs a one-off warm-up per window shape (5 to 30 s; 12 s for the demo U-Net on
+our 2-core CPU) and then runs the passes 1.2 to 1.5x faster (BENCHMARKS.md, tiled inference). It
+repays itself only when the job's eager passes would take several times the warm-up, so ``auto``
+compiles when the planned work, timed on a trial pass, comes to at least :data:`PAYBACK_SECONDS` of
+eager passes per window shape: for big images and many files, never for one small image. Jobs under
+:data:`MIN_NETWORK_PIXELS` are not even timed. ``true`` and ``false`` decide without looking; the
+choice is made once per job, before any image is predicted, so a job runs wholly compiled or wholly
+eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .onnx_network import OnnxNetwork
+from .settings import check_compile
+from .tiling.placement import place_windows
+from .tiling.sizing import Window
+
+__all__ = ["MIN_NETWORK_PIXELS", "PAYBACK_SECONDS", "compile_for_job"]
+
+log = logging.getLogger(__name__)
+
+MIN_NETWORK_PIXELS = 20_000_000
+"""Network input pixels (windows x window area) below which a job is never compiled: at the fastest
+eager rate we measured (about 10 Mpx/s, demo U-Net, bf16 with AMX) that is 2 s of passes."""
+
+PAYBACK_SECONDS = 60.0
+"""Eager seconds of passes per window shape from which compiling pays: about five warm-ups, as the
+compiled passes save a third of the eager time."""
+
+
+def compile_for_job(segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window = "auto", **options: Any) -> bool:
+    """Whether the job of images of ``sizes`` (as read; resized as the segmenter says) compiles.
+    ``segmenter`` is a :class:`~unet_patches.api.Segmenter`.
+
+    ``options`` are those of :meth:`~unet_patches.api.Segmenter.predictor_for`; their ``compile``
+    (default ``auto``) decides: ``True``/``False`` as given, ``auto`` as the module says. An ONNX
+    network is never compiled.
+    """
+    choice = check_compile(options.pop("compile", "auto"), "compile")
+    if choice != "auto" or isinstance(segmenter.network, OnnxNetwork) or not sizes:
+        return bool(choice) and not isinstance(segmenter.network, OnnxNetwork)
+    overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
+    windows: Counter[tuple[int, int]] = Counter()  # network input size -> windows
+    kinds: set[tuple[int, int]] = set()  # window shapes, one compile each
+    pixels = 0
+    for size in sizes:
+        size = segmenter.network_size(size)
+        plan = segmenter.plan(size, window, overlap, batch)
+        rows, columns = place_windows(size, plan.window, plan.overlap)
+        count = len(rows) * len(columns)
+        windows[size] += count
+        kinds.add(plan.window)
+        pixels += count * plan.window[0] * plan.window[1]
+    if pixels < MIN_NETWORK_PIXELS:
+        return False
+    trial = segmenter.predictor_for(windows.most_common(1)[0][0], window, **{**options, "compile": False})
+    eager = pixels * _seconds_per_pixel(trial, segmenter.in_channels)
+    decision = eager >= PAYBACK_SECONDS * len(kinds)
+    log.info(
+        "compile auto: %.0f Mpx of windows, about %.0f s of eager passes for %d window shape(s): %s",
+        pixels / 1e6,
+        eager,
+        len(kinds),
+        "compiling (a one-off warm-up per shape)" if decision else "not compiling",
+    )
+    return decision
+
+
+def _seconds_per_pixel(predictor: Any, channels: int) -> float:
+    """Seconds per network input pixel of ``predictor``'s passes, from two timed passes of blank
+    windows after one untimed (which warms oneDNN's caches)."""
+    h, w = predictor.window
+    windows = np.zeros((predictor.windows_per_batch, channels, h, w), np.float32)
+    predictor.forward_windows(windows)
+    start = time.perf_counter()
+    for _ in range(2):
+        predictor.forward_windows(windows)
+    return (time.perf_counter() - start) / (2 * windows.shape[0] * h * w)
