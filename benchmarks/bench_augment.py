@@ -24,7 +24,6 @@ Results: a markdown table on stdout, and JSON + markdown in benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -43,9 +42,8 @@ from unet_patches.config import default_config, load_config  # noqa: E402
 from unet_patches.losses import build_loss  # noqa: E402
 from unet_patches.models import build_model, count_parameters  # noqa: E402
 
-from common import machine  # noqa: E402
+from common import machine, save_results  # noqa: E402
 
-RESULTS = HERE / "results"
 CPU = torch.device("cpu")
 TARGET = 0.10
 
@@ -197,11 +195,8 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - started
     text = markdown(report)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"augment-{stamp}.json").write_text(json.dumps(report, indent=2, default=str))
-    (RESULTS / f"augment-{stamp}.md").write_text(text + "\n")
-    print(f"\nwrote {RESULTS / f'augment-{stamp}.json'} ({report['seconds']:.0f} s)")
+    written = save_results("augment", report, text)
+    print(f"\nwrote {written} ({report['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -58,9 +58,8 @@ from unet_patches.models import build_model, count_parameters  # noqa: E402
 from unet_patches.patches import extract_patches  # noqa: E402
 from unet_patches.synthetic import generate_dataset  # noqa: E402
 
-from common import Timer, machine  # noqa: E402
+from common import Timer, machine, save_results  # noqa: E402
 
-RESULTS = HERE / "results"
 CPU = torch.device("cpu")
 PIPELINE_TARGET = 0.10
 
@@ -88,17 +87,8 @@ def make_data(args: argparse.Namespace, root: Path) -> None:
         seed=base.synthetic.seed,
         spec=base.synthetic.spec(),
     )
-    extract_patches(
-        root / "synthetic" / "train",
-        root / "patches",
-        patch_size=args.patch_size,
-        per_image=args.patches_per_image,
-        foreground_only=base.patches.foreground_only,
-        flips=base.patches.flips,
-        seed=base.patches.seed,
-        in_channels=base.data.in_channels,
-        num_classes=base.data.num_classes,
-    )
+    options = {**base.patch_options(), "patch_size": args.patch_size, "per_image": args.patches_per_image}
+    extract_patches(root / "synthetic" / "train", root / "patches", **options)
 
 
 class Trainer:
@@ -540,11 +530,8 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - started
     text = markdown(report)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"training-{stamp}.json").write_text(json.dumps(report, indent=2, default=str))
-    (RESULTS / f"training-{stamp}.md").write_text(text + "\n")
-    print(f"\nwrote {RESULTS / f'training-{stamp}.json'} ({report['seconds']:.0f} s)")
+    written = save_results("training", report, text)
+    print(f"\nwrote {written} ({report['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

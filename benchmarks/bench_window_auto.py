@@ -16,10 +16,8 @@ Results: a markdown table on stdout, and JSON + markdown in benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,9 +27,8 @@ from unet_patches.models import MODELS  # noqa: E402
 from unet_patches.synthetic import generate_dataset  # noqa: E402
 from unet_patches.training import fit  # noqa: E402
 
-from common import Timer, machine  # noqa: E402
+from common import Timer, machine, save_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -110,10 +107,7 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"window_auto-{stamp}.json").write_text(json.dumps(report, indent=2, default=str))
-    (RESULTS / f"window_auto-{stamp}.md").write_text(text + "\n")
+    save_results("window_auto", report, text)
 
 
 if __name__ == "__main__":
