@@ -663,6 +663,28 @@ case("predict-overlap-1.5", lambda c: (pr(c, "--overlap", "1.5"), ["overlap"]), 
 case("predict-overlap-negative", lambda c: (pr(c, "--overlap", "-0.5"), ["overlap"]), PRED)
 case("predict-overlap-nan", lambda c: (pr(c, "--overlap", "nan"), ["overlap"]), PRED)
 case("predict-batch-size-zero", lambda c: (pr(c, "--batch-size", "0"), ["batch_size"]), PRED)
+case("predict-window-word", lambda c: (pr(c, "--window", "huge"), ["--window", "huge"]), PRED)
+case("predict-overlap-word", lambda c: (pr(c, "--overlap", "lots"), ["--overlap", "lots"]), PRED)
+case(
+    "predict-params-window-word",
+    lambda c: (pr(c, *c.bad_params({"inference": {"window": "huge"}})), ["inference.window", "bad_params.json"]),
+    PRED,
+)
+case(
+    "predict-params-window-zero",
+    lambda c: (pr(c, *c.bad_params({"inference": {"window": 0}})), ["inference.window", "bad_params.json"]),
+    PRED,
+)
+case(
+    "predict-params-overlap-word",
+    lambda c: (pr(c, *c.bad_params({"inference": {"overlap": "lots"}})), ["inference.overlap", "bad_params.json"]),
+    PRED,
+)
+case(
+    "predict-params-compile-word",
+    lambda c: (pr(c, *c.bad_params({"inference": {"compile": "yes"}})), ["inference.compile", "bad_params.json"]),
+    PRED,
+)
 case("predict-page-negative", lambda c: (pr(c, "--page", "-1"), ["page"]), PRED)
 case("predict-unknown-device", lambda c: (pr(c, "--device", "banana"), ["banana"]), PRED)
 case("predict-unknown-blend", lambda c: (pr(c, "--blend", "cubic"), ["--blend"]), PRED)
