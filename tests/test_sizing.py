@@ -124,3 +124,11 @@ def test_models_that_predict_worse_in_large_windows_keep_the_patch_under_auto():
     plan = plan_window((2048, 2048), patch=96, grid=32, large=False)
     assert (plan.window, plan.overlap, plan.batch_size) == ((96, 96), (0.5, 0.5), 32)
     assert plan_window((2048, 2048), window=256, patch=96, grid=32, large=False).window == (256, 256)
+
+
+@pytest.mark.parametrize(("patch", "grid"), [(32, 4), (96, 16), (96, 32), (128, 256), (512, 16), (48, 64)])
+@pytest.mark.parametrize("length", [1, 63, 320, 333, 1000, 4097])
+def test_auto_windows_for_deep_or_wide_models(patch, grid, length):
+    plan = plan_window((length, length), patch=patch, grid=grid)
+    side, overlap = plan.window[0], plan.overlap[0]
+    assert side % grid == 0 and side >= patch and 0 <= overlap < side and plan.batch_size >= 1

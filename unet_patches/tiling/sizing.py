@@ -119,8 +119,8 @@ def plan_window(
     if window == "auto" and not large:
         window = "patch"
     if window == "auto":
-        side = _round_up(max(AUTO_WINDOW, patch), grid)
         margin = auto_overlap(patch, grid)
+        side = _round_up(max(AUTO_WINDOW, patch, 2 * margin), grid)  # a window twice its overlap at least
         shape = tuple(max(_round_up(patch, grid), _fitted(int(n), side, margin, grid)) for n in size)
         overlaps: tuple = (margin, margin) if overlap == "auto" else (overlap, overlap)
         # An overlap must stay below its window (a window of the patch, for tiny images).
