@@ -38,7 +38,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_patches.models import UNet, model_cost  # noqa: E402
+from unet_patches.models import UNet, model_cost, window_multiple  # noqa: E402
 from unet_patches.preprocess import Preprocess  # noqa: E402
 from unet_patches.tiling import TiledPredictor, open_image, plan_outputs, write_outputs  # noqa: E402
 from unet_patches.tiling.sizing import plan_window  # noqa: E402
@@ -157,8 +157,8 @@ def compare(args: argparse.Namespace) -> dict:
     import monai.inferers  # noqa: F401  (imported here, not inside the first timed run)
 
     # inference defaults: window auto (planned for this image as Segmenter.predictor_for does), precision auto.
-    depth = model.config.depth if hasattr(model, "config") else 4
-    plan = plan_window((args.size, args.size), patch=96, grid=2**depth)
+    grid = window_multiple(model.config) if hasattr(model, "config") else 16
+    plan = plan_window((args.size, args.size), patch=96, grid=grid)
     auto = dict(window=plan.window, overlap=plan.overlap, batch_size=plan.batch_size)
     configs = {
         "ours defaults (window auto, precision auto)": dict(**auto, precision="auto"),

@@ -168,14 +168,16 @@ class Segmenter:
     def predictor_for(
         self, size: tuple[int, int], window: Window = "auto", overlap: float | str = "auto", **options: Any
     ) -> WindowBlender:
-        """The predictor for an image of ``size`` ``(H, W)`` (as the network sees it, after any resize):
-        the window planned by :func:`~unet_patches.tiling.sizing.plan_window` (``window``: ``auto``,
+        """The predictor for an image of ``size`` ``(H, W)`` as read, its window planned at the size
+        the network sees (after any ``preprocess.resize``) by :meth:`plan` (``window``: ``auto``,
         ``patch`` or a size; ``overlap``: ``auto`` or a fraction; ``batch_size`` in ``options`` counts
         windows of the training patch). Predictors are kept per network, plan and options for the rest
-        of the process (:data:`_PREDICTORS`), so a compiled network is compiled once per window shape."""
+        of the process (:data:`_PREDICTORS`), so a compiled network is compiled once per window shape.
+        ``compile="auto"`` is decided for this one image (:func:`~unet_patches.compiling.compile_for_job`).
+        """
         if options.get("compile", False) == "auto":
             options["compile"] = compile_for_job(self, [size], window, overlap=overlap, **options)
-        plan = self.plan(size, window, overlap, options.pop("batch_size", 32))
+        plan = self.plan(self.network_size(size), window, overlap, options.pop("batch_size", 32))
         options = {"activation": self.activation, **options}
         key = (plan, tuple(sorted((k, repr(v)) for k, v in options.items())), _weights_version(self.network))
         kept = _PREDICTORS.setdefault(self.network, {})
@@ -273,8 +275,7 @@ def predict(
     """
     if not isinstance(image, np.ndarray):
         raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
-    options["compile"] = compile_for_job(segmenter, [image.shape[:2]], window, **options)
-    predictor = segmenter.predictor_for(segmenter.network_size(image.shape[:2]), window, **options)
+    predictor = segmenter.predictor_for(image.shape[:2], window, **options)
     return segmenter.labels(predictor, image, return_probs=return_probs)
 
 
@@ -294,14 +295,15 @@ def evaluate_folder(
     """
     pairs = find_pairs(folder)
     pre = segmenter.preprocess
-    sizes = [image_size(pair.image, pre.page) for pair in pairs]
-    options["compile"] = compile_for_job(segmenter, sizes, window, **options)
+    if options.get("compile", "auto") == "auto":  # decided for the whole folder, from its headers
+        sizes = [image_size(pair.image, pre.page) for pair in pairs]
+        options["compile"] = compile_for_job(segmenter, sizes, window, **options)
     matrix = ConfusionMatrix(segmenter.num_classes)
     bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
     pixels = 0
     for pair in pairs:
         raw, mask = read_pair(pair, pre)
-        predictor = segmenter.predictor_for(segmenter.network_size(raw.shape[:2]), window, **options)
+        predictor = segmenter.predictor_for(raw.shape[:2], window, **options)
         labels = segmenter.labels(predictor, raw, name=str(pair.image))
         matrix.update(labels, mask)
         pixels += mask.size
@@ -347,7 +349,7 @@ def predict_files(
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
     for plan in plans:
-        predictor = segmenter.predictor_for(segmenter.network_size(plan.size), window, **options)
+        predictor = segmenter.predictor_for(plan.size, window, **options)
         windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
         want_probs = "probs" in plan.outputs
         if segmenter.preprocess.resize is None:

@@ -50,13 +50,13 @@ def compile_for_job(segmenter: Any, sizes: Sequence[tuple[int, int]], window: Wi
     if choice != "auto" or isinstance(segmenter.network, OnnxNetwork) or not sizes:
         return bool(choice) and not isinstance(segmenter.network, OnnxNetwork)
     overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
-    windows: Counter[tuple[int, int]] = Counter()  # network input size -> windows
+    windows: Counter[tuple[int, int]] = Counter()  # image size -> windows
     kinds: set[tuple[int, int]] = set()  # window shapes, one compile each
     pixels = 0
     for size in sizes:
-        size = segmenter.network_size(size)
-        plan = segmenter.plan(size, window, overlap, batch)
-        rows, columns = place_windows(size, plan.window, plan.overlap)
+        seen = segmenter.network_size(size)
+        plan = segmenter.plan(seen, window, overlap, batch)
+        rows, columns = place_windows(seen, plan.window, plan.overlap)
         count = len(rows) * len(columns)
         windows[size] += count
         kinds.add(plan.window)

@@ -154,7 +154,7 @@ def write_submission(
     bar = console.progress(len(ids), "submit", "image", enabled=progress)
     for image_id, path in ids:
         raw = read_image(path, segmenter.preprocess.page)
-        predictor = segmenter.predictor_for(segmenter.network_size(raw.shape[:2]), window, **options)
+        predictor = segmenter.predictor_for(raw.shape[:2], window, **options)
         mask = segmenter.labels(predictor, raw, name=str(path)) == class_index
         area = int(mask.sum())
         if 0 < area < min_area:

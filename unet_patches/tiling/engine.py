@@ -93,7 +93,6 @@ class TiledPredictor(WindowBlender):
                 module.to(memory_format=torch.channels_last)
             network = module
         self.compiled = bool(compile)
-        self.warmup_seconds = 0.0  # the one-off compile of the first compiled pass
         self._eager = network
         self._compile_checked = False
         # Static shapes: batches are padded to one size, and dynamic shapes do not mix with freezing.
@@ -134,10 +133,8 @@ class TiledPredictor(WindowBlender):
                 out = self.network(batch)
             self._compile_checked = True
             if self.compiled:
-                self.warmup_seconds = time.perf_counter() - start
-                log.info(
-                    "compiled the network for %dx%d windows in %.1f s (one-off)", *self.window, self.warmup_seconds
-                )
+                seconds = time.perf_counter() - start
+                log.info("compiled the network for %dx%d windows in %.1f s (one-off)", *self.window, seconds)
             return out
 
     def forward_windows(self, windows: np.ndarray) -> np.ndarray:

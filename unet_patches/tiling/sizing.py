@@ -116,6 +116,8 @@ def plan_window(
             in windows larger than the patch (else ``auto`` means ``patch``).
     """
     check_window(window)
+    if not (overlap == "auto" or (is_number(overlap) and not isinstance(overlap, bool))):
+        raise UserError(f"overlap = {overlap!r}: expected auto or a fraction in [0, 1)")
     if window == "auto" and not large:
         window = "patch"
     if window == "auto":
@@ -128,8 +130,6 @@ def plan_window(
     else:
         shape = (patch, patch) if window == "patch" else tuple(int(v) for v in pair(window, "window"))
         overlaps = (0.5, 0.5) if overlap == "auto" else (overlap, overlap)
-    if not (overlap == "auto" or (is_number(overlap) and not isinstance(overlap, bool))):
-        raise UserError(f"overlap = {overlap!r}: expected auto or a fraction in [0, 1)")
     shape = (int(shape[0]), int(shape[1]))
     return WindowPlan(shape, overlaps, windows_per_pass(batch_size, patch, shape))
 
