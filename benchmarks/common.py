@@ -177,3 +177,23 @@ class PeakSampler:
         self._thread.join()
         self._peak = max(self._peak, current_rss_mb())
         self.peak_mb = self._peak - self._start
+
+
+def with_int8_windows(checkpoint: str | Path, out: str | Path, folder: str | Path | None = None) -> Path:
+    """A copy of ``checkpoint`` (written before checkpoints kept int8 windows) with the int8
+    calibration and held-back windows training now stores, taken from its training data (``folder``,
+    default the run's ``training.folder``) with its own split; returns ``out``."""
+    import torch
+
+    from unet_patches.checkpoints import load_checkpoint, save_checkpoint
+    from unet_patches.config import config_from_dict
+    from unet_patches.data import int8_windows, make_datasets
+
+    state = load_checkpoint(checkpoint)
+    values = dict(state["config"])
+    if folder is not None:
+        values["training"] = {**values["training"], "folder": str(folder)}
+    state["int8_windows"] = int8_windows(make_datasets(config_from_dict(values)))
+    save_checkpoint(state, out)
+    del torch
+    return Path(out)

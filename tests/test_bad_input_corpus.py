@@ -647,6 +647,13 @@ case(
 )
 case("predict-checkpoint-patch-size-zero", pr_ckpt("patchzero.pt", set_key("patch_size", 0)), PRED)
 case("predict-checkpoint-format-from-future", pr_ckpt("future.pt", set_key("format_version", 999)), PRED)
+case("predict-checkpoint-int8-windows-garbage", pr_ckpt("int8bad.pt", set_key("int8_windows", "garbage")), PRED)
+case(
+    "predict-int8-checkpoint-without-windows",
+    lambda c: (pr(c, "--precision", "int8", ckpt=c.ckpt("old.pt")), ["old.pt", "int8"]),
+    PRED,
+)
+case("predict-precision-typo", lambda c: (pr(c, "--precision", "int9"), ["int9"]), PRED)
 case("predict-checkpoint-evil-pickle", evil_ckpt("evil.pt"), PRED)
 case("predict-checkpoint-evil-raw-pickle", evil_raw_pickle("evil_raw.pt"), PRED)
 case("predict-checkpoint-missing", lambda c: (pr(c, ckpt="gone.pt"), ["gone.pt"]), PRED)

@@ -13,6 +13,7 @@ from unet_patches.optim import OPTIMIZERS, SCHEDULES
 from unet_patches.preprocess import NORMALIZE_MODES
 from unet_patches.registry import Registry
 from unet_patches.runtime import PRECISIONS
+from unet_patches.settings import TRAINING_PRECISIONS
 from unet_patches.tiling.blending import BLEND_MODES
 from unet_patches.tiling.padding import PADDING_MODES
 
@@ -27,7 +28,7 @@ REGISTRIES = {
     "training.loss": LOSSES,
     "training.optimizer": OPTIMIZERS,
     "training.schedule": SCHEDULES,
-    "training.precision": PRECISIONS,
+    "training.precision": TRAINING_PRECISIONS,
     "inference.blend": BLEND_MODES,
     "inference.padding": PADDING_MODES,
     "inference.precision": PRECISIONS,

@@ -34,6 +34,12 @@ def test_fit_on_patch_folder_writes_checkpoints_that_rebuild_the_model(data):
     # Validation is by source image: no source contributes to both sides.
     history = state["history"]
     assert [h["epoch"] for h in history] == [1, 2] and "iou" in history[-1] and "dice" in history[-1]
+    # Windows for int8 inference: training windows to calibrate on, validation windows for its guard.
+    windows = state["int8_windows"]
+    for part in ("calibration", "held_back"):
+        assert windows[part].dtype == torch.float16 and windows[part].shape[1:] == (1, 32, 32), part
+        assert 0 < windows[part].shape[0] <= 32
+    assert torch.equal(load_checkpoint(result["last_checkpoint"])["int8_windows"]["held_back"], windows["held_back"])
 
 
 def test_existing_run_is_not_overwritten_without_flag(data):

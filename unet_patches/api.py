@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import console
-from .compiling import compile_for_job
+from .compiling import settle_job
 from .errors import UserError, one_line
 from .folders import find_pairs, read_pair
 from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
-from .onnx_network import OnnxNetwork, sidecar_path
+from .onnx_network import OnnxNetwork, blender_options, sidecar_path
 from .preprocess import Preprocess, resize_probabilities
 from .tiling.blender import WindowBlender
 from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
@@ -65,7 +65,8 @@ class Segmenter:
     did (channels, resize, normalisation and its statistics; :mod:`unet_patches.preprocess`) and
     decodes masks by the training run's mask tables. ``activation`` is what turns the network's
     output into probabilities: ``softmax`` for logits (a checkpoint), None for an ONNX export whose
-    graph ends in the softmax.
+    graph ends in the softmax. ``checkpoint`` is the file of a single checkpoint (None for an
+    ensemble or an ONNX file): what ``precision: int8`` quantizes (:mod:`unet_patches.quantizing`).
     """
 
     network: nn.Module | OnnxNetwork
@@ -75,6 +76,7 @@ class Segmenter:
     activation: str | None = "softmax"
     grid: int = 16
     large_windows: bool = True
+    checkpoint: Path | None = None
 
     @property
     def num_classes(self) -> int:
@@ -133,7 +135,8 @@ class Segmenter:
             return first
         network = ProbabilityEnsemble([m.network for m in members]).eval()
         large = all(m.large_windows for m in members)
-        return replace(first, network=network, grid=max(m.grid for m in members), large_windows=large)
+        grid = max(m.grid for m in members)
+        return replace(first, network=network, grid=grid, large_windows=large, checkpoint=None)
 
     @classmethod
     def _one(cls, state: dict[str, Any], device: torch.device, path: Path) -> Segmenter:
@@ -149,20 +152,33 @@ class Segmenter:
             preprocess=preprocess_from_checkpoint(state),
             grid=window_multiple(state["model_config"]),
             large_windows=large_windows(state["model_config"]),
+            checkpoint=path,
         )
 
     def predictor(self, window: int | Sequence[int] | None = None, **options: Any) -> WindowBlender:
         """A :class:`~unet_patches.tiling.TiledPredictor` over this network with exactly these settings;
         ``window`` defaults to the training patch size, ``options`` are its keyword arguments
-        (``activation`` defaults to this segmenter's). An ONNX network gets the torch-free
+        (``activation`` defaults to this segmenter's). ``precision="int8"`` runs the checkpoint's int8
+        network (:func:`~unet_patches.quantizing.int8_network`). An ONNX network gets the torch-free
         :class:`~unet_patches.tiling.WindowBlender` instead: on the CPU, in float32, uncompiled
-        (:func:`_onnx_blender_options`). :meth:`predictor_for` plans the window for an image instead."""
+        (:func:`~unet_patches.onnx_network.blender_options`). :meth:`predictor_for` plans the window for
+        an image instead.
+
+        Raises:
+            UserError: an invalid setting, or int8 that cannot be had (no checkpoint file, a GPU
+                device, the extra missing, no calibration windows, the accuracy guard failed).
+        """
         options = {"activation": self.activation, **options}
         window = self.patch_size if window is None else window
         if isinstance(self.network, OnnxNetwork):
-            return WindowBlender(self.network, window, **_onnx_blender_options(options))
+            return WindowBlender(self.network, window, **blender_options(options))
+        from .quantizing import int8_network_of
         from .tiling.engine import TiledPredictor
 
+        if options.get("precision") == "int8":
+            network = int8_network_of(self, options.get("device"))
+            options.update(precision="fp32", compile=False, fold_batchnorm=False, device="cpu")
+            return TiledPredictor(network, window, **options)
         return TiledPredictor(self.network, window, **options)
 
     def predictor_for(
@@ -173,10 +189,13 @@ class Segmenter:
         ``patch`` or a size; ``overlap``: ``auto`` or a fraction; ``batch_size`` in ``options`` counts
         windows of the training patch). Predictors are kept per network, plan and options for the rest
         of the process (:data:`_PREDICTORS`), so a compiled network is compiled once per window shape.
-        ``compile="auto"`` is decided for this one image (:func:`~unet_patches.compiling.compile_for_job`).
+        ``compile`` and ``precision`` left ``auto`` are decided for this one image
+        (:func:`~unet_patches.compiling.settle_job`); a job of many images decides them once beforehand.
         """
-        if options.get("compile", False) == "auto":
-            options["compile"] = compile_for_job(self, [size], window, overlap=overlap, **options)
+        options.setdefault("compile", False)
+        if "auto" in (options["compile"], options.get("precision", "auto")):
+            options = settle_job(self, [size], window, overlap=overlap, **options)
+            del options["overlap"]
         plan = self.plan(self.network_size(size), window, overlap, options.pop("batch_size", 32))
         options = {"activation": self.activation, **options}
         key = (plan, tuple(sorted((k, repr(v)) for k, v in options.items())), _weights_version(self.network))
@@ -295,9 +314,9 @@ def evaluate_folder(
     """
     pairs = find_pairs(folder)
     pre = segmenter.preprocess
-    if options.get("compile", "auto") == "auto":  # decided for the whole folder, from its headers
+    if "auto" in (options.get("compile", "auto"), options.get("precision", "auto")):  # for the whole folder
         sizes = [image_size(pair.image, pre.page) for pair in pairs]
-        options["compile"] = compile_for_job(segmenter, sizes, window, **options)
+        options = settle_job(segmenter, sizes, window, **options)
     matrix = ConfusionMatrix(segmenter.num_classes)
     bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
     pixels = 0
@@ -345,7 +364,7 @@ def predict_files(
         stream_threshold_px=stream_threshold_px,
         page=segmenter.preprocess.page,
     )
-    options["compile"] = compile_for_job(segmenter, [plan.size for plan in plans], window, **options)
+    options = settle_job(segmenter, [plan.size for plan in plans], window, **options)
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
     for plan in plans:
@@ -401,23 +420,3 @@ def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu")
     return Segmenter(
         network, patch_size, class_names, preprocess, activation=network.activation, grid=grid, large_windows=large
     )
-
-
-def _onnx_blender_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``WindowBlender`` keyword arguments for an :class:`OnnxNetwork` from ``TiledPredictor`` ones:
-    the torch settings dropped. It runs on the CPU, in float32 (the graph is float32), not compiled
-    (``torch.compile`` cannot compile ONNX Runtime calls; asking for it is logged and ignored).
-
-    Raises:
-        UserError: ``device`` other than the CPU (None and ``auto`` mean the CPU).
-    """
-    device = options.get("device")
-    if device is not None and str(device) not in ("cpu", "auto"):
-        raise UserError(f"device {device!r}: ONNX files run on the CPU (ONNX Runtime); use --device cpu")
-    if options.get("compile") is True:
-        log.warning("compile ignored: torch.compile cannot compile ONNX Runtime calls")
-    precision = options.get("precision", "auto")
-    if precision not in ("auto", "fp32"):
-        log.info("precision %r ignored: the ONNX graph runs in float32", precision)
-    torch_only = ("device", "precision", "compile", "fold_batchnorm")
-    return {key: value for key, value in options.items() if key not in torch_only}

@@ -16,7 +16,10 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_onl
   ``preprocess`` (:class:`~unet_patches.preprocess.Preprocess` as a dict: normalisation and its
   statistics, resize, mask tables; ``normalization`` repeats it in words): what inference needs, so
   ``predict`` needs nothing but the file. Files without ``preprocess`` (written before it existed)
-  read as ``range`` normalisation, which is what they were trained with.
+  read as ``range`` normalisation, which is what they were trained with;
+- ``int8_windows``: ``{"calibration": ..., "held_back": ...}``, float16 network-input windows
+  ``(N, C, p, p)`` (:func:`~unet_patches.data.int8_windows`) from which ``precision: int8`` quantizes
+  the network and checks it (:mod:`unet_patches.quantizing`); None or absent in files written before.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def checkpoint_state(
     preprocess: Preprocess,
     schedule: dict[str, float] | None = None,
     snapshots: int = 0,
+    int8_windows: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds after ``epoch`` (``model`` already unwrapped from DDP)."""
     return {
@@ -93,6 +97,7 @@ def checkpoint_state(
         "metrics": history[-1] if history else {},
         "schedule": schedule or {},
         "snapshots": snapshots,
+        "int8_windows": int8_windows,
     }
 
 
@@ -160,6 +165,7 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
     for key, low in (("patch_size", 1), ("in_channels", 1)):
         if key in state and (not is_int(state[key]) or state[key] < low):
             raise UserError(f"{path}: {key} = {_quoted(state[key])}: expected an integer >= {low}; {DAMAGED}")
+    _check_int8_windows(state.get("int8_windows"), config.in_channels, path)
     if state.get("preprocess") is not None:
         pre = _preprocess(state["preprocess"], path)
         if (pre.in_channels, pre.num_classes) != (config.in_channels, config.num_classes):
@@ -167,6 +173,20 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
                 f"{path}: preprocess is for {pre.in_channels} channel(s) and {pre.num_classes} classes but "
                 f"model_config for {config.in_channels} and {config.num_classes}; {DAMAGED}"
             )
+
+
+def _check_int8_windows(windows: Any, channels: int, path: Path) -> None:
+    if windows is None:
+        return
+    valid = isinstance(windows, dict) and set(windows) == {"calibration", "held_back"}
+    for part in windows.values() if valid else ():
+        valid = valid and isinstance(part, torch.Tensor) and part.is_floating_point()
+        valid = valid and part.dim() == 4 and part.shape[0] > 0 and part.shape[1] == channels
+    if not valid:
+        raise UserError(
+            f"{path}: int8_windows = {_quoted(windows)}: expected calibration and held_back windows "
+            f"(N, {channels}, h, w); {DAMAGED}"
+        )
 
 
 def _preprocess(values: Any, path: Path) -> Preprocess:

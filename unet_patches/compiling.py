@@ -1,4 +1,6 @@
-"""Whether a prediction job compiles its network (``inference.compile: auto``, the default).
+"""How a prediction job runs its network, decided once before any image: compiled or not
+(``inference.compile: auto``, the default) and, with ``precision: auto``, int8 or not
+(:func:`settle_job`; the int8 rule is :func:`unet_patches.quantizing.int8_for_job`).
 
 ``torch.compile`` costs a one-off warm-up per window shape (5 to 30 s; 12 s for the demo U-Net on
 our 2-core CPU) and then runs the passes 1.2 to 1.5x faster (BENCHMARKS.md, tiled inference). It
@@ -16,16 +18,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .onnx_network import OnnxNetwork
+from .quantizing import int8_for_job
 from .settings import check_compile
 from .tiling.placement import place_windows
 from .tiling.sizing import Window
 
-__all__ = ["MIN_NETWORK_PIXELS", "PAYBACK_SECONDS", "compile_for_job"]
+__all__ = ["MIN_NETWORK_PIXELS", "PAYBACK_SECONDS", "PlannedWork", "compile_for_job", "planned_work", "settle_job"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,50 @@ eager rate we measured (about 10 Mpx/s, demo U-Net, bf16 with AMX) that is 2 s o
 PAYBACK_SECONDS = 60.0
 """Eager seconds of passes per window shape from which compiling pays: about five warm-ups, as the
 compiled passes save a third of the eager time."""
+
+
+@dataclass
+class PlannedWork:
+    """The windows a job's images take: per image size, the window shapes, network input pixels."""
+
+    windows: Counter[tuple[int, int]] = field(default_factory=Counter)  # image size -> windows
+    shapes: set[tuple[int, int]] = field(default_factory=set)  # window shapes, one compile each
+    pixels: int = 0
+
+
+def planned_work(
+    segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window, overlap: Any, batch: int
+) -> PlannedWork:
+    """The :class:`PlannedWork` of images of ``sizes`` (as read; resized as the segmenter says)."""
+    work = PlannedWork()
+    for size in sizes:
+        seen = segmenter.network_size(size)
+        plan = segmenter.plan(seen, window, overlap, batch)
+        rows, columns = place_windows(seen, plan.window, plan.overlap)
+        count = len(rows) * len(columns)
+        work.windows[size] += count
+        work.shapes.add(plan.window)
+        work.pixels += count * plan.window[0] * plan.window[1]
+    return work
+
+
+def settle_job(
+    segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window = "auto", **options: Any
+) -> dict[str, Any]:
+    """``options`` with ``precision`` and ``compile`` decided for a whole job of images of ``sizes``,
+    before any image is predicted: ``precision: auto`` becomes ``int8`` where
+    :func:`~unet_patches.quantizing.int8_for_job` says so (int8 networks are never compiled by torch),
+    and ``compile: auto`` becomes true or false (:func:`compile_for_job`)."""
+    options = {"precision": "auto", **options}
+    if options["precision"] == "auto" and sizes and not isinstance(segmenter.network, OnnxNetwork):
+        work = planned_work(segmenter, sizes, window, options.get("overlap", "auto"), options.get("batch_size", 32))
+        if int8_for_job(segmenter, work.pixels, options.get("device")):
+            options["precision"] = "int8"
+    if options.get("precision") == "int8":
+        options["compile"] = False
+        return options
+    options["compile"] = compile_for_job(segmenter, sizes, window, **options)
+    return options
 
 
 def compile_for_job(segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window = "auto", **options: Any) -> bool:
@@ -49,28 +97,17 @@ def compile_for_job(segmenter: Any, sizes: Sequence[tuple[int, int]], window: Wi
     choice = check_compile(options.pop("compile", "auto"), "compile")
     if choice != "auto" or isinstance(segmenter.network, OnnxNetwork) or not sizes:
         return bool(choice) and not isinstance(segmenter.network, OnnxNetwork)
-    overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
-    windows: Counter[tuple[int, int]] = Counter()  # image size -> windows
-    kinds: set[tuple[int, int]] = set()  # window shapes, one compile each
-    pixels = 0
-    for size in sizes:
-        seen = segmenter.network_size(size)
-        plan = segmenter.plan(seen, window, overlap, batch)
-        rows, columns = place_windows(seen, plan.window, plan.overlap)
-        count = len(rows) * len(columns)
-        windows[size] += count
-        kinds.add(plan.window)
-        pixels += count * plan.window[0] * plan.window[1]
-    if pixels < MIN_NETWORK_PIXELS:
+    work = planned_work(segmenter, sizes, window, options.get("overlap", "auto"), options.get("batch_size", 32))
+    if work.pixels < MIN_NETWORK_PIXELS:
         return False
-    trial = segmenter.predictor_for(windows.most_common(1)[0][0], window, **{**options, "compile": False})
-    eager = pixels * _seconds_per_pixel(trial, segmenter.in_channels)
-    decision = eager >= PAYBACK_SECONDS * len(kinds)
+    trial = segmenter.predictor_for(work.windows.most_common(1)[0][0], window, **{**options, "compile": False})
+    eager = work.pixels * _seconds_per_pixel(trial, segmenter.in_channels)
+    decision = eager >= PAYBACK_SECONDS * len(work.shapes)
     log.info(
         "compile auto: %.0f Mpx of windows, about %.0f s of eager passes for %d window shape(s): %s",
-        pixels / 1e6,
+        work.pixels / 1e6,
         eager,
-        len(kinds),
+        len(work.shapes),
         "compiling (a one-off warm-up per shape)" if decision else "not compiling",
     )
     return decision

@@ -184,6 +184,10 @@ class TrainingConfig:
         SCHEDULES.check(self.schedule, "training.schedule")
         LOSSES.check(self.loss, "training.loss")
         PRECISIONS.check(self.precision, "training.precision")
+        if self.precision == "int8":
+            raise UserError(
+                "training.precision = 'int8': int8 is for inference only; train with auto, fp32, bf16 or fp16"
+            )
         require_number("training.momentum", self.momentum, 0.0, 1.0, high_open=True)
         require_number("training.weight_decay", self.weight_decay, 0.0, 1.0)
         require_number("training.step_fraction", self.step_fraction, 0.0, 1.0, low_open=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from . import runtime
@@ -29,7 +30,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataSources", "make_datasets", "make_loader", "resolve_class_weights", "resolve_folder", "set_epoch"]
+__all__ = [
+    "DataSources",
+    "int8_windows",
+    "make_datasets",
+    "make_loader",
+    "resolve_class_weights",
+    "resolve_folder",
+    "set_epoch",
+]
 
 
 @dataclass
@@ -194,6 +203,36 @@ def resolve_class_weights(config: Config, sources: DataSources) -> list[float] |
     if weights == "median_frequency":
         return [float(w) for w in median_frequency_weights(sources.class_pixels)]
     return weights
+
+
+CALIBRATION_WINDOWS = 32
+"""Training windows stored in each checkpoint to calibrate its int8 network (:mod:`unet_patches.quantizing`)."""
+HELD_BACK_WINDOWS = 32
+"""Validation windows stored beside them, on which the int8 network's accuracy guard compares it with float."""
+
+
+def int8_windows(sources: DataSources) -> dict[str, torch.Tensor]:
+    """The network-input windows a checkpoint keeps for int8 inference, float16 ``(N, C, p, p)``:
+    ``calibration`` (training windows, evenly spread over the training set) and ``held_back``
+    (validation windows; without a validation set, training windows not used for calibration, or
+    the calibration windows themselves when there are no others). They are chosen by position, so
+    every run on the same data and split keeps the same ones."""
+
+    def spread(dataset: Dataset, count: int, skip: set[int] | None = None) -> list[int]:
+        free = [i for i in range(len(dataset)) if i not in (skip or ())]  # type: ignore[arg-type]
+        return [free[int(k)] for k in np.unique(np.linspace(0, len(free) - 1, min(count, len(free))).round())]
+
+    def stacked(dataset: Dataset, indices: list[int]) -> torch.Tensor:
+        return torch.stack([dataset[i][0] for i in indices]).to(torch.float16)
+
+    used = spread(sources.train, CALIBRATION_WINDOWS)
+    calibration = stacked(sources.train, used)
+    if sources.val is not None and len(sources.val) > 0:  # type: ignore[arg-type]
+        held_back = stacked(sources.val, spread(sources.val, HELD_BACK_WINDOWS))
+    else:
+        rest = spread(sources.train, HELD_BACK_WINDOWS, skip=set(used))
+        held_back = stacked(sources.train, rest) if rest else calibration
+    return {"calibration": calibration, "held_back": held_back}
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, num_workers: int) -> DataLoader:

@@ -7,6 +7,7 @@ in place of a checkpoint. onnxruntime itself is imported only when a file is ope
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import numpy as np
 
 from .errors import UserError, one_line
 
-__all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "require_onnx_package", "sidecar_path"]
+__all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "blender_options", "require_onnx_package", "sidecar_path"]
+
+log = logging.getLogger(__name__)
 
 ONNX_INSTALL_HINT = "pip install unet-patches[onnx]"
 
@@ -73,3 +76,25 @@ class OnnxNetwork:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         (result,) = self.session.run([self.output], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
         return result
+
+
+def blender_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``WindowBlender`` keyword arguments for an :class:`OnnxNetwork` from ``TiledPredictor`` ones:
+    the torch settings dropped. It runs on the CPU, in float32 (the graph is float32), not compiled
+    (``torch.compile`` cannot compile ONNX Runtime calls; asking for it is logged and ignored).
+
+    Raises:
+        UserError: ``device`` other than the CPU (None and ``auto`` mean the CPU), or int8.
+    """
+    device = options.get("device")
+    if device is not None and str(device) not in ("cpu", "auto"):
+        raise UserError(f"device {device!r}: ONNX files run on the CPU (ONNX Runtime); use --device cpu")
+    if options.get("compile") is True:
+        log.warning("compile ignored: torch.compile cannot compile ONNX Runtime calls")
+    precision = options.get("precision", "auto")
+    if precision == "int8":
+        raise UserError("precision int8 quantizes a checkpoint (.pt); an ONNX file runs in float32 (use auto or fp32)")
+    if precision not in ("auto", "fp32"):
+        log.info("precision %r ignored: the ONNX graph runs in float32", precision)
+    torch_only = ("device", "precision", "compile", "fold_batchnorm")
+    return {key: value for key, value in options.items() if key not in torch_only}

@@ -29,6 +29,21 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 @cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as ``/proc/cpuinfo`` lists them (``lscpu``'s Flags); empty where it
+    cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU computes bfloat16 matrix products in hardware (AMX or AVX512-BF16 on x86,
     BF16 on Arm).
@@ -36,20 +51,19 @@ def cpu_has_fast_bf16() -> bool:
     Without them (AVX2-only CPUs, e.g. AMD Zen 3) oneDNN emulates bfloat16 and PyTorch falls back to
     slow convolution kernels under bfloat16 autocast, several times slower than fp32.
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    flags = cpu_flags()
+    if not flags:
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-            break
     if platform.machine().lower() in ("aarch64", "arm64"):
         return "bf16" in flags
     return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def cpu_has_int8_dot() -> bool:
+    """True when the CPU has int8 dot-product instructions (VNNI: ``avx512_vnni``, ``avx_vnni``; AMX:
+    ``amx_int8``; ``asimddp`` on Arm), which is where int8 inference beats bf16 and fp32."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & cpu_flags())
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,10 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     cuda = device.type == "cuda"
     if name == "auto":
         name = "fp16" if cuda else ("bf16" if cpu_has_fast_bf16() else "fp32")
+    if name == "int8":
+        raise UserError(
+            "precision 'int8' needs a checkpoint's int8 network (Segmenter.predictor); use auto, fp32 or bf16"
+        )
     if name == "fp16" and not cuda:
         raise UserError("precision 'fp16' needs a CUDA device; use auto, fp32 or bf16 on CPU")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]

@@ -21,17 +21,33 @@ from .tiling.sizing import check_window
 from .typed import build_typed
 from .validate import require_int, require_number
 
-__all__ = ["COMPILE_CHOICES", "PRECISIONS", "InferenceConfig", "check_compile", "inference_settings", "read_parameters"]
+__all__ = [
+    "COMPILE_CHOICES",
+    "PRECISIONS",
+    "TRAINING_PRECISIONS",
+    "InferenceConfig",
+    "check_compile",
+    "inference_settings",
+    "read_parameters",
+]
 
 PRECISIONS: Registry[str] = Registry(
     "precision",
     {
-        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32",
+        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32; for "
+        "inference int8 where the CPU has VNNI or AMX, an int8 network passed its guard and the job repays it",
         "fp32": "full float32",
         "bf16": "bfloat16 autocast (fast only with native bf16 hardware or on CUDA)",
         "fp16": "float16 autocast with a gradient scaler for training (CUDA only)",
+        "int8": "inference only: the network quantized to int8 by OpenVINO + NNCF on the checkpoint's calibration "
+        "windows, refused when its accuracy guard fails (CPU; the int8 extra)",
     },
 )
+
+TRAINING_PRECISIONS: Registry[str] = Registry(
+    "training precision", {name: text for name, text in PRECISIONS.items() if name != "int8"}
+)
+"""The precisions training runs in: every one but ``int8``, which is for inference."""
 
 
 COMPILE_CHOICES = ("auto", True, False)

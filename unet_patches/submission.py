@@ -22,7 +22,7 @@ from typing import Any
 from . import console
 from .api import Segmenter
 from .atomic import write_atomically
-from .compiling import compile_for_job
+from .compiling import settle_job
 from .errors import UserError
 from .imageio import read_image
 from .rle import encode
@@ -148,7 +148,7 @@ def write_submission(
     ids = image_ids(expand_inputs(inputs))
     _check_output(out_csv, [path for _, path in ids], overwrite)
     sizes = [image_size(path, segmenter.preprocess.page) for _, path in ids]  # every header read first
-    options["compile"] = compile_for_job(segmenter, sizes, window, **options)
+    options = settle_job(segmenter, sizes, window, **options)
     rows: list[tuple[str, str]] = []
     empty = dropped = 0
     bar = console.progress(len(ids), "submit", "image", enabled=progress)

@@ -28,7 +28,7 @@ from . import console, run_folder, runtime
 from .augment import BatchAugmenter, build_augmenter
 from .checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
 from .config import Config, save_config
-from .data import DataSources, make_datasets, make_loader, resolve_class_weights, set_epoch
+from .data import DataSources, int8_windows, make_datasets, make_loader, resolve_class_weights, set_epoch
 from .errors import UserError
 from .loops import NonFiniteGradients, evaluate, train_one_epoch
 from .losses import build_loss
@@ -68,6 +68,7 @@ class Run:
     best: float = -1.0
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    int8_windows: dict[str, torch.Tensor] | None = None  # kept in checkpoints (rank 0); data.int8_windows
 
     def set_lr(self, fraction: float) -> None:
         set_learning_rate(self.optimizer, self.config.training.learning_rate * self.schedule.factor(fraction))
@@ -150,6 +151,7 @@ def build_run(
         config.schedule(),
         run_dir,
         build_augmenter(config.augment.preset, config.augment.overrides()),
+        int8_windows=int8_windows(sources) if runtime.is_main_process() else None,
     )
 
 
@@ -317,6 +319,7 @@ def run_state(run: Run) -> dict[str, Any]:
         preprocess=run.sources.preprocess,
         schedule=run.schedule.state_dict(),
         snapshots=run.snapshots,
+        int8_windows=run.int8_windows,
     )
 
 

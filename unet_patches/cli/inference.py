@@ -58,7 +58,14 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
         value=True,
         help="flip test-time augmentation (4 flips, batched together) (default: inference.tta)",
     )
-    setting(p, "--precision", key="inference.precision", choices=PRECISIONS.names, help="autocast precision")
+    setting(
+        p,
+        "--precision",
+        key="inference.precision",
+        choices=PRECISIONS.names,
+        help="autocast precision, or int8 (OpenVINO + NNCF, checked by an accuracy guard, cached in "
+        "<checkpoint>.int8/; auto picks it on VNNI/AMX CPUs once cached)",
+    )
     switch(
         p,
         "--compile",

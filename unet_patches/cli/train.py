@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..losses import LOSSES
 from ..models import MODELS
 from ..optim import OPTIMIZERS, SCHEDULES
-from ..runtime import PRECISIONS
+from ..settings import TRAINING_PRECISIONS
 from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting
 
 __all__ = ["add_train", "add_train_arguments", "run_train"]
@@ -45,7 +45,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
         "the run, with -e whichever comes first",
     )
-    setting(p, "--precision", key="training.precision", choices=PRECISIONS.names, help="autocast precision")
+    setting(p, "--precision", key="training.precision", choices=TRAINING_PRECISIONS.names, help="autocast precision")
     setting(p, "--model", key="model.name", choices=MODELS.names, help="network architecture")
     setting(
         p,

@@ -31,7 +31,7 @@ class TiledPredictor(WindowBlender):
 
     Args:
         network: a torch module or function mapping ``(N, C, h, w)`` float tensors to ``(N, K, h, w)``
-            (logits for a segmentation model).
+            (logits for a segmentation model; a function gets contiguous NCHW batches).
             With ``fold_batchnorm`` (default) a network with Conv2d -> BatchNorm2d pairs is copied,
             the copy put in eval mode with the BatchNorm folded into the convolutions, and the
             network itself is left as it was. Otherwise the network itself is put in eval mode,
@@ -92,6 +92,8 @@ class TiledPredictor(WindowBlender):
             if self.precision.channels_last:
                 module.to(memory_format=torch.channels_last)
             network = module
+        # Channels-last input is for torch modules; a plain function (an OpenVINO network) gets NCHW.
+        self.channels_last = self.precision.channels_last and module is not None
         self.compiled = bool(compile)
         self._eager = network
         self._compile_checked = False
@@ -114,7 +116,7 @@ class TiledPredictor(WindowBlender):
         """The bare forward pass: ``batch`` moved to the device (channels-last when the precision
         policy says so), the network under ``inference_mode`` and autocast; raw outputs back."""
         batch = batch.to(self.device, non_blocking=True)
-        if self.precision.channels_last:
+        if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         # Weight freezing (constant-folded BatchNorm, pre-packed oneDNN weights) is what makes the
         # compiled graph fast on CPU; it is an inductor setting read when the graph is compiled,

@@ -1,0 +1,190 @@
+"""int8 inference (unet_patches.quantizing): the quantized network, its accuracy guard, its cache beside
+the checkpoint, and when ``precision: auto`` chooses it. On the demo U-Net (tests/data/README.md)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from unet_patches import quantizing, runtime  # noqa: E402
+from unet_patches.api import Segmenter, predict  # noqa: E402
+from unet_patches.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from unet_patches.compiling import settle_job  # noqa: E402
+from unet_patches.errors import UserError  # noqa: E402
+from unet_patches.quantizing import Guard, Int8Network, cache_folder, check, int8_network  # noqa: E402
+from unet_patches.synthetic import SyntheticSpec, generate_sample  # noqa: E402
+
+DEMO_MODEL = Path(__file__).parent / "data" / "demo_unet_w8.pt"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test starts as a new process would: nothing kept in memory, the guard's threshold as
+    shipped unless a test lowers it."""
+    monkeypatch.setattr(quantizing, "_KEPT", {})
+    monkeypatch.setattr(quantizing, "_SAID", set())
+
+
+@pytest.fixture
+def lenient_guard(monkeypatch):
+    """Tests about the cache and the engine must not depend on how close to 0.99 this CPU's int8
+    kernels land for the demo model's thin class; the guard itself is tested apart."""
+    monkeypatch.setattr(quantizing, "GUARD_MIN_IOU", 0.9)
+
+
+@pytest.fixture(scope="module")
+def image():
+    image, _ = generate_sample(np.random.default_rng(7), SyntheticSpec(height=256, width=320))
+    return (image * 255).astype(np.uint8)
+
+
+def _copy(tmp_path: Path, name: str = "best.pt", **changes) -> Path:
+    state = load_checkpoint(DEMO_MODEL)
+    state.update(changes)
+    save_checkpoint(state, tmp_path / name)
+    return tmp_path / name
+
+
+def test_int8_labels_agree_with_float_and_the_network_is_cached_beside_the_checkpoint(tmp_path, image, lenient_guard):
+    checkpoint = shutil.copy(DEMO_MODEL, tmp_path / "best.pt")
+    segmenter = Segmenter.from_checkpoint(checkpoint)
+    reference = predict(segmenter, image, precision="fp32")
+    labels = predict(segmenter, image, precision="int8")
+    assert (labels == reference).mean() >= 0.99
+    info = json.loads((cache_folder(checkpoint) / "info.json").read_text())
+    assert info["passed"] and info["windows"] == 16 and set(info["iou"]) == set(segmenter.class_names)
+    assert (tmp_path / "best.pt.int8" / "model.xml").is_file() and (tmp_path / "best.pt.int8" / "model.bin").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "best.pt.int8"]  # no staging folder left
+
+
+def test_the_cache_is_read_again_and_rebuilt_when_the_checkpoint_changes(tmp_path, monkeypatch, lenient_guard):
+    checkpoint = shutil.copy(DEMO_MODEL, tmp_path / "best.pt")
+    segmenter = Segmenter.from_checkpoint(checkpoint)
+    int8_network(checkpoint, segmenter.network, segmenter.class_names)
+    first = json.loads((cache_folder(checkpoint) / "info.json").read_text())
+
+    def no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(quantizing, "_KEPT", {})  # a new process
+    monkeypatch.setattr(quantizing, "quantize", no_quantizing)
+    network, guard = int8_network(checkpoint, segmenter.network, segmenter.class_names)
+    assert isinstance(network, Int8Network) and guard.passed  # read from the cache
+
+    state = load_checkpoint(checkpoint)  # the checkpoint changes: trained further, say
+    state["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(state, checkpoint)
+    monkeypatch.setattr(quantizing, "_KEPT", {})
+    with pytest.raises(AssertionError, match="quantized again"):
+        int8_network(checkpoint, segmenter.network, segmenter.class_names)
+    monkeypatch.undo()
+    monkeypatch.setattr(quantizing, "GUARD_MIN_IOU", 0.9)
+    changed = Segmenter.from_checkpoint(checkpoint)
+    int8_network(checkpoint, changed.network, changed.class_names)
+    second = json.loads((cache_folder(checkpoint) / "info.json").read_text())
+    assert second["checkpoint_sha256"] != first["checkpoint_sha256"]
+
+
+def test_the_guard_refuses_a_broken_calibration_with_the_per_class_figures(tmp_path, monkeypatch):
+    windows = load_checkpoint(DEMO_MODEL)["int8_windows"]
+    broken = {"calibration": torch.zeros_like(windows["calibration"]), "held_back": windows["held_back"]}
+    checkpoint = _copy(tmp_path, int8_windows=broken)
+    segmenter = Segmenter.from_checkpoint(checkpoint)
+    pattern = r"best.pt: int8 refused by its accuracy guard \(IoU against float labels on 16 held-back windows: "
+    with pytest.raises(UserError, match=pattern + r"background 0\.\d+ \(< 0\.99\), line .*ellipse"):
+        segmenter.predictor(precision="int8")
+    info = json.loads((cache_folder(checkpoint) / "info.json").read_text())
+    assert info["passed"] is False and not (cache_folder(checkpoint) / "model.xml").exists()
+    # precision auto, on a CPU with int8 dot products: the failed guard is remembered, not retried
+    monkeypatch.setattr(quantizing, "_KEPT", {})
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
+    monkeypatch.setattr(quantizing, "quantize", lambda *a, **k: pytest.fail("quantized again"))
+    assert settle_job(segmenter, [(4096, 4096)], precision="auto", compile=False)["precision"] == "auto"
+
+
+def test_the_guard_on_a_network_against_itself_and_a_broken_copy():
+    windows = load_checkpoint(DEMO_MODEL)["int8_windows"]["held_back"].float().numpy()
+    segmenter = Segmenter.from_checkpoint(DEMO_MODEL)
+    same = check(segmenter.network, lambda batch: segmenter.network(batch), windows, segmenter.class_names)
+    assert same.passed and same.agreement == 1.0 and set(same.iou.values()) == {1.0}
+    ellipse_as_background = check(
+        segmenter.network, lambda batch: segmenter.network(batch)[:, [0, 1, 0]], windows, segmenter.class_names
+    )
+    assert not ellipse_as_background.passed and ellipse_as_background.iou["ellipse"] == 0.0
+    assert "ellipse 0.0000 (< 0.99)" in ellipse_as_background.describe()
+    assert Guard({"a": 0.995, "b": None}, 0.999, 3).passed
+
+
+def test_auto_chooses_int8_on_int8_cpus_when_cached_or_when_the_job_repays_building_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantizing, "GUARD_MIN_IOU", 0.9)
+    checkpoint = shutil.copy(DEMO_MODEL, tmp_path / "best.pt")
+    segmenter = Segmenter.from_checkpoint(checkpoint)
+    small, large = [(256, 320)], [(8192, 8192)]  # 0.1 and about 90 Mpx of windows
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
+    assert settle_job(segmenter, large, compile=False)["precision"] == "auto"
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
+    assert settle_job(segmenter, small, compile=False) == {"precision": "auto", "compile": False}  # not built
+    assert not cache_folder(checkpoint).exists()
+    assert settle_job(segmenter, large, compile="auto") == {"precision": "int8", "compile": False}  # built
+    assert cache_folder(checkpoint).is_dir()
+    assert settle_job(segmenter, small)["precision"] == "int8"  # cached now
+    assert settle_job(segmenter, small, precision="bf16", compile=False)["precision"] == "bf16"  # asked for
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert settle_job(segmenter, large, device=device, compile=False)["precision"] == (
+        "auto" if torch.cuda.is_available() else "int8"
+    )
+    predictor = segmenter.predictor_for((256, 320))  # the API's single image: auto, cached -> int8
+    assert isinstance(predictor.network, Int8Network) and predictor.precision.name == "fp32"
+
+
+def test_int8_that_cannot_be_had_is_a_user_error(tmp_path, monkeypatch):
+    old = _copy(tmp_path, "old.pt", int8_windows=None)
+    with pytest.raises(UserError, match=r"old.pt: holds no int8 calibration windows .*train again"):
+        Segmenter.from_checkpoint(old).predictor(precision="int8")
+    segmenter = Segmenter.from_checkpoint(DEMO_MODEL)
+    with pytest.raises(UserError, match="precision int8 runs on the CPU"):
+        segmenter.predictor(precision="int8", device="cuda:0")
+    ensemble = Segmenter.from_checkpoint(f"{DEMO_MODEL},{DEMO_MODEL}")
+    with pytest.raises(UserError, match="not an ensemble or an ONNX file"):
+        ensemble.predictor(precision="int8")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    with pytest.raises(UserError, match=r"needs the nncf package\(s\); pip install 'unet-patches\[int8\]'"):
+        segmenter.predictor(precision="int8")
+
+
+def test_training_precision_int8_is_refused(tmp_path):
+    from unet_patches.config import default_config
+
+    with pytest.raises(UserError, match="training.precision = 'int8': int8 is for inference only"):
+        default_config().merged({"training": {"precision": "int8"}})
+
+
+def test_damaged_int8_windows_are_a_user_error(tmp_path):
+    path = _copy(tmp_path, int8_windows={"calibration": torch.zeros(2, 3, 8, 8), "held_back": torch.zeros(2, 3, 8, 8)})
+    with pytest.raises(UserError, match=r"best.pt: int8_windows = .*expected calibration and held_back windows"):
+        load_checkpoint(path)
+
+
+def test_predict_command_with_precision_int8(tmp_path, image, lenient_guard, caplog):
+    from PIL import Image
+
+    from unet_patches.cli import main
+
+    checkpoint = shutil.copy(DEMO_MODEL, tmp_path / "best.pt")
+    Image.fromarray(image).save(tmp_path / "scan 1.png")
+    argv = ["predict", str(checkpoint), str(tmp_path / "scan 1.png"), "-o", str(tmp_path / "out"), "--no-progress"]
+    with caplog.at_level("INFO"):
+        assert main([*argv, "--precision", "int8"]) == 0
+    assert "int8 accuracy guard passed" in caplog.text
+    labels = np.asarray(Image.open(tmp_path / "out" / "scan 1_labels.png"))
+    assert main([*argv, "--precision", "fp32", "-o", str(tmp_path / "fp32")]) == 0
+    assert (labels == np.asarray(Image.open(tmp_path / "fp32" / "scan 1_labels.png"))).mean() >= 0.99
