@@ -6,7 +6,9 @@ Part 1 (one process, same weights, same image):
     CPU. Its predictor is ``softmax(model(x))`` so that both tools average probabilities.
   - ours at the same window and overlap: float32 eager, ``precision=auto`` (bf16 on CPUs with
     hardware bf16, float32 elsewhere), and ``auto`` + ``compile``;
-  - ours at the recommended fast settings (``--fast-window`` / ``--fast-overlap``, compiled).
+  - ours at the recommended fast settings (``--fast-window`` / ``--fast-overlap``, compiled);
+  - with ``--checkpoint`` and the int8 extra: ours with the checkpoint's int8 network (OpenVINO + NNCF,
+    built as ``precision: int8`` builds it; its GFLOP/s are shown against the bf16 peak).
   For each: image megapixels per second (wall and process-CPU time), ratio to MONAI, peak memory
   above the start of the run, argmax agreement with MONAI, and the engine's overhead over the bare
   forward passes it makes (the same number of passes timed on ready-made batches).
@@ -141,6 +143,36 @@ def bare_forward_seconds(predictor: TiledPredictor, passes: int, last: int) -> f
     return time.perf_counter() - start
 
 
+def int8_predictor(checkpoint: str, options: dict) -> tuple[TiledPredictor | None, float]:
+    """Our engine over the checkpoint's int8 network (OpenVINO + NNCF, as ``precision: int8`` builds it,
+    on a copy of the checkpoint with int8 windows) and the seconds the build took; None without the
+    int8 extra or when the accuracy guard refuses."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return None, 0.0
+    from unet_patches import quantizing
+    from unet_patches.api import Segmenter
+
+    from common import with_int8_windows
+
+    copy_ = with_int8_windows(checkpoint, Path(tempfile.mkdtemp(prefix="bench-tiling-int8-")) / "best.pt")
+    segmenter = Segmenter.from_checkpoint(copy_)
+    start = time.perf_counter()
+    network, guard = quantizing.int8_network(copy_, segmenter.network, segmenter.class_names)
+    seconds = time.perf_counter() - start
+    print(f"  int8 guard: {guard.describe()}", file=sys.stderr)
+    if network is None:
+        return None, seconds
+    # As Segmenter.predictor builds it: the softmax is in the int8 graph, so no activation after it.
+    predictor = TiledPredictor(
+        network, **options, precision="fp32", fold_batchnorm=False, activation=network.activation
+    )
+    predictor.precision_label = "int8"  # type: ignore[attr-defined]
+    return predictor, seconds
+
+
 def compare(args: argparse.Namespace) -> dict:
     model = build_model(args.width, args.checkpoint)
     params = sum(p.numel() for p in model.parameters())
@@ -190,6 +222,11 @@ def compare(args: argparse.Namespace) -> dict:
             )
         warmup[name] = t.result.wall
         predictors[name] = predictor
+    if args.checkpoint and not args.no_int8:
+        int8, seconds = int8_predictor(args.checkpoint, auto)
+        if int8 is not None:
+            int8.forward_windows(np.random.rand(int8.windows_per_batch, 1, *int8.window).astype(np.float32))
+            predictors["ours int8 (window auto)"], warmup["ours int8 (window auto)"] = int8, seconds
     with torch.no_grad():  # MONAI's warm-up: one batch
         monai_model(torch.rand(32, 1, 96, 96))
 
@@ -255,7 +292,7 @@ def compare(args: argparse.Namespace) -> dict:
                 bare_s=min(b for b, _ in bare_log[name]),
                 overhead=float(np.median(overheads)),
                 overheads=overheads,
-                precision=predictor.precision.name,
+                precision=getattr(predictor, "precision_label", predictor.precision.name),
                 warmup_s=warmup[name],
             )
         else:
@@ -436,7 +473,7 @@ def markdown(report: dict) -> str:
         for name, r in c["rows"].items():
             overhead = f"{100 * r['overhead']:.1f} %" if "overhead" in r else "-"
             miou_text = f"{r['miou']:.4f}" if r.get("miou") is not None else "n/a"
-            peak = "bf16" if r["precision"] in ("bf16", "fp16") else "fp32"
+            peak = "bf16" if r["precision"] in ("bf16", "fp16", "int8") else "fp32"  # int8: against bf16's
             lines.append(
                 f"| {name} | {r['precision']} | {r['windows']} ({r['passes']}) | {r['mpx_per_s']:.4f} | "
                 f"{r['ratio_wall']:.2f} | {r['ratio_cpu']:.2f} | {r['quiet_mpx_per_s']:.4f} | "
@@ -447,7 +484,7 @@ def markdown(report: dict) -> str:
         warm = {k: v["warmup_s"] for k, v in c["rows"].items() if "warmup_s" in v}
         lines.append("")
         lines.append(
-            "One-off warm-up (compile) seconds, not in the times above: "
+            "One-off warm-up (compile; for int8 the build: convert, calibrate, guard) seconds, not in the times above: "
             + ", ".join(f"{k}: {v:.1f}" for k, v in warm.items())
         )
     if "precision" in report:
@@ -498,6 +535,9 @@ def main() -> None:
         "--precision-size", type=int, default=256, help="image side for the bf16-vs-fp32 agreement check (0 skips it)"
     )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile everywhere")
+    parser.add_argument(
+        "--no-int8", action="store_true", help="skip the int8 row (needs --checkpoint and the int8 extra)"
+    )
     parser.add_argument("--skip-monai", action="store_true", help="skip part 1")
     parser.add_argument("--skip-flat", action="store_true", help="skip part 2")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (about 2 minutes)")

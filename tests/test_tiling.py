@@ -492,3 +492,28 @@ def test_failed_compile_falls_back_to_eager() -> None:
     out = predictor.probabilities(image)
     assert not predictor.compiled
     np.testing.assert_allclose(out, sliding_window(image, tiny_net(), 16, 0.5, precision="fp32"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_batch", [1, 2, 4, 9])
+def test_the_band_accumulator_writes_first_and_adds_after_exactly_like_sums_from_zero(per_batch):
+    """Windows in row-major order, batches that span window rows, bands finished and dropped as the
+    blender does: every finished row equals plain sums over a zeroed image."""
+    from unet_patches.tiling.merger import BandAccumulator
+
+    rng = np.random.default_rng(per_batch)
+    h = w = 4
+    ys, xs = [0, 3, 5], [0, 2, 6]  # uneven overlaps, as evenly spread starts give
+    windows = [(y, x) for y in ys for x in xs]
+    outputs = rng.random((len(windows), 2, h, w)).astype(np.float32)
+    expected = np.zeros((2, 9, 10), np.float32)
+    for (y, x), output in zip(windows, outputs):
+        expected[:, y : y + h, x : x + w] += output
+    accumulator, rows = BandAccumulator(10), []
+    for first in range(0, len(windows), per_batch):
+        accumulator.add(outputs[first : first + per_batch], windows[first : first + per_batch])
+        following = first + per_batch
+        stop = ys[following // len(xs)] if following < len(windows) else 9
+        if stop > accumulator.start:
+            rows.append(accumulator.finished(stop).copy())
+            accumulator.drop(stop)
+    np.testing.assert_array_equal(np.concatenate(rows, axis=1), expected)

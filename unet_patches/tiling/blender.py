@@ -195,10 +195,11 @@ class WindowBlender:
             sums = sums[:, y0 - start : y1 - start, left : left + width]
             if sums.shape[0] > 256:
                 raise ValueError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
-            # Divided in place: these rows of the buffer are dropped right after.
-            blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[left : left + width]), out=sums)
-            labels = argmax_classes(blended)
-            band = Band(y0 - top, labels, blended.copy() if want_probs else None)
+            if want_probs:  # divided in place: these rows of the buffer are dropped right after
+                blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[left : left + width]), out=sums)
+                band = Band(y0 - top, argmax_classes(blended), blended.copy())
+            else:  # every class of a pixel has the same weight sum, so the argmax needs no division
+                band = Band(y0 - top, argmax_classes(sums), None)
         accumulator.drop(stop)
         return band
 

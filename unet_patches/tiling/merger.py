@@ -14,26 +14,47 @@ __all__ = ["Band", "BandAccumulator", "argmax_classes", "assemble"]
 class BandAccumulator:
     """Weighted sums ``(K, rows, W)`` for the rows from ``start`` on that windows still touch.
 
-    NumPy rather than torch: these are plain memory-bound adds, and torch would split each one
-    over its thread pool, which costs a synchronisation per window on a busy machine.
+    Windows must come in row-major order (one window row after the other, left to right), each row
+    covering the whole width, as the blender places them. A pixel's first window then *writes* its
+    output and later ones add to it, so the buffer is never cleared: rows before ``complete`` hold
+    every window of the rows above, and in the rows below it the current window row has written the
+    columns before ``front``. That saves a pass over the buffer per band (the clearing, and adding to
+    zeros): a 2048 x 2048 image took 5 to 6 % less time in all (demo U-Net, int8 and bf16 passes, AMX
+    Xeon), with the same sums bit for bit.
+
+    NumPy rather than torch: these are plain memory-bound copies and adds, and torch would split each
+    one over its thread pool, which costs a synchronisation per window on a busy machine.
     """
 
     def __init__(self, width: int) -> None:
         self.width = width
         self.start = 0
         self.sums: np.ndarray | None = None
+        self.complete = 0  # rows before it are written in every column
+        self.row: int | None = None  # the start row of the current window row
+        self.front = 0  # columns before it are written in rows complete .. of the current window row
 
     def add(self, outputs: np.ndarray, positions: Sequence[tuple[int, int]]) -> None:
         """Add window outputs ``(n, K, h, w)`` at their ``(row, column)`` positions (padded coordinates)."""
         _, classes, h, w = outputs.shape
         needed = max(y for y, _ in positions) + h - self.start
         if self.sums is None or self.sums.shape[1] < needed:
-            grown = np.zeros((classes, needed, self.width), dtype=np.float32)
+            grown = np.empty((classes, needed, self.width), dtype=np.float32)
             if self.sums is not None:
                 grown[:, : self.sums.shape[1]] = self.sums
             self.sums = grown
         for output, (y, x) in zip(outputs, positions):
-            self.sums[:, y - self.start : y - self.start + h, x : x + w] += output
+            if y != self.row:  # a new window row: the one before covered every column of its rows
+                if self.row is not None:
+                    self.complete = max(self.complete, self.row + h)
+                self.row, self.front = y, 0
+            split = min(max(self.complete, y), y + h) - y  # rows [0, split) of the window: sums exist
+            old = min(max(self.front, x), x + w) - x  # columns [0, old) below them: sums exist too
+            top = y - self.start
+            self.sums[:, top : top + split, x : x + w] += output[:, :split]
+            self.sums[:, top + split : top + h, x : x + old] += output[:, split:, :old]
+            self.sums[:, top + split : top + h, x + old : x + w] = output[:, split:, old:]
+            self.front = max(self.front, x + w)
 
     def finished(self, stop: int) -> np.ndarray:
         """View of rows ``start:stop``, which no window still to come touches. It may be changed in
@@ -51,7 +72,6 @@ class BandAccumulator:
         for top in range(0, rest, count):
             rows = min(count, rest - top)
             self.sums[:, top : top + rows] = self.sums[:, count + top : count + top + rows]
-        self.sums[:, max(rest, 0) :] = 0.0
         self.start = stop
 
 
