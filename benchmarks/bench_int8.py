@@ -151,7 +151,7 @@ def markdown(report: dict) -> str:
         f"Speed on a {s['size']}x{s['size']} image (windows {s['window'][0]}x{s['window'][1]}), best of "
         f"{report['repeats']}:",
         "",
-        "| precision | s per image | int8 is x faster | time outside the passes |",
+        "| precision | s per image | int8 is x faster | time outside the passes (percentile normalisation included) |",
         "|---|---|---|---|",
     ]
     for precision, seconds in s["seconds"].items():
