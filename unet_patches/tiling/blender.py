@@ -162,15 +162,22 @@ class WindowBlender:
                         bands_read[r] = padded.rows(int(ys[r]), wh)
                 windows = np.stack([bands_read[r][:, :, xs[c] : xs[c] + ww] for r, c in batch])
                 outputs = self.forward_windows(windows)
-                accumulator.add(outputs, [(int(ys[r]), int(xs[c])) for r, c in batch])
                 bar.update(len(batch))
-                following = first + per_batch
-                # Rows above the next window's row are finished: later windows start lower down.
-                stop = int(ys[following // len(xs)]) if following < total else hp
-                if stop > accumulator.start:
-                    band = self._finish(accumulator, stop, row_sums, col_sums, top, left, height, width, probs)
-                    if band is not None:
-                        yield band
+                # Window row by window row, so that a row's band is finished before the next row's
+                # windows come in: the buffer then holds one window height, and dropping a band moves
+                # only the overlap rows up.
+                done = 0
+                while done < len(batch):
+                    row = batch[done][0]
+                    end = next((i for i in range(done, len(batch)) if batch[i][0] != row), len(batch))
+                    accumulator.add(outputs[done:end], [(int(ys[r]), int(xs[c])) for r, c in batch[done:end]])
+                    following, done = first + end, end
+                    # Rows above the next window's row are finished: later windows start lower down.
+                    stop = int(ys[following // len(xs)]) if following < total else hp
+                    if stop > accumulator.start:
+                        band = self._finish(accumulator, stop, row_sums, col_sums, top, left, height, width, probs)
+                        if band is not None:
+                            yield band
         finally:
             bar.close()
 
