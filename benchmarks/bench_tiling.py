@@ -360,7 +360,7 @@ def child_stream(args: argparse.Namespace) -> None:
             [Path(args.child_tiff)], args.child_out, overlay=False, probs=False, overwrite=True, stream_threshold_px=0
         )
         with open_image(plan.image, Preprocess(normalize="range"), plan.large) as source:
-            write_outputs(predictor.bands(source), source, plan.outputs, plan.large)
+            write_outputs(predictor.bands(source), source, plan.outputs)
     engine = t.result.wall - sum(passes)
     print(
         json.dumps(

@@ -204,6 +204,10 @@ def test_ranks_read_disjoint_shards_that_cover_each_epoch(ddp_run):
     train_names, val_names = set(sources.train.names), set(sources.val.names)
     steps_per_epoch = len(sources.train) // 2 // BATCH
     per_rank = {r: _epochs_of_reads(audit_events(ddp_run["audit"], r), folder, train_names) for r in (0, 1)}
+    # Rank 0 first reads the training windows its checkpoints keep for int8 calibration, in one run.
+    calibration = [sources.train.names[i] for i in data.evenly_spread(len(sources.train), data.CALIBRATION_WINDOWS)]
+    assert per_rank[0][0] == calibration and per_rank[1][0] != calibration
+    per_rank[0] = per_rank[0][1:]
     assert [len(per_rank[r]) for r in (0, 1)] == [EPOCHS, EPOCHS]
     for epoch in range(EPOCHS):
         a, b = per_rank[0][epoch], per_rank[1][epoch]
@@ -214,6 +218,9 @@ def test_ranks_read_disjoint_shards_that_cover_each_epoch(ddp_run):
     assert per_rank[0][0] != per_rank[0][1]  # a new shuffle each epoch
     # Validation after every epoch: disjoint halves that together are the whole validation set.
     val = {r: _epochs_of_reads(audit_events(ddp_run["audit"], r), folder, val_names) for r in (0, 1)}
+    held_back = [sources.val.names[i] for i in data.evenly_spread(len(sources.val), data.HELD_BACK_WINDOWS)]
+    assert val[0][0] == held_back and val[1][0] != held_back  # the int8 guard's windows, rank 0 only
+    val[0] = val[0][1:]
     assert [len(val[r]) for r in (0, 1)] == [EPOCHS, EPOCHS]
     for epoch in range(EPOCHS):
         a, b = set(val[0][epoch]), set(val[1][epoch])

@@ -20,6 +20,7 @@ from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array
 from unet_patches.preprocess import Preprocess
 from unet_patches.tiling import TiffSource, TiffWriter, open_image, predict_labels, sources, write_outputs, writers
+from unet_patches.tiling.files import remove_stale_parts
 from unet_patches.tiling.merger import Band
 
 from helpers import tiny_net, write_unet_checkpoint
@@ -54,27 +55,16 @@ def test_tiff_writer_switches_to_bigtiff_past_the_threshold(tmp_path, monkeypatc
     assert files_in(tmp_path) == ["l.tif"]
 
 
-def test_labels_over_4_gib_get_a_bigtiff_header_without_writing_the_data(tmp_path) -> None:
-    # The header is written and the data only reserved (a sparse file): no 4 GiB on disk.
-    probe = tmp_path / "probe"
-    with open(probe, "wb") as file:
-        file.truncate(1 << 30)
-    sparse = os.stat(probe).st_blocks * 512 < 1 << 20
-    probe.unlink()
-    if not sparse:
-        pytest.skip("this file system has no sparse files")
+def test_labels_over_4_gib_are_planned_as_bigtiff_and_an_abort_leaves_nothing(tmp_path) -> None:
     big = TiffWriter(tmp_path / "big.tif", 66000, 66000)  # 4.06 GiB of uint8: classic TIFF offsets overflow
     small = TiffWriter(tmp_path / "small.tif", 65000, 65000)  # 3.93 GiB: still classic
+    pyramid = TiffWriter(tmp_path / "p.ome.tif", 60000, 60000, ome=True, pyramid=True)  # 3.35 GiB + a third
     try:
-        for writer, expected in ((big, True), (small, False)):
-            assert writer.bigtiff is expected
-            with tifffile.TiffFile(writer.tmp) as tif:
-                assert tif.is_bigtiff is expected
-                assert tif.pages.first.shape == (writer.height, writer.width)
-            assert os.stat(writer.tmp).st_blocks * 512 < 1 << 20
+        assert (big.bigtiff, small.bigtiff, pyramid.bigtiff) == (True, False, True)
+        big.write(np.zeros((300, 66000), np.uint8))  # a row of tiles goes to tifffile
     finally:
-        big.abort()
-        small.abort()
+        for writer in (big, small, pyramid):
+            writer.abort()
     assert files_in(tmp_path) == []
 
 
@@ -248,5 +238,96 @@ def test_failure_after_some_outputs_are_in_place_removes_them(tmp_path, monkeypa
 
     monkeypatch.setattr(writers.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        write_outputs(iter(bands), source, outs, large=True)
+        write_outputs(iter(bands), source, outs)
     assert len(calls) == 2 and files_in(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------ formats
+
+
+def _bands(labels: np.ndarray, heights=(7, 1, 100, 300)):
+    start = 0
+    for height in [*heights, labels.shape[0]]:
+        if start < labels.shape[0]:
+            yield start, labels[start : start + height]
+            start += len(labels[start : start + height])
+
+
+@pytest.mark.parametrize("size", [(50, 33), (1000, 777), (513, 1025)])
+def test_ome_tiff_labels_are_tiled_with_a_nearest_pyramid_that_viewers_read(tmp_path, size) -> None:
+    labels = np.random.default_rng(3).integers(0, 7, size, dtype=np.uint8)
+    writer = TiffWriter(tmp_path / "l.ome.tif", *size, tile=128, ome=True, pyramid=True)
+    for _, rows in _bands(labels):
+        writer.write(rows)
+    writer.close()
+    with tifffile.TiffFile(tmp_path / "l.ome.tif") as tif:
+        assert tif.is_ome and tif.pages.first.is_tiled and tif.pages.first.tilewidth == 128
+        levels = tif.series[0].levels
+        assert np.array_equal(levels[0].asarray(), labels)
+        assert len(levels) == 1 + writers.pyramid_levels(*size, 128)
+        for k, level in enumerate(levels[1:], start=1):  # every 2**k-th row and column: class indices kept
+            assert np.array_equal(level.asarray(), labels[:: 2**k, :: 2**k])
+    assert files_in(tmp_path) == ["l.ome.tif"]
+
+
+def test_zarr_labels_and_probabilities_round_trip_chunk_by_chunk(tmp_path) -> None:
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, (1000, 777), dtype=np.uint8)
+    probs = rng.random((3, 1000, 777)).astype(np.float32)
+    label_writer = writers.ZarrWriter(tmp_path / "l.zarr", 1000, 777, chunk=128)
+    prob_writer = writers.ZarrWriter(tmp_path / "p.zarr", 1000, 777, classes=3, chunk=128)
+    half = writers.ZarrWriter(tmp_path / "h.zarr", 1000, 777, classes=3, dtype="float16", chunk=128)
+    for start, rows in _bands(labels):
+        label_writer.write(rows)
+        prob_writer.write(probs[:, start : start + len(rows)])
+        half.write(probs[:, start : start + len(rows)])
+        assert label_writer.written == (start + len(rows)) // 128 * 128 or start + len(rows) == 1000  # whole chunks
+    for writer in (label_writer, prob_writer, half):
+        writer.close()
+    assert np.array_equal(zarr.open_array(tmp_path / "l.zarr")[:], labels)
+    assert np.array_equal(zarr.open_array(tmp_path / "p.zarr")[:], np.rint(probs * 255).astype(np.uint8))
+    assert np.abs(zarr.open_array(tmp_path / "h.zarr")[:] - probs).max() < 1e-3
+    assert zarr.open_array(tmp_path / "l.zarr").chunks == (128, 128)
+    assert files_in(tmp_path) == ["h.zarr", "l.zarr", "p.zarr"]
+
+
+@pytest.mark.parametrize("output_format, suffix", [("ome-tiff", ".ome.tif"), ("zarr", ".zarr"), ("tiff", ".tif")])
+def test_predicted_files_in_every_format_hold_the_in_memory_labels(tmp_path, output_format, suffix) -> None:
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(2).integers(0, 256, (300, 410), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a b.png")
+    net = tiny_net()
+    expected = predict_labels(image_to_array(image, 1), net, **OPTIONS)
+    segmenter = as_segmenter(net)
+    out = tmp_path / "out"
+    written = predict_files(
+        segmenter, [tmp_path / "a b.png"], out, output_format=output_format, probs=True, progress=False, **OPTIONS
+    )
+    labels_path = out / f"a b_labels{suffix}"
+    assert labels_path in written
+    if output_format == "zarr":
+        assert np.array_equal(zarr.open_array(labels_path)[:], expected)
+        assert zarr.open_array(out / "a b_probs.zarr").shape == (3, 300, 410)
+    else:
+        assert np.array_equal(tifffile.imread(labels_path), expected)
+    # A second run refuses to replace them, then replaces them when asked.
+    with pytest.raises(UserError, match="already exists"):
+        predict_files(segmenter, [tmp_path / "a b.png"], out, output_format=output_format, progress=False, **OPTIONS)
+    predict_files(
+        segmenter, [tmp_path / "a b.png"], out, output_format=output_format, overwrite=True, progress=False, **OPTIONS
+    )
+
+
+def test_a_zarr_store_left_by_a_killed_run_is_removed_and_a_failed_one_leaves_nothing(tmp_path) -> None:
+    pytest.importorskip("zarr")
+    out = tmp_path / "out"
+    stale = writers.ZarrWriter(out / "a_labels.zarr", 40, 30, chunk=16)
+    stale.write(np.zeros((20, 30), np.uint8))  # killed here: .a_labels.zarr.part/ stays
+    assert files_in(out) == [".a_labels.zarr.part"]
+    assert remove_stale_parts([out / "a_labels.zarr"]) == [out / ".a_labels.zarr.part"]
+    failed = writers.ZarrWriter(out / "a_labels.zarr", 40, 30, chunk=16)
+    failed.write(np.zeros((20, 30), np.uint8))
+    with pytest.raises(ValueError, match="only 20 of 40 rows"):
+        failed.close()
+    assert files_in(out) == []

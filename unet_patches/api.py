@@ -343,6 +343,7 @@ def predict_files(
     overlay: bool = True,
     overwrite: bool = False,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
+    output_format: str = "auto",
     progress: bool = True,
     **options: Any,
 ) -> list[Path]:
@@ -351,7 +352,9 @@ def predict_files(
     ``inputs`` are files, folders (their images) or glob patterns (:func:`~unet_patches.tiling.expand_inputs`).
     For each ``<stem>`` this writes ``<stem>_labels.png`` (``.tif`` for images above
     ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
-    (``overlay``) and ``<stem>_probs.npy`` (``probs``). ``window`` and ``options`` are as for :func:`predict`.
+    (``overlay``) and ``<stem>_probs.npy`` (``probs``); ``output_format`` (``png``, ``tiff``, ``ome-tiff``,
+    ``zarr``; :data:`~unet_patches.tiling.files.OUTPUT_FORMATS`) chooses instead. ``window`` and
+    ``options`` are as for :func:`predict`.
 
     Raises:
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
@@ -365,6 +368,7 @@ def predict_files(
         overwrite=overwrite,
         stream_threshold_px=stream_threshold_px,
         page=segmenter.preprocess.page,
+        output_format=output_format,
     )
     options = settle_job(segmenter, [plan.size for plan in plans], window, **options)
     written: list[Path] = []
@@ -376,12 +380,12 @@ def predict_files(
         if segmenter.preprocess.resize is None:
             with open_image(plan.image, segmenter.preprocess, plan.large) as source:
                 bands = segmenter.bands(predictor, source, probs=want_probs, progress=windows_bar)
-                written.extend(write_outputs(bands, source, plan.outputs, plan.large))
+                written.extend(write_outputs(bands, source, plan.outputs))
         else:
             raw = read_image(plan.image, segmenter.preprocess.page)
             display = ArraySource(image_to_array(raw, segmenter.in_channels, str(plan.image)))
             bands = segmenter.bands(predictor, raw, probs=want_probs, progress=windows_bar)
-            written.extend(write_outputs(bands, display, plan.outputs, plan.large))
+            written.extend(write_outputs(bands, display, plan.outputs))
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
         bar.update(1)
     bar.close()

@@ -211,6 +211,12 @@ HELD_BACK_WINDOWS = 32
 """Validation windows stored beside them, on which the int8 network's accuracy guard compares it with float."""
 
 
+def evenly_spread(length: int, count: int, skip: set[int] | None = None) -> list[int]:
+    """``count`` indices of ``range(length)`` (fewer if there are fewer), evenly spread, ``skip`` left out."""
+    free = [i for i in range(length) if i not in (skip or ())]
+    return [free[int(k)] for k in np.unique(np.linspace(0, len(free) - 1, min(count, len(free))).round())]
+
+
 def int8_windows(sources: DataSources) -> dict[str, torch.Tensor]:
     """The network-input windows a checkpoint keeps for int8 inference, float16 ``(N, C, p, p)``:
     ``calibration`` (training windows, evenly spread over the training set) and ``held_back``
@@ -218,19 +224,15 @@ def int8_windows(sources: DataSources) -> dict[str, torch.Tensor]:
     the calibration windows themselves when there are no others). They are chosen by position, so
     every run on the same data and split keeps the same ones."""
 
-    def spread(dataset: Dataset, count: int, skip: set[int] | None = None) -> list[int]:
-        free = [i for i in range(len(dataset)) if i not in (skip or ())]  # type: ignore[arg-type]
-        return [free[int(k)] for k in np.unique(np.linspace(0, len(free) - 1, min(count, len(free))).round())]
-
     def stacked(dataset: Dataset, indices: list[int]) -> torch.Tensor:
         return torch.stack([dataset[i][0] for i in indices]).to(torch.float16)
 
-    used = spread(sources.train, CALIBRATION_WINDOWS)
+    used = evenly_spread(len(sources.train), CALIBRATION_WINDOWS)  # type: ignore[arg-type]
     calibration = stacked(sources.train, used)
     if sources.val is not None and len(sources.val) > 0:  # type: ignore[arg-type]
-        held_back = stacked(sources.val, spread(sources.val, HELD_BACK_WINDOWS))
+        held_back = stacked(sources.val, evenly_spread(len(sources.val), HELD_BACK_WINDOWS))  # type: ignore[arg-type]
     else:
-        rest = spread(sources.train, HELD_BACK_WINDOWS, skip=set(used))
+        rest = evenly_spread(len(sources.train), HELD_BACK_WINDOWS, skip=set(used))  # type: ignore[arg-type]
         held_back = stacked(sources.train, rest) if rest else calibration
     return {"calibration": calibration, "held_back": held_back}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..settings import PRECISIONS, inference_settings
 from ..tiling.blending import BLEND_MODES
+from ..tiling.files import OUTPUT_FORMATS
 from ..tiling.padding import PADDING_MODES
 from .flags import add_params, overrides_from, params_path, setting, switch
 
@@ -131,13 +132,21 @@ def add_predict(sub: Any) -> None:
         help="segment images of any size with sliding windows",
         description="Segment image files, folders or glob patterns with overlapping windows whose "
         "softmax probabilities are blended, then argmax. Writes <name>_labels.png (or .tif "
-        "for very large images), <name>_overlay.png and, with --probs, one probability map "
-        "per class. Large TIFFs are streamed band by band with bounded memory.",
+        "for very large images; --format ome-tiff or zarr for viewers), <name>_overlay.png and, "
+        "with --probs, one probability map per class. Large TIFFs are streamed band by band with bounded memory.",
     )
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--probs", action="store_true", help="also write per-class probability maps")
+    p.add_argument(
+        "--format",
+        dest="output_format",
+        choices=list(OUTPUT_FORMATS),
+        default="auto",
+        help="labels as png, tiff (tiled, compressed), ome-tiff (tiled, with a pyramid: QuPath, napari) or zarr "
+        "(probabilities too); auto: png, or tiff above 16 Mpx",
+    )
     p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -157,6 +166,7 @@ def _predict(args: argparse.Namespace) -> int:
         probs=args.probs,
         overlay=not args.no_overlay,
         overwrite=args.overwrite,
+        output_format=args.output_format,
         progress=not args.no_progress,
         **options,
     )

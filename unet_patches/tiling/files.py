@@ -3,11 +3,12 @@ labels/overlays/probabilities band by band (``api.predict_files`` puts these tog
 
 Outputs for an input ``<stem>.<ext>`` in ``out_dir``:
 
-- ``<stem>_labels.png`` (8-bit class indices), or ``<stem>_labels.tif`` for an image larger than
-  ``stream_threshold_px`` pixels;
+- ``<stem>_labels.png`` (8-bit class indices), or ``<stem>_labels.tif`` (tiled, compressed) for an
+  image larger than ``stream_threshold_px`` pixels; or as chosen (:data:`OUTPUT_FORMATS`):
+  ``<stem>_labels.ome.tif`` (a pyramidal OME-TIFF), ``<stem>_labels.zarr`` (a Zarr store);
 - ``<stem>_overlay.png``: class colours over the image (``overlay=True``);
 - ``<stem>_probs.npy``: float32 ``(K, H, W)`` probabilities (``probs=True``); open it with
-  ``numpy.load(path, mmap_mode="r")``.
+  ``numpy.load(path, mmap_mode="r")``; with the Zarr format ``<stem>_probs.zarr``, uint8 ``round(255 p)``.
 
 Every output is written band by band through a temporary file (``.<name>.part`` beside it), so even
 the in-memory path never holds more than one copy of the image; large TIFFs are also read band by
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,11 @@ from unet_patches.preprocess import Preprocess
 
 from .merger import Band
 from .sources import TIFF_SUFFIXES, ArraySource, NormalizedSource, RawSource, RowSource, TiffSource, image_size
-from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter, temporary_path
+from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter, ZarrWriter, temporary_path
 
 __all__ = [
     "DEFAULT_STREAM_THRESHOLD_PX",
+    "OUTPUT_FORMATS",
     "OutputPlan",
     "expand_inputs",
     "open_image",
@@ -47,6 +50,16 @@ log = logging.getLogger(__name__)
 # Above this many pixels an image is streamed (TIFF read by bands, labels written as TIFF).
 DEFAULT_STREAM_THRESHOLD_PX = 4096 * 4096
 _OUTPUT_TAGS = ("_labels", "_overlay", "_probs")
+
+OUTPUT_FORMATS = {
+    "auto": "png up to the streaming threshold, tiff above it",
+    "png": "<stem>_labels.png, 8-bit class indices",
+    "tiff": "<stem>_labels.tif, tiled and deflate-compressed (BigTIFF when large)",
+    "ome-tiff": "<stem>_labels.ome.tif, a tiled OME-TIFF with a pyramid of sub-resolutions (QuPath, napari)",
+    "zarr": "<stem>_labels.zarr, a Zarr store in 512 x 512 chunks (probabilities too: <stem>_probs.zarr, uint8)",
+}
+"""``predict --format``: what the labels (and probabilities) of an image are written as."""
+_LABEL_SUFFIXES = {"png": ".png", "tiff": ".tif", "ome-tiff": ".ome.tif", "zarr": ".zarr"}
 
 
 def _is_image(path: Path) -> bool:
@@ -102,14 +115,20 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def output_paths(image: Path, out_dir: Path, *, large: bool, overlay: bool, probs: bool) -> dict[str, Path]:
-    """The files a prediction of ``image`` writes: keys ``labels``, ``overlay``, ``probs``."""
+def output_paths(
+    image: Path, out_dir: Path, *, large: bool, overlay: bool, probs: bool, output_format: str = "auto"
+) -> dict[str, Path]:
+    """The files a prediction of ``image`` writes: keys ``labels``, ``overlay``, ``probs``.
+    ``output_format`` is a key of :data:`OUTPUT_FORMATS` (``auto``: tiff when ``large``, else png)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise UserError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    chosen = ("tiff" if large else "png") if output_format == "auto" else output_format
     stem = image.stem
-    paths = {"labels": out_dir / f"{stem}_labels{'.tif' if large else '.png'}"}
+    paths = {"labels": out_dir / f"{stem}_labels{_LABEL_SUFFIXES[chosen]}"}
     if overlay:
         paths["overlay"] = out_dir / f"{stem}_overlay.png"
     if probs:
-        paths["probs"] = out_dir / f"{stem}_probs.npy"
+        paths["probs"] = out_dir / f"{stem}_probs{'.zarr' if chosen == 'zarr' else '.npy'}"
     return paths
 
 
@@ -132,6 +151,7 @@ def plan_outputs(
     overwrite: bool,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     page: int | None = None,
+    output_format: str = "auto",
 ) -> list[OutputPlan]:
     """Open every input (its header only) and check every output path before anything is written.
 
@@ -150,7 +170,12 @@ def plan_outputs(
         size = image_size(path, page)
         large = size[0] * size[1] > stream_threshold_px
         plans.append(
-            OutputPlan(path, size, large, output_paths(path, out_dir, large=large, overlay=overlay, probs=probs))
+            OutputPlan(
+                path,
+                size,
+                large,
+                output_paths(path, out_dir, large=large, overlay=overlay, probs=probs, output_format=output_format),
+            )
         )
     every_output = [p for plan in plans for p in plan.outputs.values()]
     if len(set(every_output)) != len(every_output):
@@ -184,6 +209,9 @@ def remove_stale_parts(outputs: Iterable[Path]) -> list[Path]:
         if part.is_file() and not part.is_symlink():
             part.unlink(missing_ok=True)
             removed.append(part)
+        elif part.is_dir() and not part.is_symlink() and (part / "zarr.json").is_file():  # a Zarr store's
+            shutil.rmtree(part)
+            removed.append(part)
     if removed:
         log.info(
             "removed %d temporary file(s) left by an interrupted prediction: %s",
@@ -208,7 +236,7 @@ def open_image(path: Path, preprocess: Preprocess, large: bool) -> RowSource:
     return source if preprocess.normalize == "range" else NormalizedSource(source, preprocess)
 
 
-def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path], large: bool) -> list[Path]:
+def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path]) -> list[Path]:
     """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
     them) into the files ``outs`` names; returns the written paths.
 
@@ -219,7 +247,7 @@ def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path
     writers: dict[str, BandWriter] = {}
     placed: list[Path] = []
     try:
-        writers["labels"] = (TiffWriter if large else PngWriter)(outs["labels"], height, width)
+        writers["labels"] = _label_writer(outs["labels"], height, width)
         if "overlay" in outs:
             writers["overlay"] = PngWriter(outs["overlay"], height, width, channels=3)
         for band in bands:
@@ -230,7 +258,7 @@ def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path
             if "probs" in outs:
                 assert band.probs is not None
                 if "probs" not in writers:
-                    writers["probs"] = NpyWriter(outs["probs"], band.probs.shape[0], height, width)
+                    writers["probs"] = _probability_writer(outs["probs"], band.probs.shape[0], height, width)
                 writers["probs"].write(band.probs)
         for writer in writers.values():
             placed.append(writer.close())
@@ -239,5 +267,23 @@ def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path
         for writer in writers.values():
             writer.abort()
         for path in placed:
-            path.unlink(missing_ok=True)
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         raise
+
+
+def _label_writer(path: Path, height: int, width: int) -> BandWriter:
+    """The writer of a labels file, by its name (:func:`output_paths`)."""
+    name = path.name.lower()
+    if name.endswith(".zarr"):
+        return ZarrWriter(path, height, width)
+    if name.endswith(".ome.tif"):
+        return TiffWriter(path, height, width, ome=True, pyramid=True)
+    if name.endswith(".tif"):
+        return TiffWriter(path, height, width)
+    return PngWriter(path, height, width)
+
+
+def _probability_writer(path: Path, classes: int, height: int, width: int) -> BandWriter:
+    if path.name.lower().endswith(".zarr"):
+        return ZarrWriter(path, height, width, classes=classes, dtype="uint8")
+    return NpyWriter(path, classes, height, width)

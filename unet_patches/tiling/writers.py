@@ -4,14 +4,16 @@ Each writer writes to a temporary file next to the target and moves it into plac
 row has arrived (``close``); an error on the way leaves no half-written output behind (``abort``).
 
 - :class:`PngWriter`: 8-bit gray or RGB PNG, compressed as the rows come (zlib stream).
-- :class:`TiffWriter`: uncompressed single-page TIFF (tifffile writes the header, rows go in by
-  positioned writes), so it can be memory-mapped or read by bands later. Pixel data over
+- :class:`TiffWriter`: a tiled, compressed TIFF written by tifffile's tiled writer as rows finish;
+  optionally an OME-TIFF with a pyramid of sub-resolutions (``--format ome-tiff``). Pixel data over
   :data:`BIGTIFF_THRESHOLD_BYTES` makes it a BigTIFF (64-bit offsets), which a classic TIFF's 32-bit
   offsets cannot address.
 
 The temporary file of ``<folder>/<name>`` is ``<folder>/.<name>.part`` (:func:`temporary_path`); a
 killed process leaves it behind, and the next ``predict`` into that folder removes it
 (:func:`unet_patches.tiling.files.plan_outputs`).
+- :class:`ZarrWriter`: a Zarr store (a ``.zarr`` directory) of labels or probabilities, in chunks
+  written as their rows finish (the zarr package: the ``zarr`` extra).
 - :class:`NpyWriter`: a ``(K, H, W)`` float32 ``.npy`` file (open it with ``numpy.load(path,
   mmap_mode="r")``), filled band by band.
 """
@@ -19,14 +21,30 @@ killed process leaves it behind, and the next ``predict`` into that folder remov
 from __future__ import annotations
 
 import os
+import queue
+import shutil
 import struct
+import tempfile
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-__all__ = ["BIGTIFF_THRESHOLD_BYTES", "BandWriter", "NpyWriter", "PngWriter", "TiffWriter", "temporary_path"]
+from unet_patches.errors import UserError
+
+__all__ = [
+    "BIGTIFF_THRESHOLD_BYTES",
+    "BandWriter",
+    "NpyWriter",
+    "PngWriter",
+    "TiffWriter",
+    "ZarrWriter",
+    "pyramid_levels",
+    "temporary_path",
+]
 
 # A classic TIFF addresses its file with 32-bit offsets (4 GiB). Pixel data above 4 GiB less 32 MiB
 # (room for the header and tags) is written as BigTIFF: tifffile.imwrite's own rule. Below it the file
@@ -130,47 +148,156 @@ class PngWriter(BandWriter):
 
 
 class TiffWriter(BandWriter):
-    """Uncompressed single-page TIFF of ``(rows, W)`` bands (labels: uint8).
+    """A tiled, deflate-compressed TIFF of uint8 ``(rows, W)`` bands (labels), written by tifffile's own
+    tiled writer: tiles go to it as soon as their rows are final, in a helper thread that pulls them
+    from a short queue, so memory holds a row of tiles, not the image.
 
-    ``bigtiff``: None (the default) writes a BigTIFF when the pixel data exceeds
-    :data:`BIGTIFF_THRESHOLD_BYTES` (a 66000 x 66000 uint8 image, for one) and a classic TIFF otherwise;
-    True or False forces the choice. ``self.bigtiff`` says which was written.
+    ``ome``: an OME-TIFF (OME-XML in the first page; name it ``.ome.tif``). ``pyramid``: sub-resolutions
+    as SubIFDs, each half the size of the one before (nearest: every other row and column, so labels
+    stay class indices) until the smaller side fits one tile; QuPath and napari open them as an image
+    pyramid. They are collected on disk (a temporary ``.npy`` per level in the system's temporary folder)
+    while the full resolution streams, and written after it.
+
+    ``bigtiff``: None (the default) writes a BigTIFF when the pixel data of every level together
+    exceeds :data:`BIGTIFF_THRESHOLD_BYTES` (a 66000 x 66000 image, for one), which a classic TIFF's
+    32-bit offsets cannot address even compressed; True or False forces it. ``self.bigtiff`` says which.
     """
 
     def __init__(
-        self, path: str | Path, height: int, width: int, dtype: np.dtype = np.uint8, bigtiff: bool | None = None
+        self,
+        path: str | Path,
+        height: int,
+        width: int,
+        *,
+        tile: int = 256,
+        ome: bool = False,
+        pyramid: bool = False,
+        bigtiff: bool | None = None,
     ) -> None:
         super().__init__(path, height, width)
-        self.dtype = np.dtype(dtype)
-        self.fd: int | None = None
-        data_bytes = self.height * self.width * self.dtype.itemsize
+        self.tile, self.ome = int(tile), bool(ome)
+        self.levels = pyramid_levels(self.height, self.width, self.tile) if pyramid else 0
+        data_bytes = self.height * self.width * (4 if pyramid else 3) // 3
         self.bigtiff = data_bytes > BIGTIFF_THRESHOLD_BYTES if bigtiff is None else bool(bigtiff)
-        try:
-            # The pixel data is only reserved here (tifffile seeks past it), not written.
-            with tifffile.TiffWriter(self.tmp, byteorder="<", bigtiff=self.bigtiff) as tif:
-                offset, _ = tif.write(
-                    None, shape=(self.height, self.width), dtype=self.dtype, photometric="minisblack", returnoffset=True
-                )
-            self.offset = offset
-            self.fd = os.open(self.tmp, os.O_WRONLY)
-        except BaseException:
-            self.tmp.unlink(missing_ok=True)
-            raise
+        self.pending = np.empty((0, self.width), np.uint8)  # rows waiting for a full row of tiles
+        self.lower = [_LevelFile(self.height, self.width, 2**k) for k in range(1, self.levels + 1)]
+        self.tiles: queue.Queue = queue.Queue(maxsize=2 * -(-self.width // self.tile))
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name=f"tiff writer {self.path.name}", daemon=True)
+        self.thread.start()
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
-        if rows.ndim != 2 or rows.shape[1] != self.width:
-            raise ValueError(f"TIFF band {rows.shape}: expected (rows, {self.width})")
+        if rows.ndim != 2 or rows.shape[1] != self.width or rows.dtype != np.uint8:
+            raise ValueError(f"TIFF band {rows.shape} {rows.dtype}: expected uint8 (rows, {self.width})")
         start = self.rows_done
         self._advance(rows.shape[0])
-        data = np.ascontiguousarray(rows, dtype=self.dtype.newbyteorder("<")).tobytes()
-        assert self.fd is not None, f"{self.path}: written after close"
-        _pwrite_all(self.fd, data, self.offset + start * self.width * self.dtype.itemsize)
+        for level in self.lower:
+            level.add(rows, start)
+        self.pending = np.concatenate([self.pending, rows]) if len(self.pending) else rows
+        while len(self.pending) >= self.tile or (self.rows_done == self.height and len(self.pending)):
+            self._put_tile_row(self.pending[: self.tile])
+            self.pending = self.pending[self.tile :]
+
+    def _put_tile_row(self, rows: np.ndarray) -> None:
+        t = self.tile
+        padded = np.zeros((t, -(-self.width // t) * t), np.uint8)
+        padded[: rows.shape[0], : self.width] = rows
+        for x in range(0, self.width, t):
+            while True:  # a bounded queue; the thread may have failed meanwhile
+                if self.error is not None:
+                    raise self.error
+                try:
+                    self.tiles.put(padded[:, x : x + t].copy(), timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    def _run(self) -> None:
+        def tiles(source) -> Iterator[np.ndarray]:
+            while True:
+                tile = source.get()
+                if tile is None:
+                    if self.stopped:  # an abort: stop tifffile now, rather than let it pad the image
+                        raise _Aborted
+                    return
+                yield tile
+
+        options = {"tile": (self.tile, self.tile), "compression": "zlib", "photometric": "minisblack"}
+        try:
+            with tifffile.TiffWriter(self.tmp, bigtiff=self.bigtiff, ome=self.ome) as tif:
+                metadata = {"axes": "YX"} if self.ome else None
+                shape, dtype = (self.height, self.width), np.uint8
+                tif.write(
+                    tiles(self.tiles), shape=shape, dtype=dtype, subifds=self.levels, metadata=metadata, **options
+                )
+                if self.stopped:
+                    return
+                for level in self.lower:
+                    tif.write(level.tiles(self.tile), shape=level.shape, dtype=dtype, subfiletype=1, **options)
+        except _Aborted:  # the end marker was taken: nothing more comes
+            return
+        except BaseException as exc:  # handed to the writing thread, which raises it
+            self.error = exc
+            while self.tiles.get() is not None:  # let a producer blocked on a full queue go on
+                pass
 
     def _finish(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.thread.is_alive():
+            self.stopped = self.rows_done != self.height  # an abort: no pyramid after the tiles
+            self.tiles.put(None)
+            self.thread.join()
+        for level in self.lower:
+            level.close()
+        self.lower = []
+        if self.error is not None and not self.stopped:
+            raise self.error
+
+
+class _Aborted(Exception):
+    """Raised inside tifffile's tile loop when a writer is aborted."""
+
+
+def pyramid_levels(height: int, width: int, tile: int) -> int:
+    """How many halvings a pyramid of an image of ``height`` x ``width`` gets: until its smaller side
+    fits in one ``tile``."""
+    levels = 0
+    while min(height, width) > tile:
+        height, width, levels = -(-height // 2), -(-width // 2), levels + 1
+    return levels
+
+
+class _LevelFile:
+    """One sub-resolution of a pyramid (every ``step``-th row and column of the image), filled as bands
+    arrive and kept in a temporary ``.npy`` file until it is written."""
+
+    def __init__(self, height: int, width: int, step: int) -> None:
+        self.step = step
+        self.shape = (-(-height // step), -(-width // step))
+        handle, name = tempfile.mkstemp(prefix="unet-patches-level-", suffix=".npy")
+        os.close(handle)
+        self.path = Path(name)
+        self.data = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=self.shape)
+
+    def add(self, rows: np.ndarray, start: int) -> None:
+        first = -start % self.step  # the band's first row that falls on the grid
+        picked = rows[first :: self.step, :: self.step]
+        at = (start + first) // self.step
+        self.data[at : at + picked.shape[0]] = picked
+
+    def tiles(self, tile: int) -> Iterator[np.ndarray]:
+        height, width = self.shape
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                block = np.zeros((tile, tile), np.uint8)
+                part = self.data[y : y + tile, x : x + tile]
+                block[: part.shape[0], : part.shape[1]] = part
+                yield block
+
+    def close(self) -> None:
+        self.data = None  # the memory map goes with its last reference
+        self.path.unlink(missing_ok=True)
 
 
 class NpyWriter(BandWriter):
@@ -207,3 +334,84 @@ class NpyWriter(BandWriter):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+ZARR_INSTALL_HINT = "pip install 'unet-patches[zarr]'"
+
+
+class ZarrWriter(BandWriter):
+    """A Zarr (v3) store of labels, uint8 ``(H, W)`` from ``(rows, W)`` bands, or of probabilities,
+    ``(K, H, W)`` from ``(K, rows, W)`` bands (``classes``), stored as float16 or as uint8 (``round(255 p)``).
+    Chunks are ``chunk`` x ``chunk`` pixels (all classes in one); a row of chunks is written as soon as
+    its rows are final, so memory holds one row of chunks. The store is filled in the directory
+    ``.<name>.part`` and renamed into place whole (a store the run replaces with ``overwrite`` is
+    removed first).
+
+    Raises:
+        UserError: the zarr package is missing.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        height: int,
+        width: int,
+        *,
+        classes: int | None = None,
+        dtype: str = "uint8",
+        chunk: int = 512,
+    ) -> None:
+        try:
+            import zarr
+        except ImportError:
+            raise UserError(f"{path}: writing Zarr needs the zarr package; {ZARR_INSTALL_HINT}") from None
+        super().__init__(path, height, width)
+        if dtype not in ("uint8", "float16"):
+            raise ValueError(f"Zarr dtype {dtype!r}: expected uint8 or float16")
+        self.classes, self.dtype, self.chunk = classes, np.dtype(dtype), int(chunk)
+        lead = () if classes is None else (int(classes),)
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp)  # left by a killed run: our own temporary name
+        self.array = zarr.create_array(
+            store=str(self.tmp),
+            shape=(*lead, self.height, self.width),
+            chunks=(*lead, self.chunk, self.chunk),
+            dtype=self.dtype,
+            fill_value=0,
+        )
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.written = 0  # rows in the store
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        expected = (self.width,) if self.classes is None else (self.classes, self.width)
+        shape = rows.shape[1:] if self.classes is None else (rows.shape[0], rows.shape[2])
+        if rows.ndim != len(expected) + 1 or shape != expected:
+            raise ValueError(f"Zarr band {rows.shape}: expected rows of {expected}")
+        count = rows.shape[0] if self.classes is None else rows.shape[1]
+        self._advance(count)
+        if self.classes is not None and self.dtype == np.uint8:
+            rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
+        self.pending.append(rows.astype(self.dtype, copy=False))
+        self.pending_rows += count
+        while self.pending_rows >= self.chunk or (self.rows_done == self.height and self.pending_rows):
+            axis = 0 if self.classes is None else 1
+            block = np.concatenate(self.pending, axis=axis) if len(self.pending) > 1 else self.pending[0]
+            take = min(self.chunk, self.pending_rows)
+            head, rest = np.split(block, [take], axis=axis)
+            self.array[..., self.written : self.written + take, :] = head
+            self.written += take
+            self.pending, self.pending_rows = ([rest] if self.pending_rows > take else []), self.pending_rows - take
+
+    def _finish(self) -> None:
+        self.pending = []
+
+    def close(self) -> Path:
+        if self.rows_done == self.height and self.path.is_dir() and (self.path / "zarr.json").is_file():
+            shutil.rmtree(self.path)  # a store of an earlier run, replaced as asked (overwrite)
+        return super().close()
+
+    def abort(self) -> None:
+        self.pending = []
+        shutil.rmtree(self.tmp, ignore_errors=True)
