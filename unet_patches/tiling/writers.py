@@ -155,7 +155,7 @@ class TiffWriter(BandWriter):
     ``ome``: an OME-TIFF (OME-XML in the first page; name it ``.ome.tif``). ``pyramid``: sub-resolutions
     as SubIFDs, each half the size of the one before (nearest: every other row and column, so labels
     stay class indices) until the smaller side fits one tile; QuPath and napari open them as an image
-    pyramid. They are collected on disk (a temporary ``.npy`` per level in the system's temporary folder)
+    pyramid. They are collected on disk (a temporary raw file per level in the system's temporary folder)
     while the full resolution streams, and written after it.
 
     ``bigtiff``: None (the default) writes a BigTIFF when the pixel data of every level together
@@ -270,33 +270,37 @@ def pyramid_levels(height: int, width: int, tile: int) -> int:
 
 class _LevelFile:
     """One sub-resolution of a pyramid (every ``step``-th row and column of the image), filled as bands
-    arrive and kept in a temporary ``.npy`` file until it is written."""
+    arrive and kept in a temporary raw file until it is written. Plain positioned reads and writes, not
+    a memory map, so its pages do not count towards the process's memory."""
 
     def __init__(self, height: int, width: int, step: int) -> None:
         self.step = step
         self.shape = (-(-height // step), -(-width // step))
-        handle, name = tempfile.mkstemp(prefix="unet-patches-level-", suffix=".npy")
-        os.close(handle)
+        self.fd, name = tempfile.mkstemp(prefix="unet-patches-level-", suffix=".raw")
         self.path = Path(name)
-        self.data = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=self.shape)
+        os.ftruncate(self.fd, self.shape[0] * self.shape[1])
 
     def add(self, rows: np.ndarray, start: int) -> None:
         first = -start % self.step  # the band's first row that falls on the grid
-        picked = rows[first :: self.step, :: self.step]
-        at = (start + first) // self.step
-        self.data[at : at + picked.shape[0]] = picked
+        picked = np.ascontiguousarray(rows[first :: self.step, :: self.step])
+        if picked.size:
+            _pwrite_all(self.fd, picked.tobytes(), (start + first) // self.step * self.shape[1])
 
     def tiles(self, tile: int) -> Iterator[np.ndarray]:
         height, width = self.shape
         for y in range(0, height, tile):
+            rows = min(tile, height - y)
+            data = os.pread(self.fd, rows * width, y * width)
+            assert len(data) == rows * width, f"{self.path}: short read"
+            band = np.zeros((tile, -(-width // tile) * tile), np.uint8)
+            band[:rows, :width] = np.frombuffer(data, np.uint8).reshape(rows, width)
             for x in range(0, width, tile):
-                block = np.zeros((tile, tile), np.uint8)
-                part = self.data[y : y + tile, x : x + tile]
-                block[: part.shape[0], : part.shape[1]] = part
-                yield block
+                yield band[:, x : x + tile].copy()
 
     def close(self) -> None:
-        self.data = None  # the memory map goes with its last reference
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self.path.unlink(missing_ok=True)
 
 
