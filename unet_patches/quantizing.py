@@ -232,6 +232,14 @@ def int8_for_job(segmenter: Any, pixels: int, device: Any = None) -> bool:
         return False
     if network is None:
         _say_once(checkpoint, "guard", "precision auto: not int8, its accuracy guard failed (%s)", guard.describe())
+    else:
+        _say_once(
+            checkpoint,
+            "int8",
+            "precision auto: int8 (the network cached in %s; %s)",
+            cache_folder(checkpoint),
+            guard.describe(),
+        )
     return network is not None
 
 

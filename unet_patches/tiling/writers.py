@@ -195,7 +195,7 @@ class TiffWriter(BandWriter):
         self._advance(rows.shape[0])
         for level in self.lower:
             level.add(rows, start)
-        self.pending = np.concatenate([self.pending, rows]) if len(self.pending) else rows
+        self.pending = np.concatenate([self.pending, rows])  # a copy: the caller may reuse its array
         while len(self.pending) >= self.tile or (self.rows_done == self.height and len(self.pending)):
             self._put_tile_row(self.pending[: self.tile])
             self.pending = self.pending[self.tile :]
@@ -397,7 +397,7 @@ class ZarrWriter(BandWriter):
         self._advance(count)
         if self.classes is not None and self.dtype == np.uint8:
             rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
-        self.pending.append(rows.astype(self.dtype, copy=False))
+        self.pending.append(np.array(rows, dtype=self.dtype))  # a copy: the caller may reuse its array
         self.pending_rows += count
         while self.pending_rows >= self.chunk or (self.rows_done == self.height and self.pending_rows):
             axis = 0 if self.classes is None else 1
