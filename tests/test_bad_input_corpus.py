@@ -655,6 +655,7 @@ case(
 )
 case("predict-precision-typo", lambda c: (pr(c, "--precision", "int9"), ["int9"]), PRED)
 case("predict-format-typo", lambda c: (pr(c, "--format", "jpeg"), ["jpeg"]), PRED)
+case("predict-shard-out-of-range", lambda c: (pr(c, "--shard", "2/2"), ["--shard 2/2"]), PRED)
 case("predict-checkpoint-evil-pickle", evil_ckpt("evil.pt"), PRED)
 case("predict-checkpoint-evil-raw-pickle", evil_raw_pickle("evil_raw.pt"), PRED)
 case("predict-checkpoint-missing", lambda c: (pr(c, ckpt="gone.pt"), ["gone.pt"]), PRED)

@@ -25,8 +25,16 @@ from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
 from .onnx_network import OnnxNetwork, blender_options, sidecar_path
 from .preprocess import Preprocess, resize_probabilities
+from .sharding import Shard, shard_files, write_shard_report
 from .tiling.blender import WindowBlender
-from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
+from .tiling.files import (
+    DEFAULT_STREAM_THRESHOLD_PX,
+    expand_inputs,
+    open_image,
+    outputs_exist,
+    plan_outputs,
+    write_outputs,
+)
 from .tiling.merger import Band, argmax_classes, assemble
 from .tiling.sizing import Window, WindowPlan, plan_window
 from .tiling.sizing import describe as describe_plan
@@ -344,6 +352,7 @@ def predict_files(
     overwrite: bool = False,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     output_format: str = "auto",
+    shard: Shard | None = None,
     progress: bool = True,
     **options: Any,
 ) -> list[Path]:
@@ -354,22 +363,19 @@ def predict_files(
     ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
     (``overlay``) and ``<stem>_probs.npy`` (``probs``); ``output_format`` (``png``, ``tiff``, ``ome-tiff``,
     ``zarr``; :data:`~unet_patches.tiling.files.OUTPUT_FORMATS`) chooses instead. ``window`` and
-    ``options`` are as for :func:`predict`.
+    ``options`` are as for :func:`predict`. ``shard`` (:func:`~unet_patches.sharding.shard_from`) predicts
+    only this process's share, skips images whose outputs all exist, and writes the shard's report.
 
     Raises:
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
             every input and output is checked before anything is written.
     """
-    plans = plan_outputs(
-        expand_inputs(inputs),
-        out_dir,
-        overlay=overlay,
-        probs=probs,
-        overwrite=overwrite,
-        stream_threshold_px=stream_threshold_px,
-        page=segmenter.preprocess.page,
-        output_format=output_format,
-    )
+    where = dict(overlay=overlay, probs=probs, stream_threshold_px=stream_threshold_px, output_format=output_format)
+    files, skipped = expand_inputs(inputs), []
+    if shard is not None:  # this process's share; images already predicted are skipped
+        page = segmenter.preprocess.page
+        files, skipped = shard_files(files, shard, lambda f: outputs_exist(f, Path(out_dir), page=page, **where))
+    plans = plan_outputs(files, out_dir, overwrite=overwrite, page=segmenter.preprocess.page, **where)
     options = settle_job(segmenter, [plan.size for plan in plans], window, **options)
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
@@ -389,6 +395,8 @@ def predict_files(
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
         bar.update(1)
     bar.close()
+    if shard is not None:
+        write_shard_report(Path(out_dir), shard, written, skipped)
     return written
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import UserError, one_line
 from .flags import DEFAULT_PARAMS, Parser, params_path
-from .inference import add_evaluate, add_predict
+from .inference import add_evaluate, add_merge_report, add_predict
 from .submit import add_submit
 
 __all__ = ["DEFAULT_PARAMS", "PROG", "build_parser", "main", "params_path", "run_guarded", "train_main"]
@@ -65,9 +65,9 @@ def build_parser(with_torch: bool | None = None) -> argparse.ArgumentParser:
         from .train import add_train
 
         adders = (add_generate, add_patches, add_inspect, add_train, add_predict, add_evaluate)
-        adders += (add_submit, add_export, add_experiments)
+        adders += (add_submit, add_export, add_experiments, add_merge_report)
     else:
-        adders = (add_predict, add_evaluate, add_submit)
+        adders = (add_predict, add_evaluate, add_submit, add_merge_report)
     for add in adders:
         add(sub)
     return parser

@@ -147,6 +147,13 @@ def add_predict(sub: Any) -> None:
         help="labels as png, tiff (tiled, compressed), ome-tiff (tiled, with a pyramid: QuPath, napari) or zarr "
         "(probabilities too); auto: png, or tiff above 16 Mpx",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="predict only shard I of N of the files (I from 0; sorted by path, every N-th), skipping images "
+        "already predicted; torchrun's RANK/WORLD_SIZE or a SLURM array set it by themselves. "
+        "Then: unet-patches merge-report OUT",
+    )
     p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -156,7 +163,9 @@ def add_predict(sub: Any) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from ..api import predict_files
+    from ..sharding import shard_from
 
+    shard = shard_from(args.shard)
     options = inference_options(args)
     segmenter = load_segmenter(args)
     written = predict_files(
@@ -167,10 +176,34 @@ def _predict(args: argparse.Namespace) -> int:
         overlay=not args.no_overlay,
         overwrite=args.overwrite,
         output_format=args.output_format,
+        shard=shard,
         progress=not args.no_progress,
         **options,
     )
-    print(f"wrote {len(written)} files to {args.out}")
+    print(f"wrote {len(written)} files to {args.out}" + (f" ({shard.describe()})" if shard else ""))
+    return 0
+
+
+def add_merge_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "merge-report",
+        help="join the reports of a sharded predict into OUT/report.json",
+        description="After predict --shard I/N (or under torchrun or a SLURM array) into OUT, join the "
+        "shards' reports (OUT/.shards/) into OUT/report.json: files written, images skipped, shards missing.",
+    )
+    p.add_argument("out", help="the output folder of the sharded predict")
+    p.set_defaults(run=_merge_report)
+
+
+def _merge_report(args: argparse.Namespace) -> int:
+    from ..sharding import merge_report
+
+    merged = merge_report(args.out)
+    missing = f"; shards still missing: {merged['missing']}" if merged["missing"] else ""
+    print(
+        f"{args.out}/report.json: {len(merged['finished'])} of {merged['shards']} shards, "
+        f"{len(merged['written'])} files written, {len(merged['skipped'])} images skipped{missing}"
+    )
     return 0
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "expand_inputs",
     "open_image",
     "output_paths",
+    "outputs_exist",
     "plan_outputs",
     "remove_stale_parts",
     "write_outputs",
@@ -130,6 +131,24 @@ def output_paths(
     if probs:
         paths["probs"] = out_dir / f"{stem}_probs{'.zarr' if chosen == 'zarr' else '.npy'}"
     return paths
+
+
+def outputs_exist(
+    image: Path,
+    out_dir: Path,
+    *,
+    overlay: bool,
+    probs: bool,
+    stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
+    page: int | None = None,
+    output_format: str = "auto",
+) -> bool:
+    """Whether every output a prediction of ``image`` would write exists (each is put in place only when
+    complete, so they are finished)."""
+    size = image_size(image, page)
+    large = size[0] * size[1] > stream_threshold_px
+    outputs = output_paths(image, out_dir, large=large, overlay=overlay, probs=probs, output_format=output_format)
+    return all(path.exists() for path in outputs.values())
 
 
 @dataclass(frozen=True)

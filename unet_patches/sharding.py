@@ -1,0 +1,121 @@
+"""A prediction job over many files split between processes: which files this process predicts, and
+one report of what every process did.
+
+The share is given by ``--shard I/N`` (I counted from 0), or read from the launcher: torchrun's
+``RANK`` / ``WORLD_SIZE``, or a SLURM array's ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``
+(less ``SLURM_ARRAY_TASK_MIN``). The rule is stable: the input files sorted by path, file ``k`` going to
+shard ``k mod N``, so every process agrees without talking to the others and the order the files were
+given in does not matter. A sharded job skips images whose outputs all exist (writers put a file in
+place only when it is complete), so a killed shard run again loses nothing and redoes nothing. Each
+shard writes ``<out>/.shards/shard-I-of-N.json``; ``unet-patches merge-report <out>`` joins them into
+``<out>/report.json`` and names the shards still missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_atomically
+from .errors import UserError
+
+__all__ = ["Shard", "merge_report", "shard_files", "shard_from", "share", "write_shard_report"]
+
+REPORTS = ".shards"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share: shard ``index`` of ``count``, and where that was read from."""
+
+    index: int
+    count: int
+    source: str = "--shard"
+
+    def describe(self) -> str:
+        return f"shard {self.index}/{self.count} ({self.source})"
+
+
+def shard_from(text: str | None = None, environ: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard of ``--shard I/N`` (``text``), else of the launcher's environment; None for a job
+    that is not split.
+
+    Raises:
+        UserError: ``text`` is not ``I/N`` with ``0 <= I < N``, or the environment's values are not.
+    """
+    env = os.environ if environ is None else environ
+    if text is not None:
+        index, slash, count = str(text).partition("/")
+        return _checked(index, count if slash else "", f"--shard {text}", "--shard")
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        return _checked(env.get("RANK", ""), env["WORLD_SIZE"], "RANK / WORLD_SIZE", "torchrun")
+    if "SLURM_ARRAY_TASK_COUNT" in env:
+        task, first = env.get("SLURM_ARRAY_TASK_ID", ""), env.get("SLURM_ARRAY_TASK_MIN", "0")
+        index = str(int(task) - int(first)) if task.isdigit() and first.isdigit() else task
+        shard = _checked(index, env["SLURM_ARRAY_TASK_COUNT"], "SLURM_ARRAY_TASK_ID / COUNT", "SLURM array")
+        return shard if shard.count > 1 else None
+    return None
+
+
+def _checked(index: str, count: str, what: str, source: str) -> Shard:
+    if not (str(index).isdigit() and str(count).isdigit()) or not 0 <= int(index) < int(count):
+        raise UserError(f"{what}: expected I/N with 0 <= I < N (shards counted from 0), e.g. --shard 0/4")
+    return Shard(int(index), int(count), source)
+
+
+def share(files: Sequence[Path], shard: Shard) -> list[Path]:
+    """This shard's files: sorted by path, every ``count``-th from ``index``."""
+    return [path for k, path in enumerate(sorted(files, key=str)) if k % shard.count == shard.index]
+
+
+def shard_files(files: Sequence[Path], shard: Shard, finished: Callable[[Path], bool]) -> tuple[list[Path], list[Path]]:
+    """``(to predict, skipped)``: this shard's files, less those whose outputs are all there already
+    (``finished``)."""
+    mine = share(files, shard)
+    skipped = [path for path in mine if finished(path)]
+    return [path for path in mine if path not in skipped], skipped
+
+
+def write_shard_report(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> Path:
+    """This shard's ``<out>/.shards/shard-I-of-N.json``: the files it wrote and the images it skipped."""
+    path = out_dir / REPORTS / f"shard-{shard.index}-of-{shard.count}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"shard": shard.index, "shards": shard.count, "written": [str(p) for p in written]}
+    report["skipped"] = [str(p) for p in skipped]  # images whose outputs were all there already
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    return path
+
+
+def merge_report(out_dir: str | Path) -> dict[str, Any]:
+    """Join the shard reports of ``out_dir`` into ``<out>/report.json`` (written atomically); returns it.
+
+    Raises:
+        UserError: no shard reports in ``out_dir``, or reports of different shard counts.
+    """
+    out_dir = Path(out_dir)
+    reports = []
+    for path in sorted((out_dir / REPORTS).glob("shard-*-of-*.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable shard report ({exc}); run that shard again") from None
+    if not reports:
+        raise UserError(f"{out_dir}: no shard reports in {out_dir / REPORTS}; run predict with --shard first")
+    counts = {r["shards"] for r in reports}
+    if len(counts) != 1:
+        raise UserError(f"{out_dir}: shard reports of {sorted(counts)} shards; predict all shards with one N")
+    count = counts.pop()
+    done = sorted(r["shard"] for r in reports)
+    merged = {
+        "shards": count,
+        "finished": done,
+        "missing": [i for i in range(count) if i not in done],
+        "written": sorted(p for r in reports for p in r["written"]),
+        "skipped": sorted(p for r in reports for p in r["skipped"]),
+    }
+    write_atomically(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1)))
+    return merged
