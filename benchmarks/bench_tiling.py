@@ -152,25 +152,23 @@ def int8_predictor(checkpoint: str, options: dict) -> tuple[TiledPredictor | Non
         import openvino  # noqa: F401
     except ImportError:
         return None, 0.0
-    from unet_patches import quantizing
     from unet_patches.api import Segmenter
+    from unet_patches.errors import UserError
 
     from common import with_int8_windows
 
     copy_ = with_int8_windows(checkpoint, Path(tempfile.mkdtemp(prefix="bench-tiling-int8-")) / "best.pt")
     segmenter = Segmenter.from_checkpoint(copy_)
+    options = dict(options)
+    window = options.pop("window")
     start = time.perf_counter()
-    network, guard = quantizing.int8_network(copy_, segmenter.network, segmenter.class_names)
-    seconds = time.perf_counter() - start
-    print(f"  int8 guard: {guard.describe()}", file=sys.stderr)
-    if network is None:
-        return None, seconds
-    # As Segmenter.predictor builds it: the softmax is in the int8 graph, so no activation after it.
-    predictor = TiledPredictor(
-        network, **options, precision="fp32", fold_batchnorm=False, activation=network.activation
-    )
+    try:  # built (and its guard run) as `--precision int8` does
+        predictor = segmenter.predictor(window, precision="int8", **options)
+    except UserError as exc:
+        print(f"  int8 refused: {exc}", file=sys.stderr)
+        return None, time.perf_counter() - start
     predictor.precision_label = "int8"  # type: ignore[attr-defined]
-    return predictor, seconds
+    return predictor, time.perf_counter() - start
 
 
 def compare(args: argparse.Namespace) -> dict:

@@ -90,13 +90,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_i
 
 
 def cpu_flags() -> list[str]:
-    """The matrix-relevant flags of this CPU (``lscpu``'s ``Flags``, from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return [flag for flag in CPU_FLAGS if flag in flags]
+    """The matrix-relevant flags of this CPU (``lscpu``'s ``Flags``, as ``runtime.cpu_flags`` reads them)."""
+    from unet_patches.runtime import cpu_flags as all_flags
+
+    return [flag for flag in CPU_FLAGS if flag in all_flags()]
 
 
 def machine() -> dict[str, object]:

@@ -25,16 +25,9 @@ from .imageio import image_to_array, read_image
 from .metrics import ConfusionMatrix
 from .onnx_network import OnnxNetwork, blender_options, sidecar_path
 from .preprocess import Preprocess, resize_probabilities
-from .sharding import Shard, shard_files, write_shard_report
+from .sharding import Shard, share, write_shard_report
 from .tiling.blender import WindowBlender
-from .tiling.files import (
-    DEFAULT_STREAM_THRESHOLD_PX,
-    expand_inputs,
-    open_image,
-    outputs_exist,
-    plan_outputs,
-    write_outputs,
-)
+from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
 from .tiling.merger import Band, argmax_classes, assemble
 from .tiling.sizing import Window, WindowPlan, plan_window
 from .tiling.sizing import describe as describe_plan
@@ -370,12 +363,18 @@ def predict_files(
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
             every input and output is checked before anything is written.
     """
-    where = dict(overlay=overlay, probs=probs, stream_threshold_px=stream_threshold_px, output_format=output_format)
-    files, skipped = expand_inputs(inputs), []
-    if shard is not None:  # this process's share; images already predicted are skipped
-        page = segmenter.preprocess.page
-        files, skipped = shard_files(files, shard, lambda f: outputs_exist(f, Path(out_dir), page=page, **where))
-    plans = plan_outputs(files, out_dir, overwrite=overwrite, page=segmenter.preprocess.page, **where)
+    files = expand_inputs(inputs) if shard is None else share(expand_inputs(inputs), shard)
+    plans = plan_outputs(
+        files,
+        out_dir,
+        overlay=overlay,
+        probs=probs,
+        overwrite=overwrite,
+        stream_threshold_px=stream_threshold_px,
+        page=segmenter.preprocess.page,
+        output_format=output_format,
+        skip_finished=shard is not None,  # a sharded job skips images already predicted
+    )
     options = settle_job(segmenter, [plan.size for plan in plans], window, **options)
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
@@ -396,7 +395,8 @@ def predict_files(
         bar.update(1)
     bar.close()
     if shard is not None:
-        write_shard_report(Path(out_dir), shard, written, skipped)
+        planned = {plan.image for plan in plans}
+        write_shard_report(Path(out_dir), shard, written, [f for f in files if f not in planned])
     return written
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -75,29 +76,38 @@ def settle_job(
     :func:`~unet_patches.quantizing.int8_for_job` says so (int8 networks are never compiled by torch),
     and ``compile: auto`` becomes true or false (:func:`compile_for_job`)."""
     options = {"precision": "auto", **options}
+    overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
+    work = cache(lambda: planned_work(segmenter, sizes, window, overlap, batch))  # planned once, if asked
     if options["precision"] == "auto" and sizes and not isinstance(segmenter.network, OnnxNetwork):
-        work = planned_work(segmenter, sizes, window, options.get("overlap", "auto"), options.get("batch_size", 32))
-        if int8_for_job(segmenter, work.pixels, options.get("device")):
+        if int8_for_job(segmenter, lambda: work().pixels, options.get("device")):
             options["precision"] = "int8"
     if options.get("precision") == "int8":
         options["compile"] = False
         return options
-    options["compile"] = compile_for_job(segmenter, sizes, window, **options)
+    options["compile"] = compile_for_job(segmenter, sizes, window, planned=work, **options)
     return options
 
 
-def compile_for_job(segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window = "auto", **options: Any) -> bool:
+def compile_for_job(
+    segmenter: Any,
+    sizes: Sequence[tuple[int, int]],
+    window: Window = "auto",
+    *,
+    planned: Callable[[], PlannedWork] | None = None,
+    **options: Any,
+) -> bool:
     """Whether the job of images of ``sizes`` (as read; resized as the segmenter says) compiles.
     ``segmenter`` is a :class:`~unet_patches.api.Segmenter`.
 
     ``options`` are those of :meth:`~unet_patches.api.Segmenter.predictor_for`; their ``compile``
     (default ``auto``) decides: ``True``/``False`` as given, ``auto`` as the module says. An ONNX
-    network is never compiled.
+    network is never compiled. ``planned`` gives the job's :class:`PlannedWork` when the caller has it.
     """
     choice = check_compile(options.pop("compile", "auto"), "compile")
     if choice != "auto" or isinstance(segmenter.network, OnnxNetwork) or not sizes:
         return bool(choice) and not isinstance(segmenter.network, OnnxNetwork)
-    work = planned_work(segmenter, sizes, window, options.get("overlap", "auto"), options.get("batch_size", 32))
+    overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
+    work = planned() if planned is not None else planned_work(segmenter, sizes, window, overlap, batch)
     if work.pixels < MIN_NETWORK_PIXELS:
         return False
     trial = segmenter.predictor_for(work.windows.most_common(1)[0][0], window, **{**options, "compile": False})

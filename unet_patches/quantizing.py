@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,13 +198,11 @@ def int8_network_of(segmenter: Any, device: Any = None) -> Int8Network:
 _SAID: set[tuple[str, str]] = set()
 
 
-def int8_for_job(segmenter: Any, pixels: int, device: Any = None) -> bool:
-    """Whether ``precision: auto`` runs a job of ``pixels`` network input pixels in int8: on a CPU with
-    int8 dot products (VNNI or AMX), for one checkpoint (not an ensemble or ONNX file), with the int8
-    extra installed, when its int8 network passed the guard: cached already, or built now for a job
-    of at least :data:`BUILD_MIN_PIXELS`. ``segmenter`` is a :class:`~unet_patches.api.Segmenter`."""
-    import importlib.util
-
+def int8_for_job(segmenter: Any, pixels: Callable[[], int], device: Any = None) -> bool:
+    """Whether ``precision: auto`` runs a job in int8: on a CPU with int8 dot products (VNNI or AMX), for
+    one checkpoint (not an ensemble or ONNX file), with the int8 extra installed, when its int8 network
+    passed the guard: cached already, or built now for a job whose network input (``pixels()``, asked
+    only then) is at least :data:`BUILD_MIN_PIXELS`. ``segmenter`` is a :class:`~unet_patches.api.Segmenter`."""
     checkpoint = getattr(segmenter, "checkpoint", None)
     if checkpoint is None or str(device or "cpu") not in ("cpu", "auto"):
         return False
@@ -211,13 +210,13 @@ def int8_for_job(segmenter: Any, pixels: int, device: Any = None) -> bool:
 
     if pick_device(None if device is None else str(device)).type != "cpu" or not cpu_has_int8_dot():
         return False
-    if any(importlib.util.find_spec(name) is None for name in ("openvino", "nncf")):
+    if _missing_packages():
         _say_once(checkpoint, "no-extra", "precision auto: this CPU runs int8 fast; %s enables it", INT8_INSTALL_HINT)
         return False
     try:
-        network, guard = int8_network(
-            checkpoint, segmenter.network, segmenter.class_names, build=pixels >= BUILD_MIN_PIXELS
-        )
+        network, guard = int8_network(checkpoint, segmenter.network, segmenter.class_names, build=False)
+        if guard is None and pixels() >= BUILD_MIN_PIXELS:
+            network, guard = int8_network(checkpoint, segmenter.network, segmenter.class_names)
     except UserError as exc:
         _say_once(checkpoint, "no-windows", "precision auto: not int8 (%s)", exc)
         return False
@@ -249,11 +248,15 @@ def _say_once(checkpoint: Any, what: str, message: str, *args: Any) -> None:
         log.info(message, *args)
 
 
-def require_int8_packages() -> None:
-    """Raises UserError saying how to install openvino / nncf when either is missing."""
+def _missing_packages() -> list[str]:
     import importlib.util
 
-    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    return [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+
+
+def require_int8_packages() -> None:
+    """Raises UserError saying how to install openvino / nncf when either is missing."""
+    missing = _missing_packages()
     if missing:
         raise UserError(f"precision int8 needs the {' and '.join(missing)} package(s); {INT8_INSTALL_HINT}")
 
@@ -301,27 +304,18 @@ def check(
     ``windows``."""
     import torch
 
-    matrix = np.zeros((len(class_names), len(class_names)), np.int64)  # float label x int8 label
+    from .metrics import ConfusionMatrix
+    from .tiling.network import resolve_device
+
+    matrix = ConfusionMatrix(len(class_names))  # float labels as the truth
     network = network.eval()
     for start in range(0, windows.shape[0], batch):
         tensor = torch.from_numpy(windows[start : start + batch])
         with torch.inference_mode():
-            reference = network(tensor.to(_device(network))).argmax(1).cpu().numpy()
-        labels = quantized(tensor).argmax(1).numpy()
-        matrix += np.bincount(reference.ravel() * len(class_names) + labels.ravel(), minlength=matrix.size).reshape(
-            matrix.shape
-        )
-    both = np.diag(matrix)
-    union = matrix.sum(0) + matrix.sum(1) - both
-    iou = {name: (float(both[c] / union[c]) if union[c] else None) for c, name in enumerate(class_names)}
-    return Guard(iou, float(both.sum() / max(matrix.sum(), 1)), int(windows.shape[0]))
-
-
-def _device(network: nn.Module) -> torch.device:
-    import torch
-
-    parameter = next(network.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+            reference = network(tensor.to(resolve_device(None, network))).argmax(1).cpu()
+        matrix.update(quantized(tensor).argmax(1), reference)
+    scores = matrix.summary(list(class_names))
+    return Guard(scores["iou"], scores["pixel_accuracy"], int(windows.shape[0]))
 
 
 def _stored_windows(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from .atomic import write_atomically
 from .errors import UserError
 
-__all__ = ["Shard", "merge_report", "shard_files", "shard_from", "share", "write_shard_report"]
+__all__ = ["Shard", "merge_report", "shard_from", "share", "write_shard_report"]
 
 REPORTS = ".shards"
 
@@ -70,14 +70,6 @@ def _checked(index: str, count: str, what: str, source: str) -> Shard:
 def share(files: Sequence[Path], shard: Shard) -> list[Path]:
     """This shard's files: sorted by path, every ``count``-th from ``index``."""
     return [path for k, path in enumerate(sorted(files, key=str)) if k % shard.count == shard.index]
-
-
-def shard_files(files: Sequence[Path], shard: Shard, finished: Callable[[Path], bool]) -> tuple[list[Path], list[Path]]:
-    """``(to predict, skipped)``: this shard's files, less those whose outputs are all there already
-    (``finished``)."""
-    mine = share(files, shard)
-    skipped = [path for path in mine if finished(path)]
-    return [path for path in mine if path not in skipped], skipped
 
 
 def write_shard_report(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> Path:

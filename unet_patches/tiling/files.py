@@ -40,7 +40,6 @@ __all__ = [
     "expand_inputs",
     "open_image",
     "output_paths",
-    "outputs_exist",
     "plan_outputs",
     "remove_stale_parts",
     "write_outputs",
@@ -133,24 +132,6 @@ def output_paths(
     return paths
 
 
-def outputs_exist(
-    image: Path,
-    out_dir: Path,
-    *,
-    overlay: bool,
-    probs: bool,
-    stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
-    page: int | None = None,
-    output_format: str = "auto",
-) -> bool:
-    """Whether every output a prediction of ``image`` would write exists (each is put in place only when
-    complete, so they are finished)."""
-    size = image_size(image, page)
-    large = size[0] * size[1] > stream_threshold_px
-    outputs = output_paths(image, out_dir, large=large, overlay=overlay, probs=probs, output_format=output_format)
-    return all(path.exists() for path in outputs.values())
-
-
 @dataclass(frozen=True)
 class OutputPlan:
     """One input image and the files its prediction goes to (keys of :func:`output_paths`)."""
@@ -171,9 +152,11 @@ def plan_outputs(
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     page: int | None = None,
     output_format: str = "auto",
+    skip_finished: bool = False,
 ) -> list[OutputPlan]:
     """Open every input (its header only) and check every output path before anything is written.
 
+    ``skip_finished`` leaves out the inputs whose outputs all exist (a sharded job run again).
     When every check passes, the temporary files of the planned outputs that an interrupted run left
     behind (``.<output name>.part``, see :func:`remove_stale_parts`) are removed.
 
@@ -196,6 +179,8 @@ def plan_outputs(
                 output_paths(path, out_dir, large=large, overlay=overlay, probs=probs, output_format=output_format),
             )
         )
+    if skip_finished:  # each output is put in place only when complete: all there means done
+        plans = [plan for plan in plans if not all(p.exists() for p in plan.outputs.values())]
     every_output = [p for plan in plans for p in plan.outputs.values()]
     if len(set(every_output)) != len(every_output):
         seen: set[Path] = set()
