@@ -517,3 +517,24 @@ def test_the_band_accumulator_writes_first_and_adds_after_exactly_like_sums_from
             rows.append(accumulator.finished(stop).copy())
             accumulator.drop(stop)
     np.testing.assert_array_equal(np.concatenate(rows, axis=1), expected)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_argmax_classes_equals_numpy_argmax_with_ties(classes: int) -> None:
+    from unet_patches.tiling.merger import argmax_classes
+
+    scores = np.random.default_rng(classes).random((classes, 23, 31)).astype(np.float32)
+    scores[:, :4] = 0.5  # ties: the lowest class wins, as in numpy
+    scores[-1, 5:7] = scores[0, 5:7]
+    labels = argmax_classes(scores)
+    assert labels.dtype == np.uint8 and labels.flags.c_contiguous
+    assert np.array_equal(labels, scores.argmax(axis=0))
+
+
+def test_keep_freed_memory_is_set_on_glibc_once() -> None:
+    import platform
+
+    from unet_patches.runtime import keep_freed_memory
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc  # mallopt accepted both settings where glibc is the C library

@@ -89,6 +89,30 @@ class Precision:
         return torch.autocast(device.type, dtype=self.dtype)
 
 
+@cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the system at
+    once; once per process, on Linux with glibc (else nothing; returns whether it was set).
+
+    A forward pass allocates its activations afresh (megabytes each). By default glibc returns such
+    blocks to the system when freed (mmap'd blocks, and the heap top above 128 KiB), so every pass
+    faults its pages in again. Blocks under 32 MiB now come from the heap, and up to 128 MiB of free
+    heap top is kept: a 2048 x 2048 prediction took 0.47 s instead of 0.66 s, the passes themselves
+    30 % less (demo U-Net, bf16, 2-core AMX Xeon). Training steps measured no different, so only the
+    tiled predictor sets it. The cost is up to 128 MiB kept after a job.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_trim_threshold, 128 << 20)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """Turn ``auto`` / ``fp32`` / ``bf16`` / ``fp16`` into a :class:`Precision` for ``device``.
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from unet_patches.errors import one_line
-from unet_patches.runtime import resolve_precision
+from unet_patches.runtime import keep_freed_memory, resolve_precision
 
 from .blender import FLIPS, WindowBlender
 from .network import inductor_freezing, resolve_device, with_batchnorm_folded
@@ -83,6 +83,7 @@ class TiledPredictor(WindowBlender):
         module = network if isinstance(network, nn.Module) else None
         self.device = resolve_device(device, module)
         self.precision = resolve_precision(precision, self.device)
+        keep_freed_memory()  # passes allocate their activations afresh: keep those pages mapped
         if module is not None:
             folded = with_batchnorm_folded(module) if fold_batchnorm else module
             if folded is module:
