@@ -130,11 +130,21 @@ class WindowBlender:
         rows, cols = self.window_starts(size)
         return len(rows) * len(cols)
 
-    def bands(self, source: RowSource | np.ndarray, *, probs: bool = False, progress: bool = False) -> Iterator[Band]:
+    def bands(
+        self,
+        source: RowSource | np.ndarray,
+        *,
+        probs: bool = False,
+        progress: bool = False,
+        rows: tuple[int, int] | None = None,
+    ) -> Iterator[Band]:
         """Blend windows over ``source`` and yield finished bands of rows, top to bottom.
 
         ``source``: a :class:`~.sources.RowSource` or a float image ``(C, H, W)``. Memory use is a
         band of rows (about ``window + stride`` rows x width x classes float32), not the image.
+        ``rows = (start, stop)``: only those rows, computed from exactly the windows that touch them,
+        in the same batches as for the whole image, so they equal the whole image's rows bit for bit
+        (a huge image split between processes; at most one batch of extra windows is run).
         """
         if not isinstance(source, RowSource):
             source = ArraySource(np.asarray(source))
@@ -146,13 +156,21 @@ class WindowBlender:
         padded = PaddedRows(source, (hp, wp), (top, left), self.padding, self.pad_value)
         row_sums = weight_sums(hp, ys, self.profiles[0]).astype(np.float32)
         col_sums = weight_sums(wp, xs, self.profiles[1]).astype(np.float32)
-
+        lo, hi = (0, height) if rows is None else (max(0, int(rows[0])), min(height, int(rows[1])))
+        if lo >= hi:
+            return
+        # Window rows touching padded rows top + lo .. top + hi, and the batches that hold them.
+        first_row = int(np.searchsorted(ys + wh, top + lo, side="right"))
+        last_row = int(np.searchsorted(ys, top + hi, side="left"))
+        begin, end = first_row * len(xs), last_row * len(xs)
         total, per_batch = len(ys) * len(xs), self.windows_per_batch
         accumulator = BandAccumulator(wp)
+        accumulator.start = int(ys[first_row])
+        crop = (top + lo, top + hi, top, left, width)
         bands_read: dict[int, np.ndarray] = {}
-        bar = console.progress(total, "windows", "window", enabled=progress)
+        bar = console.progress(end - begin, "windows", "window", enabled=progress)
         try:
-            for first in range(0, total, per_batch):
+            for first in range(begin - begin % per_batch, end, per_batch):
                 # Windows in row-major order; window i is at row i // columns, column i % columns.
                 batch = [divmod(i, len(xs)) for i in range(first, min(first + per_batch, total))]
                 for r in [r for r in bands_read if r < batch[0][0]]:
@@ -162,6 +180,9 @@ class WindowBlender:
                         bands_read[r] = padded.rows(int(ys[r]), wh)
                 windows = np.stack([bands_read[r][:, :, xs[c] : xs[c] + ww] for r, c in batch])
                 outputs = self.forward_windows(windows)
+                # Only the windows of this range (the batch may reach beyond it at either end).
+                keep = slice(max(begin - first, 0), min(end - first, len(batch)))
+                outputs, batch, first = outputs[keep], batch[keep], max(first, begin)
                 bar.update(len(batch))
                 # Window row by window row, so that a row's band is finished before the next row's
                 # windows come in: the buffer then holds one window height, and dropping a band moves
@@ -169,13 +190,13 @@ class WindowBlender:
                 done = 0
                 while done < len(batch):
                     row = batch[done][0]
-                    end = next((i for i in range(done, len(batch)) if batch[i][0] != row), len(batch))
-                    accumulator.add(outputs[done:end], [(int(ys[r]), int(xs[c])) for r, c in batch[done:end]])
-                    following, done = first + end, end
+                    stop_at = next((i for i in range(done, len(batch)) if batch[i][0] != row), len(batch))
+                    accumulator.add(outputs[done:stop_at], [(int(ys[r]), int(xs[c])) for r, c in batch[done:stop_at]])
+                    following, done = first + stop_at, stop_at
                     # Rows above the next window's row are finished: later windows start lower down.
-                    stop = int(ys[following // len(xs)]) if following < total else hp
+                    stop = int(ys[following // len(xs)]) if following < end else int(ys[last_row - 1]) + wh
                     if stop > accumulator.start:
-                        band = self._finish(accumulator, stop, row_sums, col_sums, top, left, height, width, probs)
+                        band = self._finish(accumulator, stop, row_sums, col_sums, crop, probs)
                         if band is not None:
                             yield band
         finally:
@@ -187,17 +208,17 @@ class WindowBlender:
         stop: int,
         row_sums: np.ndarray,
         col_sums: np.ndarray,
-        top: int,
-        left: int,
-        height: int,
-        width: int,
+        crop: tuple[int, int, int, int, int],
         want_probs: bool,
     ) -> Band | None:
+        """The finished rows before ``stop`` as a band, cropped to ``crop = (first padded row, end
+        padded row, top padding, left padding, width)``; the rows are then dropped from the buffer."""
+        row_lo, row_hi, top, left, width = crop
         start = accumulator.start
         sums = accumulator.finished(stop)
         band = None
-        # Crop the padding back off (padded rows/columns never reach the output).
-        y0, y1 = max(start, top), min(stop, top + height)
+        # Crop the padding (and rows outside the range asked for) back off.
+        y0, y1 = max(start, row_lo), min(stop, row_hi)
         if y1 > y0:
             sums = sums[:, y0 - start : y1 - start, left : left + width]
             if sums.shape[0] > 256:

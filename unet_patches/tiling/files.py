@@ -25,12 +25,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from unet_patches.errors import UserError
 from unet_patches.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array, read_image
 from unet_patches.preprocess import Preprocess
 
 from .merger import Band
-from .sources import TIFF_SUFFIXES, ArraySource, NormalizedSource, RawSource, RowSource, TiffSource, image_size
+from .sources import (
+    TIFF_SUFFIXES,
+    ArraySource,
+    NormalizedSource,
+    RawSource,
+    RowSource,
+    image_size,
+    is_zarr_store,
+    open_lazily,
+)
 from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter, ZarrWriter, temporary_path
 
 __all__ = [
@@ -41,6 +52,7 @@ __all__ = [
     "open_image",
     "output_paths",
     "plan_outputs",
+    "read_whole",
     "remove_stale_parts",
     "write_outputs",
 ]
@@ -63,7 +75,7 @@ _LABEL_SUFFIXES = {"png": ".png", "tiff": ".tif", "ome-tiff": ".ome.tif", "zarr"
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES) or is_zarr_store(path)
 
 
 def _is_our_output(path: Path) -> bool:
@@ -90,13 +102,16 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         text = str(item)
         path = Path(text)
-        if path.is_dir():
+        if is_zarr_store(path):
+            matches = [path]  # a Zarr store is one image
+        elif path.is_dir():
             matches = sorted(
                 p for p in path.iterdir() if _is_image(p) and not _is_our_output(p) and not _is_mask_beside_its_image(p)
             )
             if not matches:
                 raise UserError(
-                    f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); give another folder or files"
+                    f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}, .zarr stores); "
+                    "give another folder or files"
                 )
         elif path.exists():
             if not path.is_file():
@@ -151,6 +166,7 @@ def plan_outputs(
     overwrite: bool,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     page: int | None = None,
+    level: int = 0,
     output_format: str = "auto",
     skip_finished: bool = False,
 ) -> list[OutputPlan]:
@@ -169,7 +185,7 @@ def plan_outputs(
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
     plans = []
     for path in files:
-        size = image_size(path, page)
+        size = image_size(path, page, level)
         large = size[0] * size[1] > stream_threshold_px
         plans.append(
             OutputPlan(
@@ -225,19 +241,29 @@ def remove_stale_parts(outputs: Iterable[Path]) -> list[Path]:
     return removed
 
 
-def open_image(path: Path, preprocess: Preprocess, large: bool) -> RowSource:
+def open_image(path: Path, preprocess: Preprocess, large: bool, level: int = 0) -> RowSource:
     """A row source of network input for an image file (without ``preprocess.resize``, which needs
-    the image whole: see ``api.Segmenter.bands``): a large TIFF is read band by band from disk,
-    another large image is kept in its stored dtype and converted band by band, a small one is
-    converted whole. Normalisation statistics come from a streaming pass (:class:`NormalizedSource`)."""
+    the image whole: see ``api.Segmenter.bands``): a Zarr store, a level other than 0 or a large TIFF
+    is read lazily, a row of chunks at a time (:func:`~.sources.open_lazily`); another large image is
+    kept in its stored dtype and converted band by band, a small one is converted whole.
+    Normalisation statistics come from a streaming pass (:class:`NormalizedSource`)."""
     channels, page = preprocess.in_channels, preprocess.page
-    if large and path.suffix.lower() in TIFF_SUFFIXES:
-        source: RowSource = TiffSource(path, channels, page)
+    if is_zarr_store(path) or level or (large and path.suffix.lower() in TIFF_SUFFIXES):
+        source: RowSource = open_lazily(path, channels, page, level)
     elif large:
         source = RawSource(read_image(path, page), channels, str(path))
     else:
         source = ArraySource(image_to_array(read_image(path, page), channels, str(path)))
     return source if preprocess.normalize == "range" else NormalizedSource(source, preprocess)
+
+
+def read_whole(path: Path, page: int | None = None, level: int = 0) -> np.ndarray:
+    """The raw pixels of an image file as stored (:func:`~unet_patches.imageio.read_image`), of a
+    Zarr store or of a TIFF's pyramid ``level`` too."""
+    if is_zarr_store(path) or level:
+        with open_lazily(path, 1, page, level) as source:
+            return source.raw_rows(0, source.height)
+    return read_image(path, page)
 
 
 def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path]) -> list[Path]:

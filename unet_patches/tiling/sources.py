@@ -5,18 +5,18 @@ float32 ``(C, rows, W)`` normalised exactly as :func:`unet_patches.imageio.image
 because it calls that function on each band of raw rows. A file that cannot be read (broken,
 truncated, not a 2-D image) raises ``UserError``; an in-memory array of the wrong shape, ``ValueError``.
 
-- :class:`ArraySource`: an image already in memory, float32 ``(C, H, W)``.
-- :class:`RawSource`: a raw ``(H, W)`` / ``(H, W, C)`` array in the file's dtype, normalised per band
-  (a large 8-bit image then costs 1 byte per pixel in memory, not 4 per channel).
-- :class:`TiffSource`: a TIFF on disk. Uncompressed contiguous data is read row by row with
-  positioned reads; compressed or tiled files are decoded one strip/tile row at a time. Peak memory
-  is a band, not the image. The header is checked against :data:`MAX_STREAM_PIXELS` and
+- :class:`ArraySource`, :class:`RawSource`, :class:`NormalizedSource` (images in memory, and the
+  normalising wrapper) live in :mod:`.rows` and are re-exported here.
+- :class:`TiffSource`: a TIFF on disk (a page, and a level of its pyramid). Uncompressed contiguous
+  data is read row by row with positioned reads; anything else (strips or tiles, compressed, planar,
+  subsampled) through tifffile's Zarr store, a full-width row of chunks at a time. Peak memory is a
+  band, not the image. The header is checked against :data:`MAX_STREAM_PIXELS` and
   :data:`MAX_DECODE_BYTES` before any pixel is read (decompression bombs, damaged headers).
+- :class:`ZarrSource`: a Zarr store (``.zarr`` directory; a level of a multiscale group), likewise.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -25,8 +25,9 @@ import numpy as np
 import tifffile
 
 from unet_patches.errors import UserError, one_line
-from unet_patches.imageio import image_to_array, read_image, tiff_page
-from unet_patches.preprocess import Preprocess
+from unet_patches.imageio import image_to_array, tiff_page
+
+from .rows import ArraySource, ChunkRows, NormalizedSource, RawSource, RowSource
 
 __all__ = [
     "MAX_DECODE_BYTES",
@@ -36,10 +37,11 @@ __all__ = [
     "RawSource",
     "RowSource",
     "TiffSource",
+    "ZarrSource",
     "image_size",
+    "is_zarr_store",
+    "open_lazily",
 ]
-
-log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -62,91 +64,6 @@ def _human(nbytes: int) -> str:
             return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
-
-
-class RowSource:
-    """An image of ``channels x height x width`` read by bands of rows."""
-
-    channels: int
-    height: int
-    width: int
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as float32 ``(channels, stop - start, width)`` in [0, 1]."""
-        raise NotImplementedError
-
-    def display_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows to show under an overlay: as :meth:`read_rows`, before any normalisation."""
-        return self.read_rows(start, stop)
-
-    def close(self) -> None:
-        """Release files; the source cannot be read afterwards."""
-
-    def __enter__(self) -> RowSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ArraySource(RowSource):
-    """A float image ``(C, H, W)`` already in memory; bands are views, not copies.
-
-    Raises ``ValueError`` for an array that is not a non-empty ``(C, H, W)`` image: arrays come from
-    :func:`~unet_patches.imageio.image_to_array` or a Python caller, so that is a programming error.
-    """
-
-    def __init__(self, image: np.ndarray) -> None:
-        image = np.asarray(image)
-        if image.ndim != 3 or 0 in image.shape:
-            raise ValueError(f"image of shape {image.shape}: expected a non-empty (C,H,W) array")
-        self.image = image if image.dtype == np.float32 else image.astype(np.float32)
-        self.channels, self.height, self.width = self.image.shape
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return self.image[:, start:stop]
-
-
-class RawSource(RowSource):
-    """A raw image as stored in a file, ``(H, W)`` or ``(H, W, C)``, normalised per band."""
-
-    def __init__(self, raw: np.ndarray, in_channels: int, name: str = "image") -> None:
-        self.raw = np.asarray(raw)
-        self.name = name
-        self.in_channels = in_channels
-        # Normalising one row validates dtype and channels up front, with the usual messages.
-        first = image_to_array(self.raw[:1], in_channels, name)
-        self.channels, self.height, self.width = first.shape[0], self.raw.shape[0], self.raw.shape[1]
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return image_to_array(self.raw[start:stop], self.in_channels, self.name)
-
-
-class NormalizedSource(RowSource):
-    """Another source's bands normalised as ``preprocess`` says (its step 3).
-
-    Per-image statistics (``percentile``) come from a streaming pass over the source's bands of
-    ``band_rows`` rows, so a large file is never held whole; the numbers equal those of the image in
-    memory (:func:`~unet_patches.preprocess.percentile_bounds`).
-    """
-
-    def __init__(self, source: RowSource, preprocess: Preprocess, band_rows: int = 512) -> None:
-        self.source, self.preprocess, self.band_rows = source, preprocess, band_rows
-        self.channels, self.height, self.width = source.channels, source.height, source.width
-        self.bounds = preprocess.bounds(self._bands)
-
-    def _bands(self):
-        for start in range(0, self.height, self.band_rows):
-            yield self.source.read_rows(start, min(start + self.band_rows, self.height))
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return self.preprocess.normalized(self.source.read_rows(start, stop), self.bounds)
-
-    def display_rows(self, start: int, stop: int) -> np.ndarray:
-        return self.source.read_rows(start, stop)
-
-    def close(self) -> None:
-        self.source.close()
 
 
 class _ContiguousReader:
@@ -174,72 +91,6 @@ class _ContiguousReader:
         os.close(self.fd)
 
 
-class _ChunkReader:
-    """Rows of a stripped or tiled TIFF (any compression tifffile decodes), one chunk row at a time."""
-
-    def __init__(self, tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
-        self.tif = tif
-        self.page = page
-        self.height, self.width = page.imagelength, page.imagewidth
-        self.samples = page.samplesperpixel
-        if page.is_tiled:
-            self.chunk_rows, self.chunk_cols = page.tilelength, page.tilewidth
-        else:
-            self.chunk_rows, self.chunk_cols = page.rowsperstrip or self.height, self.width
-        self.chunk_rows = min(self.chunk_rows, self.height)
-        self.across = math.ceil(self.width / self.chunk_cols)
-        chunks = self.across * math.ceil(self.height / self.chunk_rows)
-        if min(len(page.dataoffsets), len(page.databytecounts)) < chunks:
-            raise UserError(
-                f"{tif.filehandle.path}: TIFF header lists {len(page.dataoffsets)} strip(s)/tile(s) where its size "
-                f"needs {chunks}; the file is damaged, re-save it"
-            )
-        self.cache: dict[int, np.ndarray] = {}
-        self.jpegtables = getattr(page, "jpegtables", None)
-
-    def _chunk_row(self, index: int) -> np.ndarray:
-        if index not in self.cache:
-            top = index * self.chunk_rows
-            rows = min(self.chunk_rows, self.height - top)
-            out = np.zeros((rows, self.width, self.samples), dtype=self.page.dtype)
-            fh = self.tif.filehandle
-            for k in range(index * self.across, (index + 1) * self.across):
-                offset, count = self.page.dataoffsets[k], self.page.databytecounts[k]
-                try:
-                    data = None
-                    if count:
-                        fh.seek(offset)
-                        data = fh.read(count)
-                    segment, position, _ = self.page.decode(data, k, jpegtables=self.jpegtables)
-                except Exception as exc:  # codecs raise many types for truncated or damaged data
-                    raise UserError(
-                        f"{fh.path}: cannot decode TIFF data at rows {top}..{top + rows} "
-                        f"({one_line(exc)}); the file is truncated or damaged, re-save it"
-                    ) from exc
-                if segment is None:
-                    continue
-                segment = segment.reshape(segment.shape[-3:])  # (length, width, samples)
-                y, x = position[-3] - top, position[-2]
-                h = min(segment.shape[0], rows - y)
-                w = min(segment.shape[1], self.width - x)
-                out[y : y + h, x : x + w] = segment[:h, :w]
-            self.cache[index] = out
-        return self.cache[index]
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
-        for index in [i for i in self.cache if i < first]:
-            del self.cache[index]  # rows are requested in increasing order
-        parts = [self._chunk_row(i) for i in range(first, last + 1)]
-        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        offset = first * self.chunk_rows
-        block = block[start - offset : stop - offset]
-        return block[..., 0] if self.samples == 1 else block
-
-    def close(self) -> None:
-        self.cache.clear()
-
-
 class TiffSource(RowSource):
     """The first image of a TIFF, read a band of rows at a time without loading the whole file.
 
@@ -261,17 +112,17 @@ class TiffSource(RowSource):
     tifffile fails on it (corrupt or truncated data), when opened or later in :meth:`read_rows`.
     """
 
-    def __init__(self, path: str | Path, in_channels: int, page: int | None = None) -> None:
+    def __init__(self, path: str | Path, in_channels: int, page: int | None = None, level: int = 0) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.in_channels = in_channels
-        self.reader: _ContiguousReader | _ChunkReader | _WholeReader | None = None
+        self.reader: _ContiguousReader | ChunkRows | None = None
         try:
             self.tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # tifffile raises many types for broken files
             raise self._unreadable(exc) from exc
         try:
-            self._open(page)
+            self._open(page, level)
         except BaseException as exc:
             self.close()
             if isinstance(exc, UserError) or not isinstance(exc, Exception):
@@ -281,8 +132,8 @@ class TiffSource(RowSource):
     def _unreadable(self, exc: BaseException) -> UserError:
         return UserError(f"{self.path}: cannot read as a TIFF image ({one_line(exc)}); re-save it as TIFF or PNG")
 
-    def _open(self, page: int | None) -> None:
-        chosen = self.tif.pages[tiff_page(self.tif, page, self.path)]
+    def _open(self, page: int | None, level: int) -> None:
+        chosen = tiff_level(self.tif, tiff_page(self.tif, page, self.path), level, self.path)
         series_shape = tuple(chosen.shape)
         squeezed = tuple(s for s in series_shape if s != 1)
         if len(squeezed) > 3 or (len(squeezed) == 3 and min(squeezed) > 4):
@@ -338,7 +189,7 @@ class TiffSource(RowSource):
                 "uncompressed (or raise unet_patches.tiling.sources.MAX_DECODE_BYTES from Python)"
             )
 
-    def _make_reader(self) -> _ContiguousReader | _ChunkReader | _WholeReader:
+    def _make_reader(self) -> _ContiguousReader | ChunkRows:
         page = self.page
         samples = page.samplesperpixel
         separate = samples > 1 and page.planarconfig == 2
@@ -350,18 +201,29 @@ class TiffSource(RowSource):
             expected = self.height * int(np.prod(row_shape)) * dtype.itemsize
             if sum(page.databytecounts) >= expected:
                 return _ContiguousReader(self.path, page.dataoffsets[0], row_shape, dtype)
-        if not separate and page.dataoffsets and not page.is_subsampled:
-            if page.is_tiled:
-                self._check_decode(min(page.tilelength, self.height), f"in tiles {page.tilelength} rows high")
-            else:
-                rows = min(page.rowsperstrip or self.height, self.height)
-                self._check_decode(rows, f"in strips of {rows} rows")
-            return _ChunkReader(self.tif, page)
-        self._check_decode(self.height, "in a layout that is read whole (planar or subsampled)")
-        log.warning("%s: this TIFF layout is read whole into memory (no band-wise reading)", self.path)
-        return _WholeReader(read_image(self.path, page=self.page.index))
+        if page.is_tiled:
+            chunk_rows, what = page.tilelength, f"in tiles {page.tilelength} rows high"
+        else:
+            chunk_rows = page.rowsperstrip or self.height
+            what = f"in strips of {min(chunk_rows, self.height)} rows"
+        chunks = math.ceil(self.height / chunk_rows) * math.ceil(self.width / (page.tilewidth or self.width))
+        if min(len(page.dataoffsets), len(page.databytecounts)) < chunks * (samples if separate else 1):
+            raise UserError(
+                f"{self.path}: TIFF header lists {len(page.dataoffsets)} strip(s)/tile(s) where its size "
+                f"needs {chunks}; the file is damaged, re-save it"
+            )
+        self._check_decode(min(chunk_rows, self.height), what)
+        import zarr  # noqa: PLC0415 (loaded only for chunked TIFFs and Zarr stores)
+
+        # tifffile's Zarr store decodes the strips or tiles a read touches (with their JPEG tables,
+        # predictors, planar layout, subsampling), so nothing here depends on its internals.
+        return ChunkRows(zarr.open_array(page.aszarr(), mode="r"), self.height, channels_first=separate)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return image_to_array(self.raw_rows(start, stop), self.in_channels, self.name)
+
+    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as stored: ``(rows, W)`` or ``(rows, W, C)`` in the file's dtype."""
         assert self.reader is not None, f"{self.path}: read after close"
         try:
             raw = self.reader.rows(start, stop)
@@ -372,7 +234,7 @@ class TiffSource(RowSource):
                 f"{self.path}: cannot read TIFF rows {start}..{stop} ({one_line(exc)}); "
                 "the file is truncated or damaged, re-save it"
             ) from exc
-        return image_to_array(raw, self.in_channels, self.name)
+        return raw
 
     def close(self) -> None:
         if self.reader is not None:
@@ -381,28 +243,150 @@ class TiffSource(RowSource):
         self.tif.close()
 
 
-class _WholeReader:
-    def __init__(self, raw: np.ndarray) -> None:
-        self.raw = raw
+def tiff_level(tif: tifffile.TiffFile, index: int, level: int, path: Path) -> tifffile.TiffPage:
+    """Page ``index`` of an open TIFF at pyramid ``level`` (0: the page itself; N: the N-th reduced
+    resolution of its series, OME SubIFDs or pages marked reduced, as tifffile lists them).
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        return self.raw[start:stop]
+    Raises ``UserError`` naming the levels the file has when ``level`` is not one of them.
+    """
+    page = tif.pages[index]
+    if level == 0:
+        return page
+    series = next((s for s in tif.series if s.pages and getattr(s.pages[0], "index", None) == index), None)
+    levels = list(series.levels) if series is not None else []
+    if not 0 <= level < len(levels):
+        sizes = ", ".join(f"{k}: {lv.keyframe.imagewidth} x {lv.keyframe.imagelength}" for k, lv in enumerate(levels))
+        raise UserError(
+            f"{path}: level {level} asked for (--level) but the image has {max(len(levels), 1)} level(s)"
+            f"{f' ({sizes})' if sizes else ' (no pyramid)'}; pick one of them"
+        )
+    return levels[level].keyframe
+
+
+def is_zarr_store(path: Path) -> bool:
+    """Whether ``path`` is a Zarr store (v3 ``zarr.json`` or v2 ``.zarray`` / ``.zgroup``), read as one image."""
+    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup"))
+
+
+class _PlaneOf:
+    """The trailing 2 or 3 axes of an array whose leading axes are all 1 (OME-Zarr's ``t, c, z``
+    around a single plane), indexed like a plain array."""
+
+    def __init__(self, array, lead: int) -> None:  # noqa: ANN001 (a zarr.Array)
+        self.array, self.lead = array, lead
+        self.shape, self.chunks = tuple(array.shape[lead:]), tuple(array.chunks[lead:])
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        return np.asarray(self.array[(0,) * self.lead + (key if isinstance(key, tuple) else (key,))])
+
+
+def _zarr_level(path: Path, level: int):  # noqa: ANN202 (a zarr.Array)
+    """The array of a Zarr store: the store itself, or level ``level`` of a multiscale group
+    (OME-Zarr ``multiscales``, else arrays named ``0``, ``1``, ...)."""
+    import zarr  # noqa: PLC0415
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        if level:
+            raise UserError(f"{path}: level {level} asked for (--level) but the store is one array (level 0 only)")
+        return node
+    attrs = dict(node.attrs)
+    scales = attrs.get("multiscales") or dict(attrs.get("ome") or {}).get("multiscales")
+    if scales:
+        names = [str(d["path"]) for d in scales[0]["datasets"]]
+    else:
+        names = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
+    if not 0 <= level < len(names):
+        have = f"levels 0..{len(names) - 1}" if names else "no arrays named 0, 1, ... and no multiscales"
+        raise UserError(f"{path}: level {level} asked for (--level) but the Zarr group has {have}; pick one of them")
+    return node[names[level]]
+
+
+def _zarr_plane(path: Path, level: int) -> tuple[_PlaneOf, bool]:
+    """The image plane of a Zarr store at ``level``, and whether its channels come first."""
+    try:
+        array = _zarr_level(path, level)
+    except UserError:
+        raise
+    except Exception as exc:  # zarr raises many types for broken stores
+        raise UserError(f"{path}: cannot read as a Zarr store ({one_line(exc)}); check the path") from exc
+    shape = tuple(int(n) for n in array.shape)
+    lead = 0
+    while len(shape) - lead > 2 and shape[lead] == 1:
+        lead += 1
+    plane = _PlaneOf(array, lead)
+    rest = plane.shape
+    channels_first = len(rest) == 3 and rest[-1] > 4 and rest[0] <= 4
+    if len(rest) not in (2, 3) or (len(rest) == 3 and not channels_first and rest[-1] > 4):
+        raise UserError(
+            f"{path}: Zarr array of shape {shape} is not a single 2-D image (H,W), (H,W,C<=4) or "
+            "(C<=4,H,W); write each plane as its own store"
+        )
+    return plane, channels_first
+
+
+class ZarrSource(RowSource):
+    """An image stored as a Zarr array (a ``.zarr`` directory, or level ``level`` of a multiscale
+    group), read a row of chunks at a time: ``(H, W)``, ``(H, W, C<=4)`` or ``(C<=4, H, W)``, with
+    any leading axes of length 1 (OME-Zarr) dropped. The same pixel and decode limits as
+    :class:`TiffSource`. Raises ``UserError``, one line naming the store, when it cannot be read as
+    one 2-D image."""
+
+    def __init__(self, path: str | Path, in_channels: int, level: int = 0) -> None:
+        self.path, self.name, self.in_channels = Path(path), str(path), in_channels
+        plane, channels_first = _zarr_plane(self.path, level)
+        rest = plane.shape
+        self.height, self.width = (rest[1], rest[2]) if channels_first else (rest[0], rest[1])
+        samples = rest[0] if channels_first else (rest[2] if len(rest) == 3 else 1)
+        self.reader = ChunkRows(plane, self.height, channels_first=channels_first)
+        nbytes = self.reader.chunk_rows * self.width * samples * np.dtype(plane.array.dtype).itemsize
+        if nbytes > MAX_DECODE_BYTES:
+            raise UserError(
+                f"{self.path}: Zarr chunks {self.reader.chunk_rows} rows high make a row of chunks "
+                f"{_human(nbytes)}, above the limit of {_human(MAX_DECODE_BYTES)}; rechunk the store"
+            )
+        self.channels = image_to_array(self.reader.rows(0, 1), in_channels, self.name).shape[0]
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return image_to_array(self.raw_rows(start, stop), self.in_channels, self.name)
+
+    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as stored: ``(rows, W)`` or ``(rows, W, C)`` in the store's dtype."""
+        try:
+            return self.reader.rows(start, stop)
+        except Exception as exc:  # codecs and the OS raise many types for damaged chunks
+            raise UserError(
+                f"{self.path}: cannot read Zarr rows {start}..{stop} ({one_line(exc)}); the store is damaged"
+            ) from exc
 
     def close(self) -> None:
-        self.raw = None
+        self.reader.close()
 
 
-def image_size(path: str | Path, page: int | None = None) -> tuple[int, int]:
-    """``(H, W)`` of an image file (of its ``page`` for a TIFF) without decoding its pixels.
+def open_lazily(path: Path, in_channels: int, page: int | None = None, level: int = 0) -> TiffSource | ZarrSource:
+    """A row source that reads ``path`` lazily: a Zarr store, or a TIFF (page ``page``, level ``level``)."""
+    if is_zarr_store(path):
+        return ZarrSource(path, in_channels, level)
+    return TiffSource(path, in_channels, page, level)
 
-    Raises ``UserError`` if unreadable, or for a TIFF stack without ``page``.
+
+def image_size(path: str | Path, page: int | None = None, level: int = 0) -> tuple[int, int]:
+    """``(H, W)`` of an image file (of its ``page`` and pyramid ``level`` for a TIFF; of a Zarr
+    store's array) without decoding its pixels.
+
+    Raises ``UserError`` if unreadable, for a TIFF stack without ``page``, or a level the file lacks.
     """
     path = Path(path)
     try:
+        if is_zarr_store(path):
+            plane, channels_first = _zarr_plane(path, level)
+            return plane.shape[1:3] if channels_first else plane.shape[:2]
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
-                chosen = tif.pages[tiff_page(tif, page, path)]
+                chosen = tiff_level(tif, tiff_page(tif, page, path), level, path)
                 return int(chosen.imagelength), int(chosen.imagewidth)
+        if level:
+            raise UserError(f"{path}: level {level} asked for (--level) but only TIFF and Zarr files have levels")
         from PIL import Image
 
         with Image.open(path) as image:

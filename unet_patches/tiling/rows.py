@@ -1,0 +1,129 @@
+"""Images read a band of rows at a time: the :class:`RowSource` interface, sources in memory, the
+normalising wrapper, and :class:`ChunkRows` (a chunked array read a row of chunks at a time, under the
+file sources of :mod:`.sources`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unet_patches.imageio import image_to_array
+from unet_patches.preprocess import Preprocess
+
+__all__ = ["ArraySource", "ChunkRows", "NormalizedSource", "RawSource", "RowSource"]
+
+
+class RowSource:
+    """An image of ``channels x height x width`` read by bands of rows."""
+
+    channels: int
+    height: int
+    width: int
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32 ``(channels, stop - start, width)`` in [0, 1]."""
+        raise NotImplementedError
+
+    def display_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows to show under an overlay: as :meth:`read_rows`, before any normalisation."""
+        return self.read_rows(start, stop)
+
+    def close(self) -> None:
+        """Release files; the source cannot be read afterwards."""
+
+    def __enter__(self) -> RowSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArraySource(RowSource):
+    """A float image ``(C, H, W)`` already in memory; bands are views, not copies.
+
+    Raises ``ValueError`` for an array that is not a non-empty ``(C, H, W)`` image: arrays come from
+    :func:`~unet_patches.imageio.image_to_array` or a Python caller, so that is a programming error.
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        image = np.asarray(image)
+        if image.ndim != 3 or 0 in image.shape:
+            raise ValueError(f"image of shape {image.shape}: expected a non-empty (C,H,W) array")
+        self.image = image if image.dtype == np.float32 else image.astype(np.float32)
+        self.channels, self.height, self.width = self.image.shape
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.image[:, start:stop]
+
+
+class RawSource(RowSource):
+    """A raw image as stored in a file, ``(H, W)`` or ``(H, W, C)``, normalised per band."""
+
+    def __init__(self, raw: np.ndarray, in_channels: int, name: str = "image") -> None:
+        self.raw = np.asarray(raw)
+        self.name = name
+        self.in_channels = in_channels
+        # Normalising one row validates dtype and channels up front, with the usual messages.
+        first = image_to_array(self.raw[:1], in_channels, name)
+        self.channels, self.height, self.width = first.shape[0], self.raw.shape[0], self.raw.shape[1]
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return image_to_array(self.raw[start:stop], self.in_channels, self.name)
+
+
+class NormalizedSource(RowSource):
+    """Another source's bands normalised as ``preprocess`` says (its step 3).
+
+    Per-image statistics (``percentile``) come from a streaming pass over the source's bands of
+    ``band_rows`` rows, so a large file is never held whole; the numbers equal those of the image in
+    memory (:func:`~unet_patches.preprocess.percentile_bounds`).
+    """
+
+    def __init__(self, source: RowSource, preprocess: Preprocess, band_rows: int = 512) -> None:
+        self.source, self.preprocess, self.band_rows = source, preprocess, band_rows
+        self.channels, self.height, self.width = source.channels, source.height, source.width
+        self.bounds = preprocess.bounds(self._bands)
+
+    def _bands(self):
+        for start in range(0, self.height, self.band_rows):
+            yield self.source.read_rows(start, min(start + self.band_rows, self.height))
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.preprocess.normalized(self.source.read_rows(start, stop), self.bounds)
+
+    def display_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.source.read_rows(start, stop)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class ChunkRows:
+    """Rows of a chunked array, read a full-width row of chunks at a time and kept until rows below
+    are asked for: a TIFF page through tifffile's Zarr store (strips or tiles, any compression
+    tifffile decodes) or a Zarr array on disk. ``channels_first``: the array is ``(S, H, W)`` (planar
+    TIFF, OME-Zarr ``CYX``); rows come back ``(rows, W, S)``."""
+
+    def __init__(self, array, height: int, channels_first: bool = False) -> None:  # noqa: ANN001 (a zarr.Array)
+        self.array, self.height, self.channels_first = array, height, channels_first
+        self.chunk_rows = min(int(array.chunks[1 if channels_first else 0]), height)
+        self.cache: dict[int, np.ndarray] = {}
+
+    def _chunk_row(self, index: int) -> np.ndarray:
+        if index not in self.cache:
+            rows = slice(index * self.chunk_rows, min((index + 1) * self.chunk_rows, self.height))
+            block = np.asarray(self.array[:, rows] if self.channels_first else self.array[rows])
+            self.cache[index] = np.moveaxis(block, 0, -1) if self.channels_first else block
+        return self.cache[index]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        for index in [i for i in self.cache if i < first]:
+            del self.cache[index]  # rows are requested in increasing order
+        parts = [self._chunk_row(i) for i in range(first, last + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        offset = first * self.chunk_rows
+        block = block[start - offset : stop - offset]
+        return block[..., 0] if block.ndim == 3 and block.shape[-1] == 1 else block
+
+    def close(self) -> None:
+        self.cache.clear()
