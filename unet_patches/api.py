@@ -7,7 +7,6 @@ training run) and what it does: segment an array, score a folder, predict image 
 
 from __future__ import annotations
 
-import json
 import logging
 import weakref
 from collections.abc import Iterator, Sequence
@@ -19,15 +18,23 @@ import numpy as np
 
 from . import console
 from .compiling import settle_job
-from .errors import UserError, one_line
+from .errors import UserError
 from .folders import find_pairs, read_pair
-from .imageio import image_to_array, read_image
+from .imageio import image_to_array
 from .metrics import ConfusionMatrix
-from .onnx_network import OnnxNetwork, blender_options, sidecar_path
+from .onnx_network import OnnxNetwork, blender_options, read_export
 from .preprocess import Preprocess, resize_probabilities
-from .sharding import Shard, share, write_shard_report
+from .sharding import Shard, gather_report, predict_row_block, share, write_shard_report
 from .tiling.blender import WindowBlender
-from .tiling.files import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, open_image, plan_outputs, write_outputs
+from .tiling.files import (
+    DEFAULT_STREAM_THRESHOLD_PX,
+    OutputPlan,
+    expand_inputs,
+    open_image,
+    plan_outputs,
+    read_whole,
+    write_outputs,
+)
 from .tiling.merger import Band, argmax_classes, assemble
 from .tiling.sizing import Window, WindowPlan, plan_window
 from .tiling.sizing import describe as describe_plan
@@ -346,6 +353,7 @@ def predict_files(
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     output_format: str = "auto",
     shard: Shard | None = None,
+    level: int = 0,
     progress: bool = True,
     **options: Any,
 ) -> list[Path]:
@@ -356,81 +364,62 @@ def predict_files(
     ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
     (``overlay``) and ``<stem>_probs.npy`` (``probs``); ``output_format`` (``png``, ``tiff``, ``ome-tiff``,
     ``zarr``; :data:`~unet_patches.tiling.files.OUTPUT_FORMATS`) chooses instead. ``window`` and
-    ``options`` are as for :func:`predict`. ``shard`` (:func:`~unet_patches.sharding.shard_from`) predicts
-    only this process's share, skips images whose outputs all exist, and writes the shard's report.
+    ``options`` are as for :func:`predict`. ``level`` is the pyramid level of TIFF and Zarr inputs.
+    ``shard`` (:func:`~unet_patches.sharding.shard_from`) predicts only this process's share of the files,
+    skips images whose outputs all exist, and writes the shard's report; one image given to several
+    shards is split by rows into one shared Zarr store (:func:`~unet_patches.sharding.predict_row_block`).
 
     Raises:
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
             every input and output is checked before anything is written.
     """
-    files = expand_inputs(inputs) if shard is None else share(expand_inputs(inputs), shard)
+    files = expand_inputs(inputs)
+    if shard is not None and len(files) == 1 and shard.count > 1:  # one image: split by rows
+        job = dict(window=window, probs=probs, overwrite=overwrite, output_format=output_format, level=level)
+        written = predict_row_block(
+            segmenter, files[0], Path(out_dir), shard, progress=progress, options=options, **job
+        )
+        gather_report(Path(out_dir), shard)
+        return written
+    files = files if shard is None else share(files, shard)
     plans = plan_outputs(
-        files,
-        out_dir,
-        overlay=overlay,
-        probs=probs,
-        overwrite=overwrite,
-        stream_threshold_px=stream_threshold_px,
-        page=segmenter.preprocess.page,
-        output_format=output_format,
+        files, out_dir, overlay=overlay, probs=probs, overwrite=overwrite, stream_threshold_px=stream_threshold_px,
+        page=segmenter.preprocess.page, level=level, output_format=output_format,
         skip_finished=shard is not None,  # a sharded job skips images already predicted
-    )
+    )  # fmt: skip
     options = settle_job(segmenter, [plan.size for plan in plans], window, **options)
     written: list[Path] = []
     bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
     for plan in plans:
         predictor = segmenter.predictor_for(plan.size, window, **options)
         windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
-        want_probs = "probs" in plan.outputs
-        if segmenter.preprocess.resize is None:
-            with open_image(plan.image, segmenter.preprocess, plan.large) as source:
-                bands = segmenter.bands(predictor, source, probs=want_probs, progress=windows_bar)
-                written.extend(write_outputs(bands, source, plan.outputs))
-        else:
-            raw = read_image(plan.image, segmenter.preprocess.page)
-            display = ArraySource(image_to_array(raw, segmenter.in_channels, str(plan.image)))
-            bands = segmenter.bands(predictor, raw, probs=want_probs, progress=windows_bar)
-            written.extend(write_outputs(bands, display, plan.outputs))
+        written.extend(_predict_file(segmenter, predictor, plan, level, windows_bar))
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
         bar.update(1)
     bar.close()
     if shard is not None:
         planned = {plan.image for plan in plans}
         write_shard_report(Path(out_dir), shard, written, [f for f in files if f not in planned])
+        gather_report(Path(out_dir), shard)
     return written
 
 
-def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
-    """A :class:`Segmenter` of an exported ONNX file: :class:`OnnxNetwork` (ONNX
-    Runtime, CPUExecutionProvider) and, from its sidecar ``<path>.json``, the training patch size,
-    class names and preprocessing. ``activation`` is None for a probabilities export, ``softmax``
-    for logits.
+def _predict_file(
+    segmenter: Segmenter, predictor: WindowBlender, plan: OutputPlan, level: int, bar: bool
+) -> list[Path]:
+    """One image of :func:`predict_files` into the files of its ``plan``; returns them."""
+    want_probs = "probs" in plan.outputs
+    if segmenter.preprocess.resize is None:
+        with open_image(plan.image, segmenter.preprocess, plan.large, level) as source:
+            return write_outputs(
+                segmenter.bands(predictor, source, probs=want_probs, progress=bar), source, plan.outputs
+            )
+    raw = read_whole(plan.image, segmenter.preprocess.page, level)
+    display = ArraySource(image_to_array(raw, segmenter.in_channels, str(plan.image)))
+    return write_outputs(segmenter.bands(predictor, raw, probs=want_probs, progress=bar), display, plan.outputs)
 
-    Raises:
-        UserError: the file is missing or not an export of this package, its sidecar is missing,
-            unreadable or lacks a key, ``device`` is not the CPU (None and ``auto`` mean the CPU),
-            or onnxruntime is missing.
-    """
-    path = Path(path)
-    if device is not None and str(device) not in ("cpu", "auto"):
-        raise UserError(f"{path}: ONNX files run on the CPU (ONNX Runtime); use --device cpu, or the checkpoint")
-    if not path.is_file():
-        raise UserError(f"{path}: ONNX file not found")
-    sidecar = sidecar_path(path)
-    again = f"export the checkpoint again (unet-patches export CHECKPOINT --format onnx -o {path})"
-    try:
-        info = json.loads(sidecar.read_text())
-        preprocess = Preprocess.from_dict(info["preprocess"])
-        class_names = tuple(str(name) for name in info["class_names"])
-        patch_size = int(info["patch_size"])
-        grid = int(info.get("input_size_multiple", 16))
-        large = bool(info.get("large_windows", True))
-    except FileNotFoundError:
-        raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        reason = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc, 120)
-        raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
-    network = OnnxNetwork(path)
-    return Segmenter(
-        network, patch_size, class_names, preprocess, activation=network.activation, grid=grid, large_windows=large
-    )
+
+def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
+    """A :class:`Segmenter` of an exported ONNX file (:func:`~unet_patches.onnx_network.read_export`:
+    ONNX Runtime on the CPU, the sidecar's patch size, class names and preprocessing)."""
+    return Segmenter(**read_export(path, device))

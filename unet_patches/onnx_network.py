@@ -7,6 +7,7 @@ in place of a checkpoint. onnxruntime itself is imported only when a file is ope
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError, one_line
+from .preprocess import Preprocess
 
-__all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "blender_options", "require_onnx_package", "sidecar_path"]
+__all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "blender_options", "read_export", "require_onnx_package", "sidecar_path"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class OnnxNetwork:
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         ort = require_onnx_package("onnxruntime")
+        self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own types for missing or malformed files
@@ -98,3 +101,38 @@ def blender_options(options: dict[str, Any]) -> dict[str, Any]:
         log.info("precision %r ignored: the ONNX graph runs in float32", precision)
     torch_only = ("device", "precision", "compile", "fold_batchnorm")
     return {key: value for key, value in options.items() if key not in torch_only}
+
+
+def read_export(path: str | Path, device: Any = "cpu") -> dict[str, Any]:
+    """The fields of ``api.Segmenter`` for an exported ONNX file: :class:`OnnxNetwork` (ONNX
+    Runtime, CPUExecutionProvider) and, from its sidecar ``<path>.json``, the training patch size,
+    class names and preprocessing. ``activation`` is None for a probabilities export, ``softmax``
+    for logits.
+
+    Raises:
+        UserError: the file is missing or not an export of this package, its sidecar is missing,
+            unreadable or lacks a key, ``device`` is not the CPU (None and ``auto`` mean the CPU),
+            or onnxruntime is missing.
+    """
+    path = Path(path)
+    if device is not None and str(device) not in ("cpu", "auto"):
+        raise UserError(f"{path}: ONNX files run on the CPU (ONNX Runtime); use --device cpu, or the checkpoint")
+    if not path.is_file():
+        raise UserError(f"{path}: ONNX file not found")
+    sidecar = sidecar_path(path)
+    again = f"export the checkpoint again (unet-patches export CHECKPOINT --format onnx -o {path})"
+    try:
+        info = json.loads(sidecar.read_text())
+        preprocess = Preprocess.from_dict(info["preprocess"])
+        class_names = tuple(str(name) for name in info["class_names"])
+        patch_size = int(info["patch_size"])
+        grid = int(info.get("input_size_multiple", 16))
+        large = bool(info.get("large_windows", True))
+    except FileNotFoundError:
+        raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc, 120)
+        raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
+    network = OnnxNetwork(path)
+    fields = dict(network=network, patch_size=patch_size, class_names=class_names, preprocess=preprocess)
+    return {**fields, "activation": network.activation, "grid": grid, "large_windows": large}

@@ -8,7 +8,15 @@ shard ``k mod N``, so every process agrees without talking to the others and the
 given in does not matter. A sharded job skips images whose outputs all exist (writers put a file in
 place only when it is complete), so a killed shard run again loses nothing and redoes nothing. Each
 shard writes ``<out>/.shards/shard-I-of-N.json``; ``unet-patches merge-report <out>`` joins them into
-``<out>/report.json`` and names the shards still missing.
+``<out>/report.json`` and names the shards still missing. Under torchrun, rank 0 waits for the others
+(a gloo barrier) and writes ``report.json`` itself.
+
+One image given to several shards is split instead by rows (:func:`predict_row_block`): shard ``i``
+takes an even share of the output's 512-row chunk rows, computes exactly the windows that touch them
+(the blender's ``rows``: the halo is the windows reaching into the block from above and below) and
+writes them into one shared Zarr store (:class:`~unet_patches.tiling.shared_zarr.SharedZarrRows`). The
+result is identical to one process's, bit for bit, when the shards run the same network choice
+(``precision`` and ``compile`` are decided per shard on the whole image's work; pin them to be sure).
 """
 
 from __future__ import annotations
@@ -21,9 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomically
+from .compiling import settle_job
 from .errors import UserError
+from .tiling.files import open_image, output_paths
+from .tiling.shared_zarr import CHUNK, SharedZarrRows
+from .tiling.sources import image_size
 
-__all__ = ["Shard", "merge_report", "shard_from", "share", "write_shard_report"]
+__all__ = [
+    "Shard",
+    "gather_report",
+    "merge_report",
+    "predict_row_block",
+    "row_block",
+    "shard_from",
+    "share",
+    "write_shard_report",
+]
 
 REPORTS = ".shards"
 
@@ -111,3 +132,110 @@ def merge_report(out_dir: str | Path) -> dict[str, Any]:
     }
     write_atomically(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1)))
     return merged
+
+
+def gather_report(out_dir: Path, shard: Shard) -> dict[str, Any] | None:
+    """Under torchrun (``MASTER_ADDR`` set, the shard read from ``RANK``/``WORLD_SIZE``): wait until
+    every rank has written its report (a gloo barrier, patient for a day), then rank 0 merges them into
+    ``<out>/report.json`` and returns the merged report. Otherwise nothing (run ``merge-report``)."""
+    if shard.source != "torchrun" or "MASTER_ADDR" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(days=1))
+    dist.barrier()
+    merged = merge_report(out_dir) if shard.index == 0 else None
+    dist.barrier()  # nobody leaves before the report is written
+    return merged
+
+
+def row_block(height: int, shard: Shard, chunk: int = CHUNK) -> tuple[int, int]:
+    """Rows ``(start, stop)`` of shard ``shard`` of an image ``height`` rows high: an even share of its
+    ``chunk``-row chunk rows (empty, ``start == stop``, for shards beyond the number of chunk rows)."""
+    count = -(-height // chunk)
+    first, last = shard.index * count // shard.count, (shard.index + 1) * count // shard.count
+    return min(first * chunk, height), min(last * chunk, height)
+
+
+def predict_row_block(
+    segmenter: Any,
+    image: Path,
+    out_dir: Path,
+    shard: Shard,
+    *,
+    window: Any,
+    probs: bool,
+    overwrite: bool,
+    output_format: str,
+    level: int,
+    progress: bool,
+    options: dict[str, Any],
+) -> list[Path]:
+    """Shard ``shard``'s rows of one image (:func:`row_block`) into the shared stores
+    ``<stem>_labels.zarr`` (and ``<stem>_probs.zarr``); chunk rows finished by an earlier run are not
+    computed again. Writes the shard report; returns the stores written to.
+
+    Raises:
+        UserError: an output format other than Zarr, a checkpoint that resizes images, or a store
+            begun by another job without ``overwrite``.
+    """
+    if output_format not in ("auto", "zarr"):
+        raise UserError(
+            f"--format {output_format}: one image split over {shard.count} shards is written as one Zarr store "
+            "that every shard fills in; use --format zarr, or predict the image in one process"
+        )
+    if segmenter.preprocess.resize is not None:
+        raise UserError(
+            f"{image}: the checkpoint resizes images (data.resize), which needs the image whole; "
+            "predict it in one process"
+        )
+    page = segmenter.preprocess.page
+    size = image_size(image, page, level)
+    start, stop = row_block(size[0], shard, CHUNK)
+    outs = output_paths(image, out_dir, large=True, overlay=False, probs=probs, output_format="zarr")
+    if start == stop:  # more shards than chunk rows
+        write_shard_report(out_dir, shard, [], [image])
+        return []
+    job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
+    job.update(model=_model_identity(segmenter), window=repr(window), options=repr(sorted(options.items())))
+    classes = {"labels": None, "probs": segmenter.num_classes}
+    stores = {
+        key: SharedZarrRows(path, *size, (start, stop), {**job, "output": key}, classes=classes[key], chunk=CHUNK,
+                            replace=overwrite)
+        for key, path in outs.items()
+    }  # fmt: skip
+    todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
+    if todo:
+        first, last = min(r[0] for r in todo), max(r[1] for r in todo)
+        for store in stores.values():
+            store.begin_at(first)
+        options = settle_job(segmenter, [size], window, **options)
+        predictor = segmenter.predictor_for(size, window, **options)
+        with open_image(image, segmenter.preprocess, large=True, level=level) as source:
+            for band in predictor.bands(source, probs=probs, progress=progress, rows=(first, last)):
+                stores["labels"].write(band.labels)
+                if probs:
+                    stores["probs"].write(band.probs)
+    written = [store.close() for store in stores.values()]
+    write_shard_report(out_dir, shard, written if todo else [], [] if todo else [image])
+    return written if todo else []
+
+
+def _model_identity(segmenter: Any) -> str:
+    """What names the model of a job: its checkpoint file (path, size, modification time), else a
+    digest of the network's weights."""
+    path = segmenter.checkpoint or getattr(segmenter.network, "path", None)  # an ONNX file has its path
+    if path is not None:
+        stat = Path(path).stat()
+        return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    import hashlib
+
+    digest = hashlib.sha256()
+    state = getattr(segmenter.network, "state_dict", None)
+    for name, value in (state() if state is not None else {}).items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().reshape(-1).double().numpy().tobytes())
+    return f"{type(segmenter.network).__name__}:{digest.hexdigest()}"

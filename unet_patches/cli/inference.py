@@ -86,6 +86,12 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     add_params(p)
 
 
+def _level(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a pyramid level 0, 1, 2, ... (0: full resolution)")
+    return int(text)
+
+
 def _window(text: str) -> int | str:
     """``--window``: ``auto``, ``patch`` or a whole number (its range is checked with the settings)."""
     if text in ("auto", "patch"):
@@ -151,8 +157,16 @@ def add_predict(sub: Any) -> None:
         "--shard",
         metavar="I/N",
         help="predict only shard I of N of the files (I from 0; sorted by path, every N-th), skipping images "
-        "already predicted; torchrun's RANK/WORLD_SIZE or a SLURM array set it by themselves. "
-        "Then: unet-patches merge-report OUT",
+        "already predicted; one image is split by rows instead, every shard filling in its chunk rows of one "
+        "Zarr store. torchrun's RANK/WORLD_SIZE or a SLURM array set it by themselves. "
+        "Then: unet-patches merge-report OUT (under torchrun rank 0 writes the report itself)",
+    )
+    p.add_argument(
+        "--level",
+        type=_level,
+        default=0,
+        metavar="N",
+        help="pyramid level of TIFF / OME-TIFF / Zarr inputs to predict (0: full resolution, the default)",
     )
     p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -177,6 +191,7 @@ def _predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         output_format=args.output_format,
         shard=shard,
+        level=args.level,
         progress=not args.no_progress,
         **options,
     )

@@ -160,8 +160,7 @@ class WindowBlender:
         if lo >= hi:
             return
         # Window rows touching padded rows top + lo .. top + hi, and the batches that hold them.
-        first_row = int(np.searchsorted(ys + wh, top + lo, side="right"))
-        last_row = int(np.searchsorted(ys, top + hi, side="left"))
+        first_row, last_row = int(np.searchsorted(ys + wh, top + lo, "right")), int(np.searchsorted(ys, top + hi))
         begin, end = first_row * len(xs), last_row * len(xs)
         total, per_batch = len(ys) * len(xs), self.windows_per_batch
         accumulator = BandAccumulator(wp)
@@ -173,13 +172,7 @@ class WindowBlender:
             for first in range(begin - begin % per_batch, end, per_batch):
                 # Windows in row-major order; window i is at row i // columns, column i % columns.
                 batch = [divmod(i, len(xs)) for i in range(first, min(first + per_batch, total))]
-                for r in [r for r in bands_read if r < batch[0][0]]:
-                    del bands_read[r]
-                for r, _ in batch:
-                    if r not in bands_read:
-                        bands_read[r] = padded.rows(int(ys[r]), wh)
-                windows = np.stack([bands_read[r][:, :, xs[c] : xs[c] + ww] for r, c in batch])
-                outputs = self.forward_windows(windows)
+                outputs = self.forward_windows(_windows(batch, bands_read, padded, ys, xs, self.window))
                 # Only the windows of this range (the batch may reach beyond it at either end).
                 keep = slice(max(begin - first, 0), min(end - first, len(batch)))
                 outputs, batch, first = outputs[keep], batch[keep], max(first, begin)
@@ -248,6 +241,24 @@ class WindowBlender:
         bands = self.bands(image, probs=return_probs, progress=progress)
         labels, probs = assemble(bands, image.shape[1:], with_probs=return_probs)
         return (labels, probs) if return_probs else labels
+
+
+def _windows(
+    batch: list[tuple[int, int]],
+    bands_read: dict[int, np.ndarray],
+    padded: PaddedRows,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    window: tuple[int, int],
+) -> np.ndarray:
+    """The windows ``(row, column)`` of ``batch`` as one array, reading each window row's band of
+    padded rows once (``bands_read``: kept until the batches have moved below it)."""
+    for r in [r for r in bands_read if r < batch[0][0]]:
+        del bands_read[r]
+    for r, _ in batch:
+        if r not in bands_read:
+            bands_read[r] = padded.rows(int(ys[r]), window[0])
+    return np.stack([bands_read[r][:, :, xs[c] : xs[c] + window[1]] for r, c in batch])
 
 
 def _as_image(image: Any) -> np.ndarray:

@@ -269,15 +269,20 @@ def is_zarr_store(path: Path) -> bool:
 
 
 class _PlaneOf:
-    """The trailing 2 or 3 axes of an array whose leading axes are all 1 (OME-Zarr's ``t, c, z``
-    around a single plane), indexed like a plain array."""
+    """One image plane of an array: the leading axes that ``prefix`` gives an index (OME-Zarr's
+    ``t, z`` of length 1) are fixed, those it gives a slice (channels) are kept; indexed like a plain
+    array of the kept axes."""
 
-    def __init__(self, array, lead: int) -> None:  # noqa: ANN001 (a zarr.Array)
-        self.array, self.lead = array, lead
-        self.shape, self.chunks = tuple(array.shape[lead:]), tuple(array.chunks[lead:])
+    def __init__(self, array, prefix: tuple[int | slice, ...]) -> None:  # noqa: ANN001 (a zarr.Array)
+        self.array, self.prefix = array, prefix
+        kept = [k for k, p in enumerate(prefix) if isinstance(p, slice)] + list(range(len(prefix), array.ndim))
+        self.shape = tuple(int(array.shape[k]) for k in kept)
+        self.chunks = tuple(int(array.chunks[k]) for k in kept)
 
     def __getitem__(self, key: object) -> np.ndarray:
-        return np.asarray(self.array[(0,) * self.lead + (key if isinstance(key, tuple) else (key,))])
+        rest = iter(key if isinstance(key, tuple) else (key,))
+        full = [next(rest, slice(None)) if isinstance(p, slice) else p for p in self.prefix]
+        return np.asarray(self.array[(*full, *rest)])
 
 
 def _zarr_level(path: Path, level: int):  # noqa: ANN202 (a zarr.Array)
@@ -311,17 +316,17 @@ def _zarr_plane(path: Path, level: int) -> tuple[_PlaneOf, bool]:
     except Exception as exc:  # zarr raises many types for broken stores
         raise UserError(f"{path}: cannot read as a Zarr store ({one_line(exc)}); check the path") from exc
     shape = tuple(int(n) for n in array.shape)
-    lead = 0
-    while len(shape) - lead > 2 and shape[lead] == 1:
-        lead += 1
-    plane = _PlaneOf(array, lead)
-    rest = plane.shape
-    channels_first = len(rest) == 3 and rest[-1] > 4 and rest[0] <= 4
-    if len(rest) not in (2, 3) or (len(rest) == 3 and not channels_first and rest[-1] > 4):
+    if len(shape) == 3 and shape[-1] <= 4 < shape[0]:  # (H, W, C)
+        return _PlaneOf(array, ()), False
+    lead = shape[:-2]
+    channels = [n for n in lead if n != 1]
+    if len(shape) < 2 or len(channels) > 1 or (channels and channels[0] > 4):
         raise UserError(
             f"{path}: Zarr array of shape {shape} is not a single 2-D image (H,W), (H,W,C<=4) or "
-            "(C<=4,H,W); write each plane as its own store"
+            "(C<=4,H,W) (axes of length 1 before them allowed); write each plane as its own store"
         )
+    plane = _PlaneOf(array, tuple(0 if n == 1 else slice(None) for n in lead))
+    channels_first = bool(channels)
     return plane, channels_first
 
 

@@ -13,7 +13,7 @@ The temporary file of ``<folder>/<name>`` is ``<folder>/.<name>.part`` (:func:`t
 killed process leaves it behind, and the next ``predict`` into that folder removes it
 (:func:`unet_patches.tiling.files.plan_outputs`).
 - :class:`ZarrWriter`: a Zarr store (a ``.zarr`` directory) of labels or probabilities, in chunks
-  written as their rows finish (the zarr package: the ``zarr`` extra).
+  written as their rows finish.
 - :class:`NpyWriter`: a ``(K, H, W)`` float32 ``.npy`` file (open it with ``numpy.load(path,
   mmap_mode="r")``), filled band by band.
 """
@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-
-from unet_patches.errors import UserError
 
 __all__ = [
     "BIGTIFF_THRESHOLD_BYTES",
@@ -340,9 +338,6 @@ class NpyWriter(BandWriter):
             self.fd = None
 
 
-ZARR_INSTALL_HINT = "pip install 'unet-patches[zarr]'"
-
-
 class ZarrWriter(BandWriter):
     """A Zarr (v3) store of labels, uint8 ``(H, W)`` from ``(rows, W)`` bands, or of probabilities,
     ``(K, H, W)`` from ``(K, rows, W)`` bands (``classes``), stored as float16 or as uint8 (``round(255 p)``).
@@ -350,9 +345,6 @@ class ZarrWriter(BandWriter):
     its rows are final, so memory holds one row of chunks. The store is filled in the directory
     ``.<name>.part`` and renamed into place whole (a store the run replaces with ``overwrite`` is
     removed first).
-
-    Raises:
-        UserError: the zarr package is missing.
     """
 
     def __init__(
@@ -365,10 +357,8 @@ class ZarrWriter(BandWriter):
         dtype: str = "uint8",
         chunk: int = 512,
     ) -> None:
-        try:
-            import zarr
-        except ImportError:
-            raise UserError(f"{path}: writing Zarr needs the zarr package; {ZARR_INSTALL_HINT}") from None
+        import zarr  # noqa: PLC0415 (loaded when a store is written)
+
         super().__init__(path, height, width)
         if dtype not in ("uint8", "float16"):
             raise ValueError(f"Zarr dtype {dtype!r}: expected uint8 or float16")
