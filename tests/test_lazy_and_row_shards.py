@@ -226,3 +226,44 @@ def test_under_torchrun_rank_0_writes_the_report(tmp_path):
     assert sorted(Path(p).name for p in report["written"]) == sorted(
         ["a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png"]
     )
+
+
+# ------------------------------------------------------------------------------------ whole slides
+
+
+def _slide(path: Path) -> list[np.ndarray]:
+    """A two-level tiled RGB TIFF under a slide's name (OpenSlide reads it as a generic tiled TIFF)."""
+    image = np.stack([_image((300, 200), seed=7), _image((300, 200), seed=8), _image((300, 200), seed=9)], axis=-1)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, tile=(64, 64), photometric="rgb", compression="zlib")
+        tif.write(image[::2, ::2], tile=(64, 64), photometric="rgb", compression="zlib", subfiletype=1)
+    return [image, image[::2, ::2]]
+
+
+@pytest.mark.parametrize("reader", ["openslide", "tifffile"])
+def test_a_whole_slide_is_read_by_openslide_or_else_by_tifffile(tmp_path, monkeypatch, reader):
+    from unet_patches.preprocess import Preprocess
+    from unet_patches.tiling import slides
+    from unet_patches.tiling.files import open_image
+
+    if reader == "openslide":
+        pytest.importorskip("openslide")
+    else:
+        monkeypatch.setattr(slides, "openslide_module", lambda: None)
+    levels = _slide(tmp_path / "case.svs")
+    for level, array in enumerate(levels):
+        assert image_size(tmp_path / "case.svs", level=level) == array.shape[:2]
+        with open_image(
+            tmp_path / "case.svs", Preprocess(in_channels=3, normalize="range"), large=False, level=level
+        ) as source:
+            assert type(source).__name__ == ("SlideSource" if reader == "openslide" else "TiffSource")
+            assert np.array_equal(source.read_rows(17, 140), image_to_array(array[17:140], 3))
+    assert expand_inputs([tmp_path]) == [(tmp_path / "case.svs").resolve()]
+    (tmp_path / "case.mrxs").write_bytes(b"not a slide")
+    expected = (
+        "needs OpenSlide; pip install 'unet-patches\\[openslide\\]'"
+        if reader == "tifffile"
+        else "OpenSlide cannot read"
+    )
+    with pytest.raises(UserError, match=rf"case.mrxs: .*{expected}"):
+        image_size(tmp_path / "case.mrxs")

@@ -32,6 +32,7 @@ from unet_patches.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array,
 from unet_patches.preprocess import Preprocess
 
 from .merger import Band
+from .slides import SLIDE_SUFFIXES
 from .sources import (
     TIFF_SUFFIXES,
     ArraySource,
@@ -75,7 +76,7 @@ _LABEL_SUFFIXES = {"png": ".png", "tiff": ".tif", "ome-tiff": ".ome.tif", "zarr"
 
 
 def _is_image(path: Path) -> bool:
-    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES) or is_zarr_store(path)
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES) or is_zarr_store(path)
 
 
 def _is_our_output(path: Path) -> bool:
@@ -248,7 +249,7 @@ def open_image(path: Path, preprocess: Preprocess, large: bool, level: int = 0) 
     kept in its stored dtype and converted band by band, a small one is converted whole.
     Normalisation statistics come from a streaming pass (:class:`NormalizedSource`)."""
     channels, page = preprocess.in_channels, preprocess.page
-    if is_zarr_store(path) or level or (large and path.suffix.lower() in TIFF_SUFFIXES):
+    if _lazy(path, level) or (large and path.suffix.lower() in TIFF_SUFFIXES):
         source: RowSource = open_lazily(path, channels, page, level)
     elif large:
         source = RawSource(read_image(path, page), channels, str(path))
@@ -257,10 +258,15 @@ def open_image(path: Path, preprocess: Preprocess, large: bool, level: int = 0) 
     return source if preprocess.normalize == "range" else NormalizedSource(source, preprocess)
 
 
+def _lazy(path: Path, level: int) -> bool:
+    """Whether ``path`` is read through :func:`~.sources.open_lazily` whatever its size."""
+    return bool(level) or is_zarr_store(path) or path.suffix.lower() in SLIDE_SUFFIXES
+
+
 def read_whole(path: Path, page: int | None = None, level: int = 0) -> np.ndarray:
     """The raw pixels of an image file as stored (:func:`~unet_patches.imageio.read_image`), of a
     Zarr store or of a TIFF's pyramid ``level`` too."""
-    if is_zarr_store(path) or level:
+    if _lazy(path, level):
         with open_lazily(path, 1, page, level) as source:
             return source.raw_rows(0, source.height)
     return read_image(path, page)

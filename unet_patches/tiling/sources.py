@@ -28,6 +28,7 @@ from unet_patches.errors import UserError, one_line
 from unet_patches.imageio import image_to_array, tiff_page
 
 from .rows import ArraySource, ChunkRows, NormalizedSource, RawSource, RowSource
+from .slides import TIFF_BASED, SlideSource, reads_as_slide, slide_size
 
 __all__ = [
     "MAX_DECODE_BYTES",
@@ -133,7 +134,7 @@ class TiffSource(RowSource):
         return UserError(f"{self.path}: cannot read as a TIFF image ({one_line(exc)}); re-save it as TIFF or PNG")
 
     def _open(self, page: int | None, level: int) -> None:
-        chosen = tiff_level(self.tif, tiff_page(self.tif, page, self.path), level, self.path)
+        chosen = tiff_level(self.tif, _page_index(self.tif, page, self.path), level, self.path)
         series_shape = tuple(chosen.shape)
         squeezed = tuple(s for s in series_shape if s != 1)
         if len(squeezed) > 3 or (len(squeezed) == 3 and min(squeezed) > 4):
@@ -241,6 +242,14 @@ class TiffSource(RowSource):
             self.reader.close()
             self.reader = None
         self.tif.close()
+
+
+def _page_index(tif: tifffile.TiffFile, page: int | None, path: Path) -> int:
+    """The page to read: ``page``, else the only full-resolution page; for a whole-slide TIFF (SVS,
+    NDPI, ...) read by tifffile, the first page of its main image (they also hold label and macro images)."""
+    if page is None and path.suffix.lower() in TIFF_BASED:
+        return int(tif.series[0].keyframe.index)
+    return tiff_page(tif, page, path)
 
 
 def tiff_level(tif: tifffile.TiffFile, index: int, level: int, path: Path) -> tifffile.TiffPage:
@@ -368,10 +377,15 @@ class ZarrSource(RowSource):
         self.reader.close()
 
 
-def open_lazily(path: Path, in_channels: int, page: int | None = None, level: int = 0) -> TiffSource | ZarrSource:
-    """A row source that reads ``path`` lazily: a Zarr store, or a TIFF (page ``page``, level ``level``)."""
+def open_lazily(
+    path: Path, in_channels: int, page: int | None = None, level: int = 0
+) -> TiffSource | ZarrSource | SlideSource:
+    """A row source that reads ``path`` lazily: a Zarr store, a whole slide through OpenSlide
+    (:mod:`.slides`), or a TIFF (page ``page``, level ``level``)."""
     if is_zarr_store(path):
         return ZarrSource(path, in_channels, level)
+    if reads_as_slide(path):
+        return SlideSource(path, in_channels, level)
     return TiffSource(path, in_channels, page, level)
 
 
@@ -386,9 +400,11 @@ def image_size(path: str | Path, page: int | None = None, level: int = 0) -> tup
         if is_zarr_store(path):
             plane, channels_first = _zarr_plane(path, level)
             return plane.shape[1:3] if channels_first else plane.shape[:2]
-        if path.suffix.lower() in TIFF_SUFFIXES:
+        if reads_as_slide(path):
+            return slide_size(path, level)
+        if path.suffix.lower() in TIFF_SUFFIXES + TIFF_BASED:
             with tifffile.TiffFile(path) as tif:
-                chosen = tiff_level(tif, tiff_page(tif, page, path), level, path)
+                chosen = tiff_level(tif, _page_index(tif, page, path), level, path)
                 return int(chosen.imagelength), int(chosen.imagewidth)
         if level:
             raise UserError(f"{path}: level {level} asked for (--level) but only TIFF and Zarr files have levels")
