@@ -717,6 +717,39 @@ case("predict-input-bomb-png", lambda c: pr_input("bomb.png", bomb_png())(c), PR
 case("predict-input-nan-float-tiff", lambda c: pr_input("nanimage.tif", nan_tiff())(c), PRED)
 case("predict-input-complex-tiff", lambda c: pr_input("complexim.tif", complex_tiff())(c), PRED)
 case("predict-input-two-channel-tiff", lambda c: pr_input("twochan.tif", two_channel_tiff())(c), PRED)
+
+
+def zarr_input(name, data=None, damage=False):
+    def build(c: Ctx):
+        import zarr
+
+        path = c.tmp / name
+        array = np.zeros((6, 40, 30), np.uint8) if data is None else data
+        zarr.create_array(str(path), data=array, chunks=(*array.shape[:-2], 20, 20))
+        if damage:
+            (path / "zarr.json").write_text("{not json")
+        return pr(c, inputs=[str(path)]), [name]
+
+    return build
+
+
+def pyramid_tiff(c: Ctx) -> str:
+    path = c.tmp / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(np.zeros((64, 64), np.uint8), tile=(32, 32), subifds=1)
+        tif.write(np.zeros((32, 32), np.uint8), tile=(32, 32), subfiletype=1)
+    return str(path)
+
+
+case("predict-input-zarr-stack", zarr_input("stack.zarr"), PRED)
+case("predict-input-zarr-damaged", zarr_input("broken.zarr", np.zeros((40, 30), np.uint8), damage=True), PRED)
+case("predict-level-beyond-pyramid", lambda c: (pr(c, "--level", "4", inputs=[pyramid_tiff(c)]), ["level 4"]), PRED)
+case("predict-input-garbage-slide", pr_input("scan.mrxs", b"MIRAX? no.\n" * 4), PRED)
+case(
+    "predict-one-image-over-shards-as-png",
+    lambda c: (pr(c, "--shard", "0/2", "--format", "png", inputs=[pyramid_tiff(c)]), ["--format png", "Zarr"]),
+    PRED,
+)
 case(
     "predict-out-is-a-file",
     lambda c: (
