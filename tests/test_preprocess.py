@@ -249,7 +249,8 @@ def test_normalized_source_equals_preprocess_image(normalize):
     if normalize == "dataset":
         preprocess = preprocess.with_statistics([0.02, 0.03, 0.04], [0.01, 0.02, 0.03])
     expected = preprocess.image(raw)
-    source = NormalizedSource(ArraySource(image_to_array(raw, 3)), preprocess, band_rows=7)
+    source = NormalizedSource(ArraySource(image_to_array(raw, 3)), preprocess, band_pixels=7 * 33 * 3)
+    assert source.band_rows == 7
     assert (source.channels, source.height, source.width) == (3, 45, 33)
     rows = np.concatenate([source.read_rows(start, min(start + 10, 45)) for start in range(0, 45, 10)], axis=1)
     assert rows.dtype == np.float32 and np.array_equal(rows, expected)

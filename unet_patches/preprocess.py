@@ -61,8 +61,11 @@ HISTOGRAM_BINS = 65536
 def _bins(values: np.ndarray, low: float, width: float) -> np.ndarray:
     """The histogram bin of each value: ``HISTOGRAM_BINS`` bins of ``width`` from ``low`` (the last one
     also holds the maximum)."""
-    index = ((values.astype(np.float64).ravel() - low) / width).astype(np.int64)
-    return np.clip(index, 0, HISTOGRAM_BINS - 1)
+    scaled = values.astype(np.float64).ravel()  # in place from here: two arrays, not five
+    scaled -= low
+    scaled /= width
+    index = scaled.astype(np.int64)
+    return np.clip(index, 0, HISTOGRAM_BINS - 1, out=index)
 
 
 def percentile_bounds(
@@ -281,7 +284,9 @@ class Preprocess:
             assert bounds is not None, "percentile normalisation needs the image's bounds"
             low, high = bounds
             scale = 1.0 / (high - low) if high > low else 1.0
-            return np.clip((image - np.float32(low)) * np.float32(scale), 0.0, 1.0).astype(np.float32, copy=False)
+            out = np.subtract(image, np.float32(low), dtype=np.float32)  # one new array, changed in place
+            out *= np.float32(scale)
+            return np.clip(out, 0.0, 1.0, out=out)
         if self.normalize == "dataset":
             if self.mean is None or self.std is None:
                 raise ValueError("dataset normalisation used before its statistics were computed")

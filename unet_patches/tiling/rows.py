@@ -9,7 +9,11 @@ import numpy as np
 from unet_patches.imageio import image_to_array
 from unet_patches.preprocess import Preprocess
 
-__all__ = ["ArraySource", "ChunkRows", "NormalizedSource", "RawSource", "RowSource"]
+__all__ = ["STATS_BAND_PIXELS", "ArraySource", "ChunkRows", "NormalizedSource", "RawSource", "RowSource"]
+
+STATS_BAND_PIXELS = 2**18
+"""Values per band of the statistics pass: its temporaries (float64 histogram bins) come to about 40
+bytes a value, so 10 MiB whatever the image's width (512 full rows of a 16384-wide image took 320)."""
 
 
 class RowSource:
@@ -73,13 +77,14 @@ class RawSource(RowSource):
 class NormalizedSource(RowSource):
     """Another source's bands normalised as ``preprocess`` says (its step 3).
 
-    Per-image statistics (``percentile``) come from a streaming pass over the source's bands of
-    ``band_rows`` rows, so a large file is never held whole; the numbers equal those of the image in
-    memory (:func:`~unet_patches.preprocess.percentile_bounds`).
+    Per-image statistics (``percentile``) come from a streaming pass over the source's bands of about
+    ``band_pixels`` values, so neither a large file nor a wide band of it is held whole; the numbers
+    equal those of the image in memory (:func:`~unet_patches.preprocess.percentile_bounds`).
     """
 
-    def __init__(self, source: RowSource, preprocess: Preprocess, band_rows: int = 512) -> None:
-        self.source, self.preprocess, self.band_rows = source, preprocess, band_rows
+    def __init__(self, source: RowSource, preprocess: Preprocess, band_pixels: int = STATS_BAND_PIXELS) -> None:
+        self.source, self.preprocess = source, preprocess
+        self.band_rows = max(1, band_pixels // max(1, source.width * source.channels))
         self.channels, self.height, self.width = source.channels, source.height, source.width
         self.bounds = preprocess.bounds(self._bands)
 
