@@ -271,6 +271,19 @@ def test_ome_tiff_labels_are_tiled_with_a_nearest_pyramid_that_viewers_read(tmp_
     assert files_in(tmp_path) == ["l.ome.tif"]
 
 
+def test_ome_tiff_probabilities_are_a_uint8_sample_per_class_with_a_pyramid(tmp_path) -> None:
+    probs = np.random.default_rng(5).random((3, 300, 211)).astype(np.float32)
+    writer = writers.ProbabilityTiffWriter(tmp_path / "p.ome.tif", 3, 300, 211, tile=64, ome=True, pyramid=True)
+    for start, rows in _bands(probs[0]):
+        writer.write(probs[:, start : start + len(rows)])
+    writer.close()
+    expected = np.rint(np.moveaxis(probs, 0, -1) * 255).astype(np.uint8)
+    with tifffile.TiffFile(tmp_path / "p.ome.tif") as tif:
+        levels = tif.series[0].levels
+        assert tif.is_ome and np.array_equal(levels[0].asarray(), expected)
+        assert np.array_equal(levels[1].asarray(), expected[::2, ::2])
+
+
 def test_zarr_labels_and_probabilities_round_trip_chunk_by_chunk(tmp_path) -> None:
     zarr = pytest.importorskip("zarr")
     rng = np.random.default_rng(4)
@@ -312,12 +325,28 @@ def test_predicted_files_in_every_format_hold_the_in_memory_labels(tmp_path, out
         assert zarr.open_array(out / "a b_probs.zarr").shape == (3, 300, 410)
     else:
         assert np.array_equal(tifffile.imread(labels_path), expected)
+    probs_name = {"zarr": "a b_probs.zarr", "ome-tiff": "a b_probs.ome.tif", "tiff": "a b_probs.npy"}[output_format]
+    assert out / probs_name in written
     # A second run refuses to replace them, then replaces them when asked.
     with pytest.raises(UserError, match="already exists"):
         predict_files(segmenter, [tmp_path / "a b.png"], out, output_format=output_format, progress=False, **OPTIONS)
     predict_files(
         segmenter, [tmp_path / "a b.png"], out, output_format=output_format, overwrite=True, progress=False, **OPTIONS
     )
+
+
+def test_float16_probabilities_are_for_zarr_only(tmp_path) -> None:
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(6).integers(0, 256, (70, 90), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    segmenter, out = as_segmenter(tiny_net()), tmp_path / "out"
+    expected = predict_labels(image_to_array(image, 1), tiny_net(), return_probs=True, **OPTIONS)[1]
+    options = dict(probs=True, progress=False, probs_dtype="float16", **OPTIONS)
+    predict_files(segmenter, [tmp_path / "a.png"], out, output_format="zarr", **options)
+    stored = zarr.open_array(out / "a_probs.zarr")
+    assert stored.dtype == np.float16 and np.abs(stored[:] - expected).max() < 1e-3
+    with pytest.raises(UserError, match="--probs-dtype float16 is for --format zarr"):
+        predict_files(segmenter, [tmp_path / "a.png"], tmp_path / "o2", output_format="ome-tiff", **options)
 
 
 def test_a_zarr_store_left_by_a_killed_run_is_removed_and_a_failed_one_leaves_nothing(tmp_path) -> None:

@@ -29,6 +29,7 @@ from .tiling.blender import WindowBlender
 from .tiling.files import (
     DEFAULT_STREAM_THRESHOLD_PX,
     OutputPlan,
+    check_probs_dtype,
     expand_inputs,
     open_image,
     plan_outputs,
@@ -354,6 +355,7 @@ def predict_files(
     output_format: str = "auto",
     shard: Shard | None = None,
     level: int = 0,
+    probs_dtype: str = "uint8",
     progress: bool = True,
     **options: Any,
 ) -> list[Path]:
@@ -364,7 +366,8 @@ def predict_files(
     ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
     (``overlay``) and ``<stem>_probs.npy`` (``probs``); ``output_format`` (``png``, ``tiff``, ``ome-tiff``,
     ``zarr``; :data:`~unet_patches.tiling.files.OUTPUT_FORMATS`) chooses instead. ``window`` and
-    ``options`` are as for :func:`predict`. ``level`` is the pyramid level of TIFF and Zarr inputs.
+    ``options`` are as for :func:`predict`. ``level`` is the pyramid level of TIFF and Zarr inputs;
+    ``probs_dtype`` how a Zarr store keeps probabilities (``uint8``: ``round(255 p)``, or ``float16``).
     ``shard`` (:func:`~unet_patches.sharding.shard_from`) predicts only this process's share of the files,
     skips images whose outputs all exist, and writes the shard's report; one image given to several
     shards is split by rows into one shared Zarr store (:func:`~unet_patches.sharding.predict_row_block`).
@@ -373,9 +376,11 @@ def predict_files(
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
             every input and output is checked before anything is written.
     """
+    check_probs_dtype(probs_dtype, output_format if probs else "zarr")
     files = expand_inputs(inputs)
     if shard is not None and len(files) == 1 and shard.count > 1:  # one image: split by rows
         job = dict(window=window, probs=probs, overwrite=overwrite, output_format=output_format, level=level)
+        job["probs_dtype"] = probs_dtype
         written = predict_row_block(
             segmenter, files[0], Path(out_dir), shard, progress=progress, options=options, **job
         )
@@ -393,7 +398,7 @@ def predict_files(
     for plan in plans:
         predictor = segmenter.predictor_for(plan.size, window, **options)
         windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
-        written.extend(_predict_file(segmenter, predictor, plan, level, windows_bar))
+        written.extend(_predict_file(segmenter, predictor, plan, (level, probs_dtype), windows_bar))
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
         bar.update(1)
     bar.close()
@@ -404,19 +409,18 @@ def predict_files(
     return written
 
 
-def _predict_file(
-    segmenter: Segmenter, predictor: WindowBlender, plan: OutputPlan, level: int, bar: bool
-) -> list[Path]:
-    """One image of :func:`predict_files` into the files of its ``plan``; returns them."""
-    want_probs = "probs" in plan.outputs
+def _predict_file(segmenter: Segmenter, predictor: WindowBlender, plan: OutputPlan, how: tuple, bar: bool) -> list:
+    """One image of :func:`predict_files` into the files of its ``plan`` (``how``: the input's
+    level, the probabilities' dtype); returns them."""
+    (level, probs_dtype), want_probs = how, "probs" in plan.outputs
     if segmenter.preprocess.resize is None:
         with open_image(plan.image, segmenter.preprocess, plan.large, level) as source:
-            return write_outputs(
-                segmenter.bands(predictor, source, probs=want_probs, progress=bar), source, plan.outputs
-            )
+            bands = segmenter.bands(predictor, source, probs=want_probs, progress=bar)
+            return write_outputs(bands, source, plan.outputs, probs_dtype)
     raw = read_whole(plan.image, segmenter.preprocess.page, level)
     display = ArraySource(image_to_array(raw, segmenter.in_channels, str(plan.image)))
-    return write_outputs(segmenter.bands(predictor, raw, probs=want_probs, progress=bar), display, plan.outputs)
+    bands = segmenter.bands(predictor, raw, probs=want_probs, progress=bar)
+    return write_outputs(bands, display, plan.outputs, probs_dtype)
 
 
 def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:

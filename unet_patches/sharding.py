@@ -173,6 +173,7 @@ def predict_row_block(
     level: int,
     progress: bool,
     options: dict[str, Any],
+    probs_dtype: str = "uint8",
 ) -> list[Path]:
     """Shard ``shard``'s rows of one image (:func:`row_block`) into the shared stores
     ``<stem>_labels.zarr`` (and ``<stem>_probs.zarr``); chunk rows finished by an earlier run are not
@@ -201,10 +202,10 @@ def predict_row_block(
         return []
     job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
     job.update(model=_model_identity(segmenter), window=repr(window), options=repr(sorted(options.items())))
-    classes = {"labels": None, "probs": segmenter.num_classes}
+    kinds = {"labels": (None, "uint8"), "probs": (segmenter.num_classes, probs_dtype)}
     stores = {
-        key: SharedZarrRows(path, *size, (start, stop), {**job, "output": key}, classes=classes[key], chunk=CHUNK,
-                            replace=overwrite)
+        key: SharedZarrRows(path, *size, (start, stop), {**job, "output": key}, classes=kinds[key][0],
+                            dtype=kinds[key][1], chunk=CHUNK, replace=overwrite)
         for key, path in outs.items()
     }  # fmt: skip
     todo = [r for r in (store.missing() for store in stores.values()) if r is not None]

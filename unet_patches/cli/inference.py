@@ -8,7 +8,7 @@ from typing import Any
 
 from ..settings import PRECISIONS, inference_settings
 from ..tiling.blending import BLEND_MODES
-from ..tiling.files import OUTPUT_FORMATS
+from ..tiling.files import OUTPUT_FORMATS, PROBS_DTYPES
 from ..tiling.padding import PADDING_MODES
 from .flags import add_params, overrides_from, params_path, setting, switch
 
@@ -162,6 +162,12 @@ def add_predict(sub: Any) -> None:
         "Then: unet-patches merge-report OUT (under torchrun rank 0 writes the report itself)",
     )
     p.add_argument(
+        "--probs-dtype",
+        choices=PROBS_DTYPES,
+        default="uint8",
+        help="with --format zarr --probs: probabilities as uint8 (round(255 p), the default) or float16",
+    )
+    p.add_argument(
         "--level",
         type=_level,
         default=0,
@@ -192,6 +198,7 @@ def _predict(args: argparse.Namespace) -> int:
         output_format=args.output_format,
         shard=shard,
         level=args.level,
+        probs_dtype=args.probs_dtype,
         progress=not args.no_progress,
         **options,
     )

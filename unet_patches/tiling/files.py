@@ -8,7 +8,8 @@ Outputs for an input ``<stem>.<ext>`` in ``out_dir``:
   ``<stem>_labels.ome.tif`` (a pyramidal OME-TIFF), ``<stem>_labels.zarr`` (a Zarr store);
 - ``<stem>_overlay.png``: class colours over the image (``overlay=True``);
 - ``<stem>_probs.npy``: float32 ``(K, H, W)`` probabilities (``probs=True``); open it with
-  ``numpy.load(path, mmap_mode="r")``; with the Zarr format ``<stem>_probs.zarr``, uint8 ``round(255 p)``.
+  ``numpy.load(path, mmap_mode="r")``; with the Zarr format ``<stem>_probs.zarr`` (uint8 ``round(255 p)``,
+  or float16), with the OME-TIFF format ``<stem>_probs.ome.tif`` (one uint8 sample per class, a pyramid).
 
 Every output is written band by band through a temporary file (``.<name>.part`` beside it), so even
 the in-memory path never holds more than one copy of the image; large TIFFs are also read band by
@@ -43,12 +44,14 @@ from .sources import (
     is_zarr_store,
     open_lazily,
 )
-from .writers import BandWriter, NpyWriter, PngWriter, TiffWriter, ZarrWriter, temporary_path
+from .writers import BandWriter, NpyWriter, PngWriter, ProbabilityTiffWriter, TiffWriter, ZarrWriter, temporary_path
 
 __all__ = [
     "DEFAULT_STREAM_THRESHOLD_PX",
     "OUTPUT_FORMATS",
+    "PROBS_DTYPES",
     "OutputPlan",
+    "check_probs_dtype",
     "expand_inputs",
     "open_image",
     "output_paths",
@@ -68,11 +71,16 @@ OUTPUT_FORMATS = {
     "auto": "png up to the streaming threshold, tiff above it",
     "png": "<stem>_labels.png, 8-bit class indices",
     "tiff": "<stem>_labels.tif, tiled and deflate-compressed (BigTIFF when large)",
-    "ome-tiff": "<stem>_labels.ome.tif, a tiled OME-TIFF with a pyramid of sub-resolutions (QuPath, napari)",
-    "zarr": "<stem>_labels.zarr, a Zarr store in 512 x 512 chunks (probabilities too: <stem>_probs.zarr, uint8)",
+    "ome-tiff": "<stem>_labels.ome.tif, a tiled OME-TIFF with a pyramid of sub-resolutions (QuPath, napari); "
+    "probabilities too: <stem>_probs.ome.tif, a uint8 sample per class",
+    "zarr": "<stem>_labels.zarr, a Zarr store in 512 x 512 chunks "
+    "(probabilities too: <stem>_probs.zarr, uint8 or float16)",
 }
 """``predict --format``: what the labels (and probabilities) of an image are written as."""
 _LABEL_SUFFIXES = {"png": ".png", "tiff": ".tif", "ome-tiff": ".ome.tif", "zarr": ".zarr"}
+_PROBS_SUFFIXES = {"ome-tiff": ".ome.tif", "zarr": ".zarr"}  # else float32 .npy
+PROBS_DTYPES = ("uint8", "float16")
+"""How a Zarr store keeps probabilities: ``round(255 p)`` or float16 (OME-TIFF: uint8 only)."""
 
 
 def _is_image(path: Path) -> bool:
@@ -144,7 +152,7 @@ def output_paths(
     if overlay:
         paths["overlay"] = out_dir / f"{stem}_overlay.png"
     if probs:
-        paths["probs"] = out_dir / f"{stem}_probs{'.zarr' if chosen == 'zarr' else '.npy'}"
+        paths["probs"] = out_dir / f"{stem}_probs{_PROBS_SUFFIXES.get(chosen, '.npy')}"
     return paths
 
 
@@ -272,7 +280,9 @@ def read_whole(path: Path, page: int | None = None, level: int = 0) -> np.ndarra
     return read_image(path, page)
 
 
-def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path]) -> list[Path]:
+def write_outputs(
+    bands: Iterable[Band], source: RowSource, outs: dict[str, Path], probs_dtype: str = "uint8"
+) -> list[Path]:
     """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
     them) into the files ``outs`` names; returns the written paths.
 
@@ -294,7 +304,8 @@ def write_outputs(bands: Iterable[Band], source: RowSource, outs: dict[str, Path
             if "probs" in outs:
                 assert band.probs is not None
                 if "probs" not in writers:
-                    writers["probs"] = _probability_writer(outs["probs"], band.probs.shape[0], height, width)
+                    classes = band.probs.shape[0]
+                    writers["probs"] = _probability_writer(outs["probs"], classes, height, width, probs_dtype)
                 writers["probs"].write(band.probs)
         for writer in writers.values():
             placed.append(writer.close())
@@ -319,7 +330,20 @@ def _label_writer(path: Path, height: int, width: int) -> BandWriter:
     return PngWriter(path, height, width)
 
 
-def _probability_writer(path: Path, classes: int, height: int, width: int) -> BandWriter:
-    if path.name.lower().endswith(".zarr"):
-        return ZarrWriter(path, height, width, classes=classes, dtype="uint8")
+def _probability_writer(path: Path, classes: int, height: int, width: int, dtype: str) -> BandWriter:
+    name = path.name.lower()
+    if name.endswith(".zarr"):
+        return ZarrWriter(path, height, width, classes=classes, dtype=dtype)
+    if name.endswith(".ome.tif"):
+        return ProbabilityTiffWriter(path, classes, height, width, ome=True, pyramid=True)
     return NpyWriter(path, classes, height, width)
+
+
+def check_probs_dtype(probs_dtype: str, output_format: str) -> None:
+    """Refuse a probabilities dtype the output format cannot keep (``UserError``)."""
+    if probs_dtype not in PROBS_DTYPES:
+        raise UserError(f"probabilities dtype {probs_dtype!r}: expected one of {', '.join(PROBS_DTYPES)}")
+    if probs_dtype != "uint8" and output_format != "zarr":
+        raise UserError(
+            f"--probs-dtype {probs_dtype} is for --format zarr (OME-TIFF keeps uint8, .npy float32); add --format zarr"
+        )

@@ -39,9 +39,9 @@ class SharedZarrRows:
 
     ``start`` must be a multiple of ``chunk`` (``stop`` too, unless it is the height). Labels are
     uint8 ``(H, W)`` from ``(n, W)`` bands; with ``classes`` probabilities ``(K, H, W)`` from
-    ``(K, n, W)`` bands, as uint8 ``round(255 p)``. ``job`` identifies the work (compared with the
-    store's job file); ``replace`` forgets this block's marks and rewrites it, and accepts a store
-    that another job began.
+    ``(K, n, W)`` bands, as uint8 ``round(255 p)`` or (``dtype``) float16. ``job`` identifies the
+    work (compared with the store's job file); ``replace`` forgets this block's marks and rewrites
+    it, and accepts a store that another job began.
 
     Raises:
         UserError: the store exists but was begun by another job (or not by a sharded job at all),
@@ -57,6 +57,7 @@ class SharedZarrRows:
         job: Mapping[str, Any],
         *,
         classes: int | None = None,
+        dtype: str = "uint8",
         chunk: int = CHUNK,
         replace: bool = False,
     ) -> None:
@@ -66,7 +67,7 @@ class SharedZarrRows:
         self.start, self.stop = int(rows[0]), int(rows[1])
         if self.start % self.chunk or (self.stop % self.chunk and self.stop != self.height):
             raise ValueError(f"rows {rows}: a block of whole chunk rows of {self.chunk} expected")
-        self.classes = classes
+        self.classes, self.dtype = classes, np.dtype(dtype)
         self.marks = marks_folder(self.path)
         job_file = self.marks.with_name(f"{self.path.name}.job.json")
         wanted = json.dumps(dict(job), sort_keys=True)
@@ -102,7 +103,7 @@ class SharedZarrRows:
                 store=tmp,
                 shape=(*lead, self.height, self.width),
                 chunks=(*lead, self.chunk, self.chunk),
-                dtype="uint8",
+                dtype=self.dtype,
                 fill_value=0,
             )
             os.replace(Path(tmp) / "zarr.json", self.path / "zarr.json")
@@ -128,9 +129,9 @@ class SharedZarrRows:
         """The next rows (labels ``(n, W)`` or probabilities ``(K, n, W)``); each chunk row is written
         and marked once all its rows have come."""
         rows = np.asarray(rows)
-        if self.classes is not None:
+        if self.classes is not None and self.dtype == np.uint8:
             rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
-        self.pending.append(np.array(rows, dtype=np.uint8))  # a copy: the caller may reuse its array
+        self.pending.append(np.array(rows, dtype=self.dtype))  # a copy: the caller may reuse its array
         axis = 0 if self.classes is None else 1
         have = sum(p.shape[axis] for p in self.pending)
         while have and (have >= self.chunk or self.written + have >= self.stop):

@@ -29,6 +29,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -146,7 +147,8 @@ class PngWriter(BandWriter):
 
 
 class TiffWriter(BandWriter):
-    """A tiled, deflate-compressed TIFF of uint8 ``(rows, W)`` bands (labels), written by tifffile's own
+    """A tiled, deflate-compressed TIFF of uint8 ``(rows, W)`` bands (labels; ``(rows, W, samples)`` with
+    ``samples``, e.g. probabilities as ``round(255 p)`` per class), written by tifffile's own
     tiled writer: tiles go to it as soon as their rows are final, in a helper thread that pulls them
     from a short queue, so memory holds a row of tiles, not the image.
 
@@ -171,14 +173,16 @@ class TiffWriter(BandWriter):
         ome: bool = False,
         pyramid: bool = False,
         bigtiff: bool | None = None,
+        samples: int = 1,
     ) -> None:
         super().__init__(path, height, width)
-        self.tile, self.ome = int(tile), bool(ome)
+        self.tile, self.ome, self.samples = int(tile), bool(ome), int(samples)
         self.levels = pyramid_levels(self.height, self.width, self.tile) if pyramid else 0
-        data_bytes = self.height * self.width * (4 if pyramid else 3) // 3
+        data_bytes = self.height * self.width * self.samples * (4 if pyramid else 3) // 3
         self.bigtiff = data_bytes > BIGTIFF_THRESHOLD_BYTES if bigtiff is None else bool(bigtiff)
-        self.pending = np.empty((0, self.width), np.uint8)  # rows waiting for a full row of tiles
-        self.lower = [_LevelFile(self.height, self.width, 2**k) for k in range(1, self.levels + 1)]
+        self.pixel = (self.samples,) if self.samples > 1 else ()  # a pixel's shape
+        self.pending = np.empty((0, self.width, *self.pixel), np.uint8)  # rows waiting for a row of tiles
+        self.lower = [_LevelFile(self.height, self.width, 2**k, self.pixel) for k in range(1, self.levels + 1)]
         self.tiles: queue.Queue = queue.Queue(maxsize=2 * -(-self.width // self.tile))
         self.error: BaseException | None = None
         self.stopped = False
@@ -187,8 +191,8 @@ class TiffWriter(BandWriter):
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
-        if rows.ndim != 2 or rows.shape[1] != self.width or rows.dtype != np.uint8:
-            raise ValueError(f"TIFF band {rows.shape} {rows.dtype}: expected uint8 (rows, {self.width})")
+        if rows.shape[1:] != (self.width, *self.pixel) or rows.dtype != np.uint8:
+            raise ValueError(f"TIFF band {rows.shape} {rows.dtype}: expected uint8 (rows, {self.width}, *{self.pixel})")
         start = self.rows_done
         self._advance(rows.shape[0])
         for level in self.lower:
@@ -200,7 +204,7 @@ class TiffWriter(BandWriter):
 
     def _put_tile_row(self, rows: np.ndarray) -> None:
         t = self.tile
-        padded = np.zeros((t, -(-self.width // t) * t), np.uint8)
+        padded = np.zeros((t, -(-self.width // t) * t, *self.pixel), np.uint8)
         padded[: rows.shape[0], : self.width] = rows
         for x in range(0, self.width, t):
             while True:  # a bounded queue; the thread may have failed meanwhile
@@ -223,10 +227,12 @@ class TiffWriter(BandWriter):
                 yield tile
 
         options = {"tile": (self.tile, self.tile), "compression": "zlib", "photometric": "minisblack"}
+        if self.pixel:  # samples interleaved in each pixel, not planes
+            options["planarconfig"] = "contig"
         try:
             with tifffile.TiffWriter(self.tmp, bigtiff=self.bigtiff, ome=self.ome) as tif:
-                metadata = {"axes": "YX"} if self.ome else None
-                shape, dtype = (self.height, self.width), np.uint8
+                metadata = {"axes": "YXS" if self.pixel else "YX"} if self.ome else None
+                shape, dtype = (self.height, self.width, *self.pixel), np.uint8
                 tif.write(
                     tiles(self.tiles), shape=shape, dtype=dtype, subifds=self.levels, metadata=metadata, **options
                 )
@@ -253,6 +259,18 @@ class TiffWriter(BandWriter):
             raise self.error
 
 
+class ProbabilityTiffWriter(TiffWriter):
+    """Probabilities ``(K, rows, W)`` as a TIFF / OME-TIFF of ``K`` samples per pixel, uint8
+    ``round(255 p)`` (``--format ome-tiff --probs``; a pyramid by nearest downsampling too)."""
+
+    def __init__(self, path: str | Path, classes: int, height: int, width: int, **options: Any) -> None:
+        super().__init__(path, height, width, samples=classes, **options)
+
+    def write(self, rows: np.ndarray) -> None:
+        scaled = np.rint(np.clip(np.moveaxis(np.asarray(rows), 0, -1), 0.0, 1.0) * 255.0)
+        super().write(scaled.astype(np.uint8))
+
+
 class _Aborted(Exception):
     """Raised inside tifffile's tile loop when a writer is aborted."""
 
@@ -271,27 +289,28 @@ class _LevelFile:
     arrive and kept in a temporary raw file until it is written. Plain positioned reads and writes, not
     a memory map, so its pages do not count towards the process's memory."""
 
-    def __init__(self, height: int, width: int, step: int) -> None:
-        self.step = step
-        self.shape = (-(-height // step), -(-width // step))
+    def __init__(self, height: int, width: int, step: int, pixel: tuple[int, ...] = ()) -> None:
+        self.step, self.pixel = step, pixel
+        self.shape = (-(-height // step), -(-width // step), *pixel)
         self.fd, name = tempfile.mkstemp(prefix="unet-patches-level-", suffix=".raw")
         self.path = Path(name)
-        os.ftruncate(self.fd, self.shape[0] * self.shape[1])
+        self.row_bytes = self.shape[1] * int(np.prod(pixel, dtype=np.int64))
+        os.ftruncate(self.fd, self.shape[0] * self.row_bytes)
 
     def add(self, rows: np.ndarray, start: int) -> None:
         first = -start % self.step  # the band's first row that falls on the grid
         picked = np.ascontiguousarray(rows[first :: self.step, :: self.step])
         if picked.size:
-            _pwrite_all(self.fd, picked.tobytes(), (start + first) // self.step * self.shape[1])
+            _pwrite_all(self.fd, picked.tobytes(), (start + first) // self.step * self.row_bytes)
 
     def tiles(self, tile: int) -> Iterator[np.ndarray]:
-        height, width = self.shape
+        height, width = self.shape[:2]
         for y in range(0, height, tile):
             rows = min(tile, height - y)
-            data = os.pread(self.fd, rows * width, y * width)
-            assert len(data) == rows * width, f"{self.path}: short read"
-            band = np.zeros((tile, -(-width // tile) * tile), np.uint8)
-            band[:rows, :width] = np.frombuffer(data, np.uint8).reshape(rows, width)
+            data = os.pread(self.fd, rows * self.row_bytes, y * self.row_bytes)
+            assert len(data) == rows * self.row_bytes, f"{self.path}: short read"
+            band = np.zeros((tile, -(-width // tile) * tile, *self.pixel), np.uint8)
+            band[:rows, :width] = np.frombuffer(data, np.uint8).reshape(rows, width, *self.pixel)
             for x in range(0, width, tile):
                 yield band[:, x : x + tile].copy()
 
