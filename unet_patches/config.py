@@ -152,6 +152,8 @@ class TrainingConfig:
     loss: str = "dice_ce"
     class_weights: None | str | list[float] = None
     val_fraction: float = 0.1
+    folds: int = 0  # k-fold cross-validation: 0 none, else k >= 2 (unet-patches crossval)
+    fold: int | None = None  # the fold this run trains (train --fold I), with folds
     samples_per_epoch: int = 2000
     foreground_fraction: float = 0.5
     flips: bool = True
@@ -197,6 +199,16 @@ class TrainingConfig:
         require_number("training.restart_growth", self.restart_growth, 0.0, low_open=True)
         require_int("training.plateau_patience", self.plateau_patience, 1)
         require_number("training.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        require_int("training.folds", self.folds, 0)
+        if self.folds == 1:
+            raise UserError("training.folds = 1: expected 0 (no cross-validation) or at least 2 folds")
+        if self.fold is not None:
+            require_int("training.fold", self.fold, 0)
+            if not self.fold < self.folds:
+                raise UserError(
+                    f"training.fold = {self.fold}: expected a fold 0 .. training.folds - 1"
+                    + (f" ({self.folds} folds)" if self.folds else "; set training.folds (crossval -k K) first")
+                )
         require_number("training.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
         require_int("training.samples_per_epoch", self.samples_per_epoch, 1)
         require_int("training.val_windows_per_image", self.val_windows_per_image, 1)
@@ -210,6 +222,13 @@ class TrainingConfig:
                 f'training.class_weights = {self.class_weights!r}: expected null, "median_frequency" '
                 "or a list of one weight per class"
             )
+
+    def cv_name(self) -> str:
+        """The run folder's name without the fold: ``run_name``, or ``<folder>_b<batch_size>`` as the
+        original named its runs. A cross-validation's fold ``i`` trains in ``<that>/fold_<i>``."""
+        if self.run_name:
+            return self.run_name
+        return f"{Path(self.folder).name or 'run'}_b{self.batch_size}"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from . import runtime
 from .class_weights import class_pixel_counts, median_frequency_weights
 from .errors import UserError
 from .folders import is_data_folder, load_pairs
+from .folds import splits_for
 from .inspection import check_folder
 from .patches import PatchFolder, manifest_preprocess, read_manifest, split_by_source, validation_count
 from .preprocess import DatasetStatistics, Preprocess
@@ -73,10 +74,10 @@ def make_datasets(config: Config) -> DataSources:
     folder = resolve_folder(config)
     if (folder / "manifest.json").is_file():
         check_folder(folder, config)
-        return _patch_folder(config, folder)
+        return _patch_folder(config, folder, _fold_validation(config, folder))
     if is_data_folder(folder):
         check_folder(folder, config)  # every problem of the folder at once, before any training
-        return _image_folder(config, folder)
+        return _image_folder(config, folder, _fold_validation(config, folder))
     raise UserError(
         f"{folder}: found neither manifest.json (a patch folder) nor images/ and masks/ (full images) nor "
         f"X.tif + X_mask.tif files (Kaggle layout); make patches with `unet-patches patches SOURCE -o {folder}` "
@@ -84,7 +85,22 @@ def make_datasets(config: Config) -> DataSources:
     )
 
 
-def _patch_folder(config: Config, folder: Path) -> DataSources:
+def _fold_validation(config: Config, folder: Path) -> set[str] | None:
+    """With ``training.folds``: the images (patch folders: source images) that validate in
+    ``training.fold``, from the cross-validation's ``splits.json`` (written by rank 0 when missing)."""
+    t = config.training
+    if not t.folds:
+        return None
+    if t.fold is None:
+        raise UserError(
+            f"training.folds = {t.folds} without training.fold: train one fold with --fold I, "
+            "or all of them with `unet-patches crossval`"
+        )
+    run_dir = Path(t.checkpoint_dir) / t.cv_name()
+    return splits_for(folder, t.folds, t.seed, run_dir, write=runtime.is_main_process()).validation(t.fold)
+
+
+def _patch_folder(config: Config, folder: Path, fold_validation: set[str] | None = None) -> DataSources:
     t, d = config.training, config.data
     manifest = read_manifest(folder)
     if manifest["num_classes"] != d.num_classes or manifest["in_channels"] != d.in_channels:
@@ -93,7 +109,11 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
             f"but data.in_channels = {d.in_channels} and data.num_classes = {d.num_classes}; "
             "make parameters.json match the patches"
         )
-    train_names, val_names = split_by_source(manifest, t.val_fraction, t.seed)
+    if fold_validation is None:
+        train_names, val_names = split_by_source(manifest, t.val_fraction, t.seed)
+    else:
+        train_names = [p["name"] for p in manifest["patches"] if p["source"] not in fold_validation]
+        val_names = [p["name"] for p in manifest["patches"] if p["source"] in fold_validation]
     preprocess = manifest_preprocess(manifest)
     made, asked = (preprocess.normalize, preprocess.resize), (d.normalize, d.preprocess().resize)
     if made != asked and runtime.is_main_process():
@@ -128,10 +148,14 @@ def _patch_folder(config: Config, folder: Path) -> DataSources:
     )
 
 
-def _image_folder(config: Config, folder: Path) -> DataSources:
+def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None = None) -> DataSources:
     t, d = config.training, config.data
     samples = load_pairs(folder, d.preprocess(), cache=d.cache)
-    train_idx, val_idx = split_by_group([sample.group for sample in samples], t.val_fraction, t.seed)
+    if fold_validation is None:
+        train_idx, val_idx = split_by_group([sample.group for sample in samples], t.val_fraction, t.seed)
+    else:
+        val_idx = [i for i, sample in enumerate(samples) if sample.name in fold_validation]
+        train_idx = [i for i, sample in enumerate(samples) if sample.name not in fold_validation]
     preprocess = d.preprocess()
     if preprocess.normalize == "dataset":
         statistics = DatasetStatistics(d.in_channels)

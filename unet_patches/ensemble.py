@@ -7,6 +7,7 @@ window goes through every member in the same pass, and the image is read once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -33,13 +34,23 @@ class ProbabilityEnsemble(nn.Module):
 
 
 def checkpoint_paths(spec: str | Path) -> list[Path]:
-    """The checkpoint files ``spec`` names: one file, several joined by commas, or a run folder
-    (its ``snapshot_NN.pt`` files, in order).
+    """The checkpoint files ``spec`` names: one file, several joined by commas, a run folder (its
+    ``snapshot_NN.pt`` files, in order), or a cross-validation folder (each fold's ``best.pt``).
 
     Raises:
         UserError: a folder without snapshots, or an empty name.
     """
     path = Path(spec)
+    if path.is_dir() and (path / "splits.json").is_file():  # a cross-validation: its fold models
+        k = int(json.loads((path / "splits.json").read_text()).get("k", 0))
+        folds = [path / f"fold_{i}" / "best.pt" for i in range(k)]
+        missing = [str(p.parent.name) for p in folds if not p.is_file()]
+        if not folds or missing:
+            raise UserError(
+                f"{path}: cross-validation folder without the best.pt of {', '.join(missing) or 'any fold'}; "
+                "finish it with unet-patches crossval, or pass one fold's best.pt"
+            )
+        return folds
     if path.is_dir():
         snapshots = sorted(path.glob("snapshot_*.pt"))
         if not snapshots:

@@ -90,11 +90,10 @@ class Run:
 
 
 def run_name_for(config: Config) -> str:
-    """``training.run_name``, or ``<folder>_b<batch_size>`` as the original named its runs."""
-    if config.training.run_name:
-        return config.training.run_name
-    folder = Path(config.training.folder).name or "run"
-    return f"{folder}_b{config.training.batch_size}"
+    """``training.run_name``, or ``<folder>_b<batch_size>`` as the original named its runs; a fold of
+    a cross-validation (``training.fold``) in its ``fold_<i>`` subfolder."""
+    t = config.training
+    return t.cv_name() if t.fold is None else f"{t.cv_name()}/fold_{t.fold}"
 
 
 def build_run(

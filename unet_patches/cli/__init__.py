@@ -62,9 +62,9 @@ def build_parser(with_torch: bool | None = None) -> argparse.ArgumentParser:
         from .export import add_export
         from .inspect import add_inspect
         from .prepare import add_generate, add_patches
-        from .train import add_train
+        from .train import add_crossval, add_train
 
-        adders = (add_generate, add_patches, add_inspect, add_train, add_predict, add_evaluate)
+        adders = (add_generate, add_patches, add_inspect, add_train, add_crossval, add_predict, add_evaluate)
         adders += (add_submit, add_export, add_experiments, add_merge_report)
     else:
         adders = (add_predict, add_evaluate, add_submit, add_merge_report)

@@ -14,7 +14,7 @@ from ..optim import OPTIMIZERS, SCHEDULES
 from ..settings import TRAINING_PRECISIONS
 from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting
 
-__all__ = ["add_train", "add_train_arguments", "run_train"]
+__all__ = ["add_crossval", "add_train", "add_train_arguments", "run_train"]
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,6 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="linear warm-up over this fraction of the run (0: none)",
     )
     setting(p, "--seed", key="training.seed", type=int, help="random seed")
+    _add_fold_settings(p)
     add_data_settings(p)
     setting(p, "--augment", key="augment.preset", choices=PRESETS.names, help="strong augmentation preset")
     setting(p, "--workers", key="training.num_workers", type=int, help="DataLoader worker processes")
@@ -75,13 +76,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         key="training.run_name",
         help="name of the run folder under checkpoints/ and runs/; null gives <folder>_b<batch>",
     )
-    p.add_argument(
-        "--overwrite", action="store_true", help="start again in a run folder that already holds checkpoints"
-    )
+    p.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds checkpoints")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON object at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     add_params(p)
+
+
+def _add_fold_settings(p: argparse.ArgumentParser) -> None:
+    help_fold = "train fold I (from 0) of a k-fold cross-validation (with --folds K or training.folds), in <run>/fold_I"
+    setting(p, "--fold", key="training.fold", type=int, metavar="I", help=help_fold)
+    setting(p, "--folds", key="training.folds", type=int, metavar="K", help="k-fold cross-validation: K folds")
 
 
 def add_train(sub: Any) -> None:
@@ -130,6 +135,54 @@ def run_train(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if main_process:
         _print_training_summary(summary, args.json)
+    return 0
+
+
+def add_crossval(sub: Any) -> None:
+    p = sub.add_parser(
+        "crossval",
+        help="k-fold cross-validation: train every fold, then score the pooled out-of-fold predictions",
+        description="Split the training images into K folds by group (source image; subject in the Kaggle "
+        "layout), kept in <checkpoint_dir>/<run>/splits.json; train fold I in <run>/fold_I on the other "
+        "folds; then predict every image with the model that did not train on it and write <run>/cv.json "
+        "and <run>/cv.md (per fold, and from the pooled confusion matrix). Finished folds are skipped and "
+        "interrupted ones resumed; --shard I/N (or torchrun / a SLURM array) shares the folds between "
+        "processes. The run folder then predicts as the ensemble of its K fold models.",
+    )
+    p.add_argument("-k", "--k-folds", type=int, required=True, metavar="K", help="number of folds (at least 2)")
+    p.add_argument("--shard", metavar="I/N", help="train only folds I, I+N, ... (I from 0)")
+    add_train_arguments(p)
+    p.set_defaults(run=run_crossval)
+
+
+def run_crossval(args: argparse.Namespace) -> int:
+    from ..crossval import run_crossval as crossval
+    from ..sharding import shard_from
+
+    if args.resume or args.load:
+        raise UserError("crossval resumes interrupted folds by itself; drop --resume / -c (and rerun the command)")
+    overrides = overrides_from(args)
+    overrides.setdefault("training", {})["folds"] = args.k_folds
+    if overrides["training"].get("fold") is not None:
+        raise UserError("crossval trains every fold; for one fold use unet-patches train --folds K --fold I")
+    shard = shard_from(args.shard)
+    report = crossval(
+        config_from_args(args, overrides),
+        shard=shard,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress_bars=not args.no_progress,
+    )
+    if report is None:
+        print("cross-validation: this process's folds are trained; run crossval again when all are, for the report")
+    elif args.json:
+        print(json.dumps(report))
+    else:
+        pooled, spread = report["pooled"], report["fold_miou"]
+        print(
+            f"{report['k']}-fold cross-validation: pooled out-of-fold mIoU {pooled['miou']:.4f}; fold mIoU "
+            f"{spread['mean']:.4f} +- {spread['std']:.4f} (report: cv.md, cv.json beside splits.json)"
+        )
     return 0
 
 
