@@ -99,3 +99,25 @@ def test_the_shipped_grids_are_valid(name, repo_root, tmp_path, monkeypatch):
     )
     assert plans and test_dir.resolve() == tmp_path / "data" / "synthetic" / "test"
     assert len({(p.config.training.folder, p.config.training.seed, p.config.training.epochs) for p in plans}) == 1
+
+
+def test_every_cell_can_be_a_cross_validation_with_mean_and_spread(setup):
+    root, params, grid = setup
+    grid.write_text(json.dumps({
+        "base": {"training": {"folder": "synthetic/train", "epochs": 1}},
+        "runs": {"ce": {"training": {"loss": "ce"}}, "dice": {"training": {"loss": "dice"}}},
+        "test": "synthetic/test",
+    }))  # fmt: skip
+    out = root / "cvout"
+    assert (
+        main(["experiments", str(grid), "-o", str(out), "--params", str(params), "--no-progress", "--folds", "2"]) == 0
+    )
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["run"] for r in rows] == ["ce", "dice"]
+    for row in rows:
+        report = json.loads((out / "checkpoints" / row["run"] / "cv.json").read_text())
+        assert int(row["folds"]) == 2 and float(row["best_val_miou"]) == pytest.approx(report["pooled"]["miou"])
+        assert float(row["cv_fold_miou_std"]) == pytest.approx(report["fold_miou"]["std"])
+        assert 0 <= float(row["test_miou"]) <= 1  # the 2-fold ensemble on the test images
+    assert "cv_fold_miou_mean" in (out / "results.md").read_text()

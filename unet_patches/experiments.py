@@ -91,8 +91,9 @@ def _runs(grid: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def read_grid(path: str | Path, params: str | None, out_dir: Path) -> tuple[list[Plan], Path | None]:
-    """The runs of a grid file, each validated, and the test folder (None: no test columns).
+def read_grid(path: str | Path, params: str | None, out_dir: Path, folds: int = 0) -> tuple[list[Plan], Path | None]:
+    """The runs of a grid file, each validated, and the test folder (None: no test columns);
+    ``folds``: every run a cross-validation of that many folds.
 
     Raises:
         UserError: the file is unreadable, not a grid, or a run's settings are invalid (named by run).
@@ -118,6 +119,7 @@ def read_grid(path: str | Path, params: str | None, out_dir: Path) -> tuple[list
                 "run_name": name,
                 "checkpoint_dir": str(out_dir / "checkpoints"),
                 "log_dir": str(out_dir / "runs"),
+                **({"folds": folds} if folds else {}),
             }
         }
         try:
@@ -141,9 +143,27 @@ def _train_or_continue(plan: Plan, device: str | None) -> dict[str, Any]:
     return training.fit(plan.config, device=device, progress_bars=False)
 
 
+def _crossvalidate(plan: Plan, device: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A grid cell with ``training.folds``: its cross-validation (folds finished before are skipped),
+    as a training summary (the fold ensemble's folder as its checkpoint) and the row's CV columns."""
+    from .crossval import DONE, run_crossval
+
+    report = run_crossval(plan.config, device=device, progress_bars=False)
+    assert report is not None, "one process trains every fold"
+    cv_dir = Path(plan.config.training.checkpoint_dir) / plan.config.training.cv_name()
+    folds = [json.loads((cv_dir / f"fold_{i}" / DONE).read_text()) for i in range(report["k"])]
+    spread = report["fold_miou"]
+    summary = {"best_checkpoint": str(cv_dir), "best_val_miou": report["pooled"]["miou"]}
+    summary.update(epochs=folds[0]["epochs"], seconds=sum(float(f["seconds"]) for f in folds))
+    return summary, {"folds": report["k"], "cv_fold_miou_mean": spread["mean"], "cv_fold_miou_std": spread["std"]}
+
+
 def _run_one(plan: Plan, test_dir: Path | None, device: str | None) -> dict[str, Any]:
     started = time.monotonic()
-    summary = _train_or_continue(plan, device)
+    if plan.config.training.folds:  # best_val_miou is then the pooled out-of-fold mIoU
+        summary, cv_columns = _crossvalidate(plan, device)
+    else:
+        summary, cv_columns = _train_or_continue(plan, device), {}
     train_seconds = summary["seconds"]
     config = plan.config
     row: dict[str, Any] = {
@@ -154,6 +174,7 @@ def _run_one(plan: Plan, test_dir: Path | None, device: str | None) -> dict[str,
         "schedule": config.training.schedule,
         **dict(zip(("parameters", "mflop_per_pixel"), _cost(config))),
         "best_val_miou": summary["best_val_miou"],
+        **cv_columns,
         "epochs": summary["epochs"],
         "train_seconds": round(train_seconds, 1),
     }
@@ -180,10 +201,12 @@ def run_experiments(
     params: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    folds: int = 0,
 ) -> list[dict[str, Any]]:
-    """Train and score every run of the grid not yet finished; write the tables and the chart."""
+    """Train and score every run of the grid not yet finished (``folds``: each as a cross-validation,
+    its row with the pooled out-of-fold mIoU and the spread of the folds); write the tables and chart."""
     out_dir = Path(out_dir)
-    plans, test_dir = read_grid(grid_path, params, out_dir)
+    plans, test_dir = read_grid(grid_path, params, out_dir, folds)
     from .data import resolve_folder
 
     for plan in plans:  # before anything is written

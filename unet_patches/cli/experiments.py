@@ -22,6 +22,14 @@ def add_experiments(sub: Any) -> None:
     )
     p.add_argument("grid", help="the grid file (see docs/EXPERIMENTS.md)")
     p.add_argument("-o", "--out", help="output folder (default: experiments/<grid file name>)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run every cell as a K-fold cross-validation: its row gets the pooled out-of-fold mIoU "
+        "(best_val_miou), the mean and spread of the fold mIoUs, and the fold ensemble's test mIoU",
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     add_params(p)
@@ -32,7 +40,14 @@ def _experiments(args: argparse.Namespace) -> int:
     from ..experiments import run_experiments
 
     out = Path(args.out) if args.out else Path("experiments") / Path(args.grid).stem
-    run_experiments(args.grid, out, params=params_path(args.params), device=args.device, progress=not args.no_progress)
+    run_experiments(
+        args.grid,
+        out,
+        params=params_path(args.params),
+        device=args.device,
+        progress=not args.no_progress,
+        folds=args.folds,
+    )
     print((out / "results.md").read_text(), end="")
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'curves.png'}")
     return 0
