@@ -456,6 +456,14 @@ def tr_pair(stem, image=None, mask=None, ext=".png"):
     return build
 
 
+case("train-fold-beyond-folds", lambda c: (tr(c, "--folds", "3", "--fold", "3"), ["training.fold = 3"]), TRAIN)
+case("train-one-fold", lambda c: (tr(c, "--folds", "1"), ["training.folds = 1"]), TRAIN)
+case("train-folds-without-fold", lambda c: (tr(c, "--folds", "3"), ["--fold I"]), TRAIN)
+case(
+    "crossval-more-folds-than-images",
+    lambda c: (["crossval", "-k", "999", *tr(c)[1:]], ["training.folds = 999"]),
+    TRAIN,
+)
 case("train-batch-size-zero", lambda c: (tr(c, "-b", "0"), ["batch_size"]), TRAIN)
 case("train-epochs-zero", lambda c: (tr(c, "-e", "0"), ["epochs"]), TRAIN)
 case("train-epochs-not-a-number", lambda c: (tr(c, "-e", "many"), ["-e/--epochs"]), TRAIN)
