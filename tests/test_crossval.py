@@ -139,3 +139,19 @@ def test_train_one_fold_and_a_patch_folder_splits_by_source_image(tmp_path):
         from unet_patches.data import make_datasets
 
         make_datasets(main_config)
+
+
+def test_under_torchrun_each_rank_trains_its_folds_alone(tmp_path, monkeypatch):
+    """RANK / WORLD_SIZE pick the folds; they are then taken out of the environment so that the fold
+    trains as a job of its own, not as one rank of a DDP run."""
+    import os
+
+    small_dataset(tmp_path, n_train=6)
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(tiny_config(tmp_path, "train", epochs=1, run_name="tr").to_dict()))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["crossval", "-k", "3", "--params", str(params), "--no-progress"]) == 0
+    cv_dir = tmp_path / "checkpoints" / "tr"
+    assert [p.name for p in sorted(cv_dir.glob("fold_*"))] == ["fold_1"]
+    assert "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
