@@ -1002,6 +1002,7 @@ def test_corpus_is_large_and_covers_every_command():
         "patches",
         "inspect",
         "train",
+        "crossval",
         "predict",
         "evaluate",
         "submit",
