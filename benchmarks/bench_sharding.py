@@ -1,7 +1,7 @@
 """Prediction beyond one process and one file: sharded jobs, and gigapixel inputs read lazily.
 
-Every run is ``unet-patches predict`` in a fresh process (``python -m unet_patches``), which reports
-its own peak resident memory (``ru_maxrss``) on exit. The checkpoint is ``--checkpoint`` (default: the
+Every run is ``unet-patches predict`` in a fresh process, which reports its own peak resident memory
+(``VmHWM``) on exit. The checkpoint is ``--checkpoint`` (default: the
 demo's, ``checkpoints/demo/best.pt``; ``make demo`` makes it), run with ``--no-compile`` so that every
 process runs the same network and the outputs can be compared bit for bit.
 
@@ -39,11 +39,15 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from common import machine, save_results  # noqa: E402
 
+# The child's own peak: VmHWM belongs to its address space, made anew by exec. (ru_maxrss does not do:
+# Linux carries it over from the parent across fork and exec, so every child reported at least the
+# parent's peak, which writing the big inputs had raised to about 1.1 GB.)
 RUN = (
-    "import resource, sys\n"
+    "import sys\n"
     "from unet_patches.cli import main\n"
     "code = main(sys.argv[1:])\n"
-    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "hwm = next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM'))\n"
+    "print('MAXRSS_KB', hwm, file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 
