@@ -197,8 +197,8 @@ def predict_row_block(
     size = image_size(image, page, level)
     start, stop = row_block(size[0], shard, CHUNK)
     outs = output_paths(image, out_dir, large=True, overlay=False, probs=probs, output_format="zarr")
-    if start == stop:  # more shards than chunk rows
-        write_shard_report(out_dir, shard, [], [image])
+    if start == stop:  # more shards than chunk rows: nothing to do, nothing skipped
+        write_shard_report(out_dir, shard, [], [])
         return []
     job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
     job.update(model=_model_identity(segmenter), window=repr(window), options=repr(sorted(options.items())))
