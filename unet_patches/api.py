@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +19,12 @@ import numpy as np
 from . import console
 from .compiling import settle_job
 from .errors import UserError
-from .folders import find_pairs, read_pair
+from .folders import Pair, find_pairs, read_pair
 from .imageio import image_to_array
 from .metrics import ConfusionMatrix
 from .onnx_network import OnnxNetwork, blender_options, read_export
 from .preprocess import Preprocess, resize_probabilities
-from .sharding import Shard, gather_report, predict_row_block, share, write_shard_report
+from .sharding import Shard, finish_shard, predict_row_block, share
 from .tiling.blender import WindowBlender
 from .tiling.files import (
     DEFAULT_STREAM_THRESHOLD_PX,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files"]
+__all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files", "score_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Segmenter:
 
         A ``.onnx`` path is an export of ``unet-patches export``: ONNX Runtime runs it on the CPU
         (:class:`OnnxNetwork`) and its sidecar ``<path>.json`` gives the patch size,
-        class names and preprocessing (:func:`_onnx_segmenter`).
+        class names and preprocessing (:func:`~unet_patches.onnx_network.read_export`).
 
         Raises:
             UserError: a file is missing or not a unet-patches checkpoint, the members of an
@@ -113,7 +113,7 @@ class Segmenter:
                 incomplete, several ONNX files are named, or ``device`` is not the CPU.
         """
         if Path(path).suffix.lower() == ".onnx" and ("," not in str(path) or Path(path).exists()):
-            return _onnx_segmenter(path, device)  # needs no torch
+            return cls(**read_export(path, device))  # needs no torch
         try:
             from .checkpoints import load_checkpoint
             from .ensemble import ProbabilityEnsemble, checkpoint_paths
@@ -319,27 +319,42 @@ def evaluate_folder(
     checkpoint trained with ``data.resize``.
 
     Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n,
-    "pixels": n}``
-    from one confusion matrix over the whole folder (classes absent from truth and prediction are
-    ``None`` and left out of the means).
+    "pixels": n}`` from one confusion matrix over the whole folder (classes absent from truth and
+    prediction are ``None`` and left out of the means).
     """
     pairs = find_pairs(folder)
+    matrix = score_pairs(segmenter, pairs, window=window, progress=progress, **options)
+    pixels = int(matrix.matrix.sum())  # every mask pixel is a class index, so each is counted once
+    return {**matrix.summary(list(segmenter.class_names)), "images": len(pairs), "pixels": pixels}
+
+
+def score_pairs(
+    segmenter: Segmenter,
+    pairs: Sequence[Pair],
+    *,
+    window: Window = "auto",
+    progress: bool = False,
+    keep: Callable[[Pair, np.ndarray], None] | None = None,
+    **options: Any,
+) -> ConfusionMatrix:
+    """Full-image predictions of image/mask ``pairs`` counted into one confusion matrix;
+    ``keep(pair, labels)`` is handed each prediction (e.g. to save it)."""
     pre = segmenter.preprocess
-    if "auto" in (options.get("compile", "auto"), options.get("precision", "auto")):  # for the whole folder
+    if "auto" in (options.get("compile", "auto"), options.get("precision", "auto")):  # for all the pairs
         sizes = [image_size(pair.image, pre.page) for pair in pairs]
         options = settle_job(segmenter, sizes, window, **options)
     matrix = ConfusionMatrix(segmenter.num_classes)
     bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
-    pixels = 0
     for pair in pairs:
         raw, mask = read_pair(pair, pre)
         predictor = segmenter.predictor_for(raw.shape[:2], window, **options)
         labels = segmenter.labels(predictor, raw, name=str(pair.image))
+        if keep is not None:
+            keep(pair, labels)
         matrix.update(labels, mask)
-        pixels += mask.size
         bar.update(1)
     bar.close()
-    return {**matrix.summary(list(segmenter.class_names)), "images": len(pairs), "pixels": pixels}
+    return matrix
 
 
 def predict_files(
@@ -376,16 +391,15 @@ def predict_files(
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
             every input and output is checked before anything is written.
     """
-    check_probs_dtype(probs_dtype, output_format if probs else "zarr")
     files = expand_inputs(inputs)
-    if shard is not None and len(files) == 1 and shard.count > 1:  # one image: split by rows
-        job = dict(window=window, probs=probs, overwrite=overwrite, output_format=output_format, level=level)
-        job["probs_dtype"] = probs_dtype
-        written = predict_row_block(
-            segmenter, files[0], Path(out_dir), shard, progress=progress, options=options, **job
-        )
-        gather_report(Path(out_dir), shard)
-        return written
+    by_rows = shard is not None and len(files) == 1 and shard.count > 1  # one image over shards: Zarr
+    if probs:
+        check_probs_dtype(probs_dtype, "zarr" if by_rows else output_format)
+    if by_rows:
+        return predict_row_block(
+            segmenter, files[0], Path(out_dir), shard, window=window, probs=probs, probs_dtype=probs_dtype,
+            overwrite=overwrite, output_format=output_format, level=level, progress=progress, options=options,
+        )  # fmt: skip
     files = files if shard is None else share(files, shard)
     plans = plan_outputs(
         files, out_dir, overlay=overlay, probs=probs, overwrite=overwrite, stream_threshold_px=stream_threshold_px,
@@ -398,21 +412,21 @@ def predict_files(
     for plan in plans:
         predictor = segmenter.predictor_for(plan.size, window, **options)
         windows_bar = progress and (plan.large or predictor.count_windows(plan.size) >= 1024)
-        written.extend(_predict_file(segmenter, predictor, plan, (level, probs_dtype), windows_bar))
+        written.extend(_predict_file(segmenter, predictor, plan, level, probs_dtype, windows_bar))
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in plan.outputs.values()))
         bar.update(1)
     bar.close()
     if shard is not None:
         planned = {plan.image for plan in plans}
-        write_shard_report(Path(out_dir), shard, written, [f for f in files if f not in planned])
-        gather_report(Path(out_dir), shard)
+        finish_shard(Path(out_dir), shard, written, [f for f in files if f not in planned])
     return written
 
 
-def _predict_file(segmenter: Segmenter, predictor: WindowBlender, plan: OutputPlan, how: tuple, bar: bool) -> list:
-    """One image of :func:`predict_files` into the files of its ``plan`` (``how``: the input's
-    level, the probabilities' dtype); returns them."""
-    (level, probs_dtype), want_probs = how, "probs" in plan.outputs
+def _predict_file(
+    segmenter: Segmenter, predictor: WindowBlender, plan: OutputPlan, level: int, probs_dtype: str, bar: bool
+) -> list[Path]:
+    """One image of :func:`predict_files` into the files of its ``plan``; returns them."""
+    want_probs = "probs" in plan.outputs
     if segmenter.preprocess.resize is None:
         with open_image(plan.image, segmenter.preprocess, plan.large, level) as source:
             bands = segmenter.bands(predictor, source, probs=want_probs, progress=bar)
@@ -421,9 +435,3 @@ def _predict_file(segmenter: Segmenter, predictor: WindowBlender, plan: OutputPl
     display = ArraySource(image_to_array(raw, segmenter.in_channels, str(plan.image)))
     bands = segmenter.bands(predictor, raw, probs=want_probs, progress=bar)
     return write_outputs(bands, display, plan.outputs, probs_dtype)
-
-
-def _onnx_segmenter(path: str | Path, device: str | torch.device | None = "cpu") -> Segmenter:
-    """A :class:`Segmenter` of an exported ONNX file (:func:`~unet_patches.onnx_network.read_export`:
-    ONNX Runtime on the CPU, the sidecar's patch size, class names and preprocessing)."""
-    return Segmenter(**read_export(path, device))

@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from . import console
-from .api import Segmenter
+from .api import Segmenter, score_pairs
 from .atomic import write_atomically
 from .config import Config
 from .data import resolve_folder
 from .errors import UserError
-from .folders import find_pairs, read_pair
+from .folders import Pair, find_pairs
 from .folds import Splits, split_units, splits_for
 from .imageio import write_png
 from .metrics import ConfusionMatrix
@@ -112,26 +111,20 @@ def out_of_fold_report(
         )
     oof = cv_dir / "oof"
     oof.mkdir(exist_ok=True)
-    folds, pooled, class_names = [], None, None
+
+    def keep(pair: Pair, labels: np.ndarray) -> None:
+        write_atomically(oof / f"{pair.name}.png", lambda tmp: write_png(tmp, labels))
+
+    folds, pooled = [], None
     for fold in range(splits.k):
         segmenter = Segmenter.from_checkpoint(cv_dir / f"fold_{fold}" / "best.pt", device=device)
-        class_names = list(segmenter.class_names)
-        matrix = ConfusionMatrix(segmenter.num_classes)
-        names = sorted(splits.validation(fold))
-        bar = console.progress(len(names), f"fold {fold} out-of-fold", "image", enabled=progress)
-        for name in names:
-            raw, mask = read_pair(pairs[name], segmenter.preprocess)
-            predictor = segmenter.predictor_for(raw.shape[:2])
-            labels = segmenter.labels(predictor, raw, name=str(pairs[name].image))
-            write_atomically(oof / f"{name}.png", lambda tmp, labels=labels: write_png(tmp, labels))
-            matrix.update(labels, mask)
-            bar.update(1)
-        bar.close()
-        pooled = matrix.matrix.copy() if pooled is None else pooled + matrix.matrix
-        folds.append({"fold": fold, "images": len(names), **matrix.summary(class_names)})
-    total = ConfusionMatrix(len(class_names or []))
-    total.matrix = pooled
-    report = _report(splits, folds, total.summary(class_names))
+        held_out = [pairs[name] for name in sorted(splits.validation(fold))]
+        matrix = score_pairs(segmenter, held_out, progress=progress, keep=keep)
+        pooled = pooled or ConfusionMatrix(segmenter.num_classes)
+        pooled.matrix += matrix.matrix
+        folds.append({"fold": fold, "images": len(held_out), **matrix.summary(list(segmenter.class_names))})
+    assert pooled is not None  # k >= 2 folds
+    report = _report(splits, folds, pooled.summary(list(segmenter.class_names)))
     write_atomically(cv_dir / "cv.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     write_atomically(cv_dir / "cv.md", lambda tmp: Path(tmp).write_text(cv_markdown(report)))
     return report

@@ -37,6 +37,7 @@ from .tiling.sources import image_size
 
 __all__ = [
     "Shard",
+    "finish_shard",
     "gather_report",
     "merge_report",
     "predict_row_block",
@@ -134,6 +135,13 @@ def merge_report(out_dir: str | Path) -> dict[str, Any]:
     return merged
 
 
+def finish_shard(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> None:
+    """This shard's report (:func:`write_shard_report`), then, under torchrun, the merged one
+    (:func:`gather_report`)."""
+    write_shard_report(out_dir, shard, written, skipped)
+    gather_report(out_dir, shard)
+
+
 def gather_report(out_dir: Path, shard: Shard) -> dict[str, Any] | None:
     """Under torchrun (``MASTER_ADDR`` set, the shard read from ``RANK``/``WORLD_SIZE``): wait until
     every rank has written its report (a gloo barrier, patient for a day), then rank 0 merges them into
@@ -177,7 +185,7 @@ def predict_row_block(
 ) -> list[Path]:
     """Shard ``shard``'s rows of one image (:func:`row_block`) into the shared stores
     ``<stem>_labels.zarr`` (and ``<stem>_probs.zarr``); chunk rows finished by an earlier run are not
-    computed again. Writes the shard report; returns the stores written to.
+    computed again. Writes the shard report (:func:`finish_shard`); returns the stores written to.
 
     Raises:
         UserError: an output format other than Zarr, a checkpoint that resizes images, or a store
@@ -198,7 +206,7 @@ def predict_row_block(
     start, stop = row_block(size[0], shard, CHUNK)
     outs = output_paths(image, out_dir, large=True, overlay=False, probs=probs, output_format="zarr")
     if start == stop:  # more shards than chunk rows: nothing to do, nothing skipped
-        write_shard_report(out_dir, shard, [], [])
+        finish_shard(out_dir, shard, [], [])
         return []
     job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
     job.update(model=_model_identity(segmenter), window=repr(window), options=repr(sorted(options.items())))
@@ -220,9 +228,9 @@ def predict_row_block(
                 stores["labels"].write(band.labels)
                 if probs:
                     stores["probs"].write(band.probs)
-    written = [store.close() for store in stores.values()]
-    write_shard_report(out_dir, shard, written if todo else [], [] if todo else [image])
-    return written if todo else []
+    written = [store.close() for store in stores.values()] if todo else []
+    finish_shard(out_dir, shard, written, [] if todo else [image])
+    return written
 
 
 def _model_identity(segmenter: Any) -> str:

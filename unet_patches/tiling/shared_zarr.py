@@ -1,4 +1,5 @@
-"""One Zarr store written by several processes at once, each its own block of chunk rows.
+"""Zarr arrays filled a chunk row at a time (:class:`ChunkRowFiller`, under both Zarr writers), and one
+Zarr store written by several processes at once, each its own block of chunk rows.
 
 A huge image split between processes (:func:`unet_patches.sharding.predict_row_block`) writes one
 labels store (and one probabilities store): process ``i`` writes only the chunk rows of its block, so
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,55 @@ import numpy as np
 from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
 
-__all__ = ["CHUNK", "SharedZarrRows", "marks_folder"]
+__all__ = ["CHUNK", "ChunkRowFiller", "SharedZarrRows", "marks_folder"]
 
 CHUNK = 512  # pixels per chunk side, as the single-process Zarr writer
+
+
+class ChunkRowFiller:
+    """Bands of rows into a Zarr array from row ``start`` to ``stop``, written a whole chunk row at a
+    time (the last one may be short), so that no chunk is written twice and memory holds one chunk row.
+
+    Labels come as ``(n, W)``; with ``probabilities``, ``(K, n, W)`` bands of values in [0, 1], stored
+    as ``round(255 p)`` in a uint8 array or as they are in a float16 one. ``on_chunk_row(k)`` is told
+    each chunk row ``k`` once its rows are in the array.
+    """
+
+    def __init__(
+        self,
+        array: Any,
+        start: int,
+        stop: int,
+        *,
+        probabilities: bool = False,
+        on_chunk_row: Callable[[int], None] | None = None,
+    ) -> None:
+        self.array, self.start, self.stop = array, int(start), int(stop)
+        self.chunk = int(array.chunks[-2])
+        self.axis = 1 if probabilities else 0
+        self.scale = probabilities and array.dtype == np.uint8
+        self.on_chunk_row = on_chunk_row
+        self.pending: list[np.ndarray] = []
+        self.written = self.start  # rows in the array
+
+    def add(self, rows: np.ndarray) -> None:
+        """The next rows; each chunk row is written once all its rows have come."""
+        rows = np.asarray(rows)
+        if self.scale:
+            rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
+        self.pending.append(np.array(rows, dtype=self.array.dtype))  # a copy: the caller may reuse its array
+        have = sum(p.shape[self.axis] for p in self.pending)
+        while have and (have >= self.chunk or self.written + have >= self.stop):
+            block = np.concatenate(self.pending, axis=self.axis) if len(self.pending) > 1 else self.pending[0]
+            take = min(self.chunk, have, self.stop - self.written)
+            head, rest = np.split(block, [take], axis=self.axis)
+            self.array[..., self.written : self.written + take, :] = head
+            if self.on_chunk_row is not None:
+                self.on_chunk_row(self.written // self.chunk)
+            self.written += take
+            self.pending, have = ([rest] if rest.shape[self.axis] else []), have - take
+            if self.written >= self.stop:
+                break
 
 
 def marks_folder(store: Path) -> Path:
@@ -67,7 +114,7 @@ class SharedZarrRows:
         self.start, self.stop = int(rows[0]), int(rows[1])
         if self.start % self.chunk or (self.stop % self.chunk and self.stop != self.height):
             raise ValueError(f"rows {rows}: a block of whole chunk rows of {self.chunk} expected")
-        self.classes, self.dtype = classes, np.dtype(dtype)
+        self.dtype = np.dtype(dtype)
         self.marks = marks_folder(self.path)
         job_file = self.marks.with_name(f"{self.path.name}.job.json")
         wanted = json.dumps(dict(job), sort_keys=True)
@@ -92,8 +139,12 @@ class SharedZarrRows:
                 f"{self.path}: a store of shape {tuple(self.array.shape)} is in the way of this job's "
                 f"{(*lead, self.height, self.width)}; pass --overwrite on every shard, or choose another output folder"
             )
-        self.pending: list[np.ndarray] = []
-        self.written = self.start  # rows in the store
+        self.filler = ChunkRowFiller(
+            self.array, self.start, self.stop, probabilities=classes is not None, on_chunk_row=self._mark
+        )
+
+    def _mark(self, chunk_row: int) -> None:
+        (self.marks / str(chunk_row)).touch()
 
     def _write_metadata(self, zarr: Any, lead: tuple[int, ...]) -> None:
         """``zarr.json`` of the array, made in a private folder and renamed into the store."""
@@ -123,27 +174,12 @@ class SharedZarrRows:
     def begin_at(self, row: int) -> None:
         """Start writing at ``row`` (a chunk row's first row within the block) instead of the block's start."""
         assert row % self.chunk == 0 and self.start <= row < self.stop
-        self.written = row
+        self.filler.written = row
 
     def write(self, rows: np.ndarray) -> None:
         """The next rows (labels ``(n, W)`` or probabilities ``(K, n, W)``); each chunk row is written
         and marked once all its rows have come."""
-        rows = np.asarray(rows)
-        if self.classes is not None and self.dtype == np.uint8:
-            rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
-        self.pending.append(np.array(rows, dtype=self.dtype))  # a copy: the caller may reuse its array
-        axis = 0 if self.classes is None else 1
-        have = sum(p.shape[axis] for p in self.pending)
-        while have and (have >= self.chunk or self.written + have >= self.stop):
-            block = np.concatenate(self.pending, axis=axis) if len(self.pending) > 1 else self.pending[0]
-            take = min(self.chunk, have, self.stop - self.written)
-            head, rest = np.split(block, [take], axis=axis)
-            self.array[..., self.written : self.written + take, :] = head
-            (self.marks / str(self.written // self.chunk)).touch()
-            self.written += take
-            self.pending, have = ([rest] if rest.shape[axis] else []), have - take
-            if self.written >= self.stop:
-                break
+        self.filler.add(rows)
 
     def close(self) -> Path:
         """Check that every chunk row of the block is finished (now or by an earlier run); returns the
@@ -154,4 +190,4 @@ class SharedZarrRows:
 
     def abort(self) -> None:
         """Nothing to remove: unmarked chunk rows are recomputed by the next run."""
-        self.pending = []
+        self.filler.pending = []

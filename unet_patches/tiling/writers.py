@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from .shared_zarr import ChunkRowFiller
+
 __all__ = [
     "BIGTIFF_THRESHOLD_BYTES",
     "BandWriter",
@@ -392,9 +394,12 @@ class ZarrWriter(BandWriter):
             dtype=self.dtype,
             fill_value=0,
         )
-        self.pending: list[np.ndarray] = []
-        self.pending_rows = 0
-        self.written = 0  # rows in the store
+        self.filler = ChunkRowFiller(self.array, 0, self.height, probabilities=classes is not None)
+
+    @property
+    def written(self) -> int:
+        """Rows in the store (whole chunk rows, and the last rows once they have all come)."""
+        return self.filler.written
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
@@ -402,23 +407,11 @@ class ZarrWriter(BandWriter):
         shape = rows.shape[1:] if self.classes is None else (rows.shape[0], rows.shape[2])
         if rows.ndim != len(expected) + 1 or shape != expected:
             raise ValueError(f"Zarr band {rows.shape}: expected rows of {expected}")
-        count = rows.shape[0] if self.classes is None else rows.shape[1]
-        self._advance(count)
-        if self.classes is not None and self.dtype == np.uint8:
-            rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
-        self.pending.append(np.array(rows, dtype=self.dtype))  # a copy: the caller may reuse its array
-        self.pending_rows += count
-        while self.pending_rows >= self.chunk or (self.rows_done == self.height and self.pending_rows):
-            axis = 0 if self.classes is None else 1
-            block = np.concatenate(self.pending, axis=axis) if len(self.pending) > 1 else self.pending[0]
-            take = min(self.chunk, self.pending_rows)
-            head, rest = np.split(block, [take], axis=axis)
-            self.array[..., self.written : self.written + take, :] = head
-            self.written += take
-            self.pending, self.pending_rows = ([rest] if self.pending_rows > take else []), self.pending_rows - take
+        self._advance(rows.shape[0] if self.classes is None else rows.shape[1])
+        self.filler.add(rows)
 
     def _finish(self) -> None:
-        self.pending = []
+        self.filler.pending = []
 
     def close(self) -> Path:
         if self.rows_done == self.height and self.path.is_dir() and (self.path / "zarr.json").is_file():
@@ -426,5 +419,5 @@ class ZarrWriter(BandWriter):
         return super().close()
 
     def abort(self) -> None:
-        self.pending = []
+        self.filler.pending = []
         shutil.rmtree(self.tmp, ignore_errors=True)
