@@ -21,7 +21,7 @@ from unet_patches.cli import main
 from unet_patches.errors import UserError
 from unet_patches.imageio import image_to_array
 from unet_patches.sharding import Shard, row_block
-from unet_patches.tiling import TiledPredictor, expand_inputs
+from unet_patches.tiling import TiledPredictor, blender, expand_inputs
 from unet_patches.tiling.merger import assemble
 from unet_patches.tiling.shared_zarr import marks_folder
 from unet_patches.tiling.sources import TiffSource, ZarrSource, image_size
@@ -168,17 +168,25 @@ def _run(folder: Path, out: str, *flags: str) -> int:
     return main([*argv, "--precision", "fp32", "--no-compile", "--probs", *flags])
 
 
-@pytest.mark.parametrize("count", [2, 3])
-def test_one_image_over_shards_equals_one_process_bit_for_bit(huge, count):
-    assert _run(huge, "one", "--format", "zarr") == 0
+@pytest.mark.parametrize(("count", "strips"), [(2, False), (3, False), (2, True)])
+def test_one_image_over_shards_equals_one_process_bit_for_bit(huge, count, strips, monkeypatch):
+    flags = []
+    if strips:  # the image worked in column strips, by every shard as by the one process
+        monkeypatch.setattr(blender, "STRIP_COLUMNS", 24)
+        used = []
+        strip_bands = blender.WindowBlender._strip_bands
+        monkeypatch.setattr(blender.WindowBlender, "_strip_bands", lambda *a: used.append(1) or strip_bands(*a))
+        flags = ["--window", "32", "--overlap", "0.25", "--batch-size", "2"]
+    assert _run(huge, "one", "--format", "zarr", *flags) == 0
     for i in range(count):
-        assert _run(huge, "sharded", "--shard", f"{i}/{count}") == 0
+        assert _run(huge, "sharded", "--shard", f"{i}/{count}", *flags) == 0
     for name in ("big_labels.zarr", "big_probs.zarr"):
         one, sharded = zarr.open_array(str(huge / "one" / name)), zarr.open_array(str(huge / "sharded" / name))
         assert np.array_equal(one[...], sharded[...]), name
     assert main(["merge-report", str(huge / "sharded")]) == 0
     report = json.loads((huge / "sharded" / "report.json").read_text())
     assert report["missing"] == [] and report["finished"] == list(range(count))
+    assert not strips or len(used) >= 2 * (count + 1)  # two strips or more, in every run
 
 
 def test_a_rerun_computes_only_the_chunk_rows_not_marked_finished(huge):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,18 @@ from unet_patches.validate import require_int
 from .blending import BLEND_MODES, axis_weights, weight_sums
 from .merger import Band, BandAccumulator, argmax_classes, assemble
 from .padding import PADDING_MODES, PaddedRows
-from .placement import axis_starts, pair, place_windows, stride_for
+from .placement import axis_starts, column_strips, pair, place_windows, stride_for
 from .sources import ArraySource, RowSource
 
-__all__ = ["ACTIVATIONS", "WindowBlender"]
+__all__ = ["ACTIVATIONS", "STRIP_COLUMNS", "WindowBlender"]
 
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
+
+STRIP_COLUMNS = 4096
+"""About how many columns an image is worked in at a time when it is more than twice as wide (see
+:meth:`WindowBlender.bands`)."""
 
 # Flips used by test-time augmentation: none, columns, rows, both. Each is its own inverse.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -56,6 +61,9 @@ class WindowBlender:
             an axis shorter than the window, padded on both sides and cropped back.
         tta: average over the four flips (none, columns, rows, both), un-flipped, in probability space.
         activation: ``softmax`` / ``sigmoid`` over the class axis, or None to blend raw outputs.
+        strip_columns: an image more than twice this wide is worked in column strips about this
+            wide, which keeps memory from growing with the width (:meth:`bands`); None:
+            :data:`STRIP_COLUMNS`, 0: never.
 
     Sums are float32. Raises ``UserError`` for invalid settings.
     """
@@ -73,6 +81,7 @@ class WindowBlender:
         pad_value: float = 0.0,
         tta: bool = False,
         activation: str | None = "softmax",
+        strip_columns: int | None = None,
     ) -> None:
         place_windows((1, 1), window, overlap)  # validates window and overlap
         self.window = tuple(int(v) for v in pair(window, "window"))
@@ -89,6 +98,9 @@ class WindowBlender:
         self.weights = None if blend == "mean" else np.outer(*self.profiles).astype(np.float32)
         self.n_aug = len(FLIPS) if self.tta else 1
         self.windows_per_batch = max(1, int(batch_size) // self.n_aug)
+        if strip_columns is not None:
+            require_int("strip_columns", strip_columns, 0)
+        self.strip_columns = strip_columns
 
     # ----------------------------------------------------------------------------------- network
 
@@ -141,59 +153,121 @@ class WindowBlender:
         """Blend windows over ``source`` and yield finished bands of rows, top to bottom.
 
         ``source``: a :class:`~.sources.RowSource` or a float image ``(C, H, W)``. Memory use is a
-        band of rows (about ``window + stride`` rows x width x classes float32), not the image.
+        band of rows (about ``window + stride`` rows x width x classes float32), not the image. An
+        image wider than about ``strip_columns`` is worked in column strips (:meth:`_strip_bands`),
+        so that only one strip holds a whole band and the others keep the overlap rows.
         ``rows = (start, stop)``: only those rows, computed from exactly the windows that touch them,
         in the same batches as for the whole image, so they equal the whole image's rows bit for bit
         (a huge image split between processes; at most one batch of extra windows is run).
         """
-        if not isinstance(source, RowSource):
-            source = ArraySource(np.asarray(source))
-        height, width = source.height, source.width
-        wh, ww = self.window
-        hp, wp = max(height, wh), max(width, ww)
-        top, left = (hp - height) // 2, (wp - width) // 2
-        ys, xs = axis_starts(hp, wh, self.strides[0]), axis_starts(wp, ww, self.strides[1])
-        padded = PaddedRows(source, (hp, wp), (top, left), self.padding, self.pad_value)
-        row_sums = weight_sums(hp, ys, self.profiles[0]).astype(np.float32)
-        col_sums = weight_sums(wp, xs, self.profiles[1]).astype(np.float32)
-        lo, hi = (0, height) if rows is None else (max(0, int(rows[0])), min(height, int(rows[1])))
+        grid = _Grid.of(self, source if isinstance(source, RowSource) else ArraySource(np.asarray(source)))
+        lo, hi = (0, grid.height) if rows is None else (max(0, int(rows[0])), min(grid.height, int(rows[1])))
         if lo >= hi:
             return
-        # Window rows touching padded rows top + lo .. top + hi, and the batches that hold them.
-        first_row, last_row = int(np.searchsorted(ys + wh, top + lo, "right")), int(np.searchsorted(ys, top + hi))
-        begin, end = first_row * len(xs), last_row * len(xs)
-        total, per_batch = len(ys) * len(xs), self.windows_per_batch
-        accumulator = BandAccumulator(wp)
-        accumulator.start = int(ys[first_row])
-        crop = (top + lo, top + hi, top, left, width)
-        bands_read: dict[int, np.ndarray] = {}
-        bar = console.progress(end - begin, "windows", "window", enabled=progress)
+        # Window rows touching padded rows top + lo .. top + hi.
+        wh, ys = self.window[0], grid.ys
+        row_range = int(np.searchsorted(ys + wh, grid.top + lo, "right")), int(np.searchsorted(ys, grid.top + hi))
+        strips = self.strips(grid.xs)
+        count = (row_range[1] - row_range[0]) * sum(j1 - j0 for j0, j1, _, _ in strips)
+        bar = console.progress(count, "windows", "window", enabled=progress)
+        crop = (grid.top + lo, grid.top + hi, grid.top)
         try:
-            for first in range(begin - begin % per_batch, end, per_batch):
-                # Windows in row-major order; window i is at row i // columns, column i % columns.
-                batch = [divmod(i, len(xs)) for i in range(first, min(first + per_batch, total))]
-                outputs = self.forward_windows(_windows(batch, bands_read, padded, ys, xs, self.window))
-                # Only the windows of this range (the batch may reach beyond it at either end).
-                keep = slice(max(begin - first, 0), min(end - first, len(batch)))
-                outputs, batch, first = outputs[keep], batch[keep], max(first, begin)
-                bar.update(len(batch))
-                # Window row by window row, so that a row's band is finished before the next row's
-                # windows come in: the buffer then holds one window height, and dropping a band moves
-                # only the overlap rows up.
-                done = 0
-                while done < len(batch):
-                    row = batch[done][0]
-                    stop_at = next((i for i in range(done, len(batch)) if batch[i][0] != row), len(batch))
-                    accumulator.add(outputs[done:stop_at], [(int(ys[r]), int(xs[c])) for r, c in batch[done:stop_at]])
-                    following, done = first + stop_at, stop_at
-                    # Rows above the next window's row are finished: later windows start lower down.
-                    stop = int(ys[following // len(xs)]) if following < end else int(ys[last_row - 1]) + wh
-                    if stop > accumulator.start:
-                        band = self._finish(accumulator, stop, row_sums, col_sums, crop, probs)
-                        if band is not None:
-                            yield band
+            if len(strips) == 1:
+                yield from self._packed_bands(grid, row_range, crop, probs, bar)
+                return
+            parts = [self._strip_bands(grid, strip, row_range, crop, probs, bar) for strip in strips]
+            yield from _joined(parts, [(c0, c1) for _, _, c0, c1 in strips])
         finally:
             bar.close()
+
+    def strips(self, xs: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """The column strips of a row of windows at ``xs`` (see :func:`~.placement.column_strips`):
+        about ``strip_columns`` wide, a whole number of batches of windows each; one for a narrow image."""
+        stride, width = self.strides[1], self.window[1]
+        columns = STRIP_COLUMNS if self.strip_columns is None else self.strip_columns
+        if columns == 0 or len(xs) < 3 or len(xs) * stride <= 2 * columns:
+            return [(0, len(xs), 0, int(xs[-1]) + width)]
+        spacing = int(np.diff(xs).min())  # windows are spread evenly, at most a stride apart
+        least = max(-(-columns // stride), -(-width // spacing) + 1)
+        count = max(1, round(len(xs) / least))
+        per_strip = -(-(len(xs) + count - 1) // count)
+        per_strip = -(-per_strip // self.windows_per_batch) * self.windows_per_batch
+        return column_strips(xs, width, per_strip)
+
+    def _packed_bands(
+        self, grid: _Grid, row_range: tuple[int, int], crop: tuple[int, int, int], want_probs: bool, bar: Any
+    ) -> Iterator[Band]:
+        """Bands over the whole width, the windows in row-major order in full batches that may
+        span window rows (batches start at multiples of the batch size, counted over the image)."""
+        ys, xs, (wh, _) = grid.ys, grid.xs, self.window
+        first_row, last_row = row_range
+        begin, end = first_row * len(xs), last_row * len(xs)
+        total, per_batch = len(ys) * len(xs), self.windows_per_batch
+        accumulator = BandAccumulator(len(grid.col_sums))
+        accumulator.start = int(ys[first_row])
+        columns = (grid.left, grid.left + grid.width)
+        bands_read: dict[int, np.ndarray] = {}
+        for first in range(begin - begin % per_batch, end, per_batch):
+            # Windows in row-major order; window i is at row i // columns, column i % columns.
+            batch = [divmod(i, len(xs)) for i in range(first, min(first + per_batch, total))]
+            outputs = self.forward_windows(_windows(batch, bands_read, grid.padded, ys, xs, self.window))
+            # Only the windows of this range (the batch may reach beyond it at either end).
+            keep = slice(max(begin - first, 0), min(end - first, len(batch)))
+            outputs, batch, first = outputs[keep], batch[keep], max(first, begin)
+            bar.update(len(batch))
+            # Window row by window row, so that a row's band is finished before the next row's
+            # windows come in: the buffer then holds one window height, and dropping a band moves
+            # only the overlap rows up.
+            done = 0
+            while done < len(batch):
+                row = batch[done][0]
+                stop_at = next((i for i in range(done, len(batch)) if batch[i][0] != row), len(batch))
+                accumulator.add(outputs[done:stop_at], [(int(ys[r]), int(xs[c])) for r, c in batch[done:stop_at]])
+                following, done = first + stop_at, stop_at
+                # Rows above the next window's row are finished: later windows start lower down.
+                stop = int(ys[following // len(xs)]) if following < end else int(ys[last_row - 1]) + wh
+                if stop > accumulator.start:
+                    band = self._finish(accumulator, stop, grid.row_sums, grid.col_sums, (*crop, *columns), want_probs)
+                    if band is not None:
+                        yield band
+
+    def _strip_bands(
+        self,
+        grid: _Grid,
+        strip: tuple[int, int, int, int],
+        row_range: tuple[int, int],
+        crop: tuple[int, int, int],
+        want_probs: bool,
+        bar: Any,
+    ) -> Iterator[Band]:
+        """Bands of the columns of one strip, window row by window row, each row's windows in
+        batches of their own. Between bands the strip holds only the sums of the rows that the next
+        window row adds to (the overlap), not its input, outputs or the rest of the band."""
+        first_window, end_window, first_column, end_column = strip
+        (wh, ww), per_batch = self.window, self.windows_per_batch
+        xs = grid.xs[first_window:end_window]
+        offset = int(xs[0])
+        span = int(xs[-1]) + ww - offset
+        accumulator = BandAccumulator(span)
+        accumulator.start = int(grid.ys[row_range[0]])
+        col_sums = grid.col_sums[offset : offset + span]
+        columns = (first_column - offset, end_column - offset)
+        for r in range(*row_range):
+            y = int(grid.ys[r])
+            rows = grid.padded.rows(y, wh, (offset, offset + span))
+            for k in range(0, len(xs), per_batch):
+                starts = [int(x) - offset for x in xs[k : k + per_batch]]
+                outputs = self.forward_windows(np.stack([rows[:, :, x : x + ww] for x in starts]))
+                accumulator.add(outputs, [(y, x) for x in starts])
+                bar.update(len(starts))
+            del rows, outputs
+            stop = int(grid.ys[r + 1]) if r + 1 < row_range[1] else y + wh
+            band = self._finish(accumulator, stop, grid.row_sums, col_sums, (*crop, *columns), want_probs)
+            accumulator.shrink()
+            if band is not None:
+                handed = [band]
+                del band
+                yield handed.pop()  # so that this frame does not keep the band while it waits
 
     def _finish(
         self,
@@ -205,19 +279,20 @@ class WindowBlender:
         want_probs: bool,
     ) -> Band | None:
         """The finished rows before ``stop`` as a band, cropped to ``crop = (first padded row, end
-        padded row, top padding, left padding, width)``; the rows are then dropped from the buffer."""
-        row_lo, row_hi, top, left, width = crop
+        padded row, top padding, first column, end column)`` (columns of the accumulator, whose
+        weight sums ``col_sums`` are); the rows are then dropped from the buffer."""
+        row_lo, row_hi, top, col_lo, col_hi = crop
         start = accumulator.start
         sums = accumulator.finished(stop)
         band = None
         # Crop the padding (and rows outside the range asked for) back off.
         y0, y1 = max(start, row_lo), min(stop, row_hi)
         if y1 > y0:
-            sums = sums[:, y0 - start : y1 - start, left : left + width]
+            sums = sums[:, y0 - start : y1 - start, col_lo:col_hi]
             if sums.shape[0] > 256:
                 raise ValueError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
             if want_probs:  # divided in place: these rows of the buffer are dropped right after
-                blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[left : left + width]), out=sums)
+                blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[col_lo:col_hi]), out=sums)
                 band = Band(y0 - top, argmax_classes(blended), blended.copy())
             else:  # every class of a pixel has the same weight sum, so the argmax needs no division
                 band = Band(y0 - top, argmax_classes(sums), None)
@@ -241,6 +316,57 @@ class WindowBlender:
         bands = self.bands(image, probs=return_probs, progress=progress)
         labels, probs = assemble(bands, image.shape[1:], with_probs=return_probs)
         return (labels, probs) if return_probs else labels
+
+
+@dataclass
+class _Grid:
+    """One image's windows: the source padded to at least the window, the window starts in padded
+    coordinates, and the blending weight sums along each padded axis."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+    ys: np.ndarray
+    xs: np.ndarray
+    padded: PaddedRows
+    row_sums: np.ndarray
+    col_sums: np.ndarray
+
+    @classmethod
+    def of(cls, blender: WindowBlender, source: RowSource) -> _Grid:
+        height, width = source.height, source.width
+        (wh, ww), (sy, sx) = blender.window, blender.strides
+        hp, wp = max(height, wh), max(width, ww)
+        top, left = (hp - height) // 2, (wp - width) // 2
+        ys, xs = axis_starts(hp, wh, sy), axis_starts(wp, ww, sx)
+        padded = PaddedRows(source, (hp, wp), (top, left), blender.padding, blender.pad_value)
+        row_sums = weight_sums(hp, ys, blender.profiles[0]).astype(np.float32)
+        col_sums = weight_sums(wp, xs, blender.profiles[1]).astype(np.float32)
+        return cls(height, width, top, left, ys, xs, padded, row_sums, col_sums)
+
+
+def _joined(parts: list[Iterator[Band]], columns: list[tuple[int, int]]) -> Iterator[Band]:
+    """The bands of neighbouring column strips (``parts``, over ``columns``), which finish the same
+    rows at each step, as whole bands; each strip's piece is copied in as soon as it comes."""
+    while True:
+        band = None
+        for part, (first, end) in zip(parts, columns):
+            piece = next(part, None)
+            if piece is None:
+                return
+            if band is None:
+                rows = piece.labels.shape[0]
+                probs = (
+                    None if piece.probs is None else np.empty((piece.probs.shape[0], rows, columns[-1][1]), np.float32)
+                )
+                band = Band(piece.start, np.empty((rows, columns[-1][1]), np.uint8), probs)
+            assert piece.start == band.start
+            band.labels[:, first:end] = piece.labels
+            if band.probs is not None:
+                band.probs[:, :, first:end] = piece.probs
+            del piece
+        yield band
 
 
 def _windows(

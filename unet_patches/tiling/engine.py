@@ -67,6 +67,7 @@ class TiledPredictor(WindowBlender):
         device: str | torch.device | None = None,
         compile: bool = False,
         fold_batchnorm: bool = True,
+        strip_columns: int | None = None,
     ) -> None:
         super().__init__(
             None,
@@ -79,6 +80,7 @@ class TiledPredictor(WindowBlender):
             pad_value=pad_value,
             tta=tta,
             activation=activation,
+            strip_columns=strip_columns,
         )
         module = network if isinstance(network, nn.Module) else None
         self.device = resolve_device(device, module)

@@ -33,6 +33,7 @@ class BandAccumulator:
         self.complete = 0  # rows before it are written in every column
         self.row: int | None = None  # the start row of the current window row
         self.front = 0  # columns before it are written in rows complete .. of the current window row
+        self.end = 0  # rows before it have sums
 
     def add(self, outputs: np.ndarray, positions: Sequence[tuple[int, int]]) -> None:
         """Add window outputs ``(n, K, h, w)`` at their ``(row, column)`` positions (padded coordinates)."""
@@ -43,6 +44,7 @@ class BandAccumulator:
             if self.sums is not None:
                 grown[:, : self.sums.shape[1]] = self.sums
             self.sums = grown
+        self.end = max(self.end, needed + self.start)
         for output, (y, x) in zip(outputs, positions):
             if y != self.row:  # a new window row: the one before covered every column of its rows
                 if self.row is not None:
@@ -73,6 +75,12 @@ class BandAccumulator:
             rows = min(count, rest - top)
             self.sums[:, top : top + rows] = self.sums[:, count + top : count + top + rows]
         self.start = stop
+
+    def shrink(self) -> None:
+        """Keep only the rows that have sums, in a buffer of their own size (a column strip waiting
+        for its next window row holds just the overlap rows)."""
+        held = self.end - self.start
+        self.sums = None if held <= 0 or self.sums is None else self.sums[:, :held].copy()
 
 
 @dataclass

@@ -50,23 +50,27 @@ class PaddedRows:
         self.row_map = pad_indices(source.height, top, hp - source.height - top, mode)
         self.col_map = pad_indices(source.width, left, wp - source.width - left, mode)
 
-    def rows(self, y: int, count: int) -> np.ndarray:
-        """Padded rows ``y:y + count``, float32 ``(C, count, W')``; only the rows they need are read."""
+    def rows(self, y: int, count: int, columns: tuple[int, int] | None = None) -> np.ndarray:
+        """Padded rows ``y:y + count``, float32 ``(C, count, W')``; only the rows they need are read.
+        ``columns = (first, end)`` in padded coordinates: only those columns (read alone when the
+        columns need no padding, which is the case for any image wider than the window)."""
+        direct = columns if self.padded_width == self.width else None
         rows = self.row_map[y : y + count]
         valid = rows >= 0
         if not valid.any():  # padding only (constant mode): nothing to read
             channels = self.source.read_rows(0, 1).shape[0]
-            return np.full((channels, count, self.padded_width), self.pad_value, dtype=np.float32)
+            wide = self.padded_width if direct is None else direct[1] - direct[0]
+            return np.full((channels, count, wide), self.pad_value, dtype=np.float32)
         lo, hi = int(rows[valid].min()), int(rows[valid].max()) + 1
-        raw = self.source.read_rows(lo, hi)
+        raw = self.source.read_rows(lo, hi, direct)
         if valid.all() and hi - lo == count and rows[0] == lo and np.all(np.diff(rows) == 1):
             band = raw
         else:
-            band = np.full((raw.shape[0], count, self.width), self.pad_value, dtype=np.float32)
+            band = np.full((raw.shape[0], count, raw.shape[2]), self.pad_value, dtype=np.float32)
             band[:, valid] = raw[:, rows[valid] - lo]
         if self.padded_width != self.width:
             valid_cols = self.col_map >= 0
             padded = np.full((band.shape[0], count, self.padded_width), self.pad_value, dtype=np.float32)
             padded[:, :, valid_cols] = band[:, :, self.col_map[valid_cols]]
-            band = padded
+            band = padded if columns is None else padded[:, :, columns[0] : columns[1]]
         return band

@@ -20,7 +20,7 @@ import numpy as np
 from unet_patches.errors import UserError
 from unet_patches.validate import is_int, is_number
 
-__all__ = ["axis_starts", "check_coverage", "padded_size", "place_windows", "pair", "stride_for"]
+__all__ = ["axis_starts", "check_coverage", "column_strips", "padded_size", "place_windows", "pair", "stride_for"]
 
 Overlap = float | int | Sequence[float | int]
 
@@ -132,3 +132,28 @@ def place_windows(
         raise ValueError(f"image size {tuple(size)!r}: expected two positive whole numbers (H, W)")
     hp, wp = padded_size(size, (wh, ww))
     return axis_starts(hp, wh, stride_for(wh, oh)), axis_starts(wp, ww, stride_for(ww, ow))
+
+
+def column_strips(starts: np.ndarray, window: int, per_strip: int) -> list[tuple[int, int, int, int]]:
+    """Split the columns of an axis with windows at ``starts`` into strips that ``per_strip``
+    windows each touch (the last strip fewer).
+
+    Returns ``(first window, end window, first column, end column)`` per strip. The strips tile
+    ``0 .. starts[-1] + window``; a strip's windows are all those that touch its columns, so each
+    column gets exactly the windows it gets in the whole row. A strip ends where the next window
+    starts, which leaves one window shared by two neighbours for any overlap of at most half a window.
+    """
+    ends = np.asarray(starts) + window
+    if per_strip < 1:
+        raise ValueError(f"per_strip={per_strip}: expected at least one window per strip")
+    strips, column = [], 0
+    while True:
+        first = int(np.searchsorted(ends, column, "right"))  # the first window ending after `column`
+        end = first + per_strip
+        if end >= len(starts):
+            strips.append((first, len(starts), column, int(ends[-1])))
+            return strips
+        if int(starts[end]) <= column:
+            raise ValueError(f"per_strip={per_strip} windows do not reach past column {column}")
+        strips.append((first, end, column, int(starts[end])))
+        column = int(starts[end])

@@ -53,27 +53,30 @@ class ChunkRowFiller:
         self.axis = 1 if probabilities else 0
         self.scale = probabilities and array.dtype == np.uint8
         self.on_chunk_row = on_chunk_row
-        self.pending: list[np.ndarray] = []
+        self.buffer: np.ndarray | None = None  # the chunk row being filled
+        self.filled = 0  # its rows that have come
         self.written = self.start  # rows in the array
 
     def add(self, rows: np.ndarray) -> None:
-        """The next rows; each chunk row is written once all its rows have come."""
+        """The next rows; each chunk row is written once all its rows have come. The rows are copied
+        into one chunk row's buffer as they come (the caller may reuse its array)."""
         rows = np.asarray(rows)
-        if self.scale:
-            rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
-        self.pending.append(np.array(rows, dtype=self.array.dtype))  # a copy: the caller may reuse its array
-        have = sum(p.shape[self.axis] for p in self.pending)
-        while have and (have >= self.chunk or self.written + have >= self.stop):
-            block = np.concatenate(self.pending, axis=self.axis) if len(self.pending) > 1 else self.pending[0]
-            take = min(self.chunk, have, self.stop - self.written)
-            head, rest = np.split(block, [take], axis=self.axis)
-            self.array[..., self.written : self.written + take, :] = head
-            if self.on_chunk_row is not None:
-                self.on_chunk_row(self.written // self.chunk)
-            self.written += take
-            self.pending, have = ([rest] if rest.shape[self.axis] else []), have - take
-            if self.written >= self.stop:
-                break
+        done, count = 0, rows.shape[-2]
+        while done < count and self.written < self.stop:
+            if self.buffer is None or self.buffer.shape[-2] != min(self.chunk, self.stop - self.written):
+                shape = (*rows.shape[:-2], min(self.chunk, self.stop - self.written), rows.shape[-1])
+                self.buffer = np.empty(shape, dtype=self.array.dtype)
+            take = min(count - done, self.buffer.shape[-2] - self.filled)
+            part = rows[..., done : done + take, :]
+            if self.scale:
+                part = np.rint(np.clip(part, 0.0, 1.0) * 255.0)
+            self.buffer[..., self.filled : self.filled + take, :] = part
+            done, self.filled = done + take, self.filled + take
+            if self.filled == self.buffer.shape[-2]:
+                self.array[..., self.written : self.written + self.filled, :] = self.buffer
+                if self.on_chunk_row is not None:
+                    self.on_chunk_row(self.written // self.chunk)
+                self.written, self.filled = self.written + self.filled, 0
 
 
 def marks_folder(store: Path) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from unet_patches.errors import UserError, one_line
 from unet_patches.imageio import image_to_array
 
-from .rows import ChunkRows, RowSource
+from .rows import ChunkRows, StoredRows
 
 __all__ = [
     "OPENSLIDE_INSTALL_HINT",
@@ -47,7 +47,7 @@ def openslide_module() -> Any | None:
 
 class _Region:
     """A slide level as an array of ``(H, W, 3)`` uint8 for :class:`ChunkRows`: rows come from
-    ``read_region`` in full-width blocks of :data:`BLOCK_ROWS` rows."""
+    ``read_region`` in full-width blocks of :data:`BLOCK_ROWS` rows, or a strip of columns alone."""
 
     def __init__(self, slide: Any, level: int) -> None:
         self.slide, self.level = slide, level
@@ -55,17 +55,19 @@ class _Region:
         self.downsample = float(slide.level_downsamples[level])
         self.chunks = (BLOCK_ROWS, self.width, 3)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
+    def __getitem__(self, index: slice | tuple[slice, slice]) -> np.ndarray:
+        rows, columns = index if isinstance(index, tuple) else (index, slice(None))
         start, stop, _ = rows.indices(self.height)
+        first, end, _ = columns.indices(self.width)
         # read_region takes its corner in level-0 pixels and its size in this level's pixels.
-        corner = (0, int(round(start * self.downsample)))
-        rgba = np.asarray(self.slide.read_region(corner, self.level, (self.width, stop - start)))
+        corner = (int(round(first * self.downsample)), int(round(start * self.downsample)))
+        rgba = np.asarray(self.slide.read_region(corner, self.level, (end - first, stop - start)))
         rgb = rgba[..., :3].copy()
         rgb[rgba[..., 3] == 0] = 255  # outside the scanned area: white, as viewers show it
         return rgb
 
 
-class SlideSource(RowSource):
+class SlideSource(StoredRows):
     """A level of a whole-slide image read through OpenSlide, a block of rows at a time.
 
     Raises ``UserError``: the extra is missing, OpenSlide cannot open the file, or the level does not exist.
@@ -79,15 +81,12 @@ class SlideSource(RowSource):
         self.reader = ChunkRows(region, self.height)
         self.channels = image_to_array(self.raw_rows(0, 1), in_channels, self.name).shape[0]
 
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, columns: tuple[int, int] | None = None) -> np.ndarray:
         """Rows ``start:stop`` as RGB uint8 ``(rows, W, 3)``."""
         try:
-            return self.reader.rows(start, stop)
+            return self.reader.rows(start, stop, columns)
         except Exception as exc:  # OpenSlide raises its own error for damaged tiles
             raise UserError(f"{self.path}: cannot read slide rows {start}..{stop} ({one_line(exc)})") from exc
-
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return image_to_array(self.raw_rows(start, stop), self.in_channels, self.name)
 
     def close(self) -> None:
         self.reader.close()

@@ -27,7 +27,7 @@ import tifffile
 from unet_patches.errors import UserError, one_line
 from unet_patches.imageio import image_to_array, tiff_page
 
-from .rows import ArraySource, ChunkRows, NormalizedSource, RawSource, RowSource
+from .rows import ArraySource, ChunkRows, NormalizedSource, RawSource, RowSource, StoredRows, column_slice
 from .slides import TIFF_BASED, SlideSource, reads_as_slide, slide_size
 
 __all__ = [
@@ -78,21 +78,21 @@ class _ContiguousReader:
         self.dtype = dtype
         self.row_bytes = int(np.prod(row_shape)) * dtype.itemsize
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
+    def rows(self, start: int, stop: int, columns: tuple[int, int] | None = None) -> np.ndarray:
         size = (stop - start) * self.row_bytes
         data = os.pread(self.fd, size, self.offset + start * self.row_bytes)
         if len(data) != size:
             raise UserError(
                 f"{self.path}: TIFF data ends early (rows {start}..{stop}); the file is truncated, re-save it"
             )
-        array = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.row_shape))
+        array = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.row_shape))[:, column_slice(columns)]
         return array.astype(self.dtype.newbyteorder("="), copy=False)
 
     def close(self) -> None:
         os.close(self.fd)
 
 
-class TiffSource(RowSource):
+class TiffSource(StoredRows):
     """The first image of a TIFF, read a band of rows at a time without loading the whole file.
 
     The header is checked before any pixel is read or any buffer allocated, so that a small file
@@ -220,14 +220,11 @@ class TiffSource(RowSource):
         # predictors, planar layout, subsampling), so nothing here depends on its internals.
         return ChunkRows(zarr.open_array(page.aszarr(), mode="r"), self.height, channels_first=separate)
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return image_to_array(self.raw_rows(start, stop), self.in_channels, self.name)
-
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, columns: tuple[int, int] | None = None) -> np.ndarray:
         """Rows ``start:stop`` as stored: ``(rows, W)`` or ``(rows, W, C)`` in the file's dtype."""
         assert self.reader is not None, f"{self.path}: read after close"
         try:
-            raw = self.reader.rows(start, stop)
+            raw = self.reader.rows(start, stop, columns)
         except UserError:
             raise
         except Exception as exc:  # tifffile, codecs and the OS raise many types for damaged files
@@ -339,7 +336,7 @@ def _zarr_plane(path: Path, level: int) -> tuple[_PlaneOf, bool]:
     return plane, channels_first
 
 
-class ZarrSource(RowSource):
+class ZarrSource(StoredRows):
     """An image stored as a Zarr array (a ``.zarr`` directory, or level ``level`` of a multiscale
     group), read a row of chunks at a time: ``(H, W)``, ``(H, W, C<=4)`` or ``(C<=4, H, W)``, with
     any leading axes of length 1 (OME-Zarr) dropped. The same pixel and decode limits as
@@ -361,13 +358,10 @@ class ZarrSource(RowSource):
             )
         self.channels = image_to_array(self.reader.rows(0, 1), in_channels, self.name).shape[0]
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return image_to_array(self.raw_rows(start, stop), self.in_channels, self.name)
-
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+    def raw_rows(self, start: int, stop: int, columns: tuple[int, int] | None = None) -> np.ndarray:
         """Rows ``start:stop`` as stored: ``(rows, W)`` or ``(rows, W, C)`` in the store's dtype."""
         try:
-            return self.reader.rows(start, stop)
+            return self.reader.rows(start, stop, columns)
         except Exception as exc:  # codecs and the OS raise many types for damaged chunks
             raise UserError(
                 f"{self.path}: cannot read Zarr rows {start}..{stop} ({one_line(exc)}); the store is damaged"
