@@ -178,19 +178,9 @@ class PeakSampler:
 
 def with_int8_windows(checkpoint: str | Path, out: str | Path, folder: str | Path | None = None) -> Path:
     """A copy of ``checkpoint`` (written before checkpoints kept int8 windows) with the int8
-    calibration and held-back windows training now stores, taken from its training data (``folder``,
-    default the run's ``training.folder``) with its own split; returns ``out``."""
-    import torch
+    calibration and held-back windows training now stores, as ``unet-patches calibrate`` writes it
+    (from ``folder``, default the run's ``training.folder``); returns ``out``."""
+    from unet_patches.data import add_int8_windows
 
-    from unet_patches.checkpoints import load_checkpoint, save_checkpoint
-    from unet_patches.config import config_from_dict
-    from unet_patches.data import int8_windows, make_datasets
-
-    state = load_checkpoint(checkpoint)
-    values = dict(state["config"])
-    if folder is not None:
-        values["training"] = {**values["training"], "folder": str(folder)}
-    state["int8_windows"] = int8_windows(make_datasets(config_from_dict(values)))
-    save_checkpoint(state, out)
-    del torch
+    add_int8_windows(checkpoint, out, folder, overwrite=True)
     return Path(out)

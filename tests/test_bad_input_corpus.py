@@ -895,6 +895,43 @@ case("export-out-exists", lambda c: (ex(c, out=c.file("old_model.pt", b"previous
 case("export-out-parent-is-a-file", lambda c: (ex(c, out=c.file("occupied.txt") + "/model.pt"), ["occupied.txt"]))
 case("export-read-only-out", lambda c: (ex(c, out=c.read_only() + "/model.pt"), ["ro_dir"]), read_only=True)
 
+# ---------------------------------------------------------------- calibrate
+
+CAL = ("new.pt",)
+
+
+def cal(c: Ctx, ckpt="ckpt.pt", out="new.pt", *flags):
+    return ["calibrate", ckpt, "-o", out, *flags]
+
+
+case(
+    "calibrate-checkpoint-random-bytes",
+    lambda c: (cal(c, ckpt=c.ckpt("noise.pt", raw=os.urandom(999))), ["noise.pt"]),
+    CAL,
+)
+case("calibrate-checkpoint-missing", lambda c: (cal(c, ckpt="gone.pt"), ["gone.pt"]), CAL)
+case(
+    "calibrate-checkpoint-without-config",
+    lambda c: (cal(c, ckpt=c.ckpt("noconf.pt", lambda s: s.pop("config", 1) and None)), ["noconf.pt"]),
+    CAL,
+)
+case("calibrate-out-is-its-input", lambda c: (cal(c, "ckpt.pt", "ckpt.pt", "--overwrite"), ["ckpt.pt"]))
+case("calibrate-out-exists", lambda c: (cal(c, out=c.file("taken.pt", b"mine")), ["taken.pt"]))
+
+
+def with_config(state: dict) -> None:
+    from unet_patches.config import default_config
+
+    state["config"] = default_config().to_dict()
+
+
+case(
+    "calibrate-folder-missing",
+    lambda c: (cal(c, c.ckpt("conf.pt", with_config), "new.pt", "--folder", "nowhere"), ["nowhere"]),
+    CAL,
+)
+case("calibrate-out-parent-is-a-file", lambda c: (cal(c, out=c.file("occupied.txt") + "/new.pt"), ["occupied.txt"]))
+
 # ---------------------------------------------------------------- experiments
 
 XP = ("xp_out",)
@@ -1007,6 +1044,7 @@ def test_corpus_is_large_and_covers_every_command():
         "evaluate",
         "submit",
         "export",
+        "calibrate",
         "experiments",
     }
 

@@ -11,6 +11,8 @@ from unet_patches.api import Segmenter
 from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unet_patches.errors import UserError
 
+DEMO = Path(__file__).parent / "data" / "demo_unet_w8.pt"
+
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -61,3 +63,33 @@ def test_a_checkpoint_written_before_the_module_split_still_loads_and_computes_t
     segmenter = Segmenter.from_checkpoint(path)
     assert segmenter.patch_size == 32 and segmenter.in_channels == 1
     assert segmenter.class_names == ("class0", "class1", "class2")
+
+
+def test_calibrate_gives_an_old_checkpoint_the_windows_training_stores(tmp_path, capsys):
+    from unet_patches.cli import main
+    from unet_patches.config import default_config
+    from unet_patches.data import int8_windows, make_datasets
+    from unet_patches.synthetic import SyntheticSpec, generate_dataset
+
+    generate_dataset(tmp_path / "data", n_train=6, n_test=0, spec=SyntheticSpec(height=128, width=128))
+    config = default_config().merged({"training": {"folder": str(tmp_path / "data" / "train"), "val_fraction": 0.34}})
+    old = tmp_path / "old.pt"
+    save_checkpoint({**load_checkpoint(DEMO), "config": config.to_dict(), "int8_windows": None}, old)
+    before = old.read_bytes()
+    assert main(["calibrate", str(old), "-o", str(tmp_path / "new.pt")]) == 0
+    assert "wrote" in capsys.readouterr().out and old.read_bytes() == before
+    stored = load_checkpoint(tmp_path / "new.pt")["int8_windows"]
+    expected = int8_windows(make_datasets(config))
+    for kind in ("calibration", "held_back"):
+        assert stored[kind].dtype == torch.float16 and stored[kind].shape[1:] == (1, 96, 96)
+        assert torch.equal(stored[kind], expected[kind])
+    # The checkpoint itself is never rewritten; another file only with --overwrite; a missing folder named.
+    for argv, message in [
+        (["-o", str(old), "--overwrite"], "old.pt: is the checkpoint being read"),
+        (["-o", str(tmp_path / "new.pt")], "new.pt: already exists; pass --overwrite"),
+        (["-o", str(tmp_path / "x.pt"), "--folder", str(tmp_path / "gone")], "gone is not here; pass the folder"),
+    ]:
+        assert main(["calibrate", str(old), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert old.read_bytes() == before

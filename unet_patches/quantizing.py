@@ -325,7 +325,7 @@ def _stored_windows(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not windows:
         raise UserError(
             f"{path}: holds no int8 calibration windows (written before int8 existed, or not by training); "
-            "train again to quantize it, or use --precision auto, bf16 or fp32"
+            f"add them with `unet-patches calibrate {path} -o NEW.pt`, or use --precision auto, bf16 or fp32"
         )
     return tuple(windows[k].float().numpy() for k in ("calibration", "held_back"))  # type: ignore[return-value]
 

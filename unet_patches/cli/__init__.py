@@ -1,4 +1,5 @@
-"""``unet-patches``: generate, patches, inspect, train, predict, evaluate, submit, export, experiments.
+"""``unet-patches``: generate, patches, inspect, train, crossval, predict, evaluate, submit, export,
+calibrate, experiments, merge-report.
 
 Settings come from code defaults < ``parameters.json`` (``--params``) < flags. A settings flag is
 absent from the parsed arguments unless it was given (``argparse.SUPPRESS``); the given ones are
@@ -26,7 +27,7 @@ __all__ = ["DEFAULT_PARAMS", "PROG", "build_parser", "main", "params_path", "run
 
 log = logging.getLogger("unet_patches")
 PROG = "unet-patches"
-TORCH_COMMANDS = ("generate", "patches", "inspect", "train", "export", "experiments")
+TORCH_COMMANDS = ("generate", "patches", "inspect", "train", "export", "calibrate", "experiments")
 NO_TORCH = (
     "PyTorch is not installed here: {command} needs it (pip install torch==2.13.0). Without it, predict, "
     "evaluate and submit run ONNX exports (unet-patches export CHECKPOINT --format onnx, where torch is)"
@@ -59,13 +60,13 @@ def build_parser(with_torch: bool | None = None) -> argparse.ArgumentParser:
     sub.required = True
     if with_torch:
         from .experiments import add_experiments
-        from .export import add_export
+        from .export import add_calibrate, add_export
         from .inspect import add_inspect
         from .prepare import add_generate, add_patches
         from .train import add_crossval, add_train
 
         adders = (add_generate, add_patches, add_inspect, add_train, add_crossval, add_predict, add_evaluate)
-        adders += (add_submit, add_export, add_experiments, add_merge_report)
+        adders += (add_submit, add_export, add_calibrate, add_experiments, add_merge_report)
     else:
         adders = (add_predict, add_evaluate, add_submit, add_merge_report)
     for add in adders:
