@@ -34,6 +34,7 @@ class BandAccumulator:
         self.row: int | None = None  # the start row of the current window row
         self.front = 0  # columns before it are written in rows complete .. of the current window row
         self.end = 0  # rows before it have sums
+        self.kept: np.ndarray | None = None  # the buffer :meth:`shrink` keeps the overlap rows in
 
     def add(self, outputs: np.ndarray, positions: Sequence[tuple[int, int]]) -> None:
         """Add window outputs ``(n, K, h, w)`` at their ``(row, column)`` positions (padded coordinates)."""
@@ -80,7 +81,16 @@ class BandAccumulator:
         """Keep only the rows that have sums, in a buffer of their own size (a column strip waiting
         for its next window row holds just the overlap rows)."""
         held = self.end - self.start
-        self.sums = None if held <= 0 or self.sums is None else self.sums[:, :held].copy()
+        if held <= 0 or self.sums is None:
+            self.sums = None
+            return
+        # Into a buffer of its own that is kept from row to row: allocating a new one each time left
+        # the heap in pieces that the whole band's buffer then did not fit back into.
+        if self.kept is None or self.kept.shape[1] < held:
+            self.kept = np.empty((self.sums.shape[0], held, self.width), dtype=np.float32)
+        if self.sums.base is not self.kept:
+            self.kept[:, :held] = self.sums[:, :held]
+        self.sums = self.kept[:, :held]
 
 
 @dataclass

@@ -183,9 +183,10 @@ class TiffWriter(BandWriter):
         data_bytes = self.height * self.width * self.samples * (4 if pyramid else 3) // 3
         self.bigtiff = data_bytes > BIGTIFF_THRESHOLD_BYTES if bigtiff is None else bool(bigtiff)
         self.pixel = (self.samples,) if self.samples > 1 else ()  # a pixel's shape
-        self.pending = np.empty((0, self.width, *self.pixel), np.uint8)  # rows waiting for a row of tiles
+        self.pending = np.empty((self.tile, self.width, *self.pixel), np.uint8)  # the next row of tiles
+        self.filled = 0  # its rows that have come
         self.lower = [_LevelFile(self.height, self.width, 2**k, self.pixel) for k in range(1, self.levels + 1)]
-        self.tiles: queue.Queue = queue.Queue(maxsize=2 * -(-self.width // self.tile))
+        self.tiles: queue.Queue = queue.Queue(maxsize=-(-self.width // self.tile))  # a row of tiles
         self.error: BaseException | None = None
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name=f"tiff writer {self.path.name}", daemon=True)
@@ -199,21 +200,28 @@ class TiffWriter(BandWriter):
         self._advance(rows.shape[0])
         for level in self.lower:
             level.add(rows, start)
-        self.pending = np.concatenate([self.pending, rows])  # a copy: the caller may reuse its array
-        while len(self.pending) >= self.tile or (self.rows_done == self.height and len(self.pending)):
-            self._put_tile_row(self.pending[: self.tile])
-            self.pending = self.pending[self.tile :]
+        done = 0
+        while done < rows.shape[0]:  # copied into the row of tiles: the caller may reuse its array
+            take = min(rows.shape[0] - done, self.tile - self.filled)
+            self.pending[self.filled : self.filled + take] = rows[done : done + take]
+            done, self.filled = done + take, self.filled + take
+            if self.filled == self.tile or (self.rows_done == self.height and done == rows.shape[0]):
+                self._put_tile_row(self.pending[: self.filled])
+                self.filled = 0
 
     def _put_tile_row(self, rows: np.ndarray) -> None:
         t = self.tile
-        padded = np.zeros((t, -(-self.width // t) * t, *self.pixel), np.uint8)
-        padded[: rows.shape[0], : self.width] = rows
         for x in range(0, self.width, t):
+            tile = rows[:, x : x + t]
+            if tile.shape[:2] != (t, t):  # the image's last row or column of tiles: padded with zeros
+                tile = np.pad(tile, ((0, t - tile.shape[0]), (0, t - tile.shape[1])) + ((0, 0),) * len(self.pixel))
+            else:
+                tile = tile.copy()
             while True:  # a bounded queue; the thread may have failed meanwhile
                 if self.error is not None:
                     raise self.error
                 try:
-                    self.tiles.put(padded[:, x : x + t].copy(), timeout=0.5)
+                    self.tiles.put(tile, timeout=0.5)
                     break
                 except queue.Full:
                     continue
