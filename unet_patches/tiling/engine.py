@@ -172,8 +172,8 @@ class TiledPredictor(WindowBlender):
                 for dims, part in zip(FLIPS[1:], parts[1:]):
                     merged += part.flip(dims)
                 out = merged.div_(self.n_aug)
-            if self.weights is not None:
-                out = out * torch.from_numpy(self.weights)
+            if self.weights is not None:  # in place: `out` is this call's own tensor by now
+                out = out.mul_(torch.from_numpy(self.weights))
             return out.contiguous().numpy()
 
 
