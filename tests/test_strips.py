@@ -136,3 +136,19 @@ def test_padded_rows_of_a_strip_are_the_padded_images_columns(mode):
     assert np.array_equal(padded.rows(0, 40, (5, 45)), padded.rows(0, 40)[:, :, 5:45])
     wide = PaddedRows(source, (40, 30), (10, 0), mode, 0.5)
     assert np.array_equal(wide.rows(3, 30, (7, 21)), wide.rows(3, 30)[:, :, 7:21])
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((70, 9), 0), ((3, 70, 9), -2), ((70, 9, 2), 0)])
+def test_row_blocks_regroup_bands_into_whole_blocks(shape, axis):
+    from unet_patches.tiling.blocks import RowBlocks
+
+    image = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+    total = image.shape[axis] - 4  # rows past the total are dropped
+    blocks, got = RowBlocks(total, 16, axis=axis, dtype=np.int32), []
+    for first, stop in [(0, 5), (5, 6), (6, 40), (40, 70)]:
+        band = np.take(image, range(first, stop), axis=axis)
+        got += [(row, block.copy()) for row, block in blocks.add(band)]
+        band[...] = -1  # the caller may reuse its array
+    assert [row for row, _ in got] == [0, 16, 32, 48, 64]
+    assert [block.shape[axis] for _, block in got] == [16, 16, 16, 16, 2]
+    assert np.array_equal(np.concatenate([b for _, b in got], axis=axis), np.take(image, range(total), axis=axis))

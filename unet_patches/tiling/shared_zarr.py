@@ -25,6 +25,8 @@ import numpy as np
 from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
 
+from .blocks import RowBlocks
+
 __all__ = ["CHUNK", "ChunkRowFiller", "SharedZarrRows", "marks_folder"]
 
 CHUNK = 512  # pixels per chunk side, as the single-process Zarr writer
@@ -48,35 +50,31 @@ class ChunkRowFiller:
         probabilities: bool = False,
         on_chunk_row: Callable[[int], None] | None = None,
     ) -> None:
-        self.array, self.start, self.stop = array, int(start), int(stop)
+        self.array, self.start = array, int(start)
         self.chunk = int(array.chunks[-2])
-        self.axis = 1 if probabilities else 0
         self.scale = probabilities and array.dtype == np.uint8
         self.on_chunk_row = on_chunk_row
-        self.buffer: np.ndarray | None = None  # the chunk row being filled
-        self.filled = 0  # its rows that have come
-        self.written = self.start  # rows in the array
+        self.blocks = RowBlocks(int(stop) - self.start, self.chunk, axis=-2, dtype=array.dtype)
+
+    @property
+    def written(self) -> int:
+        """Rows in the array."""
+        return self.start + self.blocks.done
 
     def add(self, rows: np.ndarray) -> None:
-        """The next rows; each chunk row is written once all its rows have come. The rows are copied
-        into one chunk row's buffer as they come (the caller may reuse its array)."""
+        """The next rows; each chunk row is written once all its rows have come."""
         rows = np.asarray(rows)
-        done, count = 0, rows.shape[-2]
-        while done < count and self.written < self.stop:
-            if self.buffer is None or self.buffer.shape[-2] != min(self.chunk, self.stop - self.written):
-                shape = (*rows.shape[:-2], min(self.chunk, self.stop - self.written), rows.shape[-1])
-                self.buffer = np.empty(shape, dtype=self.array.dtype)
-            take = min(count - done, self.buffer.shape[-2] - self.filled)
-            part = rows[..., done : done + take, :]
-            if self.scale:
-                part = np.rint(np.clip(part, 0.0, 1.0) * 255.0)
-            self.buffer[..., self.filled : self.filled + take, :] = part
-            done, self.filled = done + take, self.filled + take
-            if self.filled == self.buffer.shape[-2]:
-                self.array[..., self.written : self.written + self.filled, :] = self.buffer
-                if self.on_chunk_row is not None:
-                    self.on_chunk_row(self.written // self.chunk)
-                self.written, self.filled = self.written + self.filled, 0
+        if self.scale:
+            rows = np.rint(np.clip(rows, 0.0, 1.0) * 255.0)
+        for first, block in self.blocks.add(rows):
+            row = self.start + first
+            self.array[..., row : row + block.shape[-2], :] = block
+            if self.on_chunk_row is not None:
+                self.on_chunk_row(row // self.chunk)
+
+    def release(self) -> None:
+        """Forget rows that have not made a whole chunk row (the writing was given up)."""
+        self.blocks.release()
 
 
 def marks_folder(store: Path) -> Path:
@@ -142,9 +140,11 @@ class SharedZarrRows:
                 f"{self.path}: a store of shape {tuple(self.array.shape)} is in the way of this job's "
                 f"{(*lead, self.height, self.width)}; pass --overwrite on every shard, or choose another output folder"
             )
-        self.filler = ChunkRowFiller(
-            self.array, self.start, self.stop, probabilities=classes is not None, on_chunk_row=self._mark
-        )
+        self.filler = self._filler(self.start)
+
+    def _filler(self, row: int) -> ChunkRowFiller:
+        """Rows from ``row`` to the block's end into the store, each chunk row marked once written."""
+        return ChunkRowFiller(self.array, row, self.stop, probabilities=self.array.ndim == 3, on_chunk_row=self._mark)
 
     def _mark(self, chunk_row: int) -> None:
         (self.marks / str(chunk_row)).touch()
@@ -177,7 +177,7 @@ class SharedZarrRows:
     def begin_at(self, row: int) -> None:
         """Start writing at ``row`` (a chunk row's first row within the block) instead of the block's start."""
         assert row % self.chunk == 0 and self.start <= row < self.stop
-        self.filler.written = row
+        self.filler = self._filler(row)
 
     def write(self, rows: np.ndarray) -> None:
         """The next rows (labels ``(n, W)`` or probabilities ``(K, n, W)``); each chunk row is written
@@ -193,4 +193,4 @@ class SharedZarrRows:
 
     def abort(self) -> None:
         """Nothing to remove: unmarked chunk rows are recomputed by the next run."""
-        self.filler.pending = []
+        self.filler.release()

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from .blocks import RowBlocks
 from .shared_zarr import ChunkRowFiller
 
 __all__ = [
@@ -183,8 +184,7 @@ class TiffWriter(BandWriter):
         data_bytes = self.height * self.width * self.samples * (4 if pyramid else 3) // 3
         self.bigtiff = data_bytes > BIGTIFF_THRESHOLD_BYTES if bigtiff is None else bool(bigtiff)
         self.pixel = (self.samples,) if self.samples > 1 else ()  # a pixel's shape
-        self.pending = np.empty((self.tile, self.width, *self.pixel), np.uint8)  # the next row of tiles
-        self.filled = 0  # its rows that have come
+        self.tile_rows = RowBlocks(self.height, self.tile)  # rows waiting for a whole row of tiles
         self.lower = [_LevelFile(self.height, self.width, 2**k, self.pixel) for k in range(1, self.levels + 1)]
         self.tiles: queue.Queue = queue.Queue(maxsize=-(-self.width // self.tile))  # a row of tiles
         self.error: BaseException | None = None
@@ -200,14 +200,8 @@ class TiffWriter(BandWriter):
         self._advance(rows.shape[0])
         for level in self.lower:
             level.add(rows, start)
-        done = 0
-        while done < rows.shape[0]:  # copied into the row of tiles: the caller may reuse its array
-            take = min(rows.shape[0] - done, self.tile - self.filled)
-            self.pending[self.filled : self.filled + take] = rows[done : done + take]
-            done, self.filled = done + take, self.filled + take
-            if self.filled == self.tile or (self.rows_done == self.height and done == rows.shape[0]):
-                self._put_tile_row(self.pending[: self.filled])
-                self.filled = 0
+        for _, block in self.tile_rows.add(rows):
+            self._put_tile_row(block)
 
     def _put_tile_row(self, rows: np.ndarray) -> None:
         t = self.tile
@@ -258,6 +252,7 @@ class TiffWriter(BandWriter):
                 pass
 
     def _finish(self) -> None:
+        self.tile_rows.release()
         if self.thread.is_alive():
             self.stopped = self.rows_done != self.height  # an abort: no pyramid after the tiles
             self.tiles.put(None)
@@ -419,7 +414,7 @@ class ZarrWriter(BandWriter):
         self.filler.add(rows)
 
     def _finish(self) -> None:
-        self.filler.pending = []
+        self.filler.release()
 
     def close(self) -> Path:
         if self.rows_done == self.height and self.path.is_dir() and (self.path / "zarr.json").is_file():
@@ -427,5 +422,5 @@ class ZarrWriter(BandWriter):
         return super().close()
 
     def abort(self) -> None:
-        self.filler.pending = []
+        self.filler.release()
         shutil.rmtree(self.tmp, ignore_errors=True)
