@@ -11,7 +11,7 @@ import zarr
 
 from unet_patches.tiling import TiledPredictor, blender
 from unet_patches.tiling.blender import WindowBlender
-from unet_patches.tiling.merger import BandAccumulator, assemble
+from unet_patches.tiling.merger import RowMerger, assemble
 from unet_patches.tiling.padding import PaddedRows
 from unet_patches.tiling.placement import axis_starts, column_strips
 from unet_patches.tiling.rows import ArraySource, RawSource
@@ -82,15 +82,15 @@ def test_the_default_strip_width_is_read_when_the_image_comes(monkeypatch):
 
 
 def test_a_waiting_strip_keeps_only_the_overlap_rows():
-    accumulator = BandAccumulator(100)
-    window = np.ones((2, 3, 40, 50), dtype=np.float32)
-    accumulator.add(window, [(0, 0), (0, 50)])
-    assert accumulator.finished(30).shape == (3, 30, 100)
-    accumulator.drop(30)
-    accumulator.shrink()
-    assert accumulator.sums is not None and accumulator.sums.shape == (3, 10, 100)
-    accumulator.add(window, [(30, 0), (30, 50)])  # the next window row adds to the kept rows
-    assert np.all(accumulator.finished(70) == np.repeat([2.0, 1.0], [10, 30])[None, :, None])
+    merger = RowMerger([0, 50], (40, 50), sums=True)
+    merger.begin_row(0, 30)
+    merger.add(np.ones((2, 3, 40, 50), dtype=np.float32))
+    assert merger.finished().shape == (3, 30, 100)
+    # Between window rows it holds the rows the next one shares, and no window of the row before.
+    assert merger.left is None and merger.carry is not None and merger.carry.shape == (3, 10, 100)
+    merger.begin_row(30, 70)
+    merger.add(np.ones((2, 3, 40, 50), dtype=np.float32))  # the next window row adds to the kept rows
+    assert np.all(merger.finished() == np.repeat([2.0, 1.0], [10, 30])[None, :, None])
 
 
 # ----------------------------------------------------------------------------- reading columns

@@ -495,28 +495,41 @@ def test_failed_compile_falls_back_to_eager() -> None:
 
 
 @pytest.mark.parametrize("per_batch", [1, 2, 4, 9])
-def test_the_band_accumulator_writes_first_and_adds_after_exactly_like_sums_from_zero(per_batch):
-    """Windows in row-major order, batches that span window rows, bands finished and dropped as the
-    blender does: every finished row equals plain sums over a zeroed image."""
-    from unet_patches.tiling.merger import BandAccumulator
+@pytest.mark.parametrize("keep_sums", [True, False])
+def test_the_row_merger_makes_the_sums_of_a_zeroed_image_bit_for_bit(per_batch, keep_sums):
+    """Windows of uneven overlaps (as evenly spread starts give, one wider than half a window) in
+    batches that split window rows: every finished row has the sums (or their argmax) of plain
+    additions in window order on a zeroed image, bit for bit."""
+    from unet_patches.tiling.merger import RowMerger, argmax_classes
 
     rng = np.random.default_rng(per_batch)
-    h = w = 4
-    ys, xs = [0, 3, 5], [0, 2, 6]  # uneven overlaps, as evenly spread starts give
-    windows = [(y, x) for y in ys for x in xs]
-    outputs = rng.random((len(windows), 2, h, w)).astype(np.float32)
-    expected = np.zeros((2, 9, 10), np.float32)
-    for (y, x), output in zip(windows, outputs):
+    h, w = 5, 4
+    ys, xs = [0, 3, 4, 7], [0, 1, 3, 6]
+    outputs = rng.random((len(ys) * len(xs), 3, h, w)).astype(np.float32)
+    expected = np.zeros((3, 12, 10), np.float32)
+    for i, output in enumerate(outputs):
+        y, x = ys[i // len(xs)], xs[i % len(xs)]
         expected[:, y : y + h, x : x + w] += output
-    accumulator, rows = BandAccumulator(10), []
-    for first in range(0, len(windows), per_batch):
-        accumulator.add(outputs[first : first + per_batch], windows[first : first + per_batch])
-        following = first + per_batch
-        stop = ys[following // len(xs)] if following < len(windows) else 9
-        if stop > accumulator.start:
-            rows.append(accumulator.finished(stop).copy())
-            accumulator.drop(stop)
-    np.testing.assert_array_equal(np.concatenate(rows, axis=1), expected)
+    merger, rows = RowMerger(xs, (h, w), sums=keep_sums), []
+    for r, y in enumerate(ys):
+        merger.begin_row(y, ys[r + 1] if r + 1 < len(ys) else y + h)
+        mine = outputs[r * len(xs) : (r + 1) * len(xs)].copy()
+        for first in range(0, len(xs), per_batch):
+            merger.add(mine[first : first + per_batch])
+        rows.append(merger.finished())
+    if keep_sums:
+        np.testing.assert_array_equal(np.concatenate(rows, axis=1), expected)
+    else:
+        np.testing.assert_array_equal(np.concatenate(rows), argmax_classes(expected))
+
+
+def test_the_row_merger_refuses_more_classes_than_uint8_labels_hold():
+    from unet_patches.tiling.merger import RowMerger
+
+    merger = RowMerger([0], (2, 2))
+    merger.begin_row(0, 2)
+    with pytest.raises(ValueError, match="257 classes"):
+        merger.add(np.zeros((1, 257, 2, 2), np.float32))
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 5])

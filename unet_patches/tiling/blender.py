@@ -6,9 +6,10 @@ Three parts, each testable alone (see docs/DESIGN.md):
 1. placement (:mod:`.placement`): where the windows go;
 2. the batched network (:meth:`WindowBlender.forward_windows`): a batch of windows in, blended
    probabilities out, with flip test-time augmentation inside the same batch;
-3. the merger (:class:`~.merger.BandAccumulator`): weighted sums over a band of rows only. A row is
-   finished as soon as no later window touches it; it is then divided by the summed weights,
-   argmax-ed and handed out (:meth:`WindowBlender.bands`).
+3. the merger (:class:`~.merger.RowMerger`): weighted sums of one window row at a time, each
+   window's pixels finished as soon as no later window touches them (argmax-ed, or divided by the
+   summed weights when probabilities are asked for) and handed out as bands of rows
+   (:meth:`WindowBlender.bands`).
 
 The in-memory methods (:meth:`~WindowBlender.probabilities`, :meth:`~WindowBlender.labels`) run the
 same band generator over an image in memory, so in-memory and streamed results are the same numbers.
@@ -27,7 +28,7 @@ from unet_patches import console
 from unet_patches.validate import require_int
 
 from .blending import BLEND_MODES, axis_weights, weight_sums
-from .merger import Band, BandAccumulator, argmax_classes, assemble
+from .merger import Band, RowMerger, argmax_classes, assemble
 from .padding import PADDING_MODES, PaddedRows
 from .placement import axis_starts, column_strips, pair, place_windows, stride_for
 from .sources import ArraySource, RowSource
@@ -111,12 +112,15 @@ class WindowBlender:
     def forward_windows(self, windows: np.ndarray) -> np.ndarray:
         """Run ``(n, C, h, w)`` windows (``n <= windows_per_batch``) in one forward pass.
 
-        Returns float32 ``(n, K, h, w)`` (C-contiguous): activation applied, flips averaged back
-        when ``tta``, multiplied by the blending weights (except for ``mean``).
+        Returns a new float32 array ``(n, K, h, w)`` (C-contiguous; the merger makes its sums in it):
+        activation applied, flips averaged back when ``tta``, multiplied by the blending weights
+        (except for ``mean``).
         """
         n = windows.shape[0]
         batch = np.concatenate([np.flip(windows, axes) for axes in FLIPS]) if self.tta else windows
         out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))[: n * self.n_aug]
+        if self.activation is None and not self.tta and self.weights is None:
+            return np.array(out, dtype=np.float32, order="C")  # a copy: the network may keep its outputs
         if self.activation == "softmax":
             out = _softmax(out)
         elif self.activation == "sigmoid":
@@ -203,8 +207,7 @@ class WindowBlender:
         first_row, last_row = row_range
         begin, end = first_row * len(xs), last_row * len(xs)
         total, per_batch = len(ys) * len(xs), self.windows_per_batch
-        accumulator = BandAccumulator(len(grid.col_sums))
-        accumulator.start = int(ys[first_row])
+        merger = RowMerger(xs, self.window, sums=want_probs)
         columns = (grid.left, grid.left + grid.width)
         bands_read: dict[int, np.ndarray] = {}
         for first in range(begin - begin % per_batch, end, per_batch):
@@ -213,23 +216,23 @@ class WindowBlender:
             outputs = self.forward_windows(_windows(batch, bands_read, grid.padded, ys, xs, self.window))
             # Only the windows of this range (the batch may reach beyond it at either end).
             keep = slice(max(begin - first, 0), min(end - first, len(batch)))
-            outputs, batch, first = outputs[keep], batch[keep], max(first, begin)
+            outputs, batch = outputs[keep], batch[keep]
             bar.update(len(batch))
-            # Window row by window row, so that a row's band is finished before the next row's
-            # windows come in: the buffer then holds one window height, and dropping a band moves
-            # only the overlap rows up.
+            # Window row by window row: a row's band is finished by its last window.
             done = 0
             while done < len(batch):
-                row = batch[done][0]
+                row, column = batch[done]
                 stop_at = next((i for i in range(done, len(batch)) if batch[i][0] != row), len(batch))
-                accumulator.add(outputs[done:stop_at], [(int(ys[r]), int(xs[c])) for r, c in batch[done:stop_at]])
-                following, done = first + stop_at, stop_at
-                # Rows above the next window's row are finished: later windows start lower down.
-                stop = int(ys[following // len(xs)]) if following < end else int(ys[last_row - 1]) + wh
-                if stop > accumulator.start:
-                    band = self._finish(accumulator, stop, grid.row_sums, grid.col_sums, (*crop, *columns), want_probs)
+                y = int(ys[row])
+                if column == 0:
+                    # Rows above the next window row are finished: later windows start lower down.
+                    merger.begin_row(y, int(ys[row + 1]) if row + 1 < last_row else y + wh)
+                merger.add(outputs[done:stop_at])
+                if batch[stop_at - 1][1] == len(xs) - 1:
+                    band = self._finish(merger, grid.row_sums, grid.col_sums, (*crop, *columns), want_probs)
                     if band is not None:
                         yield band
+                done = stop_at
 
     def _strip_bands(
         self,
@@ -248,22 +251,19 @@ class WindowBlender:
         xs = grid.xs[first_window:end_window]
         offset = int(xs[0])
         span = int(xs[-1]) + ww - offset
-        accumulator = BandAccumulator(span)
-        accumulator.start = int(grid.ys[row_range[0]])
+        merger = RowMerger(xs - offset, self.window, sums=want_probs)
         col_sums = grid.col_sums[offset : offset + span]
         columns = (first_column - offset, end_column - offset)
         for r in range(*row_range):
             y = int(grid.ys[r])
+            merger.begin_row(y, int(grid.ys[r + 1]) if r + 1 < row_range[1] else y + wh)
             rows = grid.padded.rows(y, wh, (offset, offset + span))
             for k in range(0, len(xs), per_batch):
                 starts = [int(x) - offset for x in xs[k : k + per_batch]]
-                outputs = self.forward_windows(np.stack([rows[:, :, x : x + ww] for x in starts]))
-                accumulator.add(outputs, [(y, x) for x in starts])
+                merger.add(self.forward_windows(np.stack([rows[:, :, x : x + ww] for x in starts])))
                 bar.update(len(starts))
-            del rows, outputs
-            stop = int(grid.ys[r + 1]) if r + 1 < row_range[1] else y + wh
-            band = self._finish(accumulator, stop, grid.row_sums, col_sums, (*crop, *columns), want_probs)
-            accumulator.shrink()
+            del rows
+            band = self._finish(merger, grid.row_sums, col_sums, (*crop, *columns), want_probs)
             if band is not None:
                 handed = [band]
                 del band
@@ -271,33 +271,28 @@ class WindowBlender:
 
     def _finish(
         self,
-        accumulator: BandAccumulator,
-        stop: int,
+        merger: RowMerger,
         row_sums: np.ndarray,
         col_sums: np.ndarray,
         crop: tuple[int, int, int, int, int],
         want_probs: bool,
     ) -> Band | None:
-        """The finished rows before ``stop`` as a band, cropped to ``crop = (first padded row, end
-        padded row, top padding, first column, end column)`` (columns of the accumulator, whose
-        weight sums ``col_sums`` are); the rows are then dropped from the buffer."""
+        """The rows the merger's window row finished, as a band cropped to ``crop = (first padded
+        row, end padded row, top padding, first column, end column)`` (columns of the merger, whose
+        weight sums ``col_sums`` are); None if none of its rows are in the crop."""
         row_lo, row_hi, top, col_lo, col_hi = crop
-        start = accumulator.start
-        sums = accumulator.finished(stop)
-        band = None
+        start, stop = merger.row, merger.stop
+        finished = merger.finished()
         # Crop the padding (and rows outside the range asked for) back off.
         y0, y1 = max(start, row_lo), min(stop, row_hi)
-        if y1 > y0:
-            sums = sums[:, y0 - start : y1 - start, col_lo:col_hi]
-            if sums.shape[0] > 256:
-                raise ValueError(f"the network returns {sums.shape[0]} classes; labels are uint8 (at most 256)")
-            if want_probs:  # divided in place: these rows of the buffer are dropped right after
-                blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[col_lo:col_hi]), out=sums)
-                band = Band(y0 - top, argmax_classes(blended), blended.copy())
-            else:  # every class of a pixel has the same weight sum, so the argmax needs no division
-                band = Band(y0 - top, argmax_classes(sums), None)
-        accumulator.drop(stop)
-        return band
+        if y1 <= y0:
+            return None
+        rows = slice(y0 - start, y1 - start)
+        if not want_probs:  # every class of a pixel has the same weight sum, so the argmax needs no division
+            return Band(y0 - top, finished[rows, col_lo:col_hi], None)
+        sums = finished[:, rows, col_lo:col_hi]  # the merger's new array: divided in place
+        blended = np.divide(sums, np.outer(row_sums[y0:y1], col_sums[col_lo:col_hi]), out=sums)
+        return Band(y0 - top, argmax_classes(blended), blended)
 
     # --------------------------------------------------------------------------------- in memory
 

@@ -164,8 +164,8 @@ class TiledPredictor(WindowBlender):
                 out = torch.softmax(out, dim=1, dtype=torch.float32)
             elif self.activation == "sigmoid":
                 out = torch.sigmoid(out.float())
-            else:
-                out = out.float()
+            else:  # a copy even in float32: the merger makes its sums in it, and the network may keep its outputs
+                out = out.to(torch.float32, copy=True)
             if self.tta:
                 parts = out.split(n)
                 merged = parts[0].clone()

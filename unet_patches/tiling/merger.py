@@ -8,89 +8,96 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Band", "BandAccumulator", "argmax_classes", "assemble"]
+__all__ = ["Band", "RowMerger", "argmax_classes", "assemble"]
 
 
-class BandAccumulator:
-    """Weighted sums ``(K, rows, W)`` for the rows from ``start`` on that windows still touch.
+class RowMerger:
+    """Weighted sums of the windows of one window row after the other, each window's finished
+    pixels handed on as soon as it comes.
 
-    Windows must come in row-major order (one window row after the other, left to right), each row
-    covering the whole width, as the blender places them. A pixel's first window then *writes* its
-    output and later ones add to it, so the buffer is never cleared: rows before ``complete`` hold
-    every window of the rows above, and in the rows below it the current window row has written the
-    columns before ``front``. That saves a pass over the buffer per band (the clearing, and adding to
-    zeros): a 2048 x 2048 image took 5 to 6 % less time in all (demo U-Net, int8 and bf16 passes, AMX
-    Xeon), with the same sums bit for bit.
+    Windows come row by row, left to right, at column starts ``xs`` (every window of a row, in
+    order; all ``window`` sized). A window's own output array holds the running sums of its pixels:
+    when it comes, the sums of the window to its left (over their shared columns) and those the row
+    above left (``carry``, over the shared rows) are added into it. A pixel's sum is then complete
+    in the last window that covers it, and each pixel gets the same additions in the same order as
+    on a zeroed image - the same float32 sums bit for bit. The pixels a window is the last to cover
+    (rows before the next window row, columns before the next window) are finished: their argmax
+    (``sums=False``) or their sums (``sums=True``) go into the band of the row at once, while the
+    window is still in the cache; the rows the next window row shares go to ``carry``.
 
-    NumPy rather than torch: these are plain memory-bound copies and adds, and torch would split each
-    one over its thread pool, which costs a synchronisation per window on a busy machine.
+    This replaced a full-width band of sums that every window was first copied into and that was
+    argmax-ed when finished: the copy and the cold band took about 10 ms of a 2048 x 2048 image's
+    45 ms outside the forward passes (demo U-Net, window 336, AMX Xeon). Between window rows the
+    merger holds only ``carry`` (the shared rows), which is what a waiting column strip keeps.
+
+    NumPy rather than torch: these are memory-bound copies and adds, and torch would split each one
+    over its thread pool, which costs a synchronisation per window on a busy machine.
     """
 
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self.start = 0
-        self.sums: np.ndarray | None = None
-        self.complete = 0  # rows before it are written in every column
-        self.row: int | None = None  # the start row of the current window row
-        self.front = 0  # columns before it are written in rows complete .. of the current window row
-        self.end = 0  # rows before it have sums
-        self.kept: np.ndarray | None = None  # the buffer :meth:`shrink` keeps the overlap rows in
+    def __init__(self, xs: Sequence[int], window: tuple[int, int], sums: bool = False) -> None:
+        self.xs = [int(x) for x in xs]
+        self.height, self.width = window
+        self.columns = self.xs[-1] + self.width
+        self.keep_sums = sums
+        self.carry: np.ndarray | None = None  # (K, rows, columns): the row above's sums of the shared rows
+        self.carried = 0  # rows of `carry` that the current window row adds
+        self.row = self.stop = 0  # the current window row's first row, and the end of its finished rows
+        self.band: np.ndarray | None = None  # the current row's finished rows: labels, or sums
+        self.left: np.ndarray | None = None  # the last window's sums
+        self.next = 0  # index in xs of the window that comes next
 
-    def add(self, outputs: np.ndarray, positions: Sequence[tuple[int, int]]) -> None:
-        """Add window outputs ``(n, K, h, w)`` at their ``(row, column)`` positions (padded coordinates)."""
-        _, classes, h, w = outputs.shape
-        needed = max(y for y, _ in positions) + h - self.start
-        if self.sums is None or self.sums.shape[1] < needed:
-            grown = np.empty((classes, needed, self.width), dtype=np.float32)
-            if self.sums is not None:
-                grown[:, : self.sums.shape[1]] = self.sums
-            self.sums = grown
-        self.end = max(self.end, needed + self.start)
-        for output, (y, x) in zip(outputs, positions):
-            if y != self.row:  # a new window row: the one before covered every column of its rows
-                if self.row is not None:
-                    self.complete = max(self.complete, self.row + h)
-                self.row, self.front = y, 0
-            split = min(max(self.complete, y), y + h) - y  # rows [0, split) of the window: sums exist
-            old = min(max(self.front, x), x + w) - x  # columns [0, old) below them: sums exist too
-            top = y - self.start
-            self.sums[:, top : top + split, x : x + w] += output[:, :split]
-            self.sums[:, top + split : top + h, x : x + old] += output[:, split:, :old]
-            self.sums[:, top + split : top + h, x + old : x + w] = output[:, split:, old:]
-            self.front = max(self.front, x + w)
+    def begin_row(self, y: int, stop: int) -> None:
+        """A window row at rows ``y:y + height`` whose windows finish the rows ``y:stop``; the
+        rows it shares with the row before (if that was the row right above) are added to it."""
+        assert self.next == 0, "the window row before is not complete"
+        self.carried = self.row + self.height - y if self.carry is not None and self.stop == y else 0
+        self.row, self.stop = y, stop
+        self.band = None
 
-    def finished(self, stop: int) -> np.ndarray:
-        """View of rows ``start:stop``, which no window still to come touches. It may be changed in
-        place; :meth:`drop` then reuses its memory."""
-        assert self.sums is not None and 0 < stop - self.start <= self.sums.shape[1]
-        return self.sums[:, : stop - self.start]
+    def add(self, outputs: np.ndarray) -> None:
+        """The next windows of the current row, float32 ``(n, K, height, width)``; their sums are
+        made in place in ``outputs``, which must be the caller's own."""
+        classes = outputs.shape[1]
+        if classes > 256:
+            raise ValueError(f"the network returns {classes} classes; labels are uint8 (at most 256)")
+        finished = self.stop - self.row
+        if self.band is None:
+            shape = (classes, finished, self.columns) if self.keep_sums else (finished, self.columns)
+            self.band = np.empty(shape, np.float32 if self.keep_sums else np.uint8)
+        below = self.height - finished  # rows the next window row shares
+        if below > 0 and (self.carry is None or self.carry.shape[1] < below):
+            grown = np.empty((classes, below, self.columns), np.float32)
+            if self.carry is not None:
+                grown[:, : self.carry.shape[1]] = self.carry
+            self.carry = grown
+        for sums in outputs:
+            x, i = self.xs[self.next], self.next
+            shared = self.xs[i - 1] + self.width - x if i > 0 else 0  # columns the left window covers too
+            if shared > 0:
+                assert self.left is not None
+                sums[:, :, :shared] += self.left[:, :, x - self.xs[i - 1] :]
+            if self.carried > 0:
+                assert self.carry is not None
+                sums[:, : self.carried, shared:] += self.carry[:, : self.carried, x + shared : x + self.width]
+            last = self.xs[i + 1] - x if i + 1 < len(self.xs) else self.width  # columns it finishes
+            if self.keep_sums:
+                self.band[:, :, x : x + last] = sums[:, :finished, :last]
+            else:
+                argmax_classes(sums[:, :finished, :last], out=self.band[:, x : x + last])
+            if below > 0:
+                assert self.carry is not None
+                self.carry[:, :below, x : x + last] = sums[:, finished:, :last]
+            self.left = sums
+            self.next = i + 1
+        if self.next == len(self.xs):  # the row is complete
+            self.next, self.left = 0, None
 
-    def drop(self, stop: int) -> None:
-        """Forget rows before ``stop``: shift the rest to the top of the buffer, in place."""
-        assert self.sums is not None
-        count = stop - self.start
-        rest = self.sums.shape[1] - count
-        # Copy in chunks of at most `count` rows: each source chunk lies wholly below its
-        # destination, so nothing is overwritten before it is read and no temporary is needed.
-        for top in range(0, rest, count):
-            rows = min(count, rest - top)
-            self.sums[:, top : top + rows] = self.sums[:, count + top : count + top + rows]
-        self.start = stop
-
-    def shrink(self) -> None:
-        """Keep only the rows that have sums, in a buffer of their own size (a column strip waiting
-        for its next window row holds just the overlap rows)."""
-        held = self.end - self.start
-        if held <= 0 or self.sums is None:
-            self.sums = None
-            return
-        # Into a buffer of its own that is kept from row to row: allocating a new one each time left
-        # the heap in pieces that the whole band's buffer then did not fit back into.
-        if self.kept is None or self.kept.shape[1] < held:
-            self.kept = np.empty((self.sums.shape[0], held, self.width), dtype=np.float32)
-        if self.sums.base is not self.kept:
-            self.kept[:, :held] = self.sums[:, :held]
-        self.sums = self.kept[:, :held]
+    def finished(self) -> np.ndarray:
+        """The current row's finished rows ``row:stop`` over all columns, once its last window came:
+        uint8 labels ``(rows, columns)``, or float32 sums ``(K, rows, columns)`` with ``sums=True``.
+        A new array for every row, which the caller may keep or change."""
+        assert self.band is not None and self.next == 0, "the window row is not complete"
+        return self.band
 
 
 @dataclass
@@ -106,15 +113,18 @@ class Band:
     probs: np.ndarray | None
 
 
-def argmax_classes(scores: np.ndarray) -> np.ndarray:
-    """uint8 argmax over the class axis of ``(K, rows, W)``; ties go to the lowest class, as in
-    ``numpy.argmax``. One comparison per class over contiguous planes: several times faster than
-    ``argmax(axis=0)``, which walks the strided class axis. The first comparison is the labels
-    themselves (a bool array viewed as 0/1 bytes), and the last class needs no running maximum:
-    half the time of starting from zeros for two or three classes."""
+def argmax_classes(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 argmax over the class axis of ``(K, rows, W)``, into ``out`` (uint8 ``(rows, W)``, any
+    strides) if given; ties go to the lowest class, as in ``numpy.argmax``. One comparison per
+    class over contiguous planes: several times faster than ``argmax(axis=0)``, which walks the
+    strided class axis. The first comparison is the labels themselves (written as bools over the
+    same bytes), and the last class needs no running maximum: half the time of starting from zeros
+    for two or three classes."""
+    labels = np.empty(scores.shape[1:], dtype=np.uint8) if out is None else out
     if scores.shape[0] == 1:
-        return np.zeros(scores.shape[1:], dtype=np.uint8)
-    labels = np.greater(scores[1], scores[0]).view(np.uint8)
+        labels[...] = 0
+        return labels
+    np.greater(scores[1], scores[0], out=labels.view(np.bool_))
     if scores.shape[0] == 2:
         return labels
     best = np.maximum(scores[0], scores[1])
