@@ -24,6 +24,7 @@ from unet_patches.tiling import (
     TiffSource,
     TiffWriter,
     TiledPredictor,
+    WindowBlender,
     axis_starts,
     axis_weights,
     blend_weights,
@@ -530,6 +531,31 @@ def test_the_row_merger_refuses_more_classes_than_uint8_labels_hold():
     merger.begin_row(0, 2)
     with pytest.raises(ValueError, match="257 classes"):
         merger.add(np.zeros((1, 257, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize("torch_network", [False, True])
+def test_a_network_that_reuses_its_output_array_blends_right(torch_network):
+    """The merger makes its sums in the arrays forward_windows returns and keeps the last window
+    until the next batch: a network that writes every batch into the same array (activation None,
+    so nothing else copies it) must still give the plain blend, here the image itself."""
+    kept: dict = {}
+
+    def per_pixel(batch):
+        out = kept.setdefault("out", np.empty((batch.shape[0], 2, *batch.shape[2:]), np.float32))
+        out[:, 0], out[:, 1] = batch[:, 0], 1.0 - batch[:, 0]
+        return out
+
+    def per_pixel_torch(batch):
+        return torch.from_numpy(per_pixel(batch.numpy()))
+
+    image = np.random.default_rng(3).random((1, 40, 50)).astype(np.float32)
+    if torch_network:
+        predictor = TiledPredictor(per_pixel_torch, 16, 0.5, batch_size=3, activation=None, precision="fp32")
+    else:
+        predictor = WindowBlender(per_pixel, 16, 0.5, batch_size=3, activation=None)
+    probs = predictor.probabilities(image)
+    np.testing.assert_allclose(probs[0], image[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs[1], 1.0 - image[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 5])
