@@ -97,7 +97,7 @@ def test_tiled_prediction_through_the_export_has_the_same_labels(tmp_path, fmt, 
         predictor = WindowBlender(exported, 32, activation=activation, batch_size=5)
     else:
         predictor = TiledPredictor(
-            exported, 32, activation=activation, precision="fp32", fold_batchnorm=False, batch_size=5
+            exported, 32, activation=activation, precision="fp32", inference_copy=False, batch_size=5
         )
     actual = predictor.probabilities(image)
     np.testing.assert_allclose(actual, reference, atol=ATOL, rtol=0)
@@ -258,7 +258,7 @@ def test_onnx_segmenter_predicts_the_checkpoints_labels(onnx_run, output, activa
 def test_onnx_predictor_is_the_torch_free_blender_and_ignores_torch_settings(onnx_run, caplog):
     seg = Segmenter.from_checkpoint(onnx_run / "logits.onnx", device=None)  # None: the CPU, not CUDA
     with caplog.at_level("WARNING", logger="unet_patches.api"):
-        predictor = seg.predictor(compile=True, precision="bf16", fold_batchnorm=True)
+        predictor = seg.predictor(compile=True, precision="bf16", inference_copy=True)
     assert "compile ignored" in caplog.text
     assert type(predictor) is WindowBlender and not isinstance(predictor, TiledPredictor)
     assert predictor.network is seg.network and predictor.activation == "softmax"

@@ -328,9 +328,47 @@ def test_batchnorm_folding_keeps_outputs_and_leaves_the_model_alone() -> None:
     folded = TiledPredictor(net, 16, 0.5, precision="fp32")
     assert net.training and isinstance(net[1], nn.BatchNorm2d)  # the caller's model is untouched
     assert not isinstance(folded.network[1], nn.BatchNorm2d)
-    plain = TiledPredictor(net, 16, 0.5, precision="fp32", fold_batchnorm=False)
+    plain = TiledPredictor(net, 16, 0.5, precision="fp32", inference_copy=False)
     assert not net.training  # run as it is: put in eval mode
     np.testing.assert_allclose(folded.probabilities(image), plain.probabilities(image), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"name": "unet", "upsampling": "bilinear"},
+        {"name": "unet", "upsampling": "transpose", "normalization": "none"},
+        {"name": "unet", "upsampling": "nearest", "depth": 2},
+        {"name": "vgg16_unet"},
+        {"name": "inception_unet"},
+    ],
+)
+def test_the_inference_copy_splits_the_decoder_concatenations_and_keeps_the_outputs(options) -> None:
+    from unet_patches.models import ModelConfig, build_model
+    from unet_patches.models.blocks import SplitInput
+    from unet_patches.models.unet import Up
+    from unet_patches.tiling.network import inference_copy
+
+    torch.manual_seed(0)
+    config = {"base_width": 4, "num_classes": 3, **options}
+    if options["name"] == "vgg16_unet":
+        config.update(base_width=8)
+    model = build_model(ModelConfig(**config).to_dict())
+    with torch.no_grad():  # BatchNorm statistics that folding has to carry
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = inference_copy(model)
+    ups = [m for m in copy.modules() if isinstance(m, Up)]
+    splittable = options["name"] != "inception_unet"  # its blocks do not start with one convolution
+    assert ups and all(isinstance(up.conv, SplitInput) == splittable for up in ups)
+    assert not any(isinstance(m, SplitInput) for m in model.modules())  # the model itself is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.rand(2, 1, 48, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ streaming

@@ -187,7 +187,7 @@ class Segmenter:
         if options.get("precision") == "int8":
             network = int8_network_of(self, options.get("device"))
             options.update(
-                precision="fp32", compile=False, fold_batchnorm=False, device="cpu", activation=network.activation
+                precision="fp32", compile=False, inference_copy=False, device="cpu", activation=network.activation
             )
             return TiledPredictor(network, window, **options)
         return TiledPredictor(self.network, window, **options)

@@ -99,7 +99,7 @@ def blender_options(options: dict[str, Any]) -> dict[str, Any]:
         raise UserError("precision int8 quantizes a checkpoint (.pt); an ONNX file runs in float32 (use auto or fp32)")
     if precision not in ("auto", "fp32"):
         log.info("precision %r ignored: the ONNX graph runs in float32", precision)
-    torch_only = ("device", "precision", "compile", "fold_batchnorm")
+    torch_only = ("device", "precision", "compile", "inference_copy")
     return {key: value for key, value in options.items() if key not in torch_only}
 
 

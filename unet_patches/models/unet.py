@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import conv_norm_act
+from .blocks import SplitInput, conv_norm_act
 from .config import ModelConfig, check_fixed, resolve_config
 
 __all__ = ["BlockFactory", "DoubleConv", "Down", "UNet", "Up"]
@@ -96,13 +96,22 @@ class Up(nn.Module):
             upsampled = in_channels
         else:
             raise ValueError(f"unknown upsampling {mode!r}")
-        self.conv = make_block(upsampled + skip_channels, out_channels, 0.0)
+        self.skip_channels = skip_channels
+        self.conv = make_block(skip_channels + upsampled, out_channels, 0.0)
+
+    def split_input(self) -> None:
+        """For inference: feed the block the skip connection and the upsampled map apart instead of
+        their concatenation (:class:`~.blocks.SplitInput`), where its first layer is a plain convolution."""
+        if SplitInput.fits(self.conv, self.skip_channels):
+            self.conv = SplitInput(self.conv, self.skip_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.upsample(x)
         if x.shape[-2:] != skip.shape[-2:]:
             # Odd sizes lose a row or column to pooling; stretch back to the skip's size.
             x = F.interpolate(x, size=skip.shape[-2:], mode=self.resize_mode, align_corners=self.align_corners)
+        if isinstance(self.conv, SplitInput):
+            return self.conv(skip, x)
         return self.conv(torch.cat([skip, x], dim=1))
 
 

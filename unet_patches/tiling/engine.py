@@ -1,5 +1,5 @@
 """The tiled-inference engine over a torch network: :class:`TiledPredictor` is the band loop of
-:class:`~.blender.WindowBlender` with a torch module as its network (BatchNorm folded, device,
+:class:`~.blender.WindowBlender` with a torch module as its network (a copy for inference, device,
 precision policy, ``torch.compile``). :func:`sliding_window` and :func:`predict_labels` run it over an
 image in memory.
 """
@@ -19,7 +19,8 @@ from unet_patches.errors import one_line
 from unet_patches.runtime import keep_freed_memory, resolve_precision
 
 from .blender import FLIPS, WindowBlender
-from .network import inductor_freezing, resolve_device, with_batchnorm_folded
+from .network import inductor_freezing, resolve_device
+from .network import inference_copy as make_inference_copy
 
 __all__ = ["TiledPredictor", "predict_labels", "sliding_window"]
 
@@ -32,9 +33,10 @@ class TiledPredictor(WindowBlender):
     Args:
         network: a torch module or function mapping ``(N, C, h, w)`` float tensors to ``(N, K, h, w)``
             (logits for a segmentation model; a function gets contiguous NCHW batches).
-            With ``fold_batchnorm`` (default) a network with Conv2d -> BatchNorm2d pairs is copied,
-            the copy put in eval mode with the BatchNorm folded into the convolutions, and the
-            network itself is left as it was. Otherwise the network itself is put in eval mode,
+            With ``inference_copy`` (default) a network with Conv2d -> BatchNorm2d pairs or U-Net
+            decoder levels is copied, and the copy put in eval mode with the BatchNorm folded into
+            the convolutions and the levels fed without concatenating (:func:`~.network.inference_copy`);
+            the network itself is left as it was. Otherwise the network itself is put in eval mode,
             moved to ``device`` and, where the precision policy says so, to channels-last memory.
         window, overlap, batch_size, blend, sigma_scale, padding, pad_value, tta, activation: as for
             :class:`~.blender.WindowBlender`.
@@ -66,7 +68,7 @@ class TiledPredictor(WindowBlender):
         activation: str | None = "softmax",
         device: str | torch.device | None = None,
         compile: bool = False,
-        fold_batchnorm: bool = True,
+        inference_copy: bool = True,
         strip_columns: int | None = None,
     ) -> None:
         super().__init__(
@@ -87,10 +89,10 @@ class TiledPredictor(WindowBlender):
         self.precision = resolve_precision(precision, self.device)
         keep_freed_memory()  # passes allocate their activations afresh: keep those pages mapped
         if module is not None:
-            folded = with_batchnorm_folded(module) if fold_batchnorm else module
-            if folded is module:
+            rewritten = make_inference_copy(module) if inference_copy else module
+            if rewritten is module:
                 module.eval()
-            module = folded
+            module = rewritten
             module.to(self.device)
             if self.precision.channels_last:
                 module.to(memory_format=torch.channels_last)

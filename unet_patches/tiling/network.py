@@ -1,5 +1,6 @@
-"""Preparing a network for tiled inference: BatchNorm folded into the convolutions, the device, and
-the inductor setting under which a compiled graph freezes its weights."""
+"""Preparing a network for tiled inference: a copy with BatchNorm folded into the convolutions and the
+U-Net's concatenations split, the device, and the inductor setting under which a compiled graph
+freezes its weights."""
 
 from __future__ import annotations
 
@@ -10,43 +11,55 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from unet_patches.models.blocks import SplitInput
 from unet_patches.runtime import pick_device
 
-__all__ = ["with_batchnorm_folded", "inductor_freezing", "resolve_device"]
+__all__ = ["inductor_freezing", "inference_copy", "resolve_device"]
 
 
-def with_batchnorm_folded(network: nn.Module) -> nn.Module:
-    """A copy of ``network`` with each Conv2d -> BatchNorm2d pair (adjacent in a Sequential) folded into
-    one convolution; the network itself if it has no such pair. Eval mode only."""
+def inference_copy(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` rewritten for inference, in eval mode and without gradients: each
+    Conv2d -> BatchNorm2d pair (adjacent in a Sequential) folded into one convolution, then each
+    U-Net decoder level fed its skip connection and upsampled map apart instead of concatenated
+    (:meth:`~unet_patches.models.unet.Up.split_input`). The network itself if neither applies, or if
+    it cannot be copied (both are only optimisations)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    def pairs(model: nn.Module) -> Iterator[tuple[nn.Sequential, str, str]]:
-        for module in model.modules():
-            if isinstance(module, nn.Sequential):
-                names = list(module._modules)
-                for first, second in zip(names, names[1:]):
-                    conv, norm = module._modules[first], module._modules[second]
-                    if (
-                        type(conv) is nn.Conv2d
-                        and type(norm) is nn.BatchNorm2d
-                        and norm.track_running_stats
-                        and norm.num_features == conv.out_channels
-                    ):
-                        yield module, first, second
+    from unet_patches.models.unet import Up
 
-    if next(pairs(network), None) is None:
+    def splittable(model: nn.Module) -> list[Up]:
+        return [m for m in model.modules() if isinstance(m, Up) and SplitInput.fits(m.conv, m.skip_channels)]
+
+    if next(_conv_batchnorm_pairs(network), None) is None and not splittable(network):
         return network
     try:
-        folded = copy.deepcopy(network)
-    except Exception:  # not every module can be copied; folding is only an optimisation
+        rewritten = copy.deepcopy(network)
+    except Exception:
         return network
-    folded.eval()
-    for parameter in folded.parameters():
+    rewritten.eval()
+    for parameter in rewritten.parameters():
         parameter.requires_grad_(False)
-    for module, first, second in list(pairs(folded)):
+    for module, first, second in list(_conv_batchnorm_pairs(rewritten)):
         module._modules[first] = fuse_conv_bn_eval(module._modules[first], module._modules[second])
         module._modules[second] = nn.Identity()
-    return folded
+    for up in splittable(rewritten):  # after the folding, which gives the convolution its bias
+        up.split_input()
+    return rewritten
+
+
+def _conv_batchnorm_pairs(model: nn.Module) -> Iterator[tuple[nn.Sequential, str, str]]:
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                conv, norm = module._modules[first], module._modules[second]
+                if (
+                    type(conv) is nn.Conv2d
+                    and type(norm) is nn.BatchNorm2d
+                    and norm.track_running_stats
+                    and norm.num_features == conv.out_channels
+                ):
+                    yield module, first, second
 
 
 def inductor_freezing() -> contextlib.AbstractContextManager:
