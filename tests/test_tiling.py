@@ -596,6 +596,27 @@ def test_a_network_that_reuses_its_output_array_blends_right(torch_network):
     np.testing.assert_allclose(probs[1], 1.0 - image[0], rtol=1e-5, atol=1e-6)
 
 
+def test_outputs_a_network_says_are_new_are_not_copied_again():
+    """ONNX Runtime and OpenVINO return new arrays on every call (``new_outputs = True``): the merger
+    makes its sums in them directly, and in nothing else."""
+    returned: list = []
+
+    class Fresh:
+        new_outputs = True
+
+        def __call__(self, batch):
+            returned.append(np.repeat(batch, 2, axis=1))
+            return returned[-1]
+
+    windows = np.random.default_rng(4).random((3, 1, 16, 16)).astype(np.float32)
+    out = WindowBlender(Fresh(), 16, 0.5, activation=None).forward_windows(windows)
+    assert np.shares_memory(out, returned[-1])
+    torch_out = TiledPredictor(
+        lambda b: torch.from_numpy(Fresh()(b.numpy())), 16, 0.5, activation=None, precision="fp32"
+    ).forward_windows(windows)
+    assert not np.shares_memory(torch_out, returned[-1])  # a plain function without the marker: copied
+
+
 @pytest.mark.parametrize("classes", [1, 2, 3, 5])
 def test_argmax_classes_equals_numpy_argmax_with_ties(classes: int) -> None:
     from unet_patches.tiling.merger import argmax_classes

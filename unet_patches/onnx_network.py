@@ -72,6 +72,8 @@ class OnnxNetwork:
             raise UserError(f"{path}: not an unet-patches export (expected input 'image', output probabilities/logits)")
         self.output: str = outputs[0].name
 
+    new_outputs = True  # ONNX Runtime returns new arrays on every run
+
     @property
     def activation(self) -> str | None:
         return None if self.output == "probabilities" else "softmax"

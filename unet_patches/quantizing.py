@@ -102,6 +102,7 @@ class Int8Network:
     bf16 on AMX CPUs; float32 measured as fast here and agrees better with float)."""
 
     activation = None  # what a blender must still apply: nothing
+    new_outputs = True  # every call returns arrays of its own (share_outputs is off)
 
     def __init__(self, model: Any) -> None:
         import openvino as ov

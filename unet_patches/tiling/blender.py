@@ -112,15 +112,16 @@ class WindowBlender:
     def forward_windows(self, windows: np.ndarray) -> np.ndarray:
         """Run ``(n, C, h, w)`` windows (``n <= windows_per_batch``) in one forward pass.
 
-        Returns a new float32 array ``(n, K, h, w)`` (C-contiguous; the merger makes its sums in it):
+        Returns a float32 array ``(n, K, h, w)`` of the caller's own (C-contiguous; the merger makes its
+        sums in it; a network's output is copied for it unless the network has ``new_outputs = True``):
         activation applied, flips averaged back when ``tta``, multiplied by the blending weights
         (except for ``mean``).
         """
         n = windows.shape[0]
         batch = np.concatenate([np.flip(windows, axes) for axes in FLIPS]) if self.tta else windows
         out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))[: n * self.n_aug]
-        if self.activation is None and not self.tta and self.weights is None:
-            return np.array(out, dtype=np.float32, order="C")  # a copy: the network may keep its outputs
+        if self.activation is None and not self.tta and self.weights is None and not _new_outputs(self.network):
+            return np.array(out, dtype=np.float32, order="C")  # a copy: the network may reuse its array
         if self.activation == "softmax":
             out = _softmax(out)
         elif self.activation == "sigmoid":
@@ -380,6 +381,12 @@ def _windows(
         if r not in bands_read:
             bands_read[r] = padded.rows(int(ys[r]), window[0])
     return np.stack([bands_read[r][:, :, xs[c] : xs[c] + window[1]] for r, c in batch])
+
+
+def _new_outputs(network: Any) -> bool:
+    """Whether ``network`` says each call returns an array of its own (``new_outputs = True``, as the
+    ONNX Runtime and OpenVINO networks do), which the merger may then make its sums in."""
+    return bool(getattr(network, "new_outputs", False))
 
 
 def _as_image(image: Any) -> np.ndarray:

@@ -100,6 +100,8 @@ class TiledPredictor(WindowBlender):
         # Channels-last input is for torch modules; a plain function (an OpenVINO network) gets NCHW.
         self.channels_last = self.precision.channels_last and module is not None
         self.compiled = bool(compile)
+        # A module's forward allocates its outputs; a plain function may reuse an array it returns.
+        self.new_outputs = module is not None or bool(getattr(network, "new_outputs", False))
         self._eager = network
         self._compile_checked = False
         # Static shapes: batches are padded to one size, and dynamic shapes do not mix with freezing.
@@ -166,7 +168,9 @@ class TiledPredictor(WindowBlender):
                 out = torch.softmax(out, dim=1, dtype=torch.float32)
             elif self.activation == "sigmoid":
                 out = torch.sigmoid(out.float())
-            else:  # a copy even in float32: the merger makes its sums in it, and the network may keep its outputs
+            elif self.new_outputs:  # the merger makes its sums in it: it must be this call's own
+                out = out.float()
+            else:
                 out = out.to(torch.float32, copy=True)
             if self.tta:
                 parts = out.split(n)
