@@ -55,3 +55,19 @@ def test_bad_config_raises_user_error(values, message):
 def test_unknown_model_key_raises():
     with pytest.raises(UserError, match="widthh"):
         ModelConfig.from_dict({"widthh": 3})
+
+
+def test_split_input_runs_a_block_on_two_maps_as_if_concatenated():
+    from torch import nn
+
+    from unet_patches.models.blocks import SplitInput, conv_norm_act
+
+    torch.manual_seed(0)
+    block = nn.Sequential(*conv_norm_act(5, 4, normalization="none")).eval()
+    a, b = torch.rand(2, 2, 9, 11), torch.rand(2, 3, 9, 11)
+    split = SplitInput(block, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(split(a, b), block(torch.cat([a, b], dim=1)), rtol=1e-5, atol=1e-6)
+    assert not SplitInput.fits(block, 5) and not SplitInput.fits(nn.Sequential(nn.ReLU()), 2)
+    with pytest.raises(ValueError, match="plain convolution"):
+        SplitInput(block, 0)
