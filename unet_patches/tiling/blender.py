@@ -93,6 +93,9 @@ class WindowBlender:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}: expected 'softmax', 'sigmoid' or None")
         self.network: Any = network
+        # Whether each call returns arrays of its own (ONNX Runtime, OpenVINO); else outputs the
+        # merger makes its sums in are copied first (see forward_windows).
+        self.new_outputs = bool(getattr(network, "new_outputs", False))
         self.blend, self.padding, self.pad_value = blend, padding, float(pad_value)
         self.activation, self.tta = activation, bool(tta)
         self.profiles = tuple(axis_weights(w, blend, sigma_scale) for w in self.window)
@@ -120,7 +123,7 @@ class WindowBlender:
         n = windows.shape[0]
         batch = np.concatenate([np.flip(windows, axes) for axes in FLIPS]) if self.tta else windows
         out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))[: n * self.n_aug]
-        if self.activation is None and not self.tta and self.weights is None and not _new_outputs(self.network):
+        if self.activation is None and not self.tta and self.weights is None and not self.new_outputs:
             return np.array(out, dtype=np.float32, order="C")  # a copy: the network may reuse its array
         if self.activation == "softmax":
             out = _softmax(out)
@@ -158,9 +161,10 @@ class WindowBlender:
         """Blend windows over ``source`` and yield finished bands of rows, top to bottom.
 
         ``source``: a :class:`~.sources.RowSource` or a float image ``(C, H, W)``. Memory use is a
-        band of rows (about ``window + stride`` rows x width x classes float32), not the image. An
-        image wider than about ``strip_columns`` is worked in column strips (:meth:`_strip_bands`),
-        so that only one strip holds a whole band and the others keep the overlap rows.
+        window row, not the image: its input rows, a batch of window outputs, the overlap rows carried
+        to the next window row (overlap x width x classes float32) and the finished band. An image
+        wider than about ``strip_columns`` is worked in column strips (:meth:`_strip_bands`), so that
+        only one strip holds a window row and the others keep their overlap rows.
         ``rows = (start, stop)``: only those rows, computed from exactly the windows that touch them,
         in the same batches as for the whole image, so they equal the whole image's rows bit for bit
         (a huge image split between processes; at most one batch of extra windows is run).
@@ -332,10 +336,9 @@ class _Grid:
     @classmethod
     def of(cls, blender: WindowBlender, source: RowSource) -> _Grid:
         height, width = source.height, source.width
-        (wh, ww), (sy, sx) = blender.window, blender.strides
-        hp, wp = max(height, wh), max(width, ww)
+        hp, wp = max(height, blender.window[0]), max(width, blender.window[1])
         top, left = (hp - height) // 2, (wp - width) // 2
-        ys, xs = axis_starts(hp, wh, sy), axis_starts(wp, ww, sx)
+        ys, xs = blender.window_starts((height, width))
         padded = PaddedRows(source, (hp, wp), (top, left), blender.padding, blender.pad_value)
         row_sums = weight_sums(hp, ys, blender.profiles[0]).astype(np.float32)
         col_sums = weight_sums(wp, xs, blender.profiles[1]).astype(np.float32)
@@ -381,12 +384,6 @@ def _windows(
         if r not in bands_read:
             bands_read[r] = padded.rows(int(ys[r]), window[0])
     return np.stack([bands_read[r][:, :, xs[c] : xs[c] + window[1]] for r, c in batch])
-
-
-def _new_outputs(network: Any) -> bool:
-    """Whether ``network`` says each call returns an array of its own (``new_outputs = True``, as the
-    ONNX Runtime and OpenVINO networks do), which the merger may then make its sums in."""
-    return bool(getattr(network, "new_outputs", False))
 
 
 def _as_image(image: Any) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The merger: weighted window outputs summed over a band of rows, finished rows handed out as
-labels (and probabilities)."""
+"""The merger: weighted window outputs summed one window row at a time, each window's finished pixels
+handed out at once as labels (or sums, for probabilities); whole bands of rows put together."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from unet_patches.models.blocks import SplitInput
+from unet_patches.models.unet import Up
 from unet_patches.runtime import pick_device
 
 __all__ = ["inductor_freezing", "inference_copy", "resolve_device"]
@@ -24,8 +25,6 @@ def inference_copy(network: nn.Module) -> nn.Module:
     (:meth:`~unet_patches.models.unet.Up.split_input`). The network itself if neither applies, or if
     it cannot be copied (both are only optimisations)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    from unet_patches.models.unet import Up
 
     def splittable(model: nn.Module) -> list[Up]:
         return [m for m in model.modules() if isinstance(m, Up) and SplitInput.fits(m.conv, m.skip_channels)]
