@@ -256,12 +256,7 @@ def compare(args: argparse.Namespace) -> dict:
                 bare_log.setdefault(name, []).append((bare, t.result.wall))
             best = rows.get(name)
             if best is None or t.result.wall < best["wall_s"]:
-                rows[name] = {
-                    "wall_s": t.result.wall,
-                    "cpu_s": t.result.cpu,
-                    "peak_mb": memory.peak_mb,
-                    "overhead_in_run": 1.0 - sum(passes) / t.result.wall,
-                }
+                rows[name] = {"wall_s": t.result.wall, "cpu_s": t.result.cpu, "peak_mb": memory.peak_mb}
             labels[name] = out
             print(
                 f"  [{repeat + 1}/{args.repeats}] {name}: {t.result.wall:.1f} s (forward passes {sum(passes):.1f} s)",

@@ -26,10 +26,8 @@ def inference_copy(network: nn.Module) -> nn.Module:
     it cannot be copied (both are only optimisations)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    def splittable(model: nn.Module) -> list[Up]:
-        return [m for m in model.modules() if isinstance(m, Up) and SplitInput.fits(m.conv, m.skip_channels)]
-
-    if next(_conv_batchnorm_pairs(network), None) is None and not splittable(network):
+    splittable = any(isinstance(m, Up) and SplitInput.fits(m.conv, m.skip_channels) for m in network.modules())
+    if next(_conv_batchnorm_pairs(network), None) is None and not splittable:
         return network
     try:
         rewritten = copy.deepcopy(network)
@@ -41,8 +39,8 @@ def inference_copy(network: nn.Module) -> nn.Module:
     for module, first, second in list(_conv_batchnorm_pairs(rewritten)):
         module._modules[first] = fuse_conv_bn_eval(module._modules[first], module._modules[second])
         module._modules[second] = nn.Identity()
-    for up in splittable(rewritten):  # after the folding, which gives the convolution its bias
-        up.split_input()
+    for up in [m for m in rewritten.modules() if isinstance(m, Up)]:  # after the folding (the bias)
+        up.split_input()  # where its block fits SplitInput
     return rewritten
 
 
