@@ -617,7 +617,7 @@ def test_outputs_a_network_says_are_new_are_not_copied_again():
     assert not np.shares_memory(torch_out, returned[-1])  # a plain function without the marker: copied
 
 
-@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+@pytest.mark.parametrize("classes", [1, 2, 3, 5, 12, 256])
 def test_argmax_classes_equals_numpy_argmax_with_ties(classes: int) -> None:
     from unet_patches.tiling.merger import argmax_classes
 
@@ -627,6 +627,12 @@ def test_argmax_classes_equals_numpy_argmax_with_ties(classes: int) -> None:
     labels = argmax_classes(scores)
     assert labels.dtype == np.uint8 and labels.flags.c_contiguous
     assert np.array_equal(labels, scores.argmax(axis=0))
+    # Into a strided view of a larger array, from strided scores: the same labels, nothing else touched.
+    band = np.full((30, 50), 77, np.uint8)
+    argmax_classes(scores[:, 2:, 3:], out=band[1:22, 5:33])
+    assert np.array_equal(band[1:22, 5:33], scores[:, 2:, 3:].argmax(axis=0))
+    band[1:22, 5:33] = 77
+    assert (band == 77).all()
 
 
 def test_keep_freed_memory_is_set_on_glibc_once() -> None:

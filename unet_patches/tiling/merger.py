@@ -45,6 +45,7 @@ class RowMerger:
         self.band: np.ndarray | None = None  # the current row's finished rows: labels, or sums
         self.left: np.ndarray | None = None  # the last window's sums
         self.next = 0  # index in xs of the window that comes next
+        self._labels = np.empty(window, np.uint8)  # a window's labels, before its finished columns are kept
 
     def begin_row(self, y: int, stop: int) -> None:
         """A window row at rows ``y:y + height`` whose windows finish the rows ``y:stop``; the
@@ -83,7 +84,10 @@ class RowMerger:
             if self.keep_sums:
                 self.band[:, :, x : x + last] = sums[:, :finished, :last]
             else:
-                argmax_classes(sums[:, :finished, :last], out=self.band[:, x : x + last])
+                # Whole rows of the window: each class plane is one contiguous run, one NumPy loop,
+                # where the finished columns alone cost a loop per row (4.5 against 7 ms an image).
+                labels = argmax_classes(sums[:, :finished], out=self._labels[:finished])
+                self.band[:, x : x + last] = labels[:, :last]
             if below > 0:
                 assert self.carry is not None
                 self.carry[:, :below, x : x + last] = sums[:, finished:, :last]
@@ -128,8 +132,13 @@ def argmax_classes(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     if scores.shape[0] == 2:
         return labels
     best = np.maximum(scores[0], scores[1])
+    higher = np.empty(labels.shape, np.bool_)
     for k in range(2, scores.shape[0]):
-        np.putmask(labels, scores[k] > best, k)  # 1.3 ms, where labels[mask] = k took 1.65 (3 x 288 x 2048)
+        # The labels so far are below k, so the larger of them and k where class k is higher is the
+        # new label: an element-wise maximum, 6x faster than putmask (which branches per pixel).
+        np.greater(scores[k], best, out=higher)
+        marks = higher.view(np.uint8)
+        np.maximum(labels, np.multiply(marks, k, out=marks), out=labels)
         if k + 1 < scores.shape[0]:
             np.maximum(best, scores[k], out=best)
     return labels
