@@ -10,8 +10,10 @@ Part 1 (one process, same weights, same image):
   - with ``--checkpoint`` and the int8 extra: ours with the checkpoint's int8 network (OpenVINO + NNCF,
     built as ``precision: int8`` builds it; its GFLOP/s are shown against the bf16 peak).
   For each: image megapixels per second (wall and process-CPU time), ratio to MONAI, peak memory
-  above the start of the run, argmax agreement with MONAI, and the engine's overhead over the bare
-  forward passes it makes (the same number of passes timed on ready-made batches).
+  above the start of the run (sampled in one more run after the timed ones, so that the sampler does
+  not slow them), argmax agreement with MONAI, the share of each timed run spent outside the forward
+  passes, and the engine's overhead over the bare forward passes it makes (the same number of passes
+  timed on ready-made batches).
   With ``--checkpoint`` (a trained model) also mIoU against the synthetic ground truth.
 
 Part 2 (a fresh subprocess per size): the streamed path (TIFF in, label TIFF out) on synthetic
@@ -235,16 +237,22 @@ def compare(args: argparse.Namespace) -> dict:
     engine_log: dict[str, list[float]] = {}
     bare_log: dict[str, list[tuple[float, float]]] = {}
     inrun_log: dict[str, list[float]] = {}  # 1 - passes / wall of every repeat
+
+    def run(predictor, passes: list[float]) -> np.ndarray:
+        if predictor is None:
+            return run_monai(monai_model, image, passes)
+        with PassTimer(predictor) as timed:
+            out = predictor.labels(image)
+        passes.extend(timed)
+        return out
+
+    runners = [("MONAI", None), *predictors.items()]
     for repeat in range(args.repeats):
         # Interleaved, so that MONAI and ours share the machine's load as far as possible.
-        for name, predictor in [("MONAI", None), *predictors.items()]:
+        for name, predictor in runners:
             passes: list[float] = []
-            with PeakSampler() as memory, Timer() as t:
-                if predictor is None:
-                    out = run_monai(monai_model, image, passes)
-                else:
-                    with PassTimer(predictor) as passes:
-                        out = predictor.labels(image)
+            with Timer() as t:
+                out = run(predictor, passes)
             pass_log.setdefault(name, []).append(list(passes))
             engine_log.setdefault(name, []).append(t.result.wall - sum(passes))
             inrun_log.setdefault(name, []).append(1.0 - sum(passes) / t.result.wall)
@@ -256,13 +264,19 @@ def compare(args: argparse.Namespace) -> dict:
                 bare_log.setdefault(name, []).append((bare, t.result.wall))
             best = rows.get(name)
             if best is None or t.result.wall < best["wall_s"]:
-                rows[name] = {"wall_s": t.result.wall, "cpu_s": t.result.cpu, "peak_mb": memory.peak_mb}
+                rows[name] = {"wall_s": t.result.wall, "cpu_s": t.result.cpu}
             labels[name] = out
             print(
                 f"  [{repeat + 1}/{args.repeats}] {name}: {t.result.wall:.1f} s (forward passes {sum(passes):.1f} s)",
                 file=sys.stderr,
                 flush=True,
             )
+    for name, predictor in runners:
+        # Peak memory in a run of its own, after the timed ones: the sampler's thread (waking every
+        # 10 ms) and its malloc_trim added about 3 ms outside the passes and 20 ms of wall time.
+        with PeakSampler() as memory:
+            run(predictor, [])
+        rows[name]["peak_mb"] = memory.peak_mb
 
     for name, row in rows.items():
         # Quiet-machine estimate: each forward pass at its fastest over the repeats (the passes do
