@@ -85,7 +85,8 @@ class RowMerger:
                 self.band[:, :, x : x + last] = sums[:, :finished, :last]
             else:
                 # Whole rows of the window: each class plane is one contiguous run, one NumPy loop,
-                # where the finished columns alone cost a loop per row (4.5 against 7 ms an image).
+                # where the finished columns alone cost a loop per row (4.5 against 7 ms for the
+                # 49 windows of a 2048 x 2048 image).
                 labels = argmax_classes(sums[:, :finished], out=self._labels[:finished])
                 self.band[:, x : x + last] = labels[:, :last]
             if below > 0:
