@@ -615,6 +615,10 @@ def test_outputs_a_network_says_are_new_are_not_copied_again():
         lambda b: torch.from_numpy(Fresh()(b.numpy())), 16, 0.5, activation=None, precision="fp32"
     ).forward_windows(windows)
     assert not np.shares_memory(torch_out, returned[-1])  # a plain function without the marker: copied
+    tta_out = TiledPredictor(
+        lambda b: torch.from_numpy(Fresh()(b.numpy())), 16, 0.5, activation=None, precision="fp32", tta=True
+    ).forward_windows(windows)
+    assert not np.shares_memory(tta_out, returned[-1])  # the flips' average is a new array
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 5, 12, 256])

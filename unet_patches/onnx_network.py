@@ -56,6 +56,8 @@ class OnnxNetwork:
         UserError: onnxruntime is missing, or the file is not an ONNX export of this package.
     """
 
+    new_outputs = True  # ONNX Runtime returns new arrays on every run
+
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         ort = require_onnx_package("onnxruntime")
         self.path = Path(path)
@@ -71,8 +73,6 @@ class OnnxNetwork:
         ):
             raise UserError(f"{path}: not an unet-patches export (expected input 'image', output probabilities/logits)")
         self.output: str = outputs[0].name
-
-    new_outputs = True  # ONNX Runtime returns new arrays on every run
 
     @property
     def activation(self) -> str | None:

@@ -168,8 +168,8 @@ class TiledPredictor(WindowBlender):
                 out = torch.softmax(out, dim=1, dtype=torch.float32)
             elif self.activation == "sigmoid":
                 out = torch.sigmoid(out.float())
-            elif self.new_outputs:  # the merger makes its sums in it: it must be this call's own
-                out = out.float()
+            elif self.new_outputs or self.tta:  # the merger makes its sums in it: it must be this call's own
+                out = out.float()  # (the flips' average below is a new tensor)
             else:
                 out = out.to(torch.float32, copy=True)
             if self.tta:
