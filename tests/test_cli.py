@@ -77,6 +77,15 @@ def test_whole_pipeline_through_the_cli(tmp_path, params, capsys):
     code, out, _ = run(capsys, "evaluate", ckpt, data / "synthetic" / "test", "--params", params, "--json")
     scores = json.loads(out)
     assert code == 0 and {"miou", "iou", "dice"} <= set(scores) and 0 <= scores["miou"] <= 1
+    # The plain-text table, as the README shows the command (no --json).
+    code, out, err = run(capsys, "evaluate", ckpt, data / "synthetic" / "test", "--params", params, "--no-progress")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "2 images, window auto, overlap auto"
+    assert lines[1].split() == ["class", "IoU", "Dice"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert set(rows) == {"background", "line", "ellipse", "mean"}
+    assert float(rows["mean"][0]) == pytest.approx(scores["miou"], abs=1e-4)
 
     outdir = tmp_path / "pred"
     code, out, _ = run(

@@ -254,7 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(scores))
         return 0
-    print(f"{scores['images']} images, window {args.window or segmenter.patch_size}")
+    print(f"{scores['images']} images, window {options['window']}, overlap {options['overlap']}")
     print(f"{'class':<14}{'IoU':>8}{'Dice':>8}")
     for name in scores["iou"]:
         iou, dice = scores["iou"][name], scores["dice"][name]
