@@ -58,11 +58,11 @@ def setup(root: Path, size: int) -> tuple[Path, Path]:
     """A checkpoint of the demo's U-Net shape, its two ONNX exports and one synthetic image."""
     import torch
 
-    from unet_patches.checkpoints import save_checkpoint
-    from unet_patches.export import export_checkpoint
+    from unet_patches.data.preprocess import Preprocess
+    from unet_patches.data.synthetic import SyntheticSpec, generate_dataset
+    from unet_patches.deploy.export import export_checkpoint
     from unet_patches.models import ModelConfig, build_model
-    from unet_patches.preprocess import Preprocess
-    from unet_patches.synthetic import SyntheticSpec, generate_dataset
+    from unet_patches.models.checkpoint import save_checkpoint
 
     config = ModelConfig(name="unet", base_width=8, depth=4)
     torch.manual_seed(0)
@@ -87,8 +87,8 @@ def setup(root: Path, size: int) -> tuple[Path, Path]:
 def engines(root: Path, image_path: Path, repeats: int) -> list[dict]:
     import numpy as np
 
-    from unet_patches.api import Segmenter
-    from unet_patches.imageio import read_image
+    from unet_patches.data.imageio import read_image
+    from unet_patches.inference.segmenter import Segmenter
 
     raw = read_image(image_path)
     checkpoint = Segmenter.from_checkpoint(root / "best.pt")

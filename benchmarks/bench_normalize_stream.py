@@ -32,8 +32,8 @@ from common import machine, peak_rss_mb  # noqa: E402
 def child(path: Path, mode: str, out: Path) -> None:
     import torch
 
-    from unet_patches.api import Segmenter, predict_files
-    from unet_patches.preprocess import Preprocess
+    from unet_patches.data.preprocess import Preprocess
+    from unet_patches.inference.segmenter import Segmenter, predict_files
 
     network = torch.nn.Conv2d(1, 3, 1)
     segmenter = Segmenter(network, 256, ("a", "b", "c"), Preprocess(num_classes=3, normalize=mode))
@@ -57,9 +57,9 @@ def main() -> int:
         return 0
     import tifffile
 
-    from unet_patches.imageio import read_image
-    from unet_patches.preprocess import Preprocess
-    from unet_patches.tiling.sources import NormalizedSource, TiffSource
+    from unet_patches.data.imageio import read_image
+    from unet_patches.data.preprocess import Preprocess
+    from unet_patches.files.sources import NormalizedSource, TiffSource
 
     size = 2048 if args.quick else args.size
     rows = []

@@ -81,7 +81,7 @@ def timed(jobs: list[tuple[list[str], int | None]]) -> tuple[float, list[float]]
 
 def synthetic(size: int, seed: int) -> np.ndarray:
     """A ``size`` x ``size`` uint8 image of the demo's kind (generated at 1024 and tiled when larger)."""
-    from unet_patches.synthetic import SyntheticSpec, generate_sample
+    from unet_patches.data.synthetic import SyntheticSpec, generate_sample
 
     tile = min(size, 1024)
     base = SyntheticSpec()

@@ -1,4 +1,4 @@
-"""Tiled inference: MONAI's sliding_window_inference against unet_patches.tiling, same model, same image.
+"""Tiled inference: MONAI's sliding_window_inference against unet_patches.inference.tiling, same model, same image.
 
 Part 1 (one process, same weights, same image):
   - MONAI ``sliding_window_inference``: float32, window 96, overlap 0.5, ``sw_batch_size`` 32,
@@ -42,10 +42,11 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from unet_patches.data.preprocess import Preprocess  # noqa: E402
+from unet_patches.files.plan import open_image, plan_outputs, write_outputs  # noqa: E402
+from unet_patches.inference.tiling import TiledPredictor  # noqa: E402
+from unet_patches.inference.tiling.sizing import plan_window  # noqa: E402
 from unet_patches.models import UNet, model_cost, window_multiple  # noqa: E402
-from unet_patches.preprocess import Preprocess  # noqa: E402
-from unet_patches.tiling import TiledPredictor, open_image, plan_outputs, write_outputs  # noqa: E402
-from unet_patches.tiling.sizing import plan_window  # noqa: E402
 
 from common import PeakSampler, Timer, conv1x1_gflops, machine, matmul_gflops, peak_rss_mb, save_results  # noqa: E402
 
@@ -57,7 +58,7 @@ NUM_CLASSES = 3
 
 def synthetic_image(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A ``size x size`` uint8 gray image and its mask, with the training data's shape density."""
-    from unet_patches.synthetic import SyntheticSpec, generate_sample
+    from unet_patches.data.synthetic import SyntheticSpec, generate_sample
 
     base = SyntheticSpec()
     scale = size * size / (base.height * base.width)
@@ -70,7 +71,7 @@ def synthetic_image(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def build_model(width: int, checkpoint: str | None) -> torch.nn.Module:
     """The trained model at ``checkpoint``, or a UNet of ``base_width=width`` with seeded random weights."""
     if checkpoint:
-        from unet_patches.api import Segmenter
+        from unet_patches.inference.segmenter import Segmenter
 
         return Segmenter.from_checkpoint(checkpoint).network
     torch.manual_seed(0)
@@ -155,8 +156,8 @@ def int8_predictor(checkpoint: str, options: dict) -> tuple[TiledPredictor | Non
         import openvino  # noqa: F401
     except ImportError:
         return None, 0.0
-    from unet_patches.api import Segmenter
     from unet_patches.errors import UserError
+    from unet_patches.inference.segmenter import Segmenter
 
     from common import with_int8_windows
 

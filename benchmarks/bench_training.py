@@ -50,13 +50,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
-from unet_patches import checkpoints, data, optim, runtime, training  # noqa: E402
-from unet_patches.api import Segmenter, evaluate_folder  # noqa: E402
-from unet_patches.config import config_from_dict, load_config  # noqa: E402
+from unet_patches import runtime  # noqa: E402
+from unet_patches.data.patches import extract_patches  # noqa: E402
+from unet_patches.data.synthetic import generate_dataset  # noqa: E402
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder  # noqa: E402
 from unet_patches.losses import build_loss  # noqa: E402
 from unet_patches.models import build_model, count_parameters  # noqa: E402
-from unet_patches.patches import extract_patches  # noqa: E402
-from unet_patches.synthetic import generate_dataset  # noqa: E402
+from unet_patches.models import checkpoint as checkpoints  # noqa: E402
+from unet_patches.training import datasets as data  # noqa: E402
+from unet_patches.training import optim  # noqa: E402
+from unet_patches.training import run as training  # noqa: E402
+from unet_patches.training.config import config_from_dict, load_config  # noqa: E402
 
 from common import Timer, machine, save_results  # noqa: E402
 

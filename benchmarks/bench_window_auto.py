@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_patches.api import Segmenter, evaluate_folder  # noqa: E402
-from unet_patches.config import load_config  # noqa: E402
+from unet_patches.data.synthetic import generate_dataset  # noqa: E402
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder  # noqa: E402
 from unet_patches.models import MODELS  # noqa: E402
-from unet_patches.synthetic import generate_dataset  # noqa: E402
-from unet_patches.training import fit  # noqa: E402
+from unet_patches.training.config import load_config  # noqa: E402
+from unet_patches.training.run import fit  # noqa: E402
 
 from common import Timer, machine, save_results  # noqa: E402
 

@@ -180,7 +180,7 @@ def with_int8_windows(checkpoint: str | Path, out: str | Path, folder: str | Pat
     """A copy of ``checkpoint`` (written before checkpoints kept int8 windows) with the int8
     calibration and held-back windows training now stores, as ``unet-patches calibrate`` writes it
     (from ``folder``, default the run's ``training.folder``); returns ``out``."""
-    from unet_patches.data import add_int8_windows
+    from unet_patches.deploy.calibrate import add_int8_windows
 
     add_int8_windows(checkpoint, out, folder, overwrite=True)
     return Path(out)

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unet_patches.config import default_config
-from unet_patches.synthetic import SyntheticSpec, generate_dataset
+from unet_patches.data.synthetic import SyntheticSpec, generate_dataset
+from unet_patches.training.config import default_config
 
 SMALL_SPEC = SyntheticSpec(height=64, width=48, lines=(1, 3), ellipses=(1, 3), line_length=(10, 40))
 
@@ -62,8 +62,8 @@ def unet_checkpoint_state(
 ) -> dict:
     """What training writes into a checkpoint, for a small U-Net with seeded random weights (base
     width 4, depth 2 unless ``config`` says otherwise); ``extra`` keys replace or add to it."""
+    from unet_patches.data.preprocess import Preprocess
     from unet_patches.models import ModelConfig, build_model
-    from unet_patches.preprocess import Preprocess
 
     config = config or ModelConfig(name="unet", base_width=4, depth=2)
     torch.manual_seed(seed)
@@ -82,7 +82,7 @@ def unet_checkpoint_state(
 
 def write_unet_checkpoint(path: Path, **options) -> Path:
     """:func:`unet_checkpoint_state` saved at ``path``."""
-    from unet_patches.checkpoints import save_checkpoint
+    from unet_patches.models.checkpoint import save_checkpoint
 
     save_checkpoint(unet_checkpoint_state(**options), path)
     return path

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from unet_patches import Segmenter, UserError, evaluate_folder, predict
-from unet_patches.imageio import read_image
-from unet_patches.training import fit
+from unet_patches.data.imageio import read_image
+from unet_patches.training.run import fit
 
 from helpers import small_dataset, tiny_config
 

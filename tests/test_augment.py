@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from unet_patches.augment import AUGMENT_OPS, PRESETS, BatchAugmenter, build_augmenter, probabilities
 from unet_patches.errors import UserError
+from unet_patches.training.augment import AUGMENT_OPS, PRESETS, BatchAugmenter, build_augmenter, probabilities
 
 GEOMETRY = ("rotate", "scale", "elastic")
 INTENSITY = ("brightness", "contrast", "gamma", "noise", "blur")

@@ -22,10 +22,10 @@ import tifffile
 import torch
 from PIL import Image
 
-from unet_patches.cache import CACHE_DIR_NAME
 from unet_patches.cli import main
+from unet_patches.data.cache import CACHE_DIR_NAME
+from unet_patches.data.synthetic import SyntheticSpec, generate_dataset
 from unet_patches.models import ModelConfig
-from unet_patches.synthetic import SyntheticSpec, generate_dataset
 
 from helpers import write_unet_checkpoint
 
@@ -920,7 +920,7 @@ case("calibrate-out-exists", lambda c: (cal(c, out=c.file("taken.pt", b"mine")),
 
 
 def with_config(state: dict) -> None:
-    from unet_patches.config import default_config
+    from unet_patches.training.config import default_config
 
     state["config"] = default_config().to_dict()
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 import unet_patches.atomic as atomic
-import unet_patches.cache as cache_module
-import unet_patches.imageio as imageio_module
-from unet_patches.cache import CACHE_DIR_NAME, DecodeCache
-from unet_patches.data import make_datasets, make_loader, set_epoch
+import unet_patches.data.cache as cache_module
+import unet_patches.data.imageio as imageio_module
+from unet_patches.data.cache import CACHE_DIR_NAME, DecodeCache
+from unet_patches.data.folders import load_pairs
+from unet_patches.data.imageio import read_raw, write_png
+from unet_patches.data.patches import extract_patches
+from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.folders import load_pairs
-from unet_patches.imageio import read_raw, write_png
-from unet_patches.patches import extract_patches
-from unet_patches.preprocess import Preprocess
+from unet_patches.training.datasets import make_datasets, make_loader, set_epoch
 
 from helpers import small_dataset, tiny_config
 
@@ -165,7 +165,7 @@ def test_unwritable_cache_reads_without_it(tmp_path, monkeypatch, caplog, decode
     monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
     path = _image(tmp_path)
     cache = DecodeCache(tmp_path / "data")
-    with caplog.at_level(logging.WARNING, logger="unet_patches.cache"):
+    with caplog.at_level(logging.WARNING, logger="unet_patches.data.cache"):
         for _ in range(3):
             assert np.array_equal(cache.read(path), read_raw(path))
     assert cache.directory is None and decoders["cache"].calls == 3

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from unet_patches import checkpoints
-from unet_patches.api import Segmenter
-from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unet_patches.errors import UserError
+from unet_patches.inference.segmenter import Segmenter
+from unet_patches.models import checkpoint as checkpoints
+from unet_patches.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 DEMO = Path(__file__).parent / "data" / "demo_unet_w8.pt"
 
@@ -67,9 +67,9 @@ def test_a_checkpoint_written_before_the_module_split_still_loads_and_computes_t
 
 def test_calibrate_gives_an_old_checkpoint_the_windows_training_stores(tmp_path, capsys):
     from unet_patches.cli import main
-    from unet_patches.config import default_config
-    from unet_patches.data import int8_windows, make_datasets
-    from unet_patches.synthetic import SyntheticSpec, generate_dataset
+    from unet_patches.data.synthetic import SyntheticSpec, generate_dataset
+    from unet_patches.training.config import default_config
+    from unet_patches.training.datasets import int8_windows, make_datasets
 
     generate_dataset(tmp_path / "data", n_train=6, n_test=0, spec=SyntheticSpec(height=128, width=128))
     config = default_config().merged({"training": {"folder": str(tmp_path / "data" / "train"), "val_fraction": 0.34}})

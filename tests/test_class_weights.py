@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unet_patches.class_weights import class_pixel_counts, median_frequency_weights
+from unet_patches.data.class_weights import class_pixel_counts, median_frequency_weights
 from unet_patches.errors import UserError
 
 

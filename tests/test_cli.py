@@ -200,7 +200,7 @@ def test_compile_flags_reach_the_inference_options(params):
 
 
 def test_time_budget_alone_means_train_for_that_long(params, monkeypatch, capsys):
-    from unet_patches import training
+    from unet_patches.training import run as training
 
     seen = []
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from unet_patches import Segmenter, UserError, compiling
-from unet_patches.compiling import MIN_NETWORK_PIXELS, PAYBACK_SECONDS, compile_for_job
-from unet_patches.preprocess import Preprocess
-from unet_patches.settings import check_compile, inference_settings
+from unet_patches import Segmenter, UserError
+from unet_patches.data.preprocess import Preprocess
+from unet_patches.inference import job as compiling
+from unet_patches.inference.config import check_compile, inference_settings
+from unet_patches.inference.job import MIN_NETWORK_PIXELS, PAYBACK_SECONDS, compile_for_job
 
 from helpers import tiny_net
 

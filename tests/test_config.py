@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from unet_patches.config import config_from_dict, default_config, load_config
 from unet_patches.errors import UserError
+from unet_patches.training.config import config_from_dict, default_config, load_config
 
 
 def test_defaults_are_valid_and_shipped_file_loads(repo_root):
@@ -104,8 +104,8 @@ def test_code_defaults_are_the_shipped_file(repo_root):
 
 
 def test_inference_settings_are_predictor_options():
-    from unet_patches.api import Segmenter
-    from unet_patches.preprocess import Preprocess
+    from unet_patches.data.preprocess import Preprocess
+    from unet_patches.inference.segmenter import Segmenter
 
     from helpers import tiny_net
 
@@ -122,8 +122,8 @@ def test_each_consumer_takes_its_settings_as_one_bundle():
     """The command line and the demo call the data tools with these bundles, never with lists of their own."""
     import inspect
 
-    from unet_patches.patches import extract_patches
-    from unet_patches.synthetic import generate_dataset
+    from unet_patches.data.patches import extract_patches
+    from unet_patches.data.synthetic import generate_dataset
 
     config = default_config()
     assert set(config.patch_options()) <= set(inspect.signature(extract_patches).parameters)

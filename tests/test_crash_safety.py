@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unet_patches.checkpoints import load_checkpoint
+from unet_patches.models.checkpoint import load_checkpoint
 
 from helpers import small_dataset, tiny_config
 

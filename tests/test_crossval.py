@@ -1,4 +1,4 @@
-"""k-fold cross-validation (unet_patches.folds, unet_patches.crossval): the split, the folds trained and
+"""k-fold cross-validation (unet_patches.data.folds, unet_patches.training.crossval): the split, the folds trained and
 resumed, the pooled out-of-fold report, and the folds as an ensemble."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet_patches.api import Segmenter
 from unet_patches.cli import main
-from unet_patches.crossval import DONE, run_crossval
+from unet_patches.data.folders import find_pairs
+from unet_patches.data.folds import assign_folds, splits_for
+from unet_patches.data.patches import extract_patches
+from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.folders import find_pairs
-from unet_patches.folds import assign_folds, splits_for
+from unet_patches.inference.segmenter import Segmenter
 from unet_patches.metrics import ConfusionMatrix
-from unet_patches.patches import extract_patches
-from unet_patches.preprocess import Preprocess
+from unet_patches.training.crossval import DONE, run_crossval
 
 from helpers import small_dataset, tiny_config
 
@@ -136,7 +136,7 @@ def test_train_one_fold_and_a_patch_folder_splits_by_source_image(tmp_path):
     assert sum(f["images"] for f in report["folds"]) == 6
     with pytest.raises(UserError, match="without training.fold: train one fold with --fold I"):
         main_config = config.merged({"training": {"fold": None}})
-        from unet_patches.data import make_datasets
+        from unet_patches.training.datasets import make_datasets
 
         make_datasets(main_config)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from unet_patches import demo
-from unet_patches.checkpoints import load_checkpoint
+from unet_patches.models.checkpoint import load_checkpoint
 
 REPO_PARAMS = Path(__file__).resolve().parent.parent / "parameters.json"
 

@@ -19,10 +19,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from unet_patches import checkpoints, data, runtime, training
-from unet_patches.config import config_from_dict, load_config
+from unet_patches import runtime
+from unet_patches.data.patches import extract_patches
 from unet_patches.losses import build_loss
-from unet_patches.patches import extract_patches
+from unet_patches.models import checkpoint as checkpoints
+from unet_patches.training import datasets as data
+from unet_patches.training import run as training
+from unet_patches.training.config import config_from_dict, load_config
 
 from helpers import small_dataset
 
@@ -57,8 +60,10 @@ if "RANK" in os.environ and os.environ.get("AUDIT_DIR"):
 EVALUATE = r"""
 import json, sys
 import torch
-from unet_patches import checkpoints, data, runtime, training
-from unet_patches.config import config_from_dict
+from unet_patches import runtime
+from unet_patches.models import checkpoint as checkpoints
+from unet_patches.training import datasets as data, run as training
+from unet_patches.training.config import config_from_dict
 from unet_patches.losses import build_loss
 
 state = checkpoints.load_checkpoint(sys.argv[1])

@@ -6,10 +6,11 @@ import json
 import pytest
 from PIL import Image
 
-from unet_patches import resuming, training
 from unet_patches.cli import main
 from unet_patches.errors import UserError
-from unet_patches.experiments import read_grid, run_experiments
+from unet_patches.training import resuming
+from unet_patches.training import run as training
+from unet_patches.training.experiments import read_grid, run_experiments
 
 from helpers import small_dataset
 

@@ -1,4 +1,4 @@
-"""Tests for unet_patches.folders: pairing images/ and masks/, loading the pairs."""
+"""Tests for unet_patches.data.folders: pairing images/ and masks/, loading the pairs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from unet_patches.data.folders import find_pairs, load_pairs, match_pairs
+from unet_patches.data.imageio import write_png
+from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.folders import find_pairs, load_pairs, match_pairs
-from unet_patches.imageio import write_png
-from unet_patches.preprocess import Preprocess
 
 
 def _make_folder(root, image_names, mask_names, shape=(4, 5), mask_shape=None):

@@ -1,4 +1,4 @@
-"""Tests for unet_patches.imageio: reading, conversion, masks, colours."""
+"""Tests for unet_patches.data.imageio: reading, conversion, masks, colours."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from unet_patches.data.imageio import PALETTE, colour_mask, colour_overlay, image_to_array, read_image, write_png
+from unet_patches.data.masks import read_mask
 from unet_patches.errors import UserError
-from unet_patches.imageio import PALETTE, colour_mask, colour_overlay, image_to_array, read_image, write_png
-from unet_patches.masks import read_mask
 
 
 def _pil_save(path, array, mode=None):

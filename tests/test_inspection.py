@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_patches.cache import CACHE_DIR_NAME
 from unet_patches.cli import main
-from unet_patches.config import default_config
-from unet_patches.data import split_by_group
+from unet_patches.data.cache import CACHE_DIR_NAME
+from unet_patches.data.imageio import write_png
+from unet_patches.data.inspection import check_folder, format_report, inspect_folder
+from unet_patches.data.patches import extract_patches
 from unet_patches.errors import UserError
-from unet_patches.imageio import write_png
-from unet_patches.inspection import check_folder, format_report, inspect_folder
-from unet_patches.patches import extract_patches
+from unet_patches.training.config import default_config
+from unet_patches.training.datasets import split_by_group
 
 
 def config(classes: int = 3, patch_size: int = 8, **data):

@@ -15,16 +15,17 @@ import tifffile
 import zarr
 from PIL import Image
 
-from unet_patches import sharding
-from unet_patches.api import Segmenter, predict, predict_files
 from unet_patches.cli import main
+from unet_patches.data.imageio import image_to_array
 from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array
-from unet_patches.sharding import Shard, row_block
-from unet_patches.tiling import TiledPredictor, blender, expand_inputs
-from unet_patches.tiling.merger import assemble
-from unet_patches.tiling.shared_zarr import marks_folder
-from unet_patches.tiling.sources import TiffSource, ZarrSource, image_size
+from unet_patches.files import shards as sharding
+from unet_patches.files.plan import expand_inputs
+from unet_patches.files.shards import Shard, row_block
+from unet_patches.files.shared_zarr import marks_folder
+from unet_patches.files.sources import TiffSource, ZarrSource, image_size
+from unet_patches.inference.segmenter import Segmenter, predict, predict_files
+from unet_patches.inference.tiling import TiledPredictor, blender
+from unet_patches.inference.tiling.merger import assemble
 
 from helpers import tiny_net, write_unet_checkpoint
 
@@ -250,9 +251,9 @@ def _slide(path: Path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("reader", ["openslide", "tifffile"])
 def test_a_whole_slide_is_read_by_openslide_or_else_by_tifffile(tmp_path, monkeypatch, reader):
-    from unet_patches.preprocess import Preprocess
-    from unet_patches.tiling import slides
-    from unet_patches.tiling.files import open_image
+    from unet_patches.data.preprocess import Preprocess
+    from unet_patches.files import slides
+    from unet_patches.files.plan import open_image
 
     if reader == "openslide":
         pytest.importorskip("openslide")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from unet_patches.config import DataConfig, default_config
+from unet_patches.data.folders import load_pairs
+from unet_patches.data.imageio import write_png
+from unet_patches.data.masks import AUTO_BINARY_VALUES, decode_mask, hex_colour, parse_colour, read_mask
+from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.folders import load_pairs
-from unet_patches.imageio import write_png
-from unet_patches.masks import AUTO_BINARY_VALUES, decode_mask, hex_colour, parse_colour, read_mask
-from unet_patches.preprocess import Preprocess
+from unet_patches.training.config import DataConfig, default_config
 
 RED, BLUE, ODD = (255, 0, 0), (0, 0, 255), (12, 34, 56)
 

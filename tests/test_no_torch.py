@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from unet_patches.cli import main
-from unet_patches.synthetic import SyntheticSpec, generate_dataset
+from unet_patches.data.synthetic import SyntheticSpec, generate_dataset
 
 from helpers import write_unet_checkpoint
 
@@ -65,9 +65,10 @@ def deployed(tmp_path_factory) -> Path:
 
 def test_the_package_imports_without_torch(tmp_path):
     code = WITHOUT_TORCH + (
-        "import unet_patches, unet_patches.api, unet_patches.tiling, unet_patches.submission, unet_patches.settings\n"
-        "import unet_patches.onnx_network, unet_patches.folders, unet_patches.metrics, unet_patches.preprocess\n"
-        "from unet_patches.tiling import WindowBlender\n"
+        "import unet_patches, unet_patches.api, unet_patches.inference.segmenter, unet_patches.inference.tiling\n"
+        "import unet_patches.deploy.submission, unet_patches.inference.config, unet_patches.inference.onnx\n"
+        "import unet_patches.data.folders, unet_patches.metrics, unet_patches.data.preprocess\n"
+        "from unet_patches.inference.tiling import WindowBlender\n"
         "assert 'torch' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)

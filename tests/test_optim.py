@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unet_patches.errors import UserError
-from unet_patches.optim import OPTIMIZERS, SCHEDULES, Progress, Schedule, build_optimizer
+from unet_patches.training.optim import OPTIMIZERS, SCHEDULES, Progress, Schedule, build_optimizer
 
 
 def test_step_schedule_is_the_originals():

@@ -1,4 +1,4 @@
-"""Tests for unet_patches.patches: extraction, manifest, split by source, PatchFolder."""
+"""Tests for unet_patches.data.patches: extraction, manifest, split by source, PatchFolder."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from unet_patches.errors import UserError
-from unet_patches.folders import load_pairs
-from unet_patches.imageio import image_to_array, read_image, write_png
-from unet_patches.masks import read_mask
-from unet_patches.patches import (
+from unet_patches.data.folders import load_pairs
+from unet_patches.data.imageio import image_to_array, read_image, write_png
+from unet_patches.data.masks import read_mask
+from unet_patches.data.patches import (
     PatchFolder,
     extract_patches,
     flip,
@@ -21,7 +20,8 @@ from unet_patches.patches import (
     split_by_source,
     validation_count,
 )
-from unet_patches.preprocess import Preprocess
+from unet_patches.data.preprocess import Preprocess
+from unet_patches.errors import UserError
 
 PERCENTILE = Preprocess(num_classes=3, normalize="percentile", percentiles=(2.0, 98.0))
 

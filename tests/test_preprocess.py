@@ -10,12 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from unet_patches.api import Segmenter, predict, predict_files
-from unet_patches.data import make_datasets
-from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array, read_image
-from unet_patches.patches import extract_patches, flip, read_manifest
-from unet_patches.preprocess import (
+from unet_patches.data.imageio import image_to_array, read_image
+from unet_patches.data.patches import extract_patches, flip, read_manifest
+from unet_patches.data.preprocess import (
     HISTOGRAM_BINS,
     NORMALIZE_MODES,
     DatasetStatistics,
@@ -25,8 +22,11 @@ from unet_patches.preprocess import (
     resize_labels,
     resize_probabilities,
 )
-from unet_patches.synthetic import generate_dataset
-from unet_patches.tiling.sources import ArraySource, NormalizedSource
+from unet_patches.data.synthetic import generate_dataset
+from unet_patches.errors import UserError
+from unet_patches.files.sources import ArraySource, NormalizedSource
+from unet_patches.inference.segmenter import Segmenter, predict, predict_files
+from unet_patches.training.datasets import make_datasets
 
 from helpers import SMALL_SPEC, tiny_config
 
@@ -324,7 +324,7 @@ def test_a_hot_pixel_does_not_spoil_the_percentiles():
 def test_float_and_deep_sources_make_float_patches_that_match_inference(tmp_path):
     import tifffile
 
-    from unet_patches.patches import PatchFolder, manifest_preprocess
+    from unet_patches.data.patches import PatchFolder, manifest_preprocess
 
     for sub in ("images", "masks"):
         (tmp_path / "src" / sub).mkdir(parents=True)

@@ -27,13 +27,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unet_patches.deploy.rle import decode, encode
 from unet_patches.errors import UserError
+from unet_patches.files.sources import ArraySource
+from unet_patches.inference.tiling.blender import WindowBlender
+from unet_patches.inference.tiling.padding import PADDING_MODES, PaddedRows, pad_indices
+from unet_patches.inference.tiling.placement import axis_starts, check_coverage, pair, place_windows, stride_for
 from unet_patches.metrics import ConfusionMatrix
-from unet_patches.rle import decode, encode
-from unet_patches.tiling.blender import WindowBlender
-from unet_patches.tiling.padding import PADDING_MODES, PaddedRows, pad_indices
-from unet_patches.tiling.placement import axis_starts, check_coverage, pair, place_windows, stride_for
-from unet_patches.tiling.sources import ArraySource
 
 FAST = settings(max_examples=200, deadline=None)
 MEDIUM = settings(max_examples=150, deadline=None)

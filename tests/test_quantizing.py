@@ -1,4 +1,4 @@
-"""int8 inference (unet_patches.quantizing): the quantized network, its accuracy guard, its cache beside
+"""int8 inference (unet_patches.inference.int8): the quantized network, its accuracy guard, its cache beside
 the checkpoint, and when ``precision: auto`` chooses it. On the demo U-Net (tests/data/README.md)."""
 
 import json
@@ -12,13 +12,14 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from unet_patches import quantizing, runtime  # noqa: E402
-from unet_patches.api import Segmenter, predict  # noqa: E402
-from unet_patches.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
-from unet_patches.compiling import settle_job  # noqa: E402
+from unet_patches import runtime  # noqa: E402
+from unet_patches.data.synthetic import SyntheticSpec, generate_sample  # noqa: E402
 from unet_patches.errors import UserError  # noqa: E402
-from unet_patches.quantizing import Guard, Int8Network, cache_folder, check, int8_network  # noqa: E402
-from unet_patches.synthetic import SyntheticSpec, generate_sample  # noqa: E402
+from unet_patches.inference import int8 as quantizing
+from unet_patches.inference.int8 import Guard, Int8Network, cache_folder, check, int8_network  # noqa: E402
+from unet_patches.inference.job import settle_job  # noqa: E402
+from unet_patches.inference.segmenter import Segmenter, predict  # noqa: E402
+from unet_patches.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_unet_w8.pt"
 
@@ -164,7 +165,7 @@ def test_int8_that_cannot_be_had_is_a_user_error(tmp_path, monkeypatch):
 
 
 def test_training_precision_int8_is_refused(tmp_path):
-    from unet_patches.config import default_config
+    from unet_patches.training.config import default_config
 
     with pytest.raises(UserError, match="training.precision = 'int8': int8 is for inference only"):
         default_config().merged({"training": {"precision": "int8"}})

@@ -6,14 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from unet_patches import data, resuming, training
-from unet_patches.api import Segmenter, evaluate_folder, predict, predict_files
-from unet_patches.checkpoints import load_checkpoint
 from unet_patches.cli import main
-from unet_patches.folders import find_pairs
-from unet_patches.imageio import read_image
-from unet_patches.preprocess import Preprocess
-from unet_patches.synthetic import SyntheticSpec, generate_dataset, generate_kaggle_layout
+from unet_patches.data.folders import find_pairs
+from unet_patches.data.imageio import read_image
+from unet_patches.data.preprocess import Preprocess
+from unet_patches.data.synthetic import SyntheticSpec, generate_dataset, generate_kaggle_layout
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict, predict_files
+from unet_patches.models.checkpoint import load_checkpoint
+from unet_patches.training import datasets as data
+from unet_patches.training import resuming
+from unet_patches.training import run as training
 
 from helpers import SMALL_SPEC, tiny_config
 
@@ -103,7 +105,7 @@ def test_train_stops_before_the_first_epoch_on_any_problem(tmp_path, capsys):
 def test_preprocess_of_old_checkpoints_is_range():
     from pathlib import Path
 
-    from unet_patches.checkpoints import preprocess_from_checkpoint
+    from unet_patches.models.checkpoint import preprocess_from_checkpoint
 
     state = load_checkpoint(Path(__file__).parent / "data" / "checkpoint_format1_f8f025a.pt")
     assert preprocess_from_checkpoint(state) == Preprocess(in_channels=1, num_classes=3, normalize="range")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from unet_patches.deploy.rle import decode, encode
 from unet_patches.errors import UserError
-from unet_patches.rle import decode, encode
 
 
 def _round_trip(mask: np.ndarray) -> str:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from unet_patches.data.sampling import FixedWindows, RandomPatches
 from unet_patches.errors import UserError
-from unet_patches.sampling import FixedWindows, RandomPatches
 
 SIZES = [(40, 50), (64, 48), (33, 70)]
 

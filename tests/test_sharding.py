@@ -1,4 +1,4 @@
-"""Prediction jobs split over processes (unet_patches.sharding): the share, skipping finished images,
+"""Prediction jobs split over processes (unet_patches.files.shards): the share, skipping finished images,
 the shard reports and their merge."""
 
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 
 from unet_patches.cli import main
 from unet_patches.errors import UserError
-from unet_patches.sharding import Shard, merge_report, shard_from, share
+from unet_patches.files.shards import Shard, merge_report, shard_from, share
 
 from helpers import write_unet_checkpoint
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from unet_patches import Segmenter, UserError, evaluate_folder, predict
-from unet_patches.imageio import read_image
-from unet_patches.preprocess import Preprocess
-from unet_patches.synthetic import generate_dataset
-from unet_patches.tiling.sizing import auto_overlap, plan_window
+from unet_patches.data.imageio import read_image
+from unet_patches.data.preprocess import Preprocess
+from unet_patches.data.synthetic import generate_dataset
+from unet_patches.inference.tiling.sizing import auto_overlap, plan_window
 
 from helpers import tiny_net
 
@@ -44,7 +44,7 @@ def test_the_overlap_grows_with_the_depth_of_the_model():
 
 @pytest.mark.parametrize("length", [97, 320, 321, 500, 593, 1000, 2048, 3001, 10000])
 def test_auto_windows_cover_each_axis_with_the_overlap_and_no_window_to_spare(length):
-    from unet_patches.tiling.placement import axis_starts, stride_for
+    from unet_patches.inference.tiling.placement import axis_starts, stride_for
 
     plan = plan_window((length, 64), patch=96, grid=16)
     side, overlap = plan.window[0], plan.overlap[0]

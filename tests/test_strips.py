@@ -9,13 +9,13 @@ import pytest
 import tifffile
 import zarr
 
-from unet_patches.tiling import TiledPredictor, blender
-from unet_patches.tiling.blender import WindowBlender
-from unet_patches.tiling.merger import RowMerger, assemble
-from unet_patches.tiling.padding import PaddedRows
-from unet_patches.tiling.placement import axis_starts, column_strips
-from unet_patches.tiling.rows import ArraySource, RawSource
-from unet_patches.tiling.sources import TiffSource, ZarrSource
+from unet_patches.files.rows import ArraySource, RawSource
+from unet_patches.files.sources import TiffSource, ZarrSource
+from unet_patches.inference.tiling import TiledPredictor, blender
+from unet_patches.inference.tiling.blender import WindowBlender
+from unet_patches.inference.tiling.merger import RowMerger, assemble
+from unet_patches.inference.tiling.padding import PaddedRows
+from unet_patches.inference.tiling.placement import axis_starts, column_strips
 
 from helpers import tiny_net
 
@@ -140,7 +140,7 @@ def test_padded_rows_of_a_strip_are_the_padded_images_columns(mode):
 
 @pytest.mark.parametrize(("shape", "axis"), [((70, 9), 0), ((3, 70, 9), -2), ((70, 9, 2), 0)])
 def test_row_blocks_regroup_bands_into_whole_blocks(shape, axis):
-    from unet_patches.tiling.blocks import RowBlocks
+    from unet_patches.files.row_blocks import RowBlocks
 
     image = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
     total = image.shape[axis] - 4  # rows past the total are dropped

@@ -12,9 +12,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "unet_patches"
-# About 400 lines a module and 60 a function (docstrings included), with a little slack.
-MAX_MODULE_LINES = 440
-MAX_FUNCTION_LINES = 65
+# The sizes past which the structure gauge (shared/tools/structure.py) fails: a module or function that
+# long is doing more than one job.
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 70
 
 
 def _modules() -> dict[str, Path]:
@@ -86,8 +87,8 @@ def test_every_doc_a_source_file_names_exists():
 def test_importing_the_package_loads_no_training_code():
     code = (
         "import sys, unet_patches; "
-        "print(sorted(m for m in sys.modules if m.startswith(('unet_patches.training', 'unet_patches.optim', "
-        "'unet_patches.data', 'unet_patches.runlog', 'unet_patches.cli', 'torch.utils.tensorboard', 'tensorboard'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('unet_patches.training', 'unet_patches.cli', "
+        "'torch.utils.tensorboard', 'tensorboard'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]", result.stdout

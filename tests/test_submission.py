@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_patches import submission
-from unet_patches.api import Segmenter, predict
 from unet_patches.cli import main
+from unet_patches.data.preprocess import Preprocess
+from unet_patches.data.synthetic import SyntheticSpec, generate_kaggle_layout
+from unet_patches.deploy import submission
+from unet_patches.deploy.rle import decode
+from unet_patches.deploy.submission import choose_class, image_ids, write_submission
 from unet_patches.errors import UserError
-from unet_patches.preprocess import Preprocess
-from unet_patches.rle import decode
-from unet_patches.submission import choose_class, image_ids, write_submission
-from unet_patches.synthetic import SyntheticSpec, generate_kaggle_layout
+from unet_patches.inference.segmenter import Segmenter, predict
 
 from helpers import tiny_config, tiny_net
 
@@ -172,7 +172,7 @@ def checkpoint(tmp_path_factory):
     config = tiny_config(root, "kaggle", epochs=1, samples_per_epoch=8, val_fraction=0.5).merged(
         {"data": {"num_classes": 2, "class_names": ["background", "nerve"]}, "model": {"num_classes": 2}}
     )
-    from unet_patches.training import fit
+    from unet_patches.training.run import fit
 
     return fit(config, progress_bars=False)["best_checkpoint"], root / "kaggle" / "test"
 

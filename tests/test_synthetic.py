@@ -1,4 +1,4 @@
-"""Tests for unet_patches.synthetic: the seeded line/ellipse generator."""
+"""Tests for unet_patches.data.synthetic: the seeded line/ellipse generator."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from unet_patches.data.imageio import read_image
+from unet_patches.data.masks import read_mask
+from unet_patches.data.synthetic import SyntheticSpec, generate_dataset, generate_sample
 from unet_patches.errors import UserError
-from unet_patches.imageio import read_image
-from unet_patches.masks import read_mask
-from unet_patches.synthetic import SyntheticSpec, generate_dataset, generate_sample
 
 SMALL = SyntheticSpec(height=60, width=40, line_length=(10, 30))
 

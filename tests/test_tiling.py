@@ -12,31 +12,28 @@ import torch
 from PIL import Image
 from torch import nn
 
-from unet_patches.api import Segmenter, predict_files
+from unet_patches.data.imageio import image_to_array, read_image
+from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array, read_image
-from unet_patches.preprocess import Preprocess
-from unet_patches.runtime import cpu_has_fast_bf16, resolve_precision
-from unet_patches.tiling import (
+from unet_patches.files.plan import expand_inputs
+from unet_patches.files.sources import ArraySource, TiffSource
+from unet_patches.files.writers import NpyWriter, PngWriter, TiffWriter
+from unet_patches.inference.segmenter import Segmenter, predict_files
+from unet_patches.inference.tiling import (
     BLEND_MODES,
-    NpyWriter,
-    PngWriter,
-    TiffSource,
-    TiffWriter,
     TiledPredictor,
     WindowBlender,
     axis_starts,
     axis_weights,
     blend_weights,
     check_coverage,
-    expand_inputs,
     pad_indices,
     place_windows,
     predict_labels,
     sliding_window,
 )
-from unet_patches.tiling.blending import MIN_WEIGHT
-from unet_patches.tiling.sources import ArraySource
+from unet_patches.inference.tiling.weights import MIN_WEIGHT
+from unet_patches.runtime import cpu_has_fast_bf16, resolve_precision
 
 from helpers import tiny_net
 
@@ -344,10 +341,10 @@ def test_batchnorm_folding_keeps_outputs_and_leaves_the_model_alone() -> None:
     ],
 )
 def test_the_inference_copy_splits_the_decoder_concatenations_and_keeps_the_outputs(options) -> None:
+    from unet_patches.inference.tiling.network import inference_copy
     from unet_patches.models import ModelConfig, build_model
     from unet_patches.models.blocks import SplitInput
     from unet_patches.models.unet import Up
-    from unet_patches.tiling.network import inference_copy
 
     torch.manual_seed(0)
     config = {"base_width": 4, "num_classes": 3, **options}
@@ -539,7 +536,7 @@ def test_the_row_merger_makes_the_sums_of_a_zeroed_image_bit_for_bit(per_batch, 
     """Windows of uneven overlaps (as evenly spread starts give, one wider than half a window) in
     batches that split window rows: every finished row has the sums (or their argmax) of plain
     additions in window order on a zeroed image, bit for bit."""
-    from unet_patches.tiling.merger import RowMerger, argmax_classes
+    from unet_patches.inference.tiling.merger import RowMerger, argmax_classes
 
     rng = np.random.default_rng(per_batch)
     h, w = 5, 4
@@ -563,7 +560,7 @@ def test_the_row_merger_makes_the_sums_of_a_zeroed_image_bit_for_bit(per_batch, 
 
 
 def test_the_row_merger_refuses_more_classes_than_uint8_labels_hold():
-    from unet_patches.tiling.merger import RowMerger
+    from unet_patches.inference.tiling.merger import RowMerger
 
     merger = RowMerger([0], (2, 2))
     merger.begin_row(0, 2)
@@ -623,7 +620,7 @@ def test_outputs_a_network_says_are_new_are_not_copied_again():
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 5, 12, 256])
 def test_argmax_classes_equals_numpy_argmax_with_ties(classes: int) -> None:
-    from unet_patches.tiling.merger import argmax_classes
+    from unet_patches.inference.tiling.merger import argmax_classes
 
     scores = np.random.default_rng(classes).random((classes, 23, 31)).astype(np.float32)
     scores[:, :4] = 0.5  # ties: the lowest class wins, as in numpy

@@ -14,14 +14,16 @@ import tifffile
 from PIL import Image
 from torch import nn
 
-from unet_patches.api import Segmenter, predict_files
 from unet_patches.cli import main
+from unet_patches.data.imageio import image_to_array
+from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.imageio import image_to_array
-from unet_patches.preprocess import Preprocess
-from unet_patches.tiling import TiffSource, TiffWriter, open_image, predict_labels, sources, write_outputs, writers
-from unet_patches.tiling.files import remove_stale_parts
-from unet_patches.tiling.merger import Band
+from unet_patches.files import sources, writers
+from unet_patches.files.plan import open_image, remove_stale_parts, write_outputs
+from unet_patches.files.sources import TiffSource
+from unet_patches.files.writers import Band, TiffWriter
+from unet_patches.inference.segmenter import Segmenter, predict_files
+from unet_patches.inference.tiling import predict_labels
 
 from helpers import tiny_net, write_unet_checkpoint
 
@@ -178,7 +180,7 @@ def test_predict_removes_stale_parts_of_its_planned_outputs_only(tmp_path, caplo
     kept = [".notes.part", ".a_probs.npy.part", "a_labels.png.part", ".a_labels.png.part.bak"]  # not planned / not ours
     for name in stale + kept:
         (out / name).write_bytes(b"left over")
-    with caplog.at_level(logging.INFO, logger="unet_patches.tiling.files"):
+    with caplog.at_level(logging.INFO, logger="unet_patches.files.plan"):
         written = predict_files(
             as_segmenter(tiny_net()), [tmp_path / "a.png", tmp_path / "b.tif"], out, stream_threshold_px=500,
             progress=False, **OPTIONS,

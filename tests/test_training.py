@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from unet_patches import training
-from unet_patches.checkpoints import load_checkpoint, model_from_checkpoint
+from unet_patches.data.patches import extract_patches
 from unet_patches.errors import UserError
-from unet_patches.patches import extract_patches
-from unet_patches.resuming import resume
-from unet_patches.training import fit
+from unet_patches.models.checkpoint import load_checkpoint, model_from_checkpoint
+from unet_patches.training import run as training
+from unet_patches.training.resuming import resume
+from unet_patches.training.run import fit
 
 from helpers import small_dataset, tiny_config
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from unet_patches.checkpoints import load_checkpoint, save_checkpoint
 from unet_patches.cli import _one_line
+from unet_patches.data.patches import extract_patches
 from unet_patches.demo import demo_name
 from unet_patches.errors import UserError
-from unet_patches.patches import extract_patches
-from unet_patches.resuming import resume
-from unet_patches.training import fit
+from unet_patches.models.checkpoint import load_checkpoint, save_checkpoint
+from unet_patches.training.resuming import resume
+from unet_patches.training.run import fit
 
 from helpers import small_dataset, tiny_config, unet_checkpoint_state
 
@@ -119,7 +119,7 @@ def test_a_crafted_pickle_never_runs(tmp_path):
     ],
 )
 def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
-    from unet_patches.api import Segmenter
+    from unet_patches.inference.segmenter import Segmenter
 
     save_checkpoint({**unet_checkpoint_state(class_names=["a", "b", "c"]), **change}, tmp_path / "x.pt")
     with pytest.raises(UserError, match=needle.replace("(", r"\(")) as info:
@@ -128,7 +128,7 @@ def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
 
 
 def test_weights_that_do_not_fit_the_model_config(tmp_path):
-    from unet_patches.api import Segmenter
+    from unet_patches.inference.segmenter import Segmenter
     from unet_patches.models import ModelConfig
 
     other = ModelConfig(base_width=8, depth=2)
@@ -146,7 +146,7 @@ def test_patches_refuses_a_source_inside_its_output(tmp_path):
 
 
 def test_the_demo_takes_a_fresh_name_instead_of_replacing(tmp_path):
-    from unet_patches.config import default_config
+    from unet_patches.training.config import default_config
 
     config = default_config().merged(
         {

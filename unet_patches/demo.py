@@ -32,18 +32,18 @@ from .cli import DEFAULT_PARAMS, params_path, run_guarded
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .api import Segmenter
-    from .config import Config
+    from .inference.segmenter import Segmenter
+    from .training.config import Config
 
 # Training time of the demo: 10 minutes, the budget its README figures were measured with.
 DEMO_MINUTES = 10.0
 
 
 def run(params: str | None, minutes: float | None, overwrite: bool = False, processes: int | None = None) -> int:
-    from .api import Segmenter, evaluate_folder, predict_files
-    from .config import load_config
-    from .patches import extract_patches
-    from .synthetic import generate_dataset
+    from .data.patches import extract_patches
+    from .data.synthetic import generate_dataset
+    from .inference.segmenter import Segmenter, evaluate_folder, predict_files
+    from .training.config import load_config
 
     started = time.monotonic()
     config = load_config(params_path(params))
@@ -77,7 +77,7 @@ def run(params: str | None, minutes: float | None, overwrite: bool = False, proc
     scores = evaluate_folder(segmenter, synthetic / "test", **options)
     out = root / "predictions"
     print(f"[5/5] writing label masks and overlays of the test images to {out}")
-    logging.getLogger("unet_patches.api").setLevel(logging.WARNING)  # not one line per file
+    logging.getLogger("unet_patches.inference.segmenter").setLevel(logging.WARNING)  # not one line per file
     predict_files(segmenter, [str(synthetic / "test" / "images")], out, overwrite=overwrite, progress=False, **options)
     panel = root / "demo_panel.png"
     write_panel(segmenter, synthetic / "test", panel, options)
@@ -103,10 +103,10 @@ def train(config: Config, root: Path, processes: int, overwrite: bool) -> dict[s
         UserError: the processes failed (their messages are above).
     """
     if processes == 1:
-        from .training import fit
+        from .training.run import fit
 
         return fit(config, overwrite=overwrite)
-    from .config import save_config
+    from .training.config import save_config
 
     settings = root / "training_settings.json"
     save_config(config, settings)
@@ -190,9 +190,9 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
     """The first test image | its predicted overlay | the true overlay, side by side."""
     import numpy as np
 
-    from .api import predict
-    from .folders import find_pairs
-    from .imageio import colour_overlay, image_to_array, read_image, write_png
+    from .data.folders import find_pairs
+    from .data.imageio import colour_overlay, image_to_array, read_image, write_png
+    from .inference.segmenter import predict
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .settings import PRECISIONS
+from .inference.config import PRECISIONS
 
 
 def pick_device(name: str | None = None) -> torch.device:

@@ -18,7 +18,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import UserError, one_line
+from unet_patches.errors import UserError, one_line
+
 from .flags import DEFAULT_PARAMS, Parser, params_path
 from .inference import add_evaluate, add_merge_report, add_predict
 from .submit import add_submit
@@ -45,7 +46,7 @@ def torch_installed() -> bool:
 def build_parser(with_torch: bool | None = None) -> argparse.ArgumentParser:
     """Every command; without torch (``with_torch`` False, default: whether it imports) only the
     deployment commands, which run ONNX exports."""
-    from .. import __version__
+    from unet_patches._version import __version__
 
     with_torch = torch_installed() if with_torch is None else with_torch
     description = (

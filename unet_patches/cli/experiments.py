@@ -37,7 +37,7 @@ def add_experiments(sub: Any) -> None:
 
 
 def _experiments(args: argparse.Namespace) -> int:
-    from ..experiments import run_experiments
+    from unet_patches.training.experiments import run_experiments
 
     out = Path(args.out) if args.out else Path("experiments") / Path(args.grid).stem
     run_experiments(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..export import EXPORT_FORMATS
+from unet_patches.deploy.export import EXPORT_FORMATS
 
 __all__ = ["add_calibrate", "add_export"]
 
@@ -40,7 +40,7 @@ def add_export(sub: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import export_checkpoint, sidecar_path
+    from unet_patches.deploy.export import export_checkpoint, sidecar_path
 
     output = "logits" if args.logits else "probabilities"
     path = export_checkpoint(args.checkpoint, args.out, args.format, output=output, overwrite=args.overwrite)
@@ -70,7 +70,7 @@ def add_calibrate(sub: Any) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ..data import add_int8_windows
+    from unet_patches.deploy.calibrate import add_int8_windows
 
     counts = add_int8_windows(args.checkpoint, args.out, args.folder, overwrite=args.overwrite)
     print(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from unet_patches.training.config import Config
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -45,7 +45,7 @@ def switch(parser: argparse.ArgumentParser, flag: str, *, key: str, value: bool,
 
 def add_data_settings(parser: argparse.ArgumentParser) -> None:
     """The flags of the ``data`` settings that say how files are read (train, patches, inspect)."""
-    from ..preprocess import NORMALIZE_MODES
+    from unet_patches.data.preprocess import NORMALIZE_MODES
 
     setting(parser, "--normalize", key="data.normalize", choices=NORMALIZE_MODES.names, help="image normalisation")
     setting(
@@ -98,6 +98,6 @@ def params_path(path: str | None) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    from ..config import load_config
+    from unet_patches.training.config import load_config
 
     return load_config(params_path(args.params), overrides_from(args) if overrides is None else overrides)

@@ -6,10 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from ..settings import PRECISIONS, inference_settings
-from ..tiling.blending import BLEND_MODES
-from ..tiling.files import OUTPUT_FORMATS, PROBS_DTYPES
-from ..tiling.padding import PADDING_MODES
+from unet_patches.files.plan import OUTPUT_FORMATS, PROBS_DTYPES
+from unet_patches.inference.config import PRECISIONS, inference_settings
+from unet_patches.inference.tiling.padding import PADDING_MODES
+from unet_patches.inference.tiling.weights import BLEND_MODES
+
 from .flags import add_params, overrides_from, params_path, setting, switch
 
 __all__ = ["add_evaluate", "add_predict", "inference_options"]
@@ -122,8 +123,8 @@ def load_segmenter(args: argparse.Namespace):
     """The checkpoint's (or ONNX export's) Segmenter, reading the TIFF page of ``--page`` when given."""
     from dataclasses import replace
 
-    from ..api import Segmenter
-    from ..validate import require_int
+    from unet_patches.inference.segmenter import Segmenter
+    from unet_patches.validate import require_int
 
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
     if args.page is None:
@@ -182,8 +183,8 @@ def add_predict(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..api import predict_files
-    from ..sharding import shard_from
+    from unet_patches.files.shards import shard_from
+    from unet_patches.inference.segmenter import predict_files
 
     shard = shard_from(args.shard)
     options = inference_options(args)
@@ -218,7 +219,7 @@ def add_merge_report(sub: Any) -> None:
 
 
 def _merge_report(args: argparse.Namespace) -> int:
-    from ..sharding import merge_report
+    from unet_patches.files.shards import merge_report
 
     merged = merge_report(args.out)
     missing = f"; shards still missing: {merged['missing']}" if merged["missing"] else ""
@@ -246,7 +247,7 @@ def add_evaluate(sub: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..api import evaluate_folder
+    from unet_patches.inference.segmenter import evaluate_folder
 
     options = inference_options(args)
     segmenter = load_segmenter(args)

@@ -8,7 +8,8 @@ import json
 import sys
 from typing import Any
 
-from ..errors import UserError
+from unet_patches.errors import UserError
+
 from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting
 
 __all__ = ["add_inspect"]
@@ -39,8 +40,8 @@ def add_inspect(sub: Any) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ..data import resolve_folder, split_by_group
-    from ..inspection import format_report, inspect_folder
+    from unet_patches.data.inspection import format_report, inspect_folder
+    from unet_patches.training.datasets import resolve_folder, split_by_group
 
     overrides = overrides_from(args)
     overrides.setdefault("training", {})["folder"] = args.folder

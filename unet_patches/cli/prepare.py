@@ -66,7 +66,7 @@ def add_generate(sub: Any) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ..synthetic import generate_dataset, generate_kaggle_layout
+    from unet_patches.data.synthetic import generate_dataset, generate_kaggle_layout
 
     config = config_from_args(args)
     s = config.synthetic
@@ -119,7 +119,7 @@ def add_patches(sub: Any) -> None:
 
 
 def _patches(args: argparse.Namespace) -> int:
-    from ..patches import extract_patches
+    from unet_patches.data.patches import extract_patches
 
     config = config_from_args(args)
     c = config.patches

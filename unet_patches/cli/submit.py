@@ -43,8 +43,8 @@ def add_submit(sub: Any) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from ..submission import write_submission
-    from ..validate import require_int
+    from unet_patches.deploy.submission import write_submission
+    from unet_patches.validate import require_int
 
     min_area = require_int("--min-area", args.min_area, 0)
     options = inference_options(args)

@@ -6,12 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from ..augment import PRESETS
-from ..errors import UserError
-from ..losses import LOSSES
-from ..models import MODELS
-from ..optim import OPTIMIZERS, SCHEDULES
-from ..settings import TRAINING_PRECISIONS
+from unet_patches.errors import UserError
+from unet_patches.inference.config import TRAINING_PRECISIONS
+from unet_patches.losses import LOSSES
+from unet_patches.models import MODELS
+from unet_patches.training.augment import PRESETS
+from unet_patches.training.optim import OPTIMIZERS, SCHEDULES
+
 from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting
 
 __all__ = ["add_crossval", "add_train", "add_train_arguments", "run_train"]
@@ -102,8 +103,9 @@ def add_train(sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .. import resuming, training
-    from ..runtime import cleanup_distributed, is_main_process
+    from unet_patches.runtime import cleanup_distributed, is_main_process
+    from unet_patches.training import resuming
+    from unet_patches.training import run as training
 
     overrides = overrides_from(args)
     if args.resume:
@@ -156,8 +158,8 @@ def add_crossval(sub: Any) -> None:
 
 
 def run_crossval(args: argparse.Namespace) -> int:
-    from ..crossval import run_crossval as crossval
-    from ..sharding import shard_from
+    from unet_patches.files.shards import shard_from
+    from unet_patches.training.crossval import run_crossval as crossval
 
     if args.resume or args.load:
         raise UserError("crossval resumes interrupted folds by itself; drop --resume / -c (and rerun the command)")

@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import Registry
+from unet_patches.registry import Registry
+
 from .config import ACTIVATIONS, DOWNSAMPLING_MODES, NORMALIZATIONS, UPSAMPLING_MODES, ModelConfig
 from .cost import count_parameters, describe, model_cost
 from .inception import InceptionUNet

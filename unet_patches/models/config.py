@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..errors import UserError
-from ..registry import Registry
-from ..validate import require_int, require_number
+from unet_patches.errors import UserError
+from unet_patches.registry import Registry
+from unet_patches.validate import require_int, require_number
 
 __all__ = [
     "ACTIVATIONS",

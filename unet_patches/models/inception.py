@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import UserError
+from unet_patches.errors import UserError
+
 from .blocks import conv_norm_act
 from .config import ModelConfig
 from .unet import UNet

@@ -1,0 +1,20 @@
+"""Data: image and mask files read, decoded and prepared for the network, and the datasets made of
+them before training sees them.
+
+- :mod:`.imageio`: decoding image files (``read_raw``), pixel types and channels, overlays, PNGs;
+- :mod:`.masks`: raw masks -> class indices (mask tables, 0/255, the original's colours);
+- :mod:`.normalize`: the normalisation modes, one registry row each;
+- :mod:`.preprocess`: :class:`~.preprocess.Preprocess`, a file -> network input (channels, resize,
+  normalisation), written into checkpoints; streamed percentiles, resizing;
+- :mod:`.config`: the ``data``, ``synthetic`` and ``patches`` sections of ``parameters.json``;
+- :mod:`.cache`: each file decoded once into a memory-mapped ``.npy``;
+- :mod:`.folders`: pairing images with masks, groups (subjects), loading pairs;
+- :mod:`.synthetic`: the seeded generator of lines and ellipses;
+- :mod:`.patches`: random patches to disk, patch folders;
+- :mod:`.sampling`: on-the-fly random patches, fixed validation windows;
+- :mod:`.folds`: the folds of k-fold cross-validation;
+- :mod:`.class_weights`: class pixel counts, median-frequency weights;
+- :mod:`.inspection`: every check of a data folder at once (``unet-patches inspect``).
+
+Nothing here needs torch but the datasets (:mod:`.patches`' ``PatchFolder``, :mod:`.sampling`).
+"""

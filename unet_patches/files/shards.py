@@ -1,0 +1,251 @@
+"""A prediction job over many files split between processes: which files this process predicts, and
+one report of what every process did.
+
+The share is given by ``--shard I/N`` (I counted from 0), or read from the launcher: torchrun's
+``RANK`` / ``WORLD_SIZE``, or a SLURM array's ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``
+(less ``SLURM_ARRAY_TASK_MIN``). The rule is stable: the input files sorted by path, file ``k`` going to
+shard ``k mod N``, so every process agrees without talking to the others and the order the files were
+given in does not matter. A sharded job skips images whose outputs all exist (writers put a file in
+place only when it is complete), so a killed shard run again loses nothing and redoes nothing. Each
+shard writes ``<out>/.shards/shard-I-of-N.json``; ``unet-patches merge-report <out>`` joins them into
+``<out>/report.json`` and names the shards still missing. Under torchrun, rank 0 waits for the others
+(a gloo barrier) and writes ``report.json`` itself.
+
+One image given to several shards is split instead by rows (:func:`predict_row_block`): shard ``i``
+takes an even share of the output's 512-row chunk rows, computes exactly the windows that touch them
+(the blender's ``rows``: the halo is the windows reaching into the block from above and below) and
+writes them into one shared Zarr store (:class:`~unet_patches.files.shared_zarr.SharedZarrRows`). The
+result is identical to one process's, bit for bit, when the shards run the same network choice
+(``precision`` and ``compile`` are decided per shard on the whole image's work; pin them to be sure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unet_patches.atomic import write_atomically
+from unet_patches.errors import UserError
+from unet_patches.inference.job import settle_job
+
+from .plan import open_image, output_paths
+from .shared_zarr import CHUNK, SharedZarrRows
+from .sources import image_size
+
+__all__ = [
+    "Shard",
+    "finish_shard",
+    "gather_report",
+    "merge_report",
+    "predict_row_block",
+    "row_block",
+    "shard_from",
+    "share",
+    "write_shard_report",
+]
+
+REPORTS = ".shards"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share: shard ``index`` of ``count``, and where that was read from."""
+
+    index: int
+    count: int
+    source: str = "--shard"
+
+    def describe(self) -> str:
+        return f"shard {self.index}/{self.count} ({self.source})"
+
+
+def shard_from(text: str | None = None, environ: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard of ``--shard I/N`` (``text``), else of the launcher's environment; None for a job
+    that is not split.
+
+    Raises:
+        UserError: ``text`` is not ``I/N`` with ``0 <= I < N``, or the environment's values are not.
+    """
+    env = os.environ if environ is None else environ
+    if text is not None:
+        index, slash, count = str(text).partition("/")
+        return _checked(index, count if slash else "", f"--shard {text}", "--shard")
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        return _checked(env.get("RANK", ""), env["WORLD_SIZE"], "RANK / WORLD_SIZE", "torchrun")
+    if "SLURM_ARRAY_TASK_COUNT" in env:
+        task, first = env.get("SLURM_ARRAY_TASK_ID", ""), env.get("SLURM_ARRAY_TASK_MIN", "0")
+        index = str(int(task) - int(first)) if task.isdigit() and first.isdigit() else task
+        shard = _checked(index, env["SLURM_ARRAY_TASK_COUNT"], "SLURM_ARRAY_TASK_ID / COUNT", "SLURM array")
+        return shard if shard.count > 1 else None
+    return None
+
+
+def _checked(index: str, count: str, what: str, source: str) -> Shard:
+    if not (str(index).isdigit() and str(count).isdigit()) or not 0 <= int(index) < int(count):
+        raise UserError(f"{what}: expected I/N with 0 <= I < N (shards counted from 0), e.g. --shard 0/4")
+    return Shard(int(index), int(count), source)
+
+
+def share(files: Sequence[Path], shard: Shard) -> list[Path]:
+    """This shard's files: sorted by path, every ``count``-th from ``index``."""
+    return [path for k, path in enumerate(sorted(files, key=str)) if k % shard.count == shard.index]
+
+
+def write_shard_report(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> Path:
+    """This shard's ``<out>/.shards/shard-I-of-N.json``: the files it wrote and the images it skipped."""
+    path = out_dir / REPORTS / f"shard-{shard.index}-of-{shard.count}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"shard": shard.index, "shards": shard.count, "written": [str(p) for p in written]}
+    report["skipped"] = [str(p) for p in skipped]  # images whose outputs were all there already
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    return path
+
+
+def merge_report(out_dir: str | Path) -> dict[str, Any]:
+    """Join the shard reports of ``out_dir`` into ``<out>/report.json`` (written atomically); returns it.
+
+    Raises:
+        UserError: no shard reports in ``out_dir``, or reports of different shard counts.
+    """
+    out_dir = Path(out_dir)
+    reports = []
+    for path in sorted((out_dir / REPORTS).glob("shard-*-of-*.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable shard report ({exc}); run that shard again") from None
+    if not reports:
+        raise UserError(f"{out_dir}: no shard reports in {out_dir / REPORTS}; run predict with --shard first")
+    counts = {r["shards"] for r in reports}
+    if len(counts) != 1:
+        raise UserError(f"{out_dir}: shard reports of {sorted(counts)} shards; predict all shards with one N")
+    count = counts.pop()
+    done = sorted(r["shard"] for r in reports)
+    merged = {
+        "shards": count,
+        "finished": done,
+        "missing": [i for i in range(count) if i not in done],
+        "written": sorted(p for r in reports for p in r["written"]),
+        "skipped": sorted(p for r in reports for p in r["skipped"]),
+    }
+    write_atomically(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1)))
+    return merged
+
+
+def finish_shard(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> None:
+    """This shard's report (:func:`write_shard_report`), then, under torchrun, the merged one
+    (:func:`gather_report`)."""
+    write_shard_report(out_dir, shard, written, skipped)
+    gather_report(out_dir, shard)
+
+
+def gather_report(out_dir: Path, shard: Shard) -> dict[str, Any] | None:
+    """Under torchrun (``MASTER_ADDR`` set, the shard read from ``RANK``/``WORLD_SIZE``): wait until
+    every rank has written its report (a gloo barrier, patient for a day), then rank 0 merges them into
+    ``<out>/report.json`` and returns the merged report. Otherwise nothing (run ``merge-report``)."""
+    if shard.source != "torchrun" or "MASTER_ADDR" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(days=1))
+    dist.barrier()
+    merged = merge_report(out_dir) if shard.index == 0 else None
+    dist.barrier()  # nobody leaves before the report is written
+    return merged
+
+
+def row_block(height: int, shard: Shard, chunk: int = CHUNK) -> tuple[int, int]:
+    """Rows ``(start, stop)`` of shard ``shard`` of an image ``height`` rows high: an even share of its
+    ``chunk``-row chunk rows (empty, ``start == stop``, for shards beyond the number of chunk rows)."""
+    count = -(-height // chunk)
+    first, last = shard.index * count // shard.count, (shard.index + 1) * count // shard.count
+    return min(first * chunk, height), min(last * chunk, height)
+
+
+def predict_row_block(
+    segmenter: Any,
+    image: Path,
+    out_dir: Path,
+    shard: Shard,
+    *,
+    window: Any,
+    probs: bool,
+    overwrite: bool,
+    output_format: str,
+    level: int,
+    progress: bool,
+    options: dict[str, Any],
+    probs_dtype: str = "uint8",
+) -> list[Path]:
+    """Shard ``shard``'s rows of one image (:func:`row_block`) into the shared stores
+    ``<stem>_labels.zarr`` (and ``<stem>_probs.zarr``); chunk rows finished by an earlier run are not
+    computed again. Writes the shard report (:func:`finish_shard`); returns the stores written to.
+
+    Raises:
+        UserError: an output format other than Zarr, a checkpoint that resizes images, or a store
+            begun by another job without ``overwrite``.
+    """
+    if output_format not in ("auto", "zarr"):
+        raise UserError(
+            f"--format {output_format}: one image split over {shard.count} shards is written as one Zarr store "
+            "that every shard fills in; use --format zarr, or predict the image in one process"
+        )
+    if segmenter.preprocess.resize is not None:
+        raise UserError(
+            f"{image}: the checkpoint resizes images (data.resize), which needs the image whole; "
+            "predict it in one process"
+        )
+    page = segmenter.preprocess.page
+    size = image_size(image, page, level)
+    start, stop = row_block(size[0], shard, CHUNK)
+    outs = output_paths(image, out_dir, large=True, overlay=False, probs=probs, output_format="zarr")
+    if start == stop:  # more shards than chunk rows: nothing to do, nothing skipped
+        finish_shard(out_dir, shard, [], [])
+        return []
+    job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
+    job.update(model=_model_identity(segmenter), window=repr(window), options=repr(sorted(options.items())))
+    kinds = {"labels": (None, "uint8"), "probs": (segmenter.num_classes, probs_dtype)}
+    stores = {
+        key: SharedZarrRows(path, *size, (start, stop), {**job, "output": key}, classes=kinds[key][0],
+                            dtype=kinds[key][1], chunk=CHUNK, replace=overwrite)
+        for key, path in outs.items()
+    }  # fmt: skip
+    todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
+    if todo:
+        first, last = min(r[0] for r in todo), max(r[1] for r in todo)
+        for store in stores.values():
+            store.begin_at(first)
+        options = settle_job(segmenter, [size], window, **options)
+        predictor = segmenter.predictor_for(size, window, **options)
+        with open_image(image, segmenter.preprocess, large=True, level=level) as source:
+            for band in predictor.bands(source, probs=probs, progress=progress, rows=(first, last)):
+                stores["labels"].write(band.labels)
+                if probs:
+                    stores["probs"].write(band.probs)
+    written = [store.close() for store in stores.values()] if todo else []
+    finish_shard(out_dir, shard, written, [] if todo else [image])
+    return written
+
+
+def _model_identity(segmenter: Any) -> str:
+    """What names the model of a job: its checkpoint file (path, size, modification time), else a
+    digest of the network's weights."""
+    path = segmenter.checkpoint or getattr(segmenter.network, "path", None)  # an ONNX file has its path
+    if path is not None:
+        stat = Path(path).stat()
+        return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    import hashlib
+
+    digest = hashlib.sha256()
+    state = getattr(segmenter.network, "state_dict", None)
+    for name, value in (state() if state is not None else {}).items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().reshape(-1).double().numpy().tobytes())
+    return f"{type(segmenter.network).__name__}:{digest.hexdigest()}"

@@ -1,0 +1,406 @@
+"""Settings: code defaults < ``parameters.json`` < command-line flags.
+
+Everything resolves into one typed :class:`Config`. The code defaults are the values of the shipped
+``parameters.json`` (a test holds them equal). Overrides (the flags that were actually given, or a
+program's changes) are merged into the file's values *before* validation, through one function,
+:func:`config_from_dict`; :func:`load_config` and :meth:`Config.merged` both end there. Loading checks
+every key: an unknown key, a wrong type or an out-of-range value raises :class:`UserError` naming
+the key (``training.batch_size``), the value and what was expected. Names of choices are checked
+against the registries of the modules that implement them. The resolved config is written into
+each run's checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unet_patches.data.masks import mask_tables
+from unet_patches.data.preprocess import NORMALIZE_MODES, Preprocess
+from unet_patches.data.synthetic import CLASS_NAMES, SyntheticSpec
+from unet_patches.errors import UserError
+from unet_patches.inference.config import PRECISIONS, InferenceConfig, read_parameters
+from unet_patches.losses import LOSSES
+from unet_patches.models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
+from unet_patches.parameters import build_typed
+from unet_patches.validate import require_int, require_number
+
+from .augment import AUGMENT_OPS, probabilities
+from .optim import OPTIMIZERS, SCHEDULES, Schedule
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where data lives and what it holds."""
+
+    root: str = "data"
+    in_channels: int = 1
+    num_classes: int = 3
+    class_names: list[str] | None = field(default_factory=lambda: list(CLASS_NAMES))
+    normalize: str = "percentile"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    resize: list[int] | None = None
+    page: int | None = None
+    mask_values: dict[str, int] | None = None
+    mask_colors: dict[str, int] | None = None
+    cache: bool = True
+
+    def check(self) -> None:
+        require_int("data.in_channels", self.in_channels, 1)
+        require_int("data.num_classes", self.num_classes, 2)
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise UserError(
+                f"data.class_names has {len(self.class_names)} names but data.num_classes = {self.num_classes}: "
+                "give one name per class or null"
+            )
+        NORMALIZE_MODES.check(self.normalize, "data.normalize")
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise UserError(f"data.percentiles = {list(self.percentiles)}: expected 0 <= low < high <= 100")
+        if self.resize is not None:
+            if len(self.resize) != 2:
+                raise UserError(f"data.resize = {self.resize}: expected [height, width] or null")
+            for value in self.resize:
+                require_int("data.resize", value, 8)
+        if self.page is not None:
+            require_int("data.page", self.page, 0)
+        self.preprocess()  # checks the mask tables
+
+    def preprocess(self) -> Preprocess:
+        """How these settings turn files into network input (dataset statistics not yet computed)."""
+        values, colors = mask_tables(self.mask_values, self.mask_colors, self.num_classes)
+        return Preprocess(
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            normalize=self.normalize,
+            percentiles=tuple(self.percentiles),
+            resize=None if self.resize is None else (self.resize[0], self.resize[1]),
+            page=self.page,
+            mask_values=values,
+            mask_colors=colors,
+        )
+
+    def names(self) -> list[str]:
+        return list(self.class_names) if self.class_names else [f"class{c}" for c in range(self.num_classes)]
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(SyntheticSpec):
+    """The synthetic generator (``unet-patches generate``): the image spec plus counts and seed."""
+
+    n_train: int = 100
+    n_test: int = 50
+    seed: int = 0
+
+    def check(self) -> None:
+        require_int("synthetic.n_train", self.n_train, 0)
+        require_int("synthetic.n_test", self.n_test, 0)
+        if self.n_train + self.n_test == 0:
+            raise UserError(
+                "synthetic.n_train = 0 and synthetic.n_test = 0: nothing to generate; ask for at least one image"
+            )
+        self.spec().validate()
+
+    def dataset_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of ``synthetic.generate_dataset``."""
+        return {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "spec": self.spec()}
+
+    def spec(self) -> SyntheticSpec:
+        names = [f.name for f in dataclasses.fields(SyntheticSpec)]
+        return SyntheticSpec(**{name: getattr(self, name) for name in names})
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Random patch extraction (``unet-patches patches``)."""
+
+    patch_size: int = 96
+    per_image: int = 20
+    foreground_only: bool = True
+    flips: bool = True
+    resize_width: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        require_int("patches.patch_size", self.patch_size, 8)
+        require_int("patches.per_image", self.per_image, 1)
+        require_int("patches.seed", self.seed, 0)
+        if self.resize_width is not None:
+            require_int("patches.resize_width", self.resize_width, self.patch_size)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training loop (``train.py`` / ``unet-patches train``)."""
+
+    folder: str = "synthetic/train"
+    epochs: int | None = 20  # None: no epoch limit, the time budget alone ends the run
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    step_fraction: float = 0.3
+    step_gamma: float = 0.1
+    warmup_fraction: float = 0.03
+    restart_cycles: int = 4
+    restart_growth: float = 1.0
+    plateau_patience: int = 3
+    loss: str = "dice_ce"
+    class_weights: None | str | list[float] = None
+    val_fraction: float = 0.1
+    folds: int = 0  # k-fold cross-validation: 0 none, else k >= 2 (unet-patches crossval)
+    fold: int | None = None  # the fold this run trains (train --fold I), with folds
+    samples_per_epoch: int = 2000
+    foreground_fraction: float = 0.5
+    flips: bool = True
+    rotate90: bool = False
+    val_windows_per_image: int = 8
+    precision: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    time_budget_minutes: float | None = None
+    run_name: str | None = None
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "runs"
+    log_images_every: int = 1
+    grad_clip: float | None = None  # None: no clipping
+
+    def check(self) -> None:
+        if self.epochs is None:
+            if self.time_budget_minutes is None:
+                raise UserError(
+                    "training.epochs = null needs training.time_budget_minutes: set a number of epochs, "
+                    "a time budget, or both"
+                )
+        else:
+            require_int("training.epochs", self.epochs, 1)
+        require_int("training.batch_size", self.batch_size, 1)
+        require_number("training.learning_rate", self.learning_rate, 0.0, low_open=True)
+        if self.grad_clip is not None:
+            require_number("training.grad_clip", self.grad_clip, 0.0, low_open=True)
+        OPTIMIZERS.check(self.optimizer, "training.optimizer")
+        SCHEDULES.check(self.schedule, "training.schedule")
+        LOSSES.check(self.loss, "training.loss")
+        PRECISIONS.check(self.precision, "training.precision")
+        if self.precision == "int8":
+            raise UserError(
+                "training.precision = 'int8': int8 is for inference only; train with auto, fp32, bf16 or fp16"
+            )
+        require_number("training.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        require_number("training.weight_decay", self.weight_decay, 0.0, 1.0)
+        require_number("training.step_fraction", self.step_fraction, 0.0, 1.0, low_open=True)
+        require_number("training.step_gamma", self.step_gamma, 0.0, 1.0, low_open=True)
+        require_number("training.warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        require_int("training.restart_cycles", self.restart_cycles, 1)
+        require_number("training.restart_growth", self.restart_growth, 0.0, low_open=True)
+        require_int("training.plateau_patience", self.plateau_patience, 1)
+        require_number("training.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        require_int("training.folds", self.folds, 0)
+        if self.folds == 1:
+            raise UserError("training.folds = 1: expected 0 (no cross-validation) or at least 2 folds")
+        if self.fold is not None:
+            require_int("training.fold", self.fold, 0)
+            if not self.fold < self.folds:
+                raise UserError(
+                    f"training.fold = {self.fold}: expected a fold 0 .. training.folds - 1"
+                    + (f" ({self.folds} folds)" if self.folds else "; set training.folds (crossval -k K) first")
+                )
+        require_number("training.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
+        require_int("training.samples_per_epoch", self.samples_per_epoch, 1)
+        require_int("training.val_windows_per_image", self.val_windows_per_image, 1)
+        require_int("training.num_workers", self.num_workers, 0)
+        require_int("training.seed", self.seed, 0)
+        require_int("training.log_images_every", self.log_images_every, 0)
+        if self.time_budget_minutes is not None:
+            require_number("training.time_budget_minutes", self.time_budget_minutes, 0.0, low_open=True)
+        if isinstance(self.class_weights, str) and self.class_weights != "median_frequency":
+            raise UserError(
+                f'training.class_weights = {self.class_weights!r}: expected null, "median_frequency" '
+                "or a list of one weight per class"
+            )
+
+    def cv_name(self) -> str:
+        """The run folder's name without the fold: ``run_name``, or ``<folder>_b<batch_size>`` as the
+        original named its runs. A cross-validation's fold ``i`` trains in ``<that>/fold_<i>``."""
+        if self.run_name:
+            return self.run_name
+        return f"{Path(self.folder).name or 'run'}_b{self.batch_size}"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strong on-the-fly augmentation of training batches (:mod:`unet_patches.training.augment`): a preset, and
+    per-operation probabilities that override the preset's (null: the preset's value)."""
+
+    preset: str = "flips"
+    rotate: float | None = None
+    scale: float | None = None
+    elastic: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    gamma: float | None = None
+    noise: float | None = None
+    blur: float | None = None
+
+    def overrides(self) -> dict[str, float | None]:
+        return {op: getattr(self, op) for op in AUGMENT_OPS}
+
+    def check(self) -> None:
+        probabilities(self.preset, self.overrides())
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def check(self) -> Config:
+        for section in (self.data, self.synthetic, self.patches, self.training, self.augment, self.inference):
+            section.check()
+        if self.data.resize is not None and self.patches.resize_width is not None:
+            raise UserError(
+                f"data.resize = {self.data.resize} and patches.resize_width = {self.patches.resize_width} both resize; "
+                "set one of them to null"
+            )
+        check_config(self.model)
+        multiple = input_size_multiple(self.model)
+        if self.patches.patch_size % multiple:
+            raise UserError(
+                f"patches.patch_size = {self.patches.patch_size}: {self.model.name} needs sizes divisible by "
+                f"{multiple}; use a patch size such as {multiple * max(1, round(self.patches.patch_size / multiple))}"
+            )
+        if self.model.in_channels != self.data.in_channels or self.model.num_classes != self.data.num_classes:
+            raise UserError(
+                f"model.in_channels/num_classes ({self.model.in_channels}/{self.model.num_classes}) differ from "
+                f"data.in_channels/num_classes ({self.data.in_channels}/{self.data.num_classes}): make them equal"
+            )
+        weights = self.training.class_weights
+        if isinstance(weights, list) and len(weights) != self.data.num_classes:
+            raise UserError(
+                f"training.class_weights has {len(weights)} values but there are {self.data.num_classes} classes"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def patch_options(self) -> dict[str, Any]:
+        """The ``patches`` settings, with the data's channels and classes, as keyword arguments of
+        ``patches.extract_patches``."""
+        p, d = self.patches, self.data
+        return {
+            "patch_size": p.patch_size,
+            "per_image": p.per_image,
+            "foreground_only": p.foreground_only,
+            "flips": p.flips,
+            "resize_width": p.resize_width,
+            "seed": p.seed,
+            "preprocess": d.preprocess(),
+            "cache": d.cache,
+        }
+
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule ``training`` describes."""
+        t = self.training
+        return Schedule(
+            t.schedule,
+            step_fraction=t.step_fraction,
+            gamma=t.step_gamma,
+            warmup=t.warmup_fraction,
+            cycles=t.restart_cycles,
+            cycle_growth=t.restart_growth,
+            patience=t.plateau_patience,
+        )
+
+    def merged(self, overrides: dict[str, dict[str, Any]]) -> Config:
+        """A copy with ``overrides`` (``{section: {key: value}}``) merged in and validated as a whole;
+        a ``None`` value sets the key to null."""
+        return config_from_dict(merge(self.to_dict(), overrides), source="settings")
+
+
+def default_config() -> Config:
+    return Config().check()
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    overrides_source: str = "command line",
+) -> Config:
+    """Read ``parameters.json`` (the code defaults when ``path`` is None), merge ``overrides``
+    (``{section: {key: value}}``, e.g. the flags that were given) into its values, then validate.
+
+    Raises:
+        UserError: the file is missing or not JSON, or the merged values hold an unknown key, a
+            value of the wrong type or out of range. A wrong key or type among the overrides is
+            reported as coming from ``overrides_source``, not from the file.
+    """
+    if overrides:
+        build_typed(Config, overrides, f"{overrides_source}: ")
+    if path is None:
+        return config_from_dict(overrides or {}, source="settings")
+    values = read_parameters(path)
+    if overrides and isinstance(values, dict):
+        values = merge(values, overrides)
+    return config_from_dict(values, source=str(path))
+
+
+def merge(values: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``values`` with each section's keys replaced by those of ``overrides`` (neither is changed)."""
+    merged = dict(values)
+    for section, changes in overrides.items():
+        current = merged.get(section)
+        merged[section] = {**(current if isinstance(current, dict) else {}), **changes}
+    return merged
+
+
+def config_from_dict(values: Any, source: str = "parameters") -> Config:
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a JSON object with sections {', '.join(_section_names())}")
+    values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_comment" keys are allowed
+    config = build_typed(Config, values, f"{source}: ")
+    try:
+        return config.check()
+    except UserError as exc:
+        raise UserError(str(exc) if source == "settings" else f"{source}: {exc}") from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+# --- building and checking -------------------------------------------------------------------
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+__all__ = [
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "InferenceConfig",
+    "ModelConfig",
+    "PatchConfig",
+    "SyntheticConfig",
+    "TrainingConfig",
+    "UPSAMPLING_MODES",
+    "PRECISIONS",
+    "config_from_dict",
+    "default_config",
+    "load_config",
+    "merge",
+    "save_config",
+]
