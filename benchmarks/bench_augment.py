@@ -37,13 +37,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
-from unet_patches import runtime  # noqa: E402
-from unet_patches.losses import build_loss  # noqa: E402
-from unet_patches.models import build_model, count_parameters  # noqa: E402
-from unet_patches.training import augment, loops, optim  # noqa: E402
-from unet_patches.training.config import default_config, load_config  # noqa: E402
+from unet_patches import runtime
+from unet_patches.losses import build_loss
+from unet_patches.models import build_model, count_parameters
+from unet_patches.training import augment, loops, optim
+from unet_patches.training.config import default_config, load_config
 
-from common import machine, save_results  # noqa: E402
+from common import machine, save_results
 
 CPU = torch.device("cpu")
 TARGET = 0.10

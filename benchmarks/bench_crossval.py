@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, save_results  # noqa: E402
+from common import machine, save_results
 
 
 def main() -> int:

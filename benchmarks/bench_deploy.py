@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
-from common import peak_rss_mb  # noqa: E402
+from common import peak_rss_mb
 
 BLOCK_TORCH = """
 import importlib.abc, sys

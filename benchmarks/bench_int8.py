@@ -30,15 +30,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tiling import synthetic_image  # noqa: E402
+from bench_tiling import synthetic_image
 
-from unet_patches.data.folders import find_pairs  # noqa: E402
-from unet_patches.data.imageio import read_image  # noqa: E402
-from unet_patches.inference import int8 as quantizing  # noqa: E402
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict  # noqa: E402
-from unet_patches.models.checkpoint import load_checkpoint  # noqa: E402
+from unet_patches.data.folders import find_pairs
+from unet_patches.data.imageio import read_image
+from unet_patches.inference import int8 as quantizing
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict
+from unet_patches.models.checkpoint import load_checkpoint
 
-from common import cpu_flags, machine, save_results, with_int8_windows  # noqa: E402
+from common import cpu_flags, machine, save_results, with_int8_windows
 
 FLOATS = ("fp32", "float auto")
 

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
-from common import machine, peak_rss_mb  # noqa: E402
+from common import machine, peak_rss_mb
 
 
 def child(path: Path, mode: str, out: Path) -> None:

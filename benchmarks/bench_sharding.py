@@ -37,7 +37,7 @@ import tifffile
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from common import machine, save_results  # noqa: E402
+from common import machine, save_results
 
 # The child's own peak: VmHWM belongs to its address space, made anew by exec. (ru_maxrss does not do:
 # Linux carries it over from the parent across fork and exec, so every child reported at least the

@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parent.parent
 
-from unet_patches.data.synthetic import generate_dataset  # noqa: E402
-from unet_patches.inference.ensemble import checkpoint_paths  # noqa: E402
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder  # noqa: E402
-from unet_patches.training.config import load_config  # noqa: E402
-from unet_patches.training.run import fit  # noqa: E402
+from unet_patches.data.synthetic import generate_dataset
+from unet_patches.inference.ensemble import checkpoint_paths
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder
+from unet_patches.training.config import load_config
+from unet_patches.training.run import fit
 
-from common import machine  # noqa: E402
+from common import machine
 
 
 def main() -> None:

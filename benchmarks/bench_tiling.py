@@ -42,13 +42,13 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_patches.data.preprocess import Preprocess  # noqa: E402
-from unet_patches.files.plan import open_image, plan_outputs, write_outputs  # noqa: E402
-from unet_patches.inference.tiling import TiledPredictor  # noqa: E402
-from unet_patches.inference.tiling.sizing import plan_window  # noqa: E402
-from unet_patches.models import UNet, model_cost, window_multiple  # noqa: E402
+from unet_patches.data.preprocess import Preprocess
+from unet_patches.files.plan import open_image, plan_outputs, write_outputs
+from unet_patches.inference.tiling import TiledPredictor
+from unet_patches.inference.tiling.sizing import plan_window
+from unet_patches.models import UNet, model_cost, window_multiple
 
-from common import PeakSampler, Timer, conv1x1_gflops, machine, matmul_gflops, peak_rss_mb, save_results  # noqa: E402
+from common import PeakSampler, Timer, conv1x1_gflops, machine, matmul_gflops, peak_rss_mb, save_results
 
 NUM_CLASSES = 3
 

@@ -1,6 +1,6 @@
 """Training: the precision policy, the cost of the data pipeline, and (optional) 2-process DDP.
 
-Everything runs the package's own training step, ``training.train_one_epoch``, on the model of
+Everything runs the package's own training step, ``training.loops.train_one_epoch``, on the model of
 ``parameters.json`` (its ``model`` section) with the batch size of its ``training`` section.
 
 Part A (one process, same model, same batches): training throughput in patches per second with
@@ -50,19 +50,18 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
-from unet_patches import runtime  # noqa: E402
-from unet_patches.data.patches import extract_patches  # noqa: E402
-from unet_patches.data.synthetic import generate_dataset  # noqa: E402
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder  # noqa: E402
-from unet_patches.losses import build_loss  # noqa: E402
-from unet_patches.models import build_model, count_parameters  # noqa: E402
-from unet_patches.models import checkpoint as checkpoints  # noqa: E402
-from unet_patches.training import datasets as data  # noqa: E402
-from unet_patches.training import optim  # noqa: E402
-from unet_patches.training import run as training  # noqa: E402
-from unet_patches.training.config import config_from_dict, load_config  # noqa: E402
+from unet_patches import runtime
+from unet_patches.data.patches import extract_patches
+from unet_patches.data.synthetic import generate_dataset
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder
+from unet_patches.losses import build_loss
+from unet_patches.models import build_model, count_parameters
+from unet_patches.models import checkpoint as checkpoints
+from unet_patches.training import datasets as data
+from unet_patches.training import loops, optim
+from unet_patches.training.config import config_from_dict, load_config
 
-from common import Timer, machine, save_results  # noqa: E402
+from common import Timer, machine, save_results
 
 CPU = torch.device("cpu")
 PIPELINE_TARGET = 0.10
@@ -117,7 +116,7 @@ class Trainer:
         progress = optim.Progress(total_steps=10**9)
         progress.start()
         with Timer() as timer:
-            loss = training.train_one_epoch(
+            loss = loops.train_one_epoch(
                 self.train_model,
                 batches,
                 self.loss_fn,
@@ -303,7 +302,7 @@ def final_miou(last: Path, test: Path) -> dict:
     sources = data.make_datasets(config)
     loader = data.make_loader(sources.val, config.training.batch_size, train=False, seed=0, num_workers=0)
     precision = runtime.resolve_precision(config.training.precision, CPU)
-    _, matrix, _ = training.evaluate(
+    _, matrix, _ = loops.evaluate(
         checkpoints.model_from_checkpoint(state), loader, None, config.data.num_classes, device=CPU, precision=precision
     )
     iou = matrix.iou()

@@ -21,13 +21,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_patches.data.synthetic import generate_dataset  # noqa: E402
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder  # noqa: E402
-from unet_patches.models import MODELS  # noqa: E402
-from unet_patches.training.config import load_config  # noqa: E402
-from unet_patches.training.run import fit  # noqa: E402
+from unet_patches.data.synthetic import generate_dataset
+from unet_patches.inference.segmenter import Segmenter, evaluate_folder
+from unet_patches.models import MODELS
+from unet_patches.training.config import load_config
+from unet_patches.training.run import fit
 
-from common import Timer, machine, save_results  # noqa: E402
+from common import Timer, machine, save_results
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -69,13 +69,14 @@ def unet_checkpoint_state(
     torch.manual_seed(seed)
     classes = config.num_classes
     return {
-        "format_version": 1,
+        "format_version": 2,
         "model_config": config.to_dict(),
         "model": build_model(config, pretrained=False).state_dict(),
         "class_names": list(class_names or [f"class{c}" for c in range(classes)]),
         "in_channels": config.in_channels,
         "patch_size": patch_size,
         "preprocess": Preprocess(in_channels=config.in_channels, num_classes=classes, normalize=normalize).to_dict(),
+        "int8_windows": None,
         **extra,
     }
 

@@ -50,10 +50,16 @@ def test_bad_checkpoint_is_a_user_error(tmp_path, content):
 
 
 def test_a_checkpoint_written_before_the_module_split_still_loads_and_computes_the_same():
-    """tests/data/README.md: written by the code of commit f8f025a, whose model_config had no "name"."""
+    """tests/data/README.md: format 1, written by the code of commit f8f025a: its model_config had no
+    "name", and it has no preprocess (range normalisation then), class names, schedule or int8 windows."""
     path = DATA / "checkpoint_format1_f8f025a.pt"
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == 1 and "name" not in raw["model_config"] and "preprocess" not in raw
     state = load_checkpoint(path)
-    assert "name" not in state["model_config"]
+    assert state["format_version"] == checkpoints.CHECKPOINT_FORMAT == 2
+    assert state["model_config"]["name"] == "unet" and state["preprocess"]["normalize"] == "range"
+    assert state["config"]["data"]["normalize"] == "range"  # what --resume trains on
+    assert (state["schedule"], state["snapshots"], state["int8_windows"]) == ({}, 0, None)
     reference = np.load(DATA / "checkpoint_format1_f8f025a_logits.npz")
     model = model_from_checkpoint(state)
     with torch.no_grad():
@@ -63,6 +69,46 @@ def test_a_checkpoint_written_before_the_module_split_still_loads_and_computes_t
     segmenter = Segmenter.from_checkpoint(path)
     assert segmenter.patch_size == 32 and segmenter.in_channels == 1
     assert segmenter.class_names == ("class0", "class1", "class2")
+    assert segmenter.preprocess.normalize == "range"
+
+
+def test_format_0_files_without_the_facts_of_their_run_upgrade_to_the_current_format(tmp_path):
+    """A file without format_version (format 0), class names, patch size or preprocessing reads as the
+    runs of its time had them: U-Net, class0.., the original's patch of 96, range normalisation."""
+    raw = torch.load(DATA / "checkpoint_format1_f8f025a.pt", weights_only=True)
+    for key in ("format_version", "class_names", "patch_size", "in_channels", "normalization"):
+        raw.pop(key, None)
+    save_checkpoint(raw, tmp_path / "old.pt")
+    state = load_checkpoint(tmp_path / "old.pt")
+    assert state["format_version"] == 2 and state["patch_size"] == checkpoints.OLD_PATCH_SIZE == 96
+    assert state["class_names"] == ["class0", "class1", "class2"] and state["in_channels"] == 1
+    assert state["normalization"] == "by pixel type (uint8 / 255, uint16 / 65535)"
+    assert Segmenter.from_checkpoint(tmp_path / "old.pt").patch_size == 96
+
+
+def test_upgrade_leaves_the_current_format_and_its_argument_alone():
+    current = load_checkpoint(DEMO)
+    assert checkpoints.upgrade(current) is current
+    raw = torch.load(DATA / "checkpoint_format1_f8f025a.pt", weights_only=True)
+    keys = set(raw)
+    upgraded = checkpoints.upgrade(raw)
+    assert set(raw) == keys and raw["format_version"] == 1 and upgraded["format_version"] == 2
+    assert checkpoints.upgrade(upgraded) is upgraded
+
+
+def test_a_checkpoint_training_writes_is_the_current_format(tmp_path):
+    """Written by today's training: format 2, every key present, read back unchanged by upgrade."""
+    from helpers import small_dataset, tiny_config
+    from unet_patches.training.run import fit
+
+    data = small_dataset(tmp_path / "data")
+    summary = fit(tiny_config(tmp_path, str(data / "train"), epochs=1), progress_bars=False)
+    raw = torch.load(summary["last_checkpoint"], weights_only=True)
+    assert raw["format_version"] == 2
+    inference = ("model_config", "class_names", "in_channels", "patch_size", "preprocess", "normalization")
+    run = ("int8_windows", "schedule", "snapshots", "config", "history", "optimizer", "torch_rng")
+    assert set(inference + run) <= set(raw)
+    assert checkpoints.upgrade(raw) is raw
 
 
 def test_calibrate_gives_an_old_checkpoint_the_windows_training_stores(tmp_path, capsys):

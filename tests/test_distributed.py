@@ -24,7 +24,7 @@ from unet_patches.data.patches import extract_patches
 from unet_patches.losses import build_loss
 from unet_patches.models import checkpoint as checkpoints
 from unet_patches.training import datasets as data
-from unet_patches.training import run as training
+from unet_patches.training import loops
 from unet_patches.training.config import config_from_dict, load_config
 
 from helpers import small_dataset
@@ -62,7 +62,7 @@ import json, sys
 import torch
 from unet_patches import runtime
 from unet_patches.models import checkpoint as checkpoints
-from unet_patches.training import datasets as data, run as training
+from unet_patches.training import datasets as data, loops
 from unet_patches.training.config import config_from_dict
 from unet_patches.losses import build_loss
 
@@ -74,7 +74,7 @@ t = config.training
 loader = data.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
 loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=data.resolve_class_weights(config, sources))
 model = checkpoints.model_from_checkpoint(state, device)
-loss, matrix, _ = training.evaluate(model, loader, loss_fn, config.data.num_classes, device=device,
+loss, matrix, _ = loops.evaluate(model, loader, loss_fn, config.data.num_classes, device=device,
                                     precision=runtime.resolve_precision(t.precision, device))
 if runtime.is_main_process():
     print(json.dumps({"world": runtime.world_size(), "matrix": matrix.matrix.tolist(), "loss": loss}))
@@ -278,7 +278,7 @@ def _single_process(state_path: Path) -> dict:
     sources = data.make_datasets(config)
     loader = data.make_loader(sources.val, t.batch_size, train=False, seed=t.seed, num_workers=0)
     loss_fn = build_loss(t.loss, config.data.num_classes, class_weights=data.resolve_class_weights(config, sources))
-    loss, matrix, _ = training.evaluate(
+    loss, matrix, _ = loops.evaluate(
         checkpoints.model_from_checkpoint(state),
         loader,
         loss_fn,

@@ -11,12 +11,12 @@ import tifffile
 
 from unet_patches.cli import main
 from unet_patches.data.cache import CACHE_DIR_NAME
+from unet_patches.data.folders import split_by_group
 from unet_patches.data.imageio import write_png
 from unet_patches.data.inspection import check_folder, format_report, inspect_folder
 from unet_patches.data.patches import extract_patches
 from unet_patches.errors import UserError
 from unet_patches.training.config import default_config
-from unet_patches.training.datasets import split_by_group
 
 
 def config(classes: int = 3, patch_size: int = 8, **data):
@@ -37,6 +37,20 @@ def gray(height: int = 16, width: int = 16, seed: int = 0) -> np.ndarray:
 def labels(height: int = 16, width: int = 16, values=(0, 1, 2)) -> np.ndarray:
     """Rows cycling through ``values``: equal shares when ``height`` is a multiple of their count."""
     return np.repeat(np.resize(np.asarray(values, dtype=np.uint8), height)[:, None], width, axis=1)
+
+
+def expected(cfg) -> dict:
+    """What training expects of a folder under the settings ``cfg``."""
+    t = cfg.training
+    return {"patch_size": cfg.patches.patch_size, "val_fraction": t.val_fraction, "seed": t.seed}
+
+
+def inspected(folder, cfg):
+    return inspect_folder(folder, cfg.data, **expected(cfg))
+
+
+def checked(folder, cfg):
+    return check_folder(folder, cfg.data, **expected(cfg))
 
 
 def image_folder(root: Path, n: int = 4, mask_values=(0, 1, 2)) -> Path:
@@ -62,7 +76,7 @@ def test_a_clean_folder_has_no_problems_and_right_facts(tmp_path, capsys):
     folder = image_folder(tmp_path / "clean")
     write_png(folder / "images" / "wide.png", gray(16, 40))
     write_png(folder / "masks" / "wide.png", labels(16, 40))
-    report = inspect_folder(folder, config(), split=split_by_group)
+    report = inspected(folder, config())
     assert report.problems == [] and report.warnings == []
     assert report.layout == "images-masks" and report.kind == "images"
     assert report.counts == {"images": 5, "masks": 5, "pairs": 5}
@@ -72,7 +86,7 @@ def test_a_clean_folder_has_no_problems_and_right_facts(tmp_path, capsys):
     assert report.class_shares == pytest.approx({"background": 6 / 16, "line": 5 / 16, "ellipse": 5 / 16})
     assert report.split == {"unit": "images", "train": 4, "val": 1, "train_groups": 4, "val_groups": 1, "groups": 5}
     assert (folder / CACHE_DIR_NAME).is_dir()  # inspecting filled training's decode cache
-    assert check_folder(folder, config()).problems == []
+    assert checked(folder, config()).problems == []
     code, out, err = run(capsys, "inspect", folder, "-s", 8)
     assert code == 0 and "No problems found." in out and "5 images, 5 masks, 5 pairs" in out and err == ""
 
@@ -93,7 +107,7 @@ def test_every_problem_is_listed_at_once_each_naming_its_file(tmp_path, capsys):
     write_png(folder / "images" / "seven.png", gray())
     write_png(folder / "masks" / "seven.png", labels(values=(0, 7)))
 
-    report = inspect_folder(folder, config())
+    report = inspected(folder, config())
     assert report.counts == {"images": 8, "masks": 8, "pairs": 7}
     assert report.unmatched_images == ["lonely.png"] and report.unmatched_masks == ["orphan.png"]
     assert 7 in report.mask_values
@@ -115,24 +129,22 @@ def test_every_problem_is_listed_at_once_each_naming_its_file(tmp_path, capsys):
     assert all(name in out for name in expected)
 
     with pytest.raises(UserError, match=r"7 problem\(s\) found before training: .*lonely\.png.* \.\.\.; run ") as exc:
-        check_folder(folder, config())
+        checked(folder, config())
     assert "\n" not in str(exc.value)
 
 
 def test_binary_masks_need_two_classes_or_a_table(tmp_path, capsys):
     folder = image_folder(tmp_path / "binary", mask_values=(0, 0, 0, 255))
-    report = inspect_folder(folder, config(classes=2))
+    report = inspected(folder, config(classes=2))
     assert report.problems == [] and report.mask_values == [0, 255]
     assert report.class_shares == pytest.approx({"class0": 0.75, "class1": 0.25})
     code, out, _ = run(capsys, "inspect", folder, "--classes", 2, "-s", 8)
     assert code == 0 and "class0 75.0 %, class1 25.0 %" in out
 
-    report = inspect_folder(folder, config(classes=3))
+    report = inspected(folder, config(classes=3))
     assert len(report.problems) == 4 and all("data.mask_values" in p for p in report.problems)
     tables = config(classes=3, mask_values={"0": 0, "255": 2})
-    assert inspect_folder(folder, tables).class_shares == pytest.approx(
-        {"background": 0.75, "line": 0, "ellipse": 0.25}
-    )
+    assert inspected(folder, tables).class_shares == pytest.approx({"background": 0.75, "line": 0, "ellipse": 0.25})
 
 
 def test_a_narrow_16_bit_range_is_a_warning_not_a_problem(tmp_path, capsys):
@@ -140,10 +152,11 @@ def test_a_narrow_16_bit_range_is_a_warning_not_a_problem(tmp_path, capsys):
     (folder / "images").mkdir(parents=True)
     tifffile.imwrite(folder / "images" / "a.tif", np.linspace(0, 3000, 256).astype(np.uint16).reshape(16, 16))
     write_png(folder / "masks" / "a.png", labels())
-    report = inspect_folder(folder, config())
+    report = inspected(folder, config())
     assert report.problems == [] and report.dtypes == {"uint16": 1}
     assert report.value_ranges == {"uint16": [0, 3000]} and report.range_share["uint16"] == pytest.approx(3000 / 65535)
-    assert len(report.warnings) == 1 and "5 % of the uint16 range" in report.warnings[0]
+    assert len(report.warnings) == 2 and "5 % of the uint16 range" in report.warnings[0]
+    assert "training runs without validation" in report.warnings[1]  # one image: nothing to hold back
     code, out, _ = run(capsys, "inspect", folder, "-s", 8, "--normalize", "range")
     assert code == 0 and "Warnings (2):" in out and "training runs without validation" in out
     assert "5 % of the uint16 range; with data.normalize: range" in out and "consider data.normalize: percentile" in out
@@ -153,9 +166,9 @@ def test_channels_the_model_cannot_take_are_a_problem(tmp_path):
     folder = tmp_path / "rgb"
     write_png(folder / "images" / "a.png", np.zeros((16, 16, 3), np.uint8))
     write_png(folder / "masks" / "a.png", labels())
-    assert inspect_folder(folder, config()).channels == {3: 1}
-    assert inspect_folder(folder, config()).problems == []  # averaged to gray
-    problems = inspect_folder(folder, config(in_channels=4)).problems
+    assert inspected(folder, config()).channels == {3: 1}
+    assert inspected(folder, config()).problems == []  # averaged to gray
+    problems = inspected(folder, config(in_channels=4)).problems
     assert len(problems) == 1 and "a.png: image has 3 channel(s)" in problems[0] and "in_channels=4" in problems[0]
 
 
@@ -167,7 +180,7 @@ def test_kaggle_layout_split_keeps_subjects_whole(tmp_path, capsys):
             tifffile.imwrite(folder / f"{subject}_{n}.tif", gray(seed=subject * 10 + n))
             tifffile.imwrite(folder / f"{subject}_{n}_mask.tif", labels(values=(0, 255)))
     tifffile.imwrite(folder / "4_1_mask.tif", labels(values=(0, 255)))
-    report = inspect_folder(folder, config(classes=2), split=split_by_group)
+    report = inspected(folder, config(classes=2))
     assert report.layout == "kaggle" and report.counts == {"images": 6, "masks": 7, "pairs": 6}
     assert (
         len(report.problems) == 1 and "4_1_mask.tif: mask without an image; add an image 4_1.tif" in report.problems[0]
@@ -185,7 +198,7 @@ def test_kaggle_layout_split_keeps_subjects_whole(tmp_path, capsys):
 def test_a_patch_folder_is_reported_and_checked_against_the_settings(tmp_path, capsys):
     source = image_folder(tmp_path / "source", n=3)
     extract_patches(source, tmp_path / "patches", patch_size=8, per_image=2, preprocess=config().data.preprocess())
-    report = inspect_folder(tmp_path / "patches", config())
+    report = inspected(tmp_path / "patches", config())
     assert report.kind == "patches" and report.problems == []
     assert report.counts == {"patches": 24, "sources": 3, "groups": 3, "classes": 3}
     assert report.sizes["height"] == [8, 8, 8] and report.channels == {1: 24}
@@ -194,7 +207,7 @@ def test_a_patch_folder_is_reported_and_checked_against_the_settings(tmp_path, c
     assert "24 patches of 8x8 from 3 source images" in format_report(report)
 
     (tmp_path / "patches" / "images" / "p0.png").unlink()
-    problems = inspect_folder(tmp_path / "patches", config(classes=2)).problems
+    problems = inspected(tmp_path / "patches", config(classes=2)).problems
     assert len(problems) == 2 and "data.num_classes = 2" in problems[0] and "p0.png: listed in" in problems[1]
     code, out, _ = run(capsys, "inspect", tmp_path / "patches", "--json")
     assert code == 2 and json.loads(out)["problems"] == [problems[1]]
@@ -221,7 +234,7 @@ def test_folders_are_found_under_data_root_and_a_missing_one_is_one_line(tmp_pat
     lines = err.strip().splitlines()
     assert code == 2 and out == "" and len(lines) == 1 and "nowhere: data folder not found" in lines[0]
     with pytest.raises(UserError, match="not found"):
-        inspect_folder(tmp_path / "nowhere", config())
+        inspected(tmp_path / "nowhere", config())
     code, out, _ = run(capsys, "inspect", tmp_path)
     assert code == 2 and "missing" in out and "images" in out
 
@@ -236,7 +249,7 @@ def test_a_duplicate_name_does_not_hide_the_other_problems(tmp_path, capsys):
     cut.write_bytes(cut.read_bytes()[:200])
     write_png(folder / "masks" / "im3.png", labels(64, 64))
     (folder / "masks" / "im5.png").unlink()
-    report = inspect_folder(folder, config())
+    report = inspected(folder, config())
     assert report.counts == {"images": 7, "masks": 6, "pairs": 6}
     assert report.unmatched_images == ["im5.png"] and report.unmatched_masks == []
     assert len(report.problems) == 3, report.problems
@@ -255,7 +268,7 @@ def test_complex_pixels_are_a_problem_not_a_traceback(tmp_path, capsys):
         write_png(folder / "masks" / f"{name}.png", labels())
         write_png(folder / "images" / f"{name}_m.png", gray())
         tifffile.imwrite(folder / "masks" / f"{name}_m.tif", (labels() * (1 + 1j)).astype(np.complex64))
-    report = inspect_folder(folder, config())
+    report = inspected(folder, config())
     assert len(report.problems) == 4, report.problems
     for name in ("images/a.tif", "images/b.tif"):
         assert any(f"{name}: pixel type complex64 is not supported" in p for p in report.problems)
@@ -269,6 +282,6 @@ def test_complex_pixels_are_a_problem_not_a_traceback(tmp_path, capsys):
 
 def test_a_class_no_mask_holds_is_a_warning(tmp_path):
     folder = image_folder(tmp_path / "d", mask_values=(0, 1))
-    report = inspect_folder(folder, config(classes=3))
+    report = inspected(folder, config(classes=3))
     assert not report.problems
     assert any("no pixel of class class2" in w or "no pixel of class ellipse" in w for w in report.warnings)

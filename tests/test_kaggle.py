@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_patches.data.folders import find_pairs, group_of, match_pairs
+from unet_patches.data.folders import find_pairs, group_of, match_pairs, split_by_group, validation_count
 from unet_patches.data.imageio import read_image
 from unet_patches.data.masks import read_mask
-from unet_patches.data.patches import extract_patches, read_manifest, split_by_source, validation_count
+from unet_patches.data.patches import extract_patches, read_manifest, split_by_source
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.data.synthetic import SyntheticSpec, generate_kaggle_layout
 from unet_patches.errors import UserError
-from unet_patches.training.datasets import make_datasets, split_by_group
+from unet_patches.training.datasets import make_datasets
 
 from helpers import tiny_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_patches.data.folders import load_pairs
+from unet_patches.data.folders import load_pairs, validation_count
 from unet_patches.data.imageio import image_to_array, read_image, write_png
 from unet_patches.data.masks import read_mask
 from unet_patches.data.patches import (
@@ -18,7 +18,6 @@ from unet_patches.data.patches import (
     manifest_preprocess,
     read_manifest,
     split_by_source,
-    validation_count,
 )
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError

@@ -123,6 +123,7 @@ def test_resuming_a_run_from_before_data_normalize_keeps_range(tmp_path):
     # As written before this setting existed: no preprocess, no data.normalize; two epochs asked for.
     del state["preprocess"]
     del state["config"]["data"]["normalize"]
+    state["format_version"] = 1
     state["config"]["training"]["epochs"] = 2
     torch.save(state, last)
     assert summary["epochs"] == 1

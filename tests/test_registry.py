@@ -7,13 +7,12 @@ import pytest
 from unet_patches.cli import build_parser
 from unet_patches.data.preprocess import NORMALIZE_MODES
 from unet_patches.errors import UserError
-from unet_patches.inference.config import TRAINING_PRECISIONS
 from unet_patches.inference.tiling.padding import PADDING_MODES
 from unet_patches.inference.tiling.weights import BLEND_MODES
 from unet_patches.losses import LOSSES
 from unet_patches.models import ACTIVATIONS, DOWNSAMPLING_MODES, MODELS, NORMALIZATIONS, UPSAMPLING_MODES
 from unet_patches.registry import Registry
-from unet_patches.runtime import PRECISIONS
+from unet_patches.runtime import PRECISIONS, TRAINING_PRECISIONS
 from unet_patches.training.augment import PRESETS
 from unet_patches.training.optim import OPTIMIZERS, SCHEDULES
 

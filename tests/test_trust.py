@@ -127,6 +127,16 @@ def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
     assert str(tmp_path / "x.pt") in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_current_checkpoint_without_what_inference_reads_is_damaged(tmp_path):
+    from unet_patches.inference.segmenter import Segmenter
+
+    state = unet_checkpoint_state()
+    del state["preprocess"]
+    save_checkpoint(state, tmp_path / "x.pt")
+    with pytest.raises(UserError, match=r"x.pt: no preprocess in a format 2 checkpoint; the file was edited"):
+        Segmenter.from_checkpoint(tmp_path / "x.pt")
+
+
 def test_weights_that_do_not_fit_the_model_config(tmp_path):
     from unet_patches.inference.segmenter import Segmenter
     from unet_patches.models import ModelConfig

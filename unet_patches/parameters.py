@@ -1,20 +1,55 @@
-"""Typed settings from JSON values: a dataclass built from a dict, each value checked against its type
-hint (ints accepted for floats, ``[low, high]`` pairs, lists, unions, null), unknown keys refused with
-the closest known one. Every problem is a ``UserError`` naming the key."""
+"""The parameters file and typed settings: ``parameters.json`` read (:func:`read_parameters`), flags
+merged into its sections (:func:`merge`), and a settings dataclass built from a dict
+(:func:`build_typed`), each value checked against its type hint (ints accepted for floats,
+``[low, high]`` pairs, lists, unions, null), unknown keys refused with the closest known one. Every
+problem is a ``UserError`` naming the key. The sections themselves live in the rooms they configure
+(``data/config.py``, ``models/config.py``, ``inference/config.py``, ``training/config.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import UserError
 from .validate import is_int, is_number
 
-__all__ = ["build_typed", "coerce", "describe_type"]
+__all__ = ["build_typed", "coerce", "describe_type", "merge", "read_parameters"]
+
+
+def read_parameters(path: str | Path) -> Any:
+    """The JSON value of a parameters file.
+
+    Raises:
+        UserError: the file cannot be read or is not JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file"
+        ) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; pass a JSON parameter file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+
+
+def merge(values: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``values`` with each section's keys replaced by those of ``overrides`` (neither is changed)."""
+    merged = dict(values)
+    for section, changes in overrides.items():
+        current = merged.get(section)
+        merged[section] = {**(current if isinstance(current, dict) else {}), **changes}
+    return merged
 
 
 def build_typed(cls: type, values: dict[str, Any], prefix: str, path: str = "") -> Any:

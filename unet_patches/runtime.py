@@ -1,4 +1,8 @@
-"""Device, precision policy and torch.distributed helpers shared by training and inference."""
+"""Device, precision policy and torch.distributed helpers shared by training and inference.
+
+The precision names (:data:`PRECISIONS`) and the CPU's flags are read without torch, so the settings
+and the torch-free inference path can use them; everything that needs torch imports it when called.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,56 @@ import platform
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .inference.config import PRECISIONS
+from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "PRECISIONS",
+    "TRAINING_PRECISIONS",
+    "Precision",
+    "barrier",
+    "cleanup_distributed",
+    "cpu_flags",
+    "cpu_has_fast_bf16",
+    "cpu_has_int8_dot",
+    "distributed_env",
+    "init_distributed",
+    "is_main_process",
+    "keep_freed_memory",
+    "pick_device",
+    "rank",
+    "resolve_precision",
+    "world_size",
+]
+
+PRECISIONS: Registry[str] = Registry(
+    "precision",
+    {
+        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32; for "
+        "inference int8 where the CPU has VNNI or AMX, an int8 network passed its guard and the job repays it",
+        "fp32": "full float32",
+        "bf16": "bfloat16 autocast (fast only with native bf16 hardware or on CUDA)",
+        "fp16": "float16 autocast with a gradient scaler for training (CUDA only)",
+        "int8": "inference only: the network quantized to int8 by OpenVINO + NNCF on the checkpoint's calibration "
+        "windows, refused when its accuracy guard fails (CPU; the int8 extra)",
+    },
+)
+
+TRAINING_PRECISIONS: Registry[str] = Registry(
+    "training precision", {name: text for name, text in PRECISIONS.items() if name != "int8"}
+)
+"""The precisions training runs in: every one but ``int8``, which is for inference."""
 
 
 def pick_device(name: str | None = None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when present, else CPU."""
+    import torch
+
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -53,6 +98,8 @@ def cpu_has_fast_bf16() -> bool:
     """
     flags = cpu_flags()
     if not flags:
+        import torch
+
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
     if platform.machine().lower() in ("aarch64", "arm64"):
@@ -81,9 +128,13 @@ class Precision:
 
     @property
     def scaler(self) -> bool:
+        import torch
+
         return self.dtype is torch.float16
 
     def autocast(self, device: torch.device):
+        import torch
+
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.dtype)
@@ -131,6 +182,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     Raises:
         UserError: an unknown name, or fp16 without a CUDA device.
     """
+    import torch
+
     PRECISIONS.check(name, "precision")
     cuda = device.type == "cuda"
     if name == "auto":
@@ -155,6 +208,8 @@ def distributed_env() -> bool:
 
 def init_distributed(device: torch.device) -> torch.device:
     """Join the process group torchrun describes; return this rank's device."""
+    import torch
+
     if not distributed_env() or torch.distributed.is_initialized():
         return device
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -166,10 +221,14 @@ def init_distributed(device: torch.device) -> torch.device:
 
 
 def rank() -> int:
+    import torch
+
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def world_size() -> int:
+    import torch
+
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
@@ -178,10 +237,14 @@ def is_main_process() -> bool:
 
 
 def barrier() -> None:
+    import torch
+
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
 def cleanup_distributed() -> None:
+    import torch
+
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

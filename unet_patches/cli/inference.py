@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from unet_patches.files.plan import OUTPUT_FORMATS, PROBS_DTYPES
-from unet_patches.inference.config import PRECISIONS, inference_settings
+from unet_patches.inference.config import inference_settings
 from unet_patches.inference.tiling.padding import PADDING_MODES
 from unet_patches.inference.tiling.weights import BLEND_MODES
+from unet_patches.runtime import PRECISIONS
 
 from .flags import add_params, overrides_from, params_path, setting, switch
 

@@ -41,7 +41,7 @@ def add_inspect(sub: Any) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     from unet_patches.data.inspection import format_report, inspect_folder
-    from unet_patches.training.datasets import resolve_folder, split_by_group
+    from unet_patches.training.datasets import resolve_folder
 
     overrides = overrides_from(args)
     overrides.setdefault("training", {})["folder"] = args.folder
@@ -50,7 +50,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         tried = f", nor {folder} under data.root" if str(folder) != args.folder else ""
         raise UserError(f"{args.folder}: data folder not found{tried}; check the path")
-    report = inspect_folder(folder, config, split=split_by_group)
+    t = config.training
+    report = inspect_folder(
+        folder, config.data, patch_size=config.patches.patch_size, val_fraction=t.val_fraction, seed=t.seed
+    )
     print(json.dumps(report.to_dict()) if args.json else format_report(report))
     if report.problems:  # the report is on stdout; the error line on stderr, as for every command
         more = f" (and {len(report.problems) - 1} more in the report)" if len(report.problems) > 1 else ""

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from unet_patches.errors import UserError
-from unet_patches.inference.config import TRAINING_PRECISIONS
 from unet_patches.losses import LOSSES
 from unet_patches.models import MODELS
+from unet_patches.runtime import TRAINING_PRECISIONS
 from unet_patches.training.augment import PRESETS
 from unet_patches.training.optim import OPTIMIZERS, SCHEDULES
 

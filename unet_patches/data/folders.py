@@ -21,6 +21,8 @@ from .imageio import IMAGE_SUFFIXES
 from .preprocess import Preprocess, resize_labels
 
 __all__ = [
+    "split_by_group",
+    "validation_count",
     "Matching",
     "Pair",
     "Sample",
@@ -284,3 +286,26 @@ def load_pairs(folder: str | Path, preprocess: Preprocess, *, cache: bool = True
     pairs = find_pairs(folder)
     reader = DecodeCache(Path(folder) if cache else None)
     return [load_pair(pair, preprocess, reader) for pair in pairs]
+
+
+def validation_count(n_sources: int, val_fraction: float) -> int:
+    """How many of ``n_sources`` images to hold back: ``round(val_fraction * n)``, at least one when
+    ``val_fraction > 0`` and there are >= 2, and never all of them (training needs one)."""
+    n_val = int(round(val_fraction * n_sources))
+    if val_fraction > 0 and n_sources >= 2:
+        n_val = max(n_val, 1)
+    return min(n_val, max(n_sources - 1, 0))
+
+
+def split_by_group(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train indices, validation indices)`` of images, whole groups (subjects) on one side.
+
+    ``validation_count`` of the groups are held back, drawn by a generator seeded with ``seed``.
+    When every image is its own group, this is the per-image split the toolkit has always used.
+    """
+    names = list(dict.fromkeys(groups))  # first-seen order, which the seeded permutation indexes
+    order = np.random.default_rng([seed, 7]).permutation(len(names))
+    held_back = {names[i] for i in order[: validation_count(len(names), val_fraction)]}
+    train = [i for i, g in enumerate(groups) if g not in held_back]
+    val = [i for i, g in enumerate(groups) if g in held_back]
+    return train, val

@@ -17,10 +17,9 @@ memory stays flat.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,20 +27,14 @@ from unet_patches.console import progress
 from unet_patches.errors import UserError
 
 from .cache import DecodeCache
-from .folders import MASK_SUFFIX, Matching, Pair, match_pairs
+from .config import DataConfig
+from .folders import MASK_SUFFIX, Matching, Pair, match_pairs, split_by_group
 from .imageio import image_to_array
 from .masks import hex_colour
 from .patches import MANIFEST_NAME, read_manifest, split_by_source
 from .preprocess import Preprocess
 
-if TYPE_CHECKING:
-    from unet_patches.training.config import Config
-
 __all__ = ["Report", "check_folder", "format_report", "inspect_folder"]
-
-# ``(groups, val_fraction, seed) -> (train indices, validation indices)``: training's
-# ``data.split_by_group``, passed in because data.py calls :func:`check_folder` (no import cycle).
-GroupSplit = Callable[[list[str], float, int], tuple[list[int], list[int]]]
 
 LOW_RANGE_SHARE = 0.25  # integer images using less of their type's range than this get a warning
 SHOWN_PROBLEMS = 3  # problems quoted in check_folder's one-line message
@@ -109,14 +102,23 @@ class _Tally:
         self.class_pixels = counts if self.class_pixels is None else self.class_pixels + counts
 
 
-def inspect_folder(folder: str | Path, config: Config, *, split: GroupSplit | None = None) -> Report:
-    """Report on the data folder ``folder`` as training with ``config`` would read it.
+@dataclass(frozen=True)
+class _Expected:
+    """What training expects of the folder: the data settings, the patch size, the validation split."""
 
-    ``split`` is training's ``data.split_by_group``; without it an image folder's split is not
-    computed (a patch folder's always is, by ``patches.split_by_source``). Problems with the files
-    are collected in ``Report.problems``, not raised. Raises ``UserError`` when ``folder`` does not
-    exist.
+    data: DataConfig
+    patch_size: int
+    val_fraction: float
+    seed: int
+
+
+def inspect_folder(folder: str | Path, data: DataConfig, *, patch_size: int, val_fraction: float, seed: int) -> Report:
+    """Report on the data folder ``folder`` as training would read it: with the ``data`` settings,
+    patches of ``patch_size``, and ``val_fraction`` of the images (or source images) held back by the
+    split of ``seed``. Problems with the files are collected in ``Report.problems``, not raised.
+    Raises ``UserError`` when ``folder`` does not exist.
     """
+    config = _Expected(data, patch_size, val_fraction, seed)
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(
@@ -127,13 +129,13 @@ def inspect_folder(folder: str | Path, config: Config, *, split: GroupSplit | No
         _inspect_patches(folder, config, report)
     else:
         report = Report(str(folder), "images", "images-masks")
-        _inspect_images(folder, config, report, split)
+        _inspect_images(folder, config, report)
     return report
 
 
-def check_folder(folder: str | Path, config: Config) -> Report:
+def check_folder(folder: str | Path, data: DataConfig, **expected: Any) -> Report:
     """:func:`inspect_folder`, raising one ``UserError`` that quotes the first problems when there are any."""
-    report = inspect_folder(folder, config)
+    report = inspect_folder(folder, data, **expected)
     problems = report.problems
     if problems:
         shown = "; ".join(problems[:SHOWN_PROBLEMS]) + (" ..." if len(problems) > SHOWN_PROBLEMS else "")
@@ -149,7 +151,7 @@ def check_folder(folder: str | Path, config: Config) -> Report:
 # --------------------------------------------------------------------------------------------------
 
 
-def _inspect_images(folder: Path, config: Config, report: Report, split: GroupSplit | None) -> None:
+def _inspect_images(folder: Path, config: _Expected, report: Report) -> None:
     matching = match_pairs(folder)
     report.layout = matching.layout
     report.problems.extend(matching.problems)
@@ -159,17 +161,17 @@ def _inspect_images(folder: Path, config: Config, report: Report, split: GroupSp
     tally = _Tally(preprocess.num_classes)
     bar = progress(len(matching.pairs), f"inspect {folder}", "images")
     for pair in matching.pairs:
-        report.problems.extend(_check_pair(pair, reader, preprocess, config.patches.patch_size, tally))
+        report.problems.extend(_check_pair(pair, reader, preprocess, config.patch_size, tally))
         bar.update()
     bar.close()
     _summarise(tally, report, config)
-    if split is not None and matching.pairs:
+    if matching.pairs:
         groups = [pair.group for pair in matching.pairs]
-        train, val = split(groups, config.training.val_fraction, config.training.seed)
+        train, val = split_by_group(groups, config.val_fraction, config.seed)
         report.split = {"unit": "images", "train": len(train), "val": len(val),
                         "train_groups": len({groups[i] for i in train}), "val_groups": len({groups[i] for i in val}),
                         "groups": len(set(groups))}  # fmt: skip
-        _warn_no_validation(report, config.training.val_fraction)
+        _warn_no_validation(report, config.val_fraction)
 
 
 def _report_unmatched(matching: Matching, report: Report) -> None:
@@ -250,7 +252,7 @@ def _raw_values(raw: np.ndarray) -> set:
     return set(np.unique(raw).tolist())
 
 
-def _summarise(tally: _Tally, report: Report, config: Config) -> None:
+def _summarise(tally: _Tally, report: Report, config: _Expected) -> None:
     """The tally's totals into ``report``, with the warnings they call for."""
     if tally.heights:
         report.sizes = {name: [int(min(v)), int(np.median(v)), int(max(v))]
@@ -304,13 +306,13 @@ def _warn_no_validation(report: Report, val_fraction: float) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _inspect_patches(folder: Path, config: Config, report: Report) -> None:
+def _inspect_patches(folder: Path, config: _Expected, report: Report) -> None:
     try:
         manifest = read_manifest(folder)
     except UserError as exc:
         report.problems.append(str(exc))
         return
-    d, t = config.data, config.training
+    d = config.data
     records = manifest["patches"]
     info = manifest["sources"] if isinstance(manifest.get("sources"), dict) else {}
     group = {p["source"]: str((info.get(p["source"]) or {}).get("group") or p["source"]) for p in records}
@@ -331,14 +333,14 @@ def _inspect_patches(folder: Path, config: Config, report: Report) -> None:
     if not records:
         report.problems.append(f"{folder / MANIFEST_NAME}: lists no patches; make the patch folder again")
     report.problems.extend(_missing_patch_files(folder, records, str(manifest.get("image_suffix", ".png"))))
-    train, val = split_by_source(manifest, t.val_fraction, t.seed)
+    train, val = split_by_source(manifest, config.val_fraction, config.seed)
     source = {p["name"]: p["source"] for p in records}
     sides = [{source[name] for name in names} for names in (train, val)]
     report.split = {"unit": "patches", "train": len(train), "val": len(val),
                     "train_sources": len(sides[0]), "val_sources": len(sides[1]),
                     "train_groups": len({group[s] for s in sides[0]}), "val_groups": len({group[s] for s in sides[1]}),
                     "groups": report.counts["groups"]}  # fmt: skip
-    _warn_no_validation(report, t.val_fraction)
+    _warn_no_validation(report, config.val_fraction)
 
 
 def _missing_patch_files(folder: Path, records: list[dict], image_suffix: str) -> list[str]:

@@ -33,7 +33,7 @@ from unet_patches.errors import UserError, one_line
 from unet_patches.validate import require_int, require_number
 
 from .cache import DecodeCache
-from .folders import load_pairs
+from .folders import load_pairs, validation_count
 from .imageio import image_to_array, write_png
 from .masks import decode_mask
 from .preprocess import Preprocess
@@ -47,7 +47,6 @@ __all__ = [
     "manifest_preprocess",
     "read_manifest",
     "split_by_source",
-    "validation_count",
 ]
 
 log = logging.getLogger(__name__)
@@ -311,15 +310,6 @@ def read_manifest(folder: str | Path) -> dict:
     ):
         raise UserError(f"{path}: 'patches' must be a list of records with name and source; {fix}")
     return manifest
-
-
-def validation_count(n_sources: int, val_fraction: float) -> int:
-    """How many of ``n_sources`` images to hold back: ``round(val_fraction * n)``, at least one when
-    ``val_fraction > 0`` and there are >= 2, and never all of them (training needs one)."""
-    n_val = int(round(val_fraction * n_sources))
-    if val_fraction > 0 and n_sources >= 2:
-        n_val = max(n_val, 1)
-    return min(n_val, max(n_sources - 1, 0))
 
 
 def split_by_source(manifest: dict, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -8,48 +8,20 @@ PyTorch): the file itself, the precision names and the ``inference`` section.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unet_patches.errors import UserError
-from unet_patches.parameters import build_typed
-from unet_patches.registry import Registry
+from unet_patches.parameters import build_typed, read_parameters
+from unet_patches.runtime import PRECISIONS
 from unet_patches.validate import require_int, require_number
 
 from .tiling.padding import PADDING_MODES
 from .tiling.sizing import check_window
 from .tiling.weights import BLEND_MODES
 
-__all__ = [
-    "COMPILE_CHOICES",
-    "PRECISIONS",
-    "TRAINING_PRECISIONS",
-    "InferenceConfig",
-    "check_compile",
-    "inference_settings",
-    "read_parameters",
-]
-
-PRECISIONS: Registry[str] = Registry(
-    "precision",
-    {
-        "auto": "fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), else fp32; for "
-        "inference int8 where the CPU has VNNI or AMX, an int8 network passed its guard and the job repays it",
-        "fp32": "full float32",
-        "bf16": "bfloat16 autocast (fast only with native bf16 hardware or on CUDA)",
-        "fp16": "float16 autocast with a gradient scaler for training (CUDA only)",
-        "int8": "inference only: the network quantized to int8 by OpenVINO + NNCF on the checkpoint's calibration "
-        "windows, refused when its accuracy guard fails (CPU; the int8 extra)",
-    },
-)
-
-TRAINING_PRECISIONS: Registry[str] = Registry(
-    "training precision", {name: text for name, text in PRECISIONS.items() if name != "int8"}
-)
-"""The precisions training runs in: every one but ``int8``, which is for inference."""
-
+__all__ = ["COMPILE_CHOICES", "InferenceConfig", "check_compile", "inference_settings"]
 
 COMPILE_CHOICES = ("auto", True, False)
 
@@ -106,27 +78,6 @@ class InferenceConfig:
             "precision": self.precision,
             "compile": self.compile,
         }
-
-
-def read_parameters(path: str | Path) -> Any:
-    """The JSON value of a parameters file.
-
-    Raises:
-        UserError: the file cannot be read or is not JSON.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(
-            f"{path}: cannot read the parameter file ({exc.strerror}); pass an existing JSON file"
-        ) from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file; pass a JSON parameter file") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
 
 
 @dataclass(frozen=True)

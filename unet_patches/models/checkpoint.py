@@ -1,32 +1,39 @@
-"""Checkpoint files: what one holds (:func:`checkpoint_state`), atomic writing, safe reading, and
-rebuilding the network it describes.
+"""Checkpoint files: the format, its :func:`upgrade` from every earlier format, atomic writing, safe
+reading (contents validated like ``parameters.json``), the weights loaded into a network, and the
+network and preprocessing a checkpoint describes. What a training run puts into one, and how it is
+put back, is :mod:`unet_patches.training.state`.
 
-A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_only=True``. Format 1
-(the only one so far) holds:
+A checkpoint is a ``dict`` saved with ``torch.save`` and read with ``weights_only=True``. Format 2
+holds every key below; :func:`load_checkpoint` hands out format 2 whatever the file's format:
 
-- ``format_version``: 1;
-- ``model_config``: :class:`~unet_patches.models.ModelConfig` as a dict (files written before the
-  ``name`` key existed rebuild as a U-Net), ``model``: the weights (unwrapped from DDP);
-- ``optimizer``, ``scaler`` (or None), ``epoch``, ``step``, ``elapsed`` (seconds), ``best_miou``,
-  ``best_epoch``, ``torch_rng``, ``history`` (one record per epoch), ``metrics`` (the last record),
-  ``schedule`` (the state of a ``plateau`` schedule) and ``snapshots`` (snapshots written so far):
-  what ``--resume`` needs to continue exactly (files without the last two continue with a fresh
-  schedule state);
-- ``config``: the whole resolved configuration; ``class_names``, ``in_channels``, ``patch_size`` and
-  ``preprocess`` (:class:`~unet_patches.data.preprocess.Preprocess` as a dict: normalisation and its
-  statistics, resize, mask tables; ``normalization`` repeats it in words): what inference needs, so
-  ``predict`` needs nothing but the file. Files without ``preprocess`` (written before it existed)
-  read as ``range`` normalisation, which is what they were trained with;
+- ``format_version``: 2;
+- ``model_config``: :class:`~unet_patches.models.ModelConfig` as a dict, ``model``: the weights
+  (unwrapped from DDP);
+- what inference needs, so that ``predict`` needs nothing but the file: ``class_names``,
+  ``in_channels``, ``patch_size`` (the training patch), ``preprocess``
+  (:class:`~unet_patches.data.preprocess.Preprocess` as a dict: normalisation and its statistics,
+  resize, mask tables) and ``normalization`` (the same in words);
 - ``int8_windows``: ``{"calibration": ..., "held_back": ...}``, float16 network-input windows
-  ``(N, C, p, p)`` (:func:`~unet_patches.training.datasets.int8_windows`) from which ``precision: int8`` quantizes
-  the network and checks it (:mod:`unet_patches.inference.int8`); None or absent in files written before.
+  ``(N, C, p, p)`` from which ``precision: int8`` quantizes the network and checks it
+  (:mod:`unet_patches.inference.int8`), or None;
+- the run's position, which ``--resume`` continues from (:mod:`unet_patches.training.state`):
+  ``optimizer``, ``scaler`` (or None), ``epoch``, ``step``, ``elapsed`` (seconds), ``best_miou``,
+  ``best_epoch``, ``torch_rng``, ``history`` (one record per epoch), ``metrics`` (the last record),
+  ``schedule`` (a ``plateau`` schedule's state, else empty), ``snapshots`` (snapshots written so far)
+  and ``config`` (the whole resolved configuration). Files stripped for inference may lack these.
+
+Earlier formats, which :func:`upgrade` reads: format 0 (no ``format_version``) and format 1, whose
+contents grew over time: ``model_config`` without ``name`` (written before there were other
+architectures: a U-Net), no ``preprocess`` (written before ``data.normalize``: those runs were
+trained on images scaled by pixel type, ``range``), no ``class_names`` or ``patch_size`` (the names
+``class0``, ``class1``, ... and the original's patch of 96), no ``schedule`` or ``snapshots``, no
+``int8_windows``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,71 +42,28 @@ from unet_patches.atomic import write_atomically
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError, one_line
 from unet_patches.parameters import build_typed
-from unet_patches.validate import is_int, is_number
+from unet_patches.validate import is_int
 
 from . import ModelConfig, build_model, check_config
-
-if TYPE_CHECKING:
-    from unet_patches.training.config import Config
-    from unet_patches.training.optim import Progress
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DAMAGED",
-    "check_resumable",
-    "checkpoint_state",
-    "load_weights",
     "load_checkpoint",
+    "load_weights",
     "model_from_checkpoint",
     "preprocess_from_checkpoint",
+    "quoted",
     "save_checkpoint",
+    "upgrade",
 ]
 
-CHECKPOINT_FORMAT = 1
-
-
-def checkpoint_state(
-    *,
-    config: Config,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    progress: Progress,
-    epoch: int,
-    best_miou: float,
-    best_epoch: int | None,
-    history: list[dict[str, Any]],
-    patch_size: int,
-    preprocess: Preprocess,
-    schedule: dict[str, float] | None = None,
-    snapshots: int = 0,
-    int8_windows: dict[str, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Everything a checkpoint holds after ``epoch`` (``model`` already unwrapped from DDP)."""
-    return {
-        "format_version": CHECKPOINT_FORMAT,
-        "model_config": config.model.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": epoch,
-        "step": progress.step,
-        "elapsed": progress.seconds(),
-        "best_miou": best_miou,
-        "best_epoch": best_epoch,
-        "torch_rng": torch.get_rng_state(),
-        "config": config.to_dict(),
-        "class_names": config.data.names(),
-        "in_channels": config.data.in_channels,
-        "patch_size": patch_size,
-        "preprocess": preprocess.to_dict(),
-        "normalization": preprocess.describe(),
-        "history": history,
-        "metrics": history[-1] if history else {},
-        "schedule": schedule or {},
-        "snapshots": snapshots,
-        "int8_windows": int8_windows,
-    }
+CHECKPOINT_FORMAT = 2
+OLD_PATCH_SIZE = 96
+"""The training patch of files that did not record theirs: the original's, which every run used then."""
+DAMAGED = "the file was edited or damaged; use the checkpoint training wrote"
+INFERENCE_KEYS = ("model_config", "model", "class_names", "in_channels", "patch_size", "preprocess", "int8_windows")
+"""What every checkpoint of the current format holds, stripped ones too: what inference reads."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -112,8 +76,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors land on ``device``).
 
+    Whatever the file's format, the contents come back as the current one (:func:`upgrade`), checked.
+
     Raises:
-        UserError: the file is missing, not a checkpoint, or of an unknown format version.
+        UserError: the file is missing, not a checkpoint, of an unknown format version, or its contents
+            do not hold together (a damaged or edited file).
     """
     path = Path(path)
     if not path.is_file():
@@ -134,20 +101,53 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
             f"{path}: checkpoint format {state['format_version']} is newer than this version reads "
             f"({CHECKPOINT_FORMAT}); upgrade unet-patches"
         )
+    if not isinstance(state["model_config"], dict):
+        raise UserError(
+            f"{path}: model_config = {quoted(state['model_config'])}: expected a dict of model settings; {DAMAGED}"
+        )
+    state = upgrade(state)
     _check_contents(state, path)
     return state
 
 
-DAMAGED = "the file was edited or damaged; use the checkpoint training wrote"
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's contents of any earlier format (see the module docstring) as the current format,
+    with what the old files left out filled in as those runs had it; the current format is returned as
+    it is. ``state`` itself is not changed."""
+    if state.get("format_version", 0) >= CHECKPOINT_FORMAT:
+        return state
+    state = dict(state)
+    model = {"name": "unet", **state["model_config"]}
+    state["model_config"] = model
+    classes, channels = model.get("num_classes", 3), model.get("in_channels", state.get("in_channels", 1))
+    classes = classes if is_int(classes) else 0  # a damaged value: _check_contents names it
+    state["in_channels"] = channels
+    state["class_names"] = state.get("class_names") or [f"class{c}" for c in range(classes)]
+    state.setdefault("patch_size", OLD_PATCH_SIZE)
+    if not state.get("preprocess"):
+        preprocess = Preprocess(in_channels=channels, num_classes=classes, normalize="range")
+        state["preprocess"] = preprocess.to_dict()
+        state["normalization"] = preprocess.describe()
+        if isinstance(state.get("config"), dict):  # a run trained on range-scaled images resumes so
+            data = state["config"].get("data")
+            state["config"] = {
+                **state["config"],
+                "data": {"normalize": "range", **(data if isinstance(data, dict) else {})},
+            }
+    for key, empty in (("schedule", {}), ("snapshots", 0), ("int8_windows", None)):
+        state.setdefault(key, empty)
+    state["format_version"] = CHECKPOINT_FORMAT
+    return state
 
 
 def _check_contents(state: dict[str, Any], path: Path) -> None:
     """What reading a checkpoint for inference needs, validated like ``parameters.json``: the model
     settings (known keys, types, ranges), the weights as named tensors, and the facts of the run
     (class names, channels, patch size, preprocessing) consistent with the model."""
+    missing = [key for key in INFERENCE_KEYS if key not in state]
+    if missing:
+        raise UserError(f"{path}: no {', '.join(missing)} in a format {CHECKPOINT_FORMAT} checkpoint; {DAMAGED}")
     values = state["model_config"]
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: model_config = {_quoted(values)}: expected a dict of model settings; {DAMAGED}")
     config = build_typed(ModelConfig, values, f"{path}: ", "model_config.")
     try:
         check_config(config)
@@ -158,22 +158,19 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
     ):
         raise UserError(f"{path}: model: expected the network's named weight tensors; {DAMAGED}")
-    names = state.get("class_names")
-    if names is not None and (
-        not isinstance(names, list) or len(names) != config.num_classes or not all(isinstance(n, str) for n in names)
-    ):
-        raise UserError(f"{path}: class_names = {_quoted(names)}: expected {config.num_classes} names; {DAMAGED}")
+    names = state["class_names"]
+    if not isinstance(names, list) or len(names) != config.num_classes or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: class_names = {quoted(names)}: expected {config.num_classes} names; {DAMAGED}")
     for key, low in (("patch_size", 1), ("in_channels", 1)):
-        if key in state and (not is_int(state[key]) or state[key] < low):
-            raise UserError(f"{path}: {key} = {_quoted(state[key])}: expected an integer >= {low}; {DAMAGED}")
-    _check_int8_windows(state.get("int8_windows"), config.in_channels, path)
-    if state.get("preprocess") is not None:
-        pre = _preprocess(state["preprocess"], path)
-        if (pre.in_channels, pre.num_classes) != (config.in_channels, config.num_classes):
-            raise UserError(
-                f"{path}: preprocess is for {pre.in_channels} channel(s) and {pre.num_classes} classes but "
-                f"model_config for {config.in_channels} and {config.num_classes}; {DAMAGED}"
-            )
+        if not is_int(state[key]) or state[key] < low:
+            raise UserError(f"{path}: {key} = {quoted(state[key])}: expected an integer >= {low}; {DAMAGED}")
+    _check_int8_windows(state["int8_windows"], config.in_channels, path)
+    pre = _preprocess(state["preprocess"], path)
+    if (pre.in_channels, pre.num_classes) != (config.in_channels, config.num_classes):
+        raise UserError(
+            f"{path}: preprocess is for {pre.in_channels} channel(s) and {pre.num_classes} classes but "
+            f"model_config for {config.in_channels} and {config.num_classes}; {DAMAGED}"
+        )
 
 
 def _check_int8_windows(windows: Any, channels: int, path: Path) -> None:
@@ -185,7 +182,7 @@ def _check_int8_windows(windows: Any, channels: int, path: Path) -> None:
         valid = valid and part.dim() == 4 and part.shape[0] > 0 and part.shape[1] == channels
     if not valid:
         raise UserError(
-            f"{path}: int8_windows = {_quoted(windows)}: expected calibration and held_back windows "
+            f"{path}: int8_windows = {quoted(windows)}: expected calibration and held_back windows "
             f"(N, {channels}, h, w); {DAMAGED}"
         )
 
@@ -197,36 +194,12 @@ def _preprocess(values: Any, path: Path) -> Preprocess:
         raise UserError(f"{path}: preprocess: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise UserError(
-            f"{path}: preprocess = {_quoted(values)}: not readable ({one_line(exc, 80)}); {DAMAGED}"
+            f"{path}: preprocess = {quoted(values)}: not readable ({one_line(exc, 80)}); {DAMAGED}"
         ) from None
 
 
-def check_resumable(state: dict[str, Any], path: str | Path) -> None:
-    """What ``--resume`` reads beyond :func:`load_checkpoint`'s checks: the run's position, optimizer
-    state, history, RNG state and stored configuration.
-
-    Raises:
-        UserError: a key is missing or of the wrong type (a ``best.pt`` of an old run, or a damaged file).
-    """
-    expected: dict[str, tuple[Callable[[Any], bool], str]] = {
-        "epoch": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-        "step": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-        "elapsed": (lambda v: is_number(v) and v >= 0, "seconds >= 0"),
-        "best_miou": (is_number, "a number"),
-        "best_epoch": (lambda v: v is None or is_int(v), "an integer or null"),
-        "optimizer": (lambda v: isinstance(v, dict) and "state" in v and "param_groups" in v, "an optimizer state"),
-        "history": (lambda v: isinstance(v, list), "a list of epoch records"),
-        "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8, "a torch RNG state"),
-        "config": (lambda v: isinstance(v, dict), "the run's settings"),
-    }
-    for key, (valid, what) in expected.items():
-        if key not in state:
-            raise UserError(f"{path}: no {key}; --resume needs a last.pt written by training (not an export)")
-        if not valid(state[key]):
-            raise UserError(f"{path}: {key} = {_quoted(state[key])}: expected {what}; {DAMAGED}")
-
-
-def _quoted(value: Any) -> str:
+def quoted(value: Any) -> str:
+    """A value as an error message quotes it: its repr, on one line, cut at 80 characters."""
     return one_line(repr(value), 80)
 
 
@@ -243,20 +216,19 @@ def model_from_checkpoint(
     return model.to(device).eval()
 
 
-def load_weights(model: nn.Module, weights: dict[str, Any], source: str | Path) -> None:
-    """``model.load_state_dict(weights)``; a mismatch is a ``UserError`` naming ``source`` and the first
-    missing, unexpected or mis-shaped weight."""
+def load_weights(
+    model: nn.Module, weights: dict[str, Any], source: str | Path, *, fits: str = "model_config", fix: str = DAMAGED
+) -> None:
+    """``model.load_state_dict(weights)``, the one way weights get into a network; a mismatch is a
+    ``UserError`` naming ``source``, the first missing, unexpected or mis-shaped weight, what the weights
+    were meant to fit (``fits``) and the way out (``fix``)."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-        raise UserError(f"{source}: the weights do not fit model_config ({one_line(detail, 80)}); {DAMAGED}") from None
+        raise UserError(f"{source}: the weights do not fit {fits} ({one_line(detail, 80)}); {fix}") from None
 
 
 def preprocess_from_checkpoint(state: dict[str, Any]) -> Preprocess:
-    """How the checkpoint's network wants its input (``range`` for files older than the key)."""
-    config = state["model_config"]
-    if state.get("preprocess"):
-        return Preprocess.from_dict(state["preprocess"])
-    in_channels = int(config.get("in_channels", state.get("in_channels", 1)))
-    return Preprocess(in_channels=in_channels, num_classes=int(config["num_classes"]), normalize="range")
+    """How the network of a loaded checkpoint wants its input."""
+    return Preprocess.from_dict(state["preprocess"])

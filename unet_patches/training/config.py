@@ -18,118 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unet_patches.data.masks import mask_tables
-from unet_patches.data.preprocess import NORMALIZE_MODES, Preprocess
-from unet_patches.data.synthetic import CLASS_NAMES, SyntheticSpec
+from unet_patches.data.config import DataConfig, PatchConfig, SyntheticConfig
 from unet_patches.errors import UserError
-from unet_patches.inference.config import PRECISIONS, InferenceConfig, read_parameters
+from unet_patches.inference.config import InferenceConfig
 from unet_patches.losses import LOSSES
 from unet_patches.models import UPSAMPLING_MODES, ModelConfig, check_config, input_size_multiple
-from unet_patches.parameters import build_typed
+from unet_patches.parameters import build_typed, merge, read_parameters
+from unet_patches.runtime import PRECISIONS
 from unet_patches.validate import require_int, require_number
 
 from .augment import AUGMENT_OPS, probabilities
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where data lives and what it holds."""
-
-    root: str = "data"
-    in_channels: int = 1
-    num_classes: int = 3
-    class_names: list[str] | None = field(default_factory=lambda: list(CLASS_NAMES))
-    normalize: str = "percentile"
-    percentiles: tuple[float, float] = (1.0, 99.8)
-    resize: list[int] | None = None
-    page: int | None = None
-    mask_values: dict[str, int] | None = None
-    mask_colors: dict[str, int] | None = None
-    cache: bool = True
-
-    def check(self) -> None:
-        require_int("data.in_channels", self.in_channels, 1)
-        require_int("data.num_classes", self.num_classes, 2)
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise UserError(
-                f"data.class_names has {len(self.class_names)} names but data.num_classes = {self.num_classes}: "
-                "give one name per class or null"
-            )
-        NORMALIZE_MODES.check(self.normalize, "data.normalize")
-        low, high = self.percentiles
-        if not 0.0 <= low < high <= 100.0:
-            raise UserError(f"data.percentiles = {list(self.percentiles)}: expected 0 <= low < high <= 100")
-        if self.resize is not None:
-            if len(self.resize) != 2:
-                raise UserError(f"data.resize = {self.resize}: expected [height, width] or null")
-            for value in self.resize:
-                require_int("data.resize", value, 8)
-        if self.page is not None:
-            require_int("data.page", self.page, 0)
-        self.preprocess()  # checks the mask tables
-
-    def preprocess(self) -> Preprocess:
-        """How these settings turn files into network input (dataset statistics not yet computed)."""
-        values, colors = mask_tables(self.mask_values, self.mask_colors, self.num_classes)
-        return Preprocess(
-            in_channels=self.in_channels,
-            num_classes=self.num_classes,
-            normalize=self.normalize,
-            percentiles=tuple(self.percentiles),
-            resize=None if self.resize is None else (self.resize[0], self.resize[1]),
-            page=self.page,
-            mask_values=values,
-            mask_colors=colors,
-        )
-
-    def names(self) -> list[str]:
-        return list(self.class_names) if self.class_names else [f"class{c}" for c in range(self.num_classes)]
-
-
-@dataclass(frozen=True)
-class SyntheticConfig(SyntheticSpec):
-    """The synthetic generator (``unet-patches generate``): the image spec plus counts and seed."""
-
-    n_train: int = 100
-    n_test: int = 50
-    seed: int = 0
-
-    def check(self) -> None:
-        require_int("synthetic.n_train", self.n_train, 0)
-        require_int("synthetic.n_test", self.n_test, 0)
-        if self.n_train + self.n_test == 0:
-            raise UserError(
-                "synthetic.n_train = 0 and synthetic.n_test = 0: nothing to generate; ask for at least one image"
-            )
-        self.spec().validate()
-
-    def dataset_options(self) -> dict[str, Any]:
-        """These settings as keyword arguments of ``synthetic.generate_dataset``."""
-        return {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "spec": self.spec()}
-
-    def spec(self) -> SyntheticSpec:
-        names = [f.name for f in dataclasses.fields(SyntheticSpec)]
-        return SyntheticSpec(**{name: getattr(self, name) for name in names})
-
-
-@dataclass(frozen=True)
-class PatchConfig:
-    """Random patch extraction (``unet-patches patches``)."""
-
-    patch_size: int = 96
-    per_image: int = 20
-    foreground_only: bool = True
-    flips: bool = True
-    resize_width: int | None = None
-    seed: int = 0
-
-    def check(self) -> None:
-        require_int("patches.patch_size", self.patch_size, 8)
-        require_int("patches.per_image", self.per_image, 1)
-        require_int("patches.seed", self.seed, 0)
-        if self.resize_width is not None:
-            require_int("patches.resize_width", self.resize_width, self.patch_size)
 
 
 @dataclass(frozen=True)
@@ -354,15 +253,6 @@ def load_config(
     if overrides and isinstance(values, dict):
         values = merge(values, overrides)
     return config_from_dict(values, source=str(path))
-
-
-def merge(values: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``values`` with each section's keys replaced by those of ``overrides`` (neither is changed)."""
-    merged = dict(values)
-    for section, changes in overrides.items():
-        current = merged.get(section)
-        merged[section] = {**(current if isinstance(current, dict) else {}), **changes}
-    return merged
 
 
 def config_from_dict(values: Any, source: str = "parameters") -> Config:

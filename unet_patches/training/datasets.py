@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from unet_patches import runtime
 from unet_patches.data.class_weights import class_pixel_counts, median_frequency_weights
-from unet_patches.data.folders import is_data_folder, load_pairs
+from unet_patches.data.folders import is_data_folder, load_pairs, split_by_group
 from unet_patches.data.folds import splits_for
 from unet_patches.data.inspection import check_folder
-from unet_patches.data.patches import PatchFolder, manifest_preprocess, read_manifest, split_by_source, validation_count
+from unet_patches.data.patches import PatchFolder, manifest_preprocess, read_manifest, split_by_source
 from unet_patches.data.preprocess import DatasetStatistics, Preprocess
 from unet_patches.data.sampling import FixedWindows, RandomPatches
 from unet_patches.errors import UserError
@@ -73,16 +73,22 @@ def make_datasets(config: Config) -> DataSources:
     """
     folder = resolve_folder(config)
     if (folder / "manifest.json").is_file():
-        check_folder(folder, config)
+        _check(folder, config)
         return _patch_folder(config, folder, _fold_validation(config, folder))
     if is_data_folder(folder):
-        check_folder(folder, config)  # every problem of the folder at once, before any training
+        _check(folder, config)  # every problem of the folder at once, before any training
         return _image_folder(config, folder, _fold_validation(config, folder))
     raise UserError(
         f"{folder}: found neither manifest.json (a patch folder) nor images/ and masks/ (full images) nor "
         f"X.tif + X_mask.tif files (Kaggle layout); make patches with `unet-patches patches SOURCE -o {folder}` "
         "or point -f at a data folder"
     )
+
+
+def _check(folder: Path, config: Config) -> None:
+    """Every problem of the folder at once, before any training (:func:`~unet_patches.data.inspection.check_folder`)."""
+    t = config.training
+    check_folder(folder, config.data, patch_size=config.patches.patch_size, val_fraction=t.val_fraction, seed=t.seed)
 
 
 def _fold_validation(config: Config, folder: Path) -> set[str] | None:
@@ -197,20 +203,6 @@ def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None
         f"{_groups_note(samples, val_idx)}; normalisation: {preprocess.describe()}",
         preprocess,
     )
-
-
-def split_by_group(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """``(train indices, validation indices)`` of images, whole groups (subjects) on one side.
-
-    ``validation_count`` of the groups are held back, drawn by a generator seeded with ``seed``.
-    When every image is its own group, this is the per-image split the toolkit has always used.
-    """
-    names = list(dict.fromkeys(groups))  # first-seen order, which the seeded permutation indexes
-    order = np.random.default_rng([seed, 7]).permutation(len(names))
-    held_back = {names[i] for i in order[: validation_count(len(names), val_fraction)]}
-    train = [i for i, g in enumerate(groups) if g not in held_back]
-    val = [i for i, g in enumerate(groups) if g in held_back]
-    return train, val
 
 
 def _groups_note(samples: list, val_idx: list[int]) -> str:

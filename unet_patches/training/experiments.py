@@ -30,11 +30,12 @@ from unet_patches.errors import UserError
 from unet_patches.inference.segmenter import Segmenter, evaluate_folder
 from unet_patches.models import build_model, model_cost
 from unet_patches.models.checkpoint import load_checkpoint
+from unet_patches.parameters import merge
 
 from . import resuming
 from . import run as training
 from .charts import line_chart
-from .config import Config, load_config, merge
+from .config import Config, load_config
 
 __all__ = ["Plan", "read_grid", "run_experiments", "write_results"]
 

@@ -10,39 +10,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from unet_patches import runtime
 from unet_patches.errors import UserError
-from unet_patches.models.checkpoint import DAMAGED, check_resumable, load_checkpoint, load_weights, save_checkpoint
+from unet_patches.models.checkpoint import load_checkpoint, save_checkpoint
 
 from . import run_folder
 from .config import Config, config_from_dict
-from .run import Run, build_run, run_name_for, run_state, train_run
+from .run import build_run, run_name_for, train_run
+from .state import Run, check_resumable, restore, run_state
 
-__all__ = ["restore", "resume"]
+__all__ = ["resume"]
 
 log = logging.getLogger(__name__)
-
-
-def restore(run: Run, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
-    """Put a run back where its checkpoint ``state`` left it: weights, optimizer, scaler, schedule
-    position, epoch, best score, history and the RNG."""
-    load_weights(run.model, state["model"], source)
-    try:
-        run.optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"{source}: optimizer state does not fit the model ({exc}); {DAMAGED}") from None
-    if run.scaler is not None and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    run.epoch = state["epoch"]
-    run.progress.step, run.progress.elapsed = state["step"], state["elapsed"]
-    run.best, run.best_epoch = state["best_miou"], state["best_epoch"]
-    run.history = list(state.get("history", []))
-    if state.get("schedule"):  # older files had no schedule state: their schedules kept none
-        run.schedule.load_state_dict(state["schedule"])
-    run.snapshots = int(state.get("snapshots", 0))
-    torch.set_rng_state(state["torch_rng"].cpu())
 
 
 def resume(
@@ -65,11 +44,7 @@ def resume(
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     check_resumable(state, checkpoint)
-    stored = dict(state["config"])
-    if "preprocess" not in state:
-        # Written before data.normalize existed: those runs were trained on range-scaled images.
-        stored["data"] = {"normalize": "range", **stored.get("data", {})}
-    config = config_from_dict(stored, source=f"{checkpoint} (stored config)")
+    config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
     if epochs is not None:
         _check_extension(config, state, epochs, checkpoint)
         config = config.merged({"training": {"epochs": epochs}})

@@ -16,79 +16,30 @@ logs and writes files.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from unet_patches import console, runtime
 from unet_patches.errors import UserError
 from unet_patches.losses import build_loss
 from unet_patches.models import build_model, describe
-from unet_patches.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from unet_patches.models.checkpoint import load_checkpoint, load_weights
 
 from . import run_folder
-from .augment import BatchAugmenter, build_augmenter
+from .augment import build_augmenter
 from .config import Config, save_config
-from .datasets import DataSources, int8_windows, make_datasets, make_loader, resolve_class_weights, set_epoch
+from .datasets import int8_windows, make_datasets, make_loader, resolve_class_weights, set_epoch
 from .loops import NonFiniteGradients, evaluate, train_one_epoch
-from .optim import Progress, Schedule, build_optimizer, set_learning_rate
+from .optim import Progress, build_optimizer
 from .runlog import RunLog
+from .state import Run, save_epoch
 
-__all__ = ["Run", "build_run", "evaluate", "fit", "run_name_for", "run_state", "train_one_epoch", "train_run"]
+__all__ = ["build_run", "fit", "run_name_for", "train_run"]
 
 log = logging.getLogger(__name__)
-
-
-# --- a run ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """Everything one training run works with, built by :func:`build_run`."""
-
-    config: Config
-    device: torch.device
-    precision: runtime.Precision
-    sources: DataSources
-    model: nn.Module  # the network itself: saved, validated
-    train_model: nn.Module  # the network, wrapped in DistributedDataParallel under torchrun
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    train_loader: DataLoader
-    val_loader: DataLoader | None
-    progress: Progress
-    schedule: Schedule
-    run_dir: Path
-    augmenter: BatchAugmenter | None = None
-    epoch: int = 0
-    snapshots: int = 0  # snapshot_NN.pt files written (cosine_restarts: one per finished cycle)
-    best: float = -1.0
-    best_epoch: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    int8_windows: dict[str, torch.Tensor] | None = None  # kept in checkpoints (rank 0); data.int8_windows
-
-    def set_lr(self, fraction: float) -> None:
-        set_learning_rate(self.optimizer, self.config.training.learning_rate * self.schedule.factor(fraction))
-
-    def after_step(self) -> None:
-        """Keep a snapshot of the model each time a ``cosine_restarts`` cycle ends (rank 0 writes it)."""
-        if self.schedule.cycle(self.progress.fraction()) > self.snapshots:
-            self.save_snapshot()
-
-    def save_snapshot(self) -> None:
-        self.snapshots += 1
-        if runtime.is_main_process():
-            state = run_state(self)
-            save_checkpoint(state, self.run_dir / f"snapshot_{self.snapshots:02d}.pt")
-
-    def finished(self) -> bool:
-        epochs = self.config.training.epochs
-        return (epochs is not None and self.epoch >= epochs) or self.progress.done()
 
 
 def run_name_for(config: Config) -> str:
@@ -115,7 +66,9 @@ def build_run(
     if runtime.is_main_process():
         log.info("model: %s", describe(model, sources.patch_size))
     if init_weights is not None:
-        _load_weights(model, init_weights, config, device_)
+        loaded = load_checkpoint(init_weights, device_)
+        fix = f"the checkpoint's model is {loaded['model_config']}; match the model settings"
+        load_weights(model, loaded["model"], init_weights, fits="the model in parameters.json", fix=fix)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     class_weights = resolve_class_weights(config, sources)
@@ -154,17 +107,6 @@ def build_run(
         build_augmenter(config.augment.preset, config.augment.overrides()),
         int8_windows=int8_windows(sources) if runtime.is_main_process() else None,
     )
-
-
-def _load_weights(model: nn.Module, path: str | Path, config: Config, device: torch.device) -> None:
-    loaded = load_checkpoint(path, device)
-    try:
-        model.load_state_dict(loaded["model"])
-    except RuntimeError:
-        raise UserError(
-            f"{path}: weights do not fit the model in parameters.json "
-            f"(checkpoint model {loaded['model_config']} vs {config.model.to_dict()}); match the model settings"
-        ) from None
 
 
 def fit(
@@ -251,7 +193,7 @@ def train_run(run: Run, progress_bars: bool) -> dict[str, Any]:
                 run.best, run.best_epoch = _score(record), run.epoch
             if runlog is not None:
                 runlog.epoch(record, first_batch, improved)
-                _save(run, improved)
+                save_epoch(run, improved)
             runtime.barrier()
         if run.schedule.name == "cosine_restarts" and run.snapshots < run.schedule.cycles:
             run.save_snapshot()  # a time budget ends the last cycle between two steps
@@ -303,34 +245,6 @@ def _validate(run: Run, train_loss: float) -> tuple[dict[str, Any], tuple | None
 def _score(record: dict[str, Any]) -> float:
     """Validation mIoU; without a validation set, the negated training loss."""
     return record.get("miou", -record["train_loss"])
-
-
-def run_state(run: Run) -> dict[str, Any]:
-    return checkpoint_state(
-        config=run.config,
-        model=run.model,
-        optimizer=run.optimizer,
-        scaler=run.scaler,
-        progress=run.progress,
-        epoch=run.epoch,
-        best_miou=run.best,
-        best_epoch=run.best_epoch,
-        history=run.history,
-        patch_size=run.sources.patch_size,
-        preprocess=run.sources.preprocess,
-        schedule=run.schedule.state_dict(),
-        snapshots=run.snapshots,
-        int8_windows=run.int8_windows,
-    )
-
-
-def _save(run: Run, improved: bool) -> None:
-    """One epoch's checkpoints, ``best.pt`` before ``last.pt``: a crash between the two leaves a
-    ``last.pt`` whose best epoch is on disk (the epoch is then redone on resume, and rewrites it)."""
-    state = run_state(run)
-    if improved:
-        save_checkpoint(state, run.run_dir / "best.pt")
-    save_checkpoint(state, run.run_dir / "last.pt")
 
 
 def _summary(run: Run) -> dict[str, Any]:
