@@ -98,8 +98,9 @@ def test_upgrade_leaves_the_current_format_and_its_argument_alone():
 
 def test_a_checkpoint_training_writes_is_the_current_format(tmp_path):
     """Written by today's training: format 2, every key present, read back unchanged by upgrade."""
-    from helpers import small_dataset, tiny_config
     from unet_patches.training.run import fit
+
+    from helpers import small_dataset, tiny_config
 
     data = small_dataset(tmp_path / "data")
     summary = fit(tiny_config(tmp_path, str(data / "train"), epochs=1), progress_bars=False)

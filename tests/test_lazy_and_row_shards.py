@@ -265,7 +265,7 @@ def test_a_whole_slide_is_read_by_openslide_or_else_by_tifffile(tmp_path, monkey
         with open_image(
             tmp_path / "case.svs", Preprocess(in_channels=3, normalize="range"), large=False, level=level
         ) as source:
-            assert type(source).__name__ == ("SlideSource" if reader == "openslide" else "TiffSource")
+            assert type(source.source).__name__ == ("SlideSource" if reader == "openslide" else "TiffSource")
             assert np.array_equal(source.read_rows(17, 140), image_to_array(array[17:140], 3))
     assert expand_inputs([tmp_path]) == [(tmp_path / "case.svs").resolve()]
     (tmp_path / "case.mrxs").write_bytes(b"not a slide")

@@ -11,13 +11,11 @@ from PIL import Image
 from torch import nn
 
 from unet_patches.data.imageio import image_to_array, read_image
+from unet_patches.data.normalize import HISTOGRAM_BINS, NORMALIZE_MODES, percentile_bounds
 from unet_patches.data.patches import extract_patches, flip, read_manifest
 from unet_patches.data.preprocess import (
-    HISTOGRAM_BINS,
-    NORMALIZE_MODES,
     DatasetStatistics,
     Preprocess,
-    percentile_bounds,
     resize_image,
     resize_labels,
     resize_probabilities,

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from unet_patches.cli import build_parser
-from unet_patches.data.preprocess import NORMALIZE_MODES
+from unet_patches.data.normalize import NORMALIZE_MODES
 from unet_patches.errors import UserError
 from unet_patches.inference.tiling.padding import PADDING_MODES
 from unet_patches.inference.tiling.weights import BLEND_MODES

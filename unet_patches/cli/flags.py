@@ -45,7 +45,7 @@ def switch(parser: argparse.ArgumentParser, flag: str, *, key: str, value: bool,
 
 def add_data_settings(parser: argparse.ArgumentParser) -> None:
     """The flags of the ``data`` settings that say how files are read (train, patches, inspect)."""
-    from unet_patches.data.preprocess import NORMALIZE_MODES
+    from unet_patches.data.normalize import NORMALIZE_MODES
 
     setting(parser, "--normalize", key="data.normalize", choices=NORMALIZE_MODES.names, help="image normalisation")
     setting(

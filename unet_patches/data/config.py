@@ -13,7 +13,8 @@ from unet_patches.errors import UserError
 from unet_patches.validate import require_int
 
 from .masks import mask_tables
-from .preprocess import NORMALIZE_MODES, Preprocess
+from .normalize import NORMALIZE_MODES
+from .preprocess import Preprocess
 from .synthetic import CLASS_NAMES, SyntheticSpec
 
 __all__ = ["DataConfig", "PatchConfig", "SyntheticConfig"]

@@ -31,6 +31,7 @@ from .config import DataConfig
 from .folders import MASK_SUFFIX, Matching, Pair, match_pairs, split_by_group
 from .imageio import image_to_array
 from .masks import hex_colour
+from .normalize import NORMALIZE_MODES
 from .patches import MANIFEST_NAME, read_manifest, split_by_source
 from .preprocess import Preprocess
 
@@ -282,11 +283,12 @@ def _range_use(report: Report, normalize: str) -> None:
         share = (high - low) / (info.max - info.min)
         report.range_share[dtype] = share
         if share < LOW_RANGE_SHARE:
+            stretching = [mode.name for mode in NORMALIZE_MODES.values() if mode.stretches]
             hint = (
-                "data.normalize: percentile stretches each image to its own range"
-                if normalize == "percentile"
+                f"data.normalize: {normalize} stretches each image to its own range"
+                if NORMALIZE_MODES[normalize].stretches
                 else f"with data.normalize: {normalize} the network sees low contrast; "
-                "consider data.normalize: percentile"
+                f"consider data.normalize: {' or '.join(stretching)}"
             )
             report.warnings.append(
                 f"{dtype} images use values {low}-{high}, {100 * share:.0f} % of the {dtype} range; {hint}"

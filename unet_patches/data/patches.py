@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +90,7 @@ def _image_suffix(dtypes: list[str], preprocess: Preprocess) -> str:
     (float32), so 16-bit scans using 0-3000 keep every level and floats (CT in Hounsfield units)
     keep their values, exactly as inference will see them."""
     deep = any(dtype not in ("uint8", "bool") for dtype in dtypes)
-    return ".tif" if deep and preprocess.normalize != "percentile" else ".png"
+    return ".tif" if deep and not preprocess.mode.stretches else ".png"
 
 
 def _prepare_output(out_dir: Path, source: Path, overwrite: bool) -> None:
@@ -144,12 +143,6 @@ def _check_settings(
         raise UserError(f"in_channels = {preprocess.in_channels!r}: patches are written as gray (1) or RGB (3)")
 
 
-def _stored_preprocess(preprocess: Preprocess) -> Preprocess:
-    """What is applied before patches are stored: all but ``dataset`` statistics (computed by training
-    over its share of the patches)."""
-    return preprocess if preprocess.normalize != "dataset" else replace(preprocess, mean=None, std=None)
-
-
 def _load_resized(
     source: Path, preprocess: Preprocess, resize_width: int | None, patch_size: int, cache: bool
 ) -> list[tuple[str, str, np.ndarray, np.ndarray, str]]:
@@ -158,7 +151,7 @@ def _load_resized(
     prepared = []
     for sample in load_pairs(source, preprocess, cache=cache):
         image, mask = sample.image, sample.mask
-        if preprocess.normalize == "percentile":
+        if preprocess.mode.per_image:
             image = preprocess.finish(image)
         if resize_width is not None:
             image, mask = _resize_to_width(image, mask, resize_width)
@@ -247,7 +240,7 @@ def extract_patches(
     ``masks/`` and ``manifest.json`` there are replaced).
     """
     source, out_dir = Path(source), Path(out_dir)
-    preprocess = _stored_preprocess(preprocess or Preprocess())
+    preprocess = (preprocess or Preprocess()).stored()
     _check_settings(patch_size, per_image, seed, resize_width, preprocess)
     _prepare_output(out_dir, source, overwrite)
     prepared = _load_resized(source, preprocess, resize_width, patch_size, cache)

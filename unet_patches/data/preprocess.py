@@ -6,20 +6,8 @@ The steps, in order:
 1. **range**: uint8 / 255, uint16 / 65535, other integers by their maximum, float as is; colour
    averaged or gray repeated to the model's channels (:func:`~unet_patches.data.imageio.image_to_array`);
 2. **resize** (``data.resize``: ``[H, W]`` or null): bilinear, anti-aliased when shrinking;
-3. **normalise** (``data.normalize``):
-
-   - ``range``: nothing more (step 1 only), the original system's behaviour;
-   - ``percentile`` (the default): per image, the low and high percentiles (``data.percentiles``,
-     1 and 99.8) of all its pixels map to 0 and 1, clipped to [0, 1]. A 16-bit scan that uses
-     0-3000 of 0-65535 then looks like an 8-bit image that uses its whole range, and images of
-     one set taken with different exposure look alike;
-   - ``dataset``: per channel, minus the mean and divided by the standard deviation of all
-     training pixels (computed once by :class:`DatasetStatistics`, stored in the checkpoint).
-
-Percentiles come from histograms built band by band (:func:`percentile_bounds`: 65536 bins between
-the image's minimum and maximum, then the bins that matter 65536 times finer), so an image streamed
-from disk gets exactly the numbers it would get in memory, and they agree with ``numpy.percentile``
-to far below one 16-bit step, hot pixels included.
+3. **normalise** (``data.normalize``): one of the modes of :mod:`.normalize` (``percentile``, the
+   default, ``range`` or ``dataset``), which says what statistics it needs and applies it.
 """
 
 from __future__ import annotations
@@ -31,98 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from unet_patches.registry import Registry
-
 from .imageio import image_to_array, read_raw
 from .masks import decode_mask, hex_colour, parse_colour
+from .normalize import NORMALIZE_MODES, Normalization
 
-__all__ = [
-    "HISTOGRAM_BINS",
-    "NORMALIZE_MODES",
-    "DatasetStatistics",
-    "Preprocess",
-    "percentile_bounds",
-    "resize_image",
-    "resize_labels",
-    "resize_probabilities",
-]
-
-NORMALIZE_MODES = Registry(
-    "normalize mode",
-    {
-        "percentile": "per image: low/high percentiles -> 0/1, clipped",
-        "range": "by pixel type only: uint8 / 255, uint16 / 65535, other integers by their maximum, float as is",
-        "dataset": "per channel: minus the training mean, divided by the training standard deviation",
-    },
-)
-
-HISTOGRAM_BINS = 65536
-
-
-def _bins(values: np.ndarray, low: float, width: float) -> np.ndarray:
-    """The histogram bin of each value: ``HISTOGRAM_BINS`` bins of ``width`` from ``low`` (the last one
-    also holds the maximum)."""
-    scaled = values.astype(np.float64).ravel()  # in place from here: two arrays, not five
-    scaled -= low
-    scaled /= width
-    index = scaled.astype(np.int64)
-    return np.clip(index, 0, HISTOGRAM_BINS - 1, out=index)
-
-
-def percentile_bounds(
-    bands: Callable[[], Iterable[np.ndarray]], percentiles: tuple[float, float]
-) -> tuple[float, float]:
-    """The ``(low, high)`` percentiles of every value of an image given as bands of rows.
-
-    ``bands`` is called three times, each time yielding float arrays whose values together are the
-    image's: a min/max pass, a histogram pass (65536 bins between them), and a pass that histograms
-    again, 65536 times finer, the few bins that hold the ranks asked for. As ``numpy.percentile``, the
-    result interpolates between the values ranked just below and above ``q (N - 1)``. It is within
-    1/65536 of a coarse bin of numpy's, even when one hot pixel stretches the image's range.
-    """
-    low = high = None
-    for band in bands():
-        if band.size:
-            low = float(band.min()) if low is None else min(low, float(band.min()))
-            high = float(band.max()) if high is None else max(high, float(band.max()))
-    if low is None or high is None:
-        raise ValueError("percentile_bounds: the image has no pixels")
-    if high <= low:
-        return low, high
-    width = (high - low) / HISTOGRAM_BINS
-    counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-    for band in bands():
-        counts += np.bincount(_bins(band, low, width), minlength=HISTOGRAM_BINS)
-    cumulative = np.cumsum(counts)
-    last = int(cumulative[-1]) - 1
-    ranks = [q / 100.0 * last for q in percentiles]
-    wanted = sorted({k for r in ranks for k in (int(np.floor(r)), min(int(np.floor(r)) + 1, last))})
-    bin_of = {k: int(np.searchsorted(cumulative, k + 1, side="left")) for k in wanted}
-    fine = {b: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for b in set(bin_of.values())}
-    for band in bands():
-        flat, index = band.ravel(), _bins(band, low, width)
-        for b, sub in fine.items():
-            sub += np.bincount(
-                _bins(flat[index == b], low + b * width, width / HISTOGRAM_BINS), minlength=HISTOGRAM_BINS
-            )
-
-    def kth(k: int) -> float:
-        # The k-th smallest value (from 0): its bin, its sub-bin, and its place among the sub-bin's values.
-        if k in (0, last):
-            return low if k == 0 else high
-        b = bin_of[k]
-        rank = k - (cumulative[b - 1] if b else 0)
-        sub_cumulative = np.cumsum(fine[b])
-        s = int(np.searchsorted(sub_cumulative, rank + 1, side="left"))
-        inside = (rank - (sub_cumulative[s - 1] if s else 0) + 0.5) / fine[b][s]
-        return low + b * width + (s + inside) * width / HISTOGRAM_BINS
-
-    bounds = []
-    for rank in ranks:
-        below = int(np.floor(rank))
-        above = min(below + 1, last)
-        bounds.append(kth(below) + (rank - below) * (kth(above) - kth(below)))
-    return bounds[0], bounds[1]
+__all__ = ["DatasetStatistics", "Preprocess", "resize_image", "resize_labels", "resize_probabilities"]
 
 
 def _taps(size_in: int, size_out: int, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -273,28 +174,23 @@ class Preprocess:
         image = image_to_array(raw, self.in_channels, name)
         return image if self.resize is None else resize_image(image, self.resize)
 
+    @property
+    def mode(self) -> Normalization:
+        """The normalisation mode (:data:`~.normalize.NORMALIZE_MODES`) of ``normalize``."""
+        return NORMALIZE_MODES[self.normalize]
+
     def bounds(self, bands: Callable[[], Iterable[np.ndarray]]) -> tuple[float, float] | None:
-        """The per-image statistics ``percentile`` needs (None for the other modes)."""
-        if self.normalize != "percentile":
-            return None
-        return percentile_bounds(bands, self.percentiles)
+        """The per-image statistics the mode needs (None for modes that need none)."""
+        return self.mode.statistics(self, bands)
 
     def normalized(self, image: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
         """Step 3 on a scaled image or band, given the image's :meth:`bounds`."""
-        if self.normalize == "percentile":
-            assert bounds is not None, "percentile normalisation needs the image's bounds"
-            low, high = bounds
-            scale = 1.0 / (high - low) if high > low else 1.0
-            out = np.subtract(image, np.float32(low), dtype=np.float32)  # one new array, changed in place
-            out *= np.float32(scale)
-            return np.clip(out, 0.0, 1.0, out=out)
-        if self.normalize == "dataset":
-            if self.mean is None or self.std is None:
-                raise ValueError("dataset normalisation used before its statistics were computed")
-            mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-            std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-            return ((image - mean) / std).astype(np.float32, copy=False)
-        return image
+        return self.mode.apply(image, self, bounds)
+
+    def stored(self) -> Preprocess:
+        """What patches on disk are made with: every step but statistics of the training set, which
+        training computes over its share of the patches and applies as it reads them."""
+        return replace(self, mean=None, std=None) if self.mode.training_set else self
 
     def finish(self, scaled: np.ndarray) -> np.ndarray:
         """Step 3 on a whole scaled image in memory."""
@@ -319,9 +215,7 @@ class Preprocess:
         return self.mask(read_raw(path, **self.mask_reading()), path)
 
     def describe(self) -> str:
-        text = {"percentile": f"percentile {self.percentiles[0]:g}-{self.percentiles[1]:g} per image",
-                "range": "by pixel type (uint8 / 255, uint16 / 65535)",
-                "dataset": "dataset mean/std"}[self.normalize]  # fmt: skip
+        text = self.mode.describe(self)
         if self.resize is not None:
             text += f", resized to {self.resize[0]}x{self.resize[1]}"
         return text

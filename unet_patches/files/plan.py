@@ -271,7 +271,7 @@ def open_image(path: Path, preprocess: Preprocess, large: bool, level: int = 0) 
         source = RawSource(read_image(path, page), channels, str(path))
     else:
         source = ArraySource(image_to_array(read_image(path, page), channels, str(path)))
-    return source if preprocess.normalize == "range" else NormalizedSource(source, preprocess)
+    return NormalizedSource(source, preprocess)
 
 
 def _lazy(path: Path, level: int) -> bool:

@@ -105,7 +105,7 @@ class NormalizedSource(RowSource):
 
     Per-image statistics (``percentile``) come from a streaming pass over the source's bands of about
     ``band_pixels`` values, so neither a large file nor a wide band of it is held whole; the numbers
-    equal those of the image in memory (:func:`~unet_patches.data.preprocess.percentile_bounds`).
+    equal those of the image in memory (:func:`~unet_patches.data.normalize.percentile_bounds`).
     """
 
     def __init__(self, source: RowSource, preprocess: Preprocess, band_pixels: int = STATS_BAND_PIXELS) -> None:

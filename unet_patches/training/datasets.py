@@ -128,13 +128,13 @@ def _patch_folder(config: Config, folder: Path, fold_validation: set[str] | None
             "apply when patches are made and are ignored here",
             folder, *made, *asked,
         )  # fmt: skip
-    if preprocess.normalize == "dataset":
+    if preprocess.mode.training_set:
         statistics = DatasetStatistics(d.in_channels)
         for image, _ in PatchFolder(folder, train_names, in_channels=d.in_channels, cache=d.cache):
             statistics.add(image.numpy())
         preprocess = preprocess.with_statistics(*statistics.result())
-    # Stored patches are normalised already, except for dataset statistics, which apply per patch.
-    after = preprocess if preprocess.normalize == "dataset" else None
+    # Stored patches are normalised already, except by statistics of the training set, applied as read.
+    after = preprocess if preprocess.mode.training_set else None
     options = {"in_channels": d.in_channels, "normalize": after, "cache": d.cache}
     train = PatchFolder(folder, train_names, **options)
     val = PatchFolder(folder, val_names, **options) if val_names else None
@@ -163,7 +163,7 @@ def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None
         val_idx = [i for i, sample in enumerate(samples) if sample.name in fold_validation]
         train_idx = [i for i, sample in enumerate(samples) if sample.name not in fold_validation]
     preprocess = d.preprocess()
-    if preprocess.normalize == "dataset":
+    if preprocess.mode.training_set:
         statistics = DatasetStatistics(d.in_channels)
         for i in train_idx:
             statistics.add(samples[i].image)
