@@ -41,8 +41,8 @@ def main() -> int:
     if args.quick:
         args.train, args.test, args.k, args.minutes = 12, 6, 3, 10 / 60
 
+    from unet_patches.api import Segmenter, evaluate_folder
     from unet_patches.data.synthetic import generate_dataset
-    from unet_patches.inference.segmenter import Segmenter, evaluate_folder
     from unet_patches.training.config import load_config
     from unet_patches.training.crossval import run_crossval
     from unet_patches.training.run import fit

@@ -87,8 +87,8 @@ def setup(root: Path, size: int) -> tuple[Path, Path]:
 def engines(root: Path, image_path: Path, repeats: int) -> list[dict]:
     import numpy as np
 
+    from unet_patches.api import PredictionJob, Segmenter
     from unet_patches.data.imageio import read_image
-    from unet_patches.inference.segmenter import Segmenter
 
     raw = read_image(image_path)
     checkpoint = Segmenter.from_checkpoint(root / "best.pt")
@@ -98,16 +98,17 @@ def engines(root: Path, image_path: Path, repeats: int) -> list[dict]:
         "ONNX Runtime, probabilities export (WindowBlender)": (Segmenter.from_checkpoint(root / "probabilities.onnx"), {}),
         "ONNX Runtime, logits export + NumPy softmax": (Segmenter.from_checkpoint(root / "logits.onnx"), {}),
     }  # fmt: skip
-    predictors = {
-        name: (seg, seg.predictor(96, overlap=0.5, batch_size=32, **opts)) for name, (seg, opts) in runs.items()
+    jobs = {
+        name: PredictionJob(seg, window=96, overlap=0.5, batch_size=32, compile=False, **opts)
+        for name, (seg, opts) in runs.items()
     }
     labels, best = {}, {name: float("inf") for name in runs}
-    for name, (seg, predictor) in predictors.items():  # warm-up (oneDNN kernels, ORT session)
-        labels[name] = seg.labels(predictor, raw)
+    for name, job in jobs.items():  # warm-up (oneDNN kernels, ORT session)
+        labels[name] = job.labels(raw)
     for _ in range(repeats):
-        for name, (seg, predictor) in predictors.items():
+        for name, job in jobs.items():
             start = time.perf_counter()
-            seg.labels(predictor, raw)
+            job.labels(raw)
             best[name] = min(best[name], time.perf_counter() - start)
     reference = labels["torch fp32 (TiledPredictor)"]
     base = best["torch fp32 (TiledPredictor)"]

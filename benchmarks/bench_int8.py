@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tiling import synthetic_image
 
+from unet_patches.api import PredictionJob, Segmenter, evaluate_folder, predict
 from unet_patches.data.folders import find_pairs
 from unet_patches.data.imageio import read_image
 from unet_patches.inference import int8 as quantizing
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict
 from unet_patches.models.checkpoint import load_checkpoint
 
 from common import cpu_flags, machine, save_results, with_int8_windows
@@ -92,9 +92,10 @@ def _subset(pairs: list) -> str:
 def speed(segmenter: Segmenter, size: int, repeats: int) -> dict:
     raw, _ = synthetic_image(size, seed=7)
     precisions = ("fp32", float_auto(), "int8")
-    predictors = {p: segmenter.predictor_for(raw.shape, precision=p, compile=False) for p in precisions}
-    for precision in precisions:  # warm-up: oneDNN's caches, OpenVINO's first call
-        predict(segmenter, raw[:512, :512], precision=precision, compile=False)
+    jobs = {p: PredictionJob(segmenter, [raw.shape], precision=p, compile=False) for p in precisions}
+    predictors = {p: job.predictor(raw.shape) for p, job in jobs.items()}
+    for job in jobs.values():  # warm-up: oneDNN's caches, OpenVINO's first call
+        job.labels(raw[:512, :512])
     best: dict[str, float] = {}
     inside: dict[str, float] = {}
     for _ in range(repeats):
@@ -110,7 +111,7 @@ def speed(segmenter: Segmenter, size: int, repeats: int) -> dict:
 
             predictor.run_network = timed
             start = time.perf_counter()
-            predict(segmenter, raw, precision=precision, compile=False)
+            jobs[precision].labels(raw)
             wall = time.perf_counter() - start
             del predictor.run_network
             if wall < best.get(precision, float("inf")):

@@ -32,8 +32,8 @@ from common import machine, peak_rss_mb
 def child(path: Path, mode: str, out: Path) -> None:
     import torch
 
+    from unet_patches.api import Segmenter, predict_files
     from unet_patches.data.preprocess import Preprocess
-    from unet_patches.inference.segmenter import Segmenter, predict_files
 
     network = torch.nn.Conv2d(1, 3, 1)
     segmenter = Segmenter(network, 256, ("a", "b", "c"), Preprocess(num_classes=3, normalize=mode))

@@ -34,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
+from unet_patches.api import Segmenter, evaluate_folder
 from unet_patches.data.imageio import read_image, write_png
 from unet_patches.data.synthetic import generate_dataset
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder
 from unet_patches.training import run as training
 from unet_patches.training.config import default_config
 

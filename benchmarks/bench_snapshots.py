@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parent.parent
 
+from unet_patches.api import Segmenter, evaluate_folder
 from unet_patches.data.synthetic import generate_dataset
 from unet_patches.inference.ensemble import checkpoint_paths
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder
 from unet_patches.training.config import load_config
 from unet_patches.training.run import fit
 

@@ -71,7 +71,7 @@ def synthetic_image(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def build_model(width: int, checkpoint: str | None) -> torch.nn.Module:
     """The trained model at ``checkpoint``, or a UNet of ``base_width=width`` with seeded random weights."""
     if checkpoint:
-        from unet_patches.inference.segmenter import Segmenter
+        from unet_patches.api import Segmenter
 
         return Segmenter.from_checkpoint(checkpoint).network
     torch.manual_seed(0)
@@ -156,18 +156,19 @@ def int8_predictor(checkpoint: str, options: dict) -> tuple[TiledPredictor | Non
         import openvino  # noqa: F401
     except ImportError:
         return None, 0.0
+    from unet_patches.api import PredictionJob, Segmenter
     from unet_patches.errors import UserError
-    from unet_patches.inference.segmenter import Segmenter
+    from unet_patches.inference.tiling.sizing import WindowPlan
 
     from common import with_int8_windows
 
     copy_ = with_int8_windows(checkpoint, Path(tempfile.mkdtemp(prefix="bench-tiling-int8-")) / "best.pt")
     segmenter = Segmenter.from_checkpoint(copy_)
     options = dict(options)
-    window = options.pop("window")
+    plan = WindowPlan(options.pop("window"), options.pop("overlap"), options.pop("batch_size"))
     start = time.perf_counter()
     try:  # built (and its guard run) as `--precision int8` does
-        predictor = segmenter.predictor(window, precision="int8", **options)
+        predictor = PredictionJob(segmenter, precision="int8", **options).predictor_of(plan)
     except UserError as exc:
         print(f"  int8 refused: {exc}", file=sys.stderr)
         return None, time.perf_counter() - start
@@ -190,7 +191,7 @@ def compare(args: argparse.Namespace) -> dict:
     monai_model = copy.deepcopy(model).eval()
     import monai.inferers  # noqa: F401  (imported here, not inside the first timed run)
 
-    # inference defaults: window auto (planned for this image as Segmenter.predictor_for does), precision auto.
+    # inference defaults: window auto (planned for this image as PredictionJob.plan does), precision auto.
     grid = window_multiple(model.config) if hasattr(model, "config") else 16
     plan = plan_window((args.size, args.size), patch=96, grid=grid)
     auto = dict(window=plan.window, overlap=plan.overlap, batch_size=plan.batch_size)
@@ -372,7 +373,7 @@ def child_stream(args: argparse.Namespace) -> None:
             [Path(args.child_tiff)], args.child_out, overlay=False, probs=False, overwrite=True, stream_threshold_px=0
         )
         with open_image(plan.image, Preprocess(normalize="range"), plan.large) as source:
-            write_outputs(predictor.bands(source), source, plan.outputs)
+            write_outputs(predictor.bands(source), source, plan.outputs, plan.format)
     engine = t.result.wall - sum(passes)
     print(
         json.dumps(

@@ -51,9 +51,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
 from unet_patches import runtime
+from unet_patches.api import Segmenter, evaluate_folder
 from unet_patches.data.patches import extract_patches
 from unet_patches.data.synthetic import generate_dataset
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder
 from unet_patches.losses import build_loss
 from unet_patches.models import build_model, count_parameters
 from unet_patches.models import checkpoint as checkpoints

@@ -755,7 +755,10 @@ case("predict-level-beyond-pyramid", lambda c: (pr(c, "--level", "4", inputs=[py
 case("predict-input-garbage-slide", pr_input("scan.mrxs", b"MIRAX? no.\n" * 4), PRED)
 case(
     "predict-one-image-over-shards-as-png",
-    lambda c: (pr(c, "--shard", "0/2", "--format", "png", inputs=[pyramid_tiff(c)]), ["--format png", "Zarr"]),
+    lambda c: (
+        pr(c, "--shard", "0/2", "--format", "png", inputs=[pyramid_tiff(c)]),
+        ["--format png", "use --format zarr"],
+    ),
     PRED,
 )
 case(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from unet_patches.api import Segmenter
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import Segmenter
 from unet_patches.models import checkpoint as checkpoints
 from unet_patches.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 

@@ -104,15 +104,15 @@ def test_code_defaults_are_the_shipped_file(repo_root):
 
 
 def test_inference_settings_are_predictor_options():
+    from unet_patches.api import PredictionJob, Segmenter
     from unet_patches.data.preprocess import Preprocess
-    from unet_patches.inference.segmenter import Segmenter
 
     from helpers import tiny_net
 
     options = default_config().inference.predictor_options()
     assert set(options) == set(default_config().to_dict()["inference"])  # every setting reaches the predictor
     segmenter = Segmenter(tiny_net(), 96, ("a", "b", "c"), Preprocess(in_channels=1, num_classes=3))
-    predictor = segmenter.predictor_for((1000, 200), **options)
+    predictor = PredictionJob(segmenter, [(1000, 200)], **options).predictor((1000, 200))
     assert (predictor.blend, predictor.padding, predictor.tta) == ("mean", "reflect", False)
     assert predictor.window == (368, 208) and predictor.strides == (368 - 48, 208 - 48)  # 200 rounded to 16s
     assert predictor.windows_per_batch == 32 * 96 * 96 // (368 * 208)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unet_patches.api import Segmenter
 from unet_patches.cli import main
 from unet_patches.data.folders import find_pairs
 from unet_patches.data.folds import assign_folds, splits_for
 from unet_patches.data.patches import extract_patches
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import Segmenter
 from unet_patches.metrics import ConfusionMatrix
 from unet_patches.training.crossval import DONE, run_crossval
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from unet_patches.api import Segmenter, evaluate_folder, predict
 from unet_patches.data.patches import extract_patches
 from unet_patches.errors import UserError
 from unet_patches.inference.ensemble import ProbabilityEnsemble, checkpoint_paths
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict
 from unet_patches.models.checkpoint import load_checkpoint
 from unet_patches.training.run import fit
 

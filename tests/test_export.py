@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from unet_patches.api import PredictionJob, Segmenter, evaluate_folder, predict, predict_files
 from unet_patches.cli import main
 from unet_patches.data.imageio import read_image
 from unet_patches.data.preprocess import Preprocess
@@ -17,7 +18,6 @@ from unet_patches.data.synthetic import SyntheticSpec, generate_dataset
 from unet_patches.deploy.export import OnnxNetwork, export_checkpoint, export_network, sidecar_path
 from unet_patches.errors import UserError
 from unet_patches.inference.ensemble import ProbabilityEnsemble
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict, predict_files
 from unet_patches.inference.tiling import TiledPredictor, WindowBlender
 from unet_patches.models import MODELS, ModelConfig, build_model
 from unet_patches.models.checkpoint import save_checkpoint
@@ -257,8 +257,8 @@ def test_onnx_segmenter_predicts_the_checkpoints_labels(onnx_run, output, activa
 
 def test_onnx_predictor_is_the_torch_free_blender_and_ignores_torch_settings(onnx_run, caplog):
     seg = Segmenter.from_checkpoint(onnx_run / "logits.onnx", device=None)  # None: the CPU, not CUDA
-    with caplog.at_level("WARNING", logger="unet_patches.inference.segmenter"):
-        predictor = seg.predictor(compile=True, precision="bf16", inference_copy=True)
+    with caplog.at_level("WARNING", logger="unet_patches.inference.onnx"):
+        predictor = PredictionJob(seg, compile=True, precision="bf16", inference_copy=True).predictor((64, 80))
     assert "compile ignored" in caplog.text
     assert type(predictor) is WindowBlender and not isinstance(predictor, TiledPredictor)
     assert predictor.network is seg.network and predictor.activation == "softmax"

@@ -8,12 +8,12 @@ import pytest
 import tifffile
 from PIL import Image
 
+from unet_patches.api import Segmenter, predict, predict_files
 from unet_patches.data.folders import load_pairs
 from unet_patches.data.imageio import image_to_array, read_image, write_png
 from unet_patches.data.masks import read_mask
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import Segmenter, predict, predict_files
 
 from helpers import tiny_net
 

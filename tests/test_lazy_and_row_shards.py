@@ -15,15 +15,15 @@ import tifffile
 import zarr
 from PIL import Image
 
+from unet_patches.api import Segmenter, predict, predict_files
 from unet_patches.cli import main
 from unet_patches.data.imageio import image_to_array
 from unet_patches.errors import UserError
-from unet_patches.files import shards as sharding
+from unet_patches.files.formats import OUTPUT_FORMATS
 from unet_patches.files.plan import expand_inputs
 from unet_patches.files.shards import Shard, row_block
 from unet_patches.files.shared_zarr import marks_folder
 from unet_patches.files.sources import TiffSource, ZarrSource, image_size
-from unet_patches.inference.segmenter import Segmenter, predict, predict_files
 from unet_patches.inference.tiling import TiledPredictor, blender
 from unet_patches.inference.tiling.merger import assemble
 
@@ -158,7 +158,7 @@ def test_row_blocks_are_whole_chunk_rows_covering_the_image_once():
 def huge(tmp_path, monkeypatch):
     """An odd-sized TIFF (tiled, compressed), a checkpoint, and 64-row chunks so that a small image
     has several chunk rows."""
-    monkeypatch.setattr(sharding, "CHUNK", 64)
+    monkeypatch.setattr(OUTPUT_FORMATS["zarr"], "block_rows", 64)
     tifffile.imwrite(tmp_path / "big.tif", _image((333, 141), seed=3), tile=(32, 32), compression="zlib")
     write_unet_checkpoint(tmp_path / "ckpt.pt")
     return tmp_path
@@ -214,7 +214,7 @@ def test_a_store_of_another_job_is_refused_without_overwrite(huge, capsys):
     assert _run(huge, "out", "--shard", "1/2", "--window", "patch") == 2  # other settings than shard 0's
     assert "begun by another job" in capsys.readouterr().err
     assert _run(huge, "out", "--shard", "1/2", "--format", "ome-tiff") == 2
-    assert "one image split over 2 shards is written as one Zarr store" in capsys.readouterr().err
+    assert "one image split over 2 shards is written as one store" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder
+from unet_patches.api import Segmenter, evaluate_folder
 from unet_patches.training.run import fit
 
 from helpers import small_dataset, tiny_config

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from unet_patches.api import Segmenter, predict, predict_files
 from unet_patches.data.imageio import image_to_array, read_image
 from unet_patches.data.normalize import HISTOGRAM_BINS, NORMALIZE_MODES, percentile_bounds
 from unet_patches.data.patches import extract_patches, flip, read_manifest
@@ -23,7 +24,6 @@ from unet_patches.data.preprocess import (
 from unet_patches.data.synthetic import generate_dataset
 from unet_patches.errors import UserError
 from unet_patches.files.sources import ArraySource, NormalizedSource
-from unet_patches.inference.segmenter import Segmenter, predict, predict_files
 from unet_patches.training.datasets import make_datasets
 
 from helpers import SMALL_SPEC, tiny_config

@@ -13,12 +13,15 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from unet_patches import runtime  # noqa: E402
+from unet_patches.api import (  # noqa: E402
+    PredictionJob,  # noqa: E402
+    Segmenter,
+    predict,
+)
 from unet_patches.data.synthetic import SyntheticSpec, generate_sample  # noqa: E402
 from unet_patches.errors import UserError  # noqa: E402
 from unet_patches.inference import int8 as quantizing
 from unet_patches.inference.int8 import Guard, Int8Network, cache_folder, check, int8_network  # noqa: E402
-from unet_patches.inference.job import settle_job  # noqa: E402
-from unet_patches.inference.segmenter import Segmenter, predict  # noqa: E402
 from unet_patches.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_unet_w8.pt"
@@ -92,6 +95,11 @@ def test_the_cache_is_read_again_and_rebuilt_when_the_checkpoint_changes(tmp_pat
     assert second["checkpoint_sha256"] != first["checkpoint_sha256"]
 
 
+def int8_predictor(segmenter, **options):
+    """The predictor of a job that asks for int8, for a 96 x 96 image."""
+    return PredictionJob(segmenter, precision="int8", **options).predictor((96, 96))
+
+
 def test_the_guard_refuses_a_broken_calibration_with_the_per_class_figures(tmp_path, monkeypatch):
     windows = load_checkpoint(DEMO_MODEL)["int8_windows"]
     broken = {"calibration": torch.zeros_like(windows["calibration"]), "held_back": windows["held_back"]}
@@ -99,14 +107,14 @@ def test_the_guard_refuses_a_broken_calibration_with_the_per_class_figures(tmp_p
     segmenter = Segmenter.from_checkpoint(checkpoint)
     pattern = r"best.pt: int8 refused by its accuracy guard \(IoU against float labels on 16 held-back windows: "
     with pytest.raises(UserError, match=pattern + r"background 0\.\d+ \(< 0\.99\), line .*ellipse"):
-        segmenter.predictor(precision="int8")
+        int8_predictor(segmenter)
     info = json.loads((cache_folder(checkpoint) / "info.json").read_text())
     assert info["passed"] is False and not (cache_folder(checkpoint) / "model.xml").exists()
     # precision auto, on a CPU with int8 dot products: the failed guard is remembered, not retried
     monkeypatch.setattr(quantizing, "_KEPT", {})
     monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
     monkeypatch.setattr(quantizing, "quantize", lambda *a, **k: pytest.fail("quantized again"))
-    assert settle_job(segmenter, [(4096, 4096)], precision="auto", compile=False)["precision"] == "auto"
+    assert PredictionJob(segmenter, [(4096, 4096)], precision="auto", compile=False).precision == "auto"
 
 
 def test_the_guard_on_a_network_against_itself_and_a_broken_copy():
@@ -128,19 +136,23 @@ def test_auto_chooses_int8_on_int8_cpus_when_cached_or_when_the_job_repays_build
     segmenter = Segmenter.from_checkpoint(checkpoint)
     small, large = [(256, 320)], [(8192, 8192)]  # 0.1 and about 90 Mpx of windows
     monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
-    assert settle_job(segmenter, large, compile=False)["precision"] == "auto"
+    assert PredictionJob(segmenter, large, compile=False).precision == "auto"
     monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
-    assert settle_job(segmenter, small, compile=False) == {"precision": "auto", "compile": False}  # not built
+    job = PredictionJob(segmenter, small, compile=False)
+    assert (job.precision, job.compile) == ("auto", False)  # not built
     assert not cache_folder(checkpoint).exists()
-    assert settle_job(segmenter, large, compile="auto") == {"precision": "int8", "compile": False}  # built
+    job = PredictionJob(segmenter, large, compile="auto")
+    assert (job.precision, job.compile) == ("int8", False)  # built
     assert cache_folder(checkpoint).is_dir()
-    assert settle_job(segmenter, small)["precision"] == "int8"  # cached now
-    assert settle_job(segmenter, small, precision="bf16", compile=False)["precision"] == "bf16"  # asked for
+    assert PredictionJob(segmenter, small).precision == "int8"  # cached now
+    assert PredictionJob(segmenter).precision == "int8"  # images not known yet: the cached network
+    assert PredictionJob(segmenter, small, precision="bf16", compile=False).precision == "bf16"  # asked for
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    assert settle_job(segmenter, large, device=device, compile=False)["precision"] == (
+    assert PredictionJob(segmenter, large, device=device, compile=False).precision == (
         "auto" if torch.cuda.is_available() else "int8"
     )
-    predictor = segmenter.predictor_for((256, 320))  # the API's single image: auto, cached -> int8
+    # the API's single image (predict): auto, cached -> int8
+    predictor = PredictionJob(segmenter, small, compile=False).predictor(small[0])
     assert isinstance(predictor.network, Int8Network) and predictor.precision.name == "fp32"
 
 
@@ -149,19 +161,19 @@ def test_int8_that_cannot_be_had_is_a_user_error(tmp_path, monkeypatch):
     with pytest.raises(
         UserError, match=r"old.pt: holds no int8 calibration windows .*unet-patches calibrate .*old.pt -o NEW.pt"
     ):
-        Segmenter.from_checkpoint(old).predictor(precision="int8")
+        int8_predictor(Segmenter.from_checkpoint(old))
     segmenter = Segmenter.from_checkpoint(DEMO_MODEL)
     with pytest.raises(UserError, match="precision int8 runs on the CPU"):
-        segmenter.predictor(precision="int8", device="cuda:0")
+        int8_predictor(segmenter, device="cuda:0")
     ensemble = Segmenter.from_checkpoint(f"{DEMO_MODEL},{DEMO_MODEL}")
     with pytest.raises(UserError, match="not an ensemble or an ONNX file"):
-        ensemble.predictor(precision="int8")
+        int8_predictor(ensemble)
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
     with pytest.raises(UserError, match=r"needs the nncf package\(s\); pip install 'unet-patches\[int8\]'"):
-        segmenter.predictor(precision="int8")
+        int8_predictor(segmenter)
 
 
 def test_training_precision_int8_is_refused(tmp_path):

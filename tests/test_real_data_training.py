@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from unet_patches.api import Segmenter, evaluate_folder, predict, predict_files
 from unet_patches.cli import main
 from unet_patches.data.folders import find_pairs
 from unet_patches.data.imageio import read_image
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.data.synthetic import SyntheticSpec, generate_dataset, generate_kaggle_layout
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder, predict, predict_files
 from unet_patches.models.checkpoint import load_checkpoint
 from unet_patches.training import datasets as data
 from unet_patches.training import resuming

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from test_export import write_checkpoint
 
+from unet_patches.api import predict
 from unet_patches.deploy.export import export_checkpoint
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import predict
 from unet_patches.models import ModelConfig
 
 mlflow = pytest.importorskip("mlflow")

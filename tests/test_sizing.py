@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from unet_patches import Segmenter, UserError, evaluate_folder, predict
+from unet_patches.api import PredictionJob
 from unet_patches.data.imageio import read_image
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.data.synthetic import generate_dataset
@@ -73,15 +75,18 @@ def test_bad_window_settings_are_user_errors(options, needle):
         plan_window((64, 64), patch=32, grid=4, **options)
 
 
-def test_predictors_are_kept_per_window_shape_until_the_weights_change():
+def test_a_job_keeps_its_predictors_per_window_shape_and_a_new_job_sees_new_weights():
     segmenter = Segmenter(tiny_net(), 32, ("a", "b", "c"), Preprocess(in_channels=1, num_classes=3), grid=4)
-    first = segmenter.predictor_for((2048, 2048), precision="fp32")
-    assert segmenter.predictor_for((2050, 2046), precision="fp32") is first  # both get 356 x 356 windows
-    assert segmenter.predictor_for((100, 2048), precision="fp32") is not first  # 100 rows: a 100 x 356 window
-    assert segmenter.predictor_for((2048, 2048), precision="bf16") is not first
+    job = PredictionJob(segmenter, precision="fp32", compile=False)
+    first = job.predictor((2048, 2048))
+    assert job.predictor((2050, 2046)) is first  # both get 356 x 356 windows
+    assert job.predictor((100, 2048)) is not first  # 100 rows: a 100 x 356 window
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    before = predict(segmenter, image, precision="fp32", return_probs=True)[1]
     with torch.no_grad():
         next(segmenter.network.parameters()).add_(1.0)  # trained further in place
-    assert segmenter.predictor_for((2048, 2048), precision="fp32") is not first
+    after = predict(segmenter, image, precision="fp32", return_probs=True)[1]  # a job of its own
+    assert not np.allclose(before, after)
 
 
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_unet_w8.pt"

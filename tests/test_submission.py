@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from unet_patches.api import Segmenter, predict
 from unet_patches.cli import main
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.data.synthetic import SyntheticSpec, generate_kaggle_layout
@@ -19,7 +20,6 @@ from unet_patches.deploy import submission
 from unet_patches.deploy.rle import decode
 from unet_patches.deploy.submission import choose_class, image_ids, write_submission
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import Segmenter, predict
 
 from helpers import tiny_config, tiny_net
 

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unet_patches.api import Segmenter, predict_files
 from unet_patches.data.imageio import image_to_array, read_image
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
 from unet_patches.files.plan import expand_inputs
 from unet_patches.files.sources import ArraySource, TiffSource
 from unet_patches.files.writers import NpyWriter, PngWriter, TiffWriter
-from unet_patches.inference.segmenter import Segmenter, predict_files
 from unet_patches.inference.tiling import (
     BLEND_MODES,
     TiledPredictor,

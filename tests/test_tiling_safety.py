@@ -14,15 +14,16 @@ import tifffile
 from PIL import Image
 from torch import nn
 
+from unet_patches.api import Segmenter, predict_files
 from unet_patches.cli import main
 from unet_patches.data.imageio import image_to_array
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
 from unet_patches.files import sources, writers
+from unet_patches.files.formats import OUTPUT_FORMATS
 from unet_patches.files.plan import open_image, remove_stale_parts, write_outputs
 from unet_patches.files.sources import TiffSource
 from unet_patches.files.writers import Band, TiffWriter
-from unet_patches.inference.segmenter import Segmenter, predict_files
 from unet_patches.inference.tiling import predict_labels
 
 from helpers import tiny_net, write_unet_checkpoint
@@ -241,7 +242,7 @@ def test_failure_after_some_outputs_are_in_place_removes_them(tmp_path, monkeypa
 
     monkeypatch.setattr(writers.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        write_outputs(iter(bands), source, outs)
+        write_outputs(iter(bands), source, outs, OUTPUT_FORMATS["tiff"])
     assert len(calls) == 2 and files_in(tmp_path) == []
 
 

@@ -119,7 +119,7 @@ def test_a_crafted_pickle_never_runs(tmp_path):
     ],
 )
 def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
-    from unet_patches.inference.segmenter import Segmenter
+    from unet_patches.api import Segmenter
 
     save_checkpoint({**unet_checkpoint_state(class_names=["a", "b", "c"]), **change}, tmp_path / "x.pt")
     with pytest.raises(UserError, match=needle.replace("(", r"\(")) as info:
@@ -128,7 +128,7 @@ def test_inconsistent_checkpoints_are_one_line_errors(tmp_path, change, needle):
 
 
 def test_a_current_checkpoint_without_what_inference_reads_is_damaged(tmp_path):
-    from unet_patches.inference.segmenter import Segmenter
+    from unet_patches.api import Segmenter
 
     state = unet_checkpoint_state()
     del state["preprocess"]
@@ -138,7 +138,7 @@ def test_a_current_checkpoint_without_what_inference_reads_is_damaged(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_model_config(tmp_path):
-    from unet_patches.inference.segmenter import Segmenter
+    from unet_patches.api import Segmenter
     from unet_patches.models import ModelConfig
 
     other = ModelConfig(base_width=8, depth=2)

@@ -1,10 +1,15 @@
 """The Python API: a :class:`Segmenter` (a trained network and what inference needs from its
-training run) and what it does: segment an array, score a folder, predict image files.
+training run) and what it does: segment an array, score a folder, predict image files; a
+:class:`PredictionJob` for many images with one set of settings.
 
 >>> segmenter = Segmenter.from_checkpoint("checkpoints/demo/best.pt")
 >>> labels = predict(segmenter, image)          # image: (H, W) or (H, W, C) numpy array
+>>> job = PredictionJob(segmenter, window="auto", tta=True)   # settled once, predictors kept
+>>> labels = [job.labels(image) for image in images]
 """
 
-from .inference.segmenter import Segmenter, evaluate_folder, predict, predict_files, score_pairs
+from .inference.job import PredictionJob
+from .inference.predict import evaluate_folder, predict, predict_files, score_pairs
+from .inference.segmenter import Segmenter
 
-__all__ = ["Segmenter", "evaluate_folder", "predict", "predict_files", "score_pairs"]
+__all__ = ["PredictionJob", "Segmenter", "evaluate_folder", "predict", "predict_files", "score_pairs"]

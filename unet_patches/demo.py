@@ -32,7 +32,7 @@ from .cli import DEFAULT_PARAMS, params_path, run_guarded
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .inference.segmenter import Segmenter
+    from .api import Segmenter
     from .training.config import Config
 
 # Training time of the demo: 10 minutes, the budget its README figures were measured with.
@@ -42,7 +42,7 @@ DEMO_MINUTES = 10.0
 def run(params: str | None, minutes: float | None, overwrite: bool = False, processes: int | None = None) -> int:
     from .data.patches import extract_patches
     from .data.synthetic import generate_dataset
-    from .inference.segmenter import Segmenter, evaluate_folder, predict_files
+    from .api import Segmenter, evaluate_folder, predict_files
     from .training.config import load_config
 
     started = time.monotonic()
@@ -77,7 +77,7 @@ def run(params: str | None, minutes: float | None, overwrite: bool = False, proc
     scores = evaluate_folder(segmenter, synthetic / "test", **options)
     out = root / "predictions"
     print(f"[5/5] writing label masks and overlays of the test images to {out}")
-    logging.getLogger("unet_patches.inference.segmenter").setLevel(logging.WARNING)  # not one line per file
+    logging.getLogger("unet_patches.inference.job").setLevel(logging.WARNING)  # not one line per file
     predict_files(segmenter, [str(synthetic / "test" / "images")], out, overwrite=overwrite, progress=False, **options)
     panel = root / "demo_panel.png"
     write_panel(segmenter, synthetic / "test", panel, options)
@@ -192,7 +192,7 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
 
     from .data.folders import find_pairs
     from .data.imageio import colour_overlay, image_to_array, read_image, write_png
-    from .inference.segmenter import predict
+    from .api import predict
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from unet_patches.files.plan import OUTPUT_FORMATS, PROBS_DTYPES
+from unet_patches.files.formats import FORMAT_CHOICES, PROBS_DTYPES
 from unet_patches.inference.config import inference_settings
 from unet_patches.inference.tiling.padding import PADDING_MODES
 from unet_patches.inference.tiling.weights import BLEND_MODES
@@ -150,7 +150,7 @@ def add_predict(sub: Any) -> None:
     p.add_argument(
         "--format",
         dest="output_format",
-        choices=list(OUTPUT_FORMATS),
+        choices=FORMAT_CHOICES,
         default="auto",
         help="labels as png, tiff (tiled, compressed), ome-tiff (tiled, with a pyramid: QuPath, napari) or zarr "
         "(probabilities too); auto: png, or tiff above 16 Mpx",
@@ -185,7 +185,7 @@ def add_predict(sub: Any) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from unet_patches.files.shards import shard_from
-    from unet_patches.inference.segmenter import predict_files
+    from unet_patches.inference.predict import predict_files
 
     shard = shard_from(args.shard)
     options = inference_options(args)
@@ -248,7 +248,7 @@ def add_evaluate(sub: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from unet_patches.inference.segmenter import evaluate_folder
+    from unet_patches.inference.predict import evaluate_folder
 
     options = inference_options(args)
     segmenter = load_segmenter(args)

@@ -4,7 +4,8 @@ nothing else in the package imports this module, so the toolkit works without ML
 
 The model folder holds the checkpoint as an artifact; the server rebuilds it on the CPU with
 :meth:`~unet_patches.inference.segmenter.Segmenter.from_checkpoint` and segments each request with the tiling engine
-(:func:`~unet_patches.inference.segmenter.predict`), so any image size up to :data:`MAX_PIXELS` works.
+(one :class:`~unet_patches.inference.job.PredictionJob` for all requests), so any image size up to
+:data:`MAX_PIXELS` works.
 
 Input: a table with a column ``image`` of encoded image files (PNG, TIFF, JPEG, BMP: whatever
 :func:`~unet_patches.data.imageio.read_image` reads), raw bytes from Python or base64 strings in JSON::
@@ -38,7 +39,8 @@ from PIL import Image
 
 from unet_patches.data.imageio import read_image
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import Segmenter, predict
+from unet_patches.inference.job import PredictionJob
+from unet_patches.inference.segmenter import Segmenter
 
 # SegmenterModel (an MLflow PythonModel) is also here, made on first access: `serving.SegmenterModel`.
 __all__ = [
@@ -133,9 +135,9 @@ def encode_png(labels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def segment_table(segmenter: Segmenter, table: Any, max_pixels: int = MAX_PIXELS) -> Any:
+def segment_table(job: PredictionJob, table: Any, max_pixels: int = MAX_PIXELS) -> Any:
     """One output row (``labels``, ``height``, ``width``, ``area_<class>``) per ``image`` of ``table``
-    (a pandas DataFrame, see the module docstring).
+    (a pandas DataFrame, see the module docstring), predicted by ``job``.
 
     Raises:
         UserError: no ``image`` column, or a row that is not an image or is too large (naming the row).
@@ -148,10 +150,10 @@ def segment_table(segmenter: Segmenter, table: Any, max_pixels: int = MAX_PIXELS
     rows = []
     for i, data in enumerate(table[IMAGE_COLUMN]):
         raw = decode_image(data, f"row {i}", max_pixels)
-        labels = predict(segmenter, raw)
-        counts = np.bincount(labels.ravel(), minlength=segmenter.num_classes)
+        labels = job.labels(raw, name=f"row {i}")
+        counts = np.bincount(labels.ravel(), minlength=job.segmenter.num_classes)
         row: dict[str, Any] = {"labels": encode_png(labels), "height": labels.shape[0], "width": labels.shape[1]}
-        row.update({_column_name(c): int(n) for c, n in zip(segmenter.class_names, counts)})
+        row.update({_column_name(c): int(n) for c, n in zip(job.segmenter.class_names, counts)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -168,11 +170,14 @@ def _model_class() -> type:
         """A checkpoint served by MLflow: ``predict`` is :func:`segment_table`; user errors become HTTP 400."""
 
         def load_context(self, context: Any) -> None:
-            self.segmenter = Segmenter.from_checkpoint(context.artifacts["checkpoint"], device="cpu")
+            # One job for every request: its settings are decided once (int8 only when cached, never
+            # compiled), its predictors kept per window shape.
+            segmenter = Segmenter.from_checkpoint(context.artifacts["checkpoint"], device="cpu")
+            self.job = PredictionJob(segmenter, compile=False)
 
         def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
             try:
-                return segment_table(self.segmenter, model_input)
+                return segment_table(self.job, model_input)
             except UserError as exc:
                 raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 

@@ -25,7 +25,7 @@ from unet_patches.data.imageio import read_image
 from unet_patches.errors import UserError
 from unet_patches.files.plan import expand_inputs
 from unet_patches.files.sources import image_size
-from unet_patches.inference.job import settle_job
+from unet_patches.inference.job import PredictionJob
 from unet_patches.inference.segmenter import Segmenter
 from unet_patches.inference.tiling.sizing import Window
 from unet_patches.validate import require_int
@@ -133,7 +133,7 @@ def write_submission(
         class_name: the foreground class to encode (default: the only one of a two-class model).
         min_area: a predicted mask of fewer pixels is dropped whole (written empty).
         overwrite: replace an existing ``out_csv``.
-        window, options: as for :func:`~unet_patches.inference.segmenter.predict`.
+        window, options: as for :func:`~unet_patches.inference.predict.evaluate_folder`.
 
     Returns:
         ``{"path", "rows", "empty", "dropped", "class"}``: rows written, rows with an empty mask,
@@ -149,14 +149,13 @@ def write_submission(
     ids = image_ids(expand_inputs(inputs))
     _check_output(out_csv, [path for _, path in ids], overwrite)
     sizes = [image_size(path, segmenter.preprocess.page) for _, path in ids]  # every header read first
-    options = settle_job(segmenter, sizes, window, **options)
+    job = PredictionJob(segmenter, sizes, window=window, **options)
     rows: list[tuple[str, str]] = []
     empty = dropped = 0
     bar = console.progress(len(ids), "submit", "image", enabled=progress)
     for image_id, path in ids:
         raw = read_image(path, segmenter.preprocess.page)
-        predictor = segmenter.predictor_for(raw.shape[:2], window, **options)
-        mask = segmenter.labels(predictor, raw, name=str(path)) == class_index
+        mask = job.labels(raw, name=str(path)) == class_index
         area = int(mask.sum())
         if 0 < area < min_area:
             # The competition's post-processing: the whole mask goes, not its small pieces, because a

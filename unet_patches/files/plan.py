@@ -1,11 +1,13 @@
-"""Prediction files: expand inputs, plan and check the outputs, choose in-memory or streamed, write
-labels/overlays/probabilities band by band (``api.predict_files`` puts these together).
+"""A prediction job's files: inputs expanded, outputs planned and checked before anything is written,
+images opened as row sources (in memory or streamed), and predicted bands written to an image's
+files (:class:`~unet_patches.inference.job.PredictionJob` puts these together).
 
 Outputs for an input ``<stem>.<ext>`` in ``out_dir``:
 
 - ``<stem>_labels.png`` (8-bit class indices), or ``<stem>_labels.tif`` (tiled, compressed) for an
-  image larger than ``stream_threshold_px`` pixels; or as chosen (:data:`OUTPUT_FORMATS`):
-  ``<stem>_labels.ome.tif`` (a pyramidal OME-TIFF), ``<stem>_labels.zarr`` (a Zarr store);
+  image larger than ``stream_threshold_px`` pixels; or in the format chosen
+  (:data:`~.formats.OUTPUT_FORMATS`): ``<stem>_labels.ome.tif`` (a pyramidal OME-TIFF),
+  ``<stem>_labels.zarr`` (a Zarr store);
 - ``<stem>_overlay.png``: class colours over the image (``overlay=True``);
 - ``<stem>_probs.npy``: float32 ``(K, H, W)`` probabilities (``probs=True``); open it with
   ``numpy.load(path, mmap_mode="r")``; with the Zarr format ``<stem>_probs.zarr`` (uint8 ``round(255 p)``,
@@ -32,6 +34,7 @@ from unet_patches.data.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_a
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
 
+from .formats import OutputFormat, chosen
 from .slides import SLIDE_SUFFIXES
 from .sources import (
     TIFF_SUFFIXES,
@@ -43,23 +46,11 @@ from .sources import (
     is_zarr_store,
     open_lazily,
 )
-from .writers import (
-    Band,
-    BandWriter,
-    NpyWriter,
-    PngWriter,
-    ProbabilityTiffWriter,
-    TiffWriter,
-    ZarrWriter,
-    temporary_path,
-)
+from .writers import Band, BandWriter, PngWriter, temporary_path
 
 __all__ = [
     "DEFAULT_STREAM_THRESHOLD_PX",
-    "OUTPUT_FORMATS",
-    "PROBS_DTYPES",
     "OutputPlan",
-    "check_probs_dtype",
     "expand_inputs",
     "open_image",
     "output_paths",
@@ -74,21 +65,6 @@ log = logging.getLogger(__name__)
 # Above this many pixels an image is streamed (TIFF read by bands, labels written as TIFF).
 DEFAULT_STREAM_THRESHOLD_PX = 4096 * 4096
 _OUTPUT_TAGS = ("_labels", "_overlay", "_probs")
-
-OUTPUT_FORMATS = {
-    "auto": "png up to the streaming threshold, tiff above it",
-    "png": "<stem>_labels.png, 8-bit class indices",
-    "tiff": "<stem>_labels.tif, tiled and deflate-compressed (BigTIFF when large)",
-    "ome-tiff": "<stem>_labels.ome.tif, a tiled OME-TIFF with a pyramid of sub-resolutions (QuPath, napari); "
-    "probabilities too: <stem>_probs.ome.tif, a uint8 sample per class",
-    "zarr": "<stem>_labels.zarr, a Zarr store in 512 x 512 chunks "
-    "(probabilities too: <stem>_probs.zarr, uint8 or float16)",
-}
-"""``predict --format``: what the labels (and probabilities) of an image are written as."""
-_LABEL_SUFFIXES = {"png": ".png", "tiff": ".tif", "ome-tiff": ".ome.tif", "zarr": ".zarr"}
-_PROBS_SUFFIXES = {"ome-tiff": ".ome.tif", "zarr": ".zarr"}  # else float32 .npy
-PROBS_DTYPES = ("uint8", "float16")
-"""How a Zarr store keeps probabilities: ``round(255 p)`` or float16 (OME-TIFF: uint8 only)."""
 
 
 def _is_image(path: Path) -> bool:
@@ -147,30 +123,26 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def output_paths(
-    image: Path, out_dir: Path, *, large: bool, overlay: bool, probs: bool, output_format: str = "auto"
-) -> dict[str, Path]:
-    """The files a prediction of ``image`` writes: keys ``labels``, ``overlay``, ``probs``.
-    ``output_format`` is a key of :data:`OUTPUT_FORMATS` (``auto``: tiff when ``large``, else png)."""
-    if output_format not in OUTPUT_FORMATS:
-        raise UserError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
-    chosen = ("tiff" if large else "png") if output_format == "auto" else output_format
+def output_paths(image: Path, out_dir: Path, fmt: OutputFormat, *, overlay: bool, probs: bool) -> dict[str, Path]:
+    """The files a prediction of ``image`` writes in the format ``fmt``: keys ``labels``, ``overlay``
+    (always a PNG), ``probs``."""
     stem = image.stem
-    paths = {"labels": out_dir / f"{stem}_labels{_LABEL_SUFFIXES[chosen]}"}
+    paths = {"labels": out_dir / f"{stem}_labels{fmt.labels_suffix}"}
     if overlay:
         paths["overlay"] = out_dir / f"{stem}_overlay.png"
     if probs:
-        paths["probs"] = out_dir / f"{stem}_probs{_PROBS_SUFFIXES.get(chosen, '.npy')}"
+        paths["probs"] = out_dir / f"{stem}_probs{fmt.probs_suffix}"
     return paths
 
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """One input image and the files its prediction goes to (keys of :func:`output_paths`)."""
+    """One input image and the files its prediction goes to (keys of :func:`output_paths`), in ``format``."""
 
     image: Path
     size: tuple[int, int]
-    large: bool  # streamed: TIFF read by bands, labels written as TIFF
+    large: bool  # streamed: TIFF read by bands, labels written as TIFF under format auto
+    format: OutputFormat
     outputs: dict[str, Path]
 
 
@@ -204,14 +176,9 @@ def plan_outputs(
     for path in files:
         size = image_size(path, page, level)
         large = size[0] * size[1] > stream_threshold_px
-        plans.append(
-            OutputPlan(
-                path,
-                size,
-                large,
-                output_paths(path, out_dir, large=large, overlay=overlay, probs=probs, output_format=output_format),
-            )
-        )
+        fmt = chosen(output_format, large)
+        outputs = output_paths(path, out_dir, fmt, overlay=overlay, probs=probs)
+        plans.append(OutputPlan(path, size, large, fmt, outputs))
     if skip_finished:  # each output is put in place only when complete: all there means done
         plans = [plan for plan in plans if not all(p.exists() for p in plan.outputs.values())]
     every_output = [p for plan in plans for p in plan.outputs.values()]
@@ -258,13 +225,32 @@ def remove_stale_parts(outputs: Iterable[Path]) -> list[Path]:
     return removed
 
 
+def open_array(image: np.ndarray, preprocess: Preprocess, name: str = "image") -> RowSource:
+    """A raw ``(H, W)`` / ``(H, W, C)`` image in memory, as read from a file, opened as
+    :func:`open_image` opens a small file: network input (normalised whole), or, with
+    ``preprocess.resize``, scaled but not resized or normalised yet (the job resizes it whole).
+
+    Raises:
+        UserError: not an array, or an array of a shape or pixel type that is not an image.
+    """
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"{name} of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
+    if preprocess.resize is not None:
+        return ArraySource(image_to_array(image, preprocess.in_channels, name))
+    return ArraySource(preprocess.image(image, name))
+
+
 def open_image(path: Path, preprocess: Preprocess, large: bool, level: int = 0) -> RowSource:
-    """A row source of network input for an image file (without ``preprocess.resize``, which needs
-    the image whole: see ``api.Segmenter.bands``): a Zarr store, a level other than 0 or a large TIFF
-    is read lazily, a row of chunks at a time (:func:`~.sources.open_lazily`); another large image is
-    kept in its stored dtype and converted band by band, a small one is converted whole.
-    Normalisation statistics come from a streaming pass (:class:`NormalizedSource`)."""
+    """A row source of network input for an image file: a Zarr store, a level other than 0 or a large
+    TIFF is read lazily, a row of chunks at a time (:func:`~.sources.open_lazily`); another large image
+    is kept in its stored dtype and converted band by band, a small one is converted whole; all are
+    normalised band by band, per-image statistics coming from a streaming pass (:class:`NormalizedSource`).
+    With ``preprocess.resize`` the image is read whole, scaled but not yet resized or normalised (the
+    job resizes it whole, :meth:`~unet_patches.inference.job.PredictionJob.bands`); its rows are what
+    overlays show in either case."""
     channels, page = preprocess.in_channels, preprocess.page
+    if preprocess.resize is not None:
+        return ArraySource(image_to_array(read_whole(path, page, level), channels, str(path)))
     if _lazy(path, level) or (large and path.suffix.lower() in TIFF_SUFFIXES):
         source: RowSource = open_lazily(path, channels, page, level)
     elif large:
@@ -289,10 +275,10 @@ def read_whole(path: Path, page: int | None = None, level: int = 0) -> np.ndarra
 
 
 def write_outputs(
-    bands: Iterable[Band], source: RowSource, outs: dict[str, Path], probs_dtype: str = "uint8"
+    bands: Iterable[Band], source: RowSource, outs: dict[str, Path], fmt: OutputFormat, probs_dtype: str = "uint8"
 ) -> list[Path]:
     """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
-    them) into the files ``outs`` names; returns the written paths.
+    them) into the files ``outs`` names, in the format ``fmt``; returns the written paths.
 
     Each file goes through a temporary file that is removed if anything fails; outputs already moved
     into place when a later one fails are removed too, so a failure leaves none of this image's files.
@@ -301,7 +287,7 @@ def write_outputs(
     writers: dict[str, BandWriter] = {}
     placed: list[Path] = []
     try:
-        writers["labels"] = _label_writer(outs["labels"], height, width)
+        writers["labels"] = fmt.label_writer(outs["labels"], height, width)
         if "overlay" in outs:
             writers["overlay"] = PngWriter(outs["overlay"], height, width, channels=3)
         for band in bands:
@@ -313,7 +299,7 @@ def write_outputs(
                 assert band.probs is not None
                 if "probs" not in writers:
                     classes = band.probs.shape[0]
-                    writers["probs"] = _probability_writer(outs["probs"], classes, height, width, probs_dtype)
+                    writers["probs"] = fmt.probability_writer(outs["probs"], classes, height, width, probs_dtype)
                 writers["probs"].write(band.probs)
         for writer in writers.values():
             placed.append(writer.close())
@@ -324,34 +310,3 @@ def write_outputs(
         for path in placed:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         raise
-
-
-def _label_writer(path: Path, height: int, width: int) -> BandWriter:
-    """The writer of a labels file, by its name (:func:`output_paths`)."""
-    name = path.name.lower()
-    if name.endswith(".zarr"):
-        return ZarrWriter(path, height, width)
-    if name.endswith(".ome.tif"):
-        return TiffWriter(path, height, width, ome=True, pyramid=True)
-    if name.endswith(".tif"):
-        return TiffWriter(path, height, width)
-    return PngWriter(path, height, width)
-
-
-def _probability_writer(path: Path, classes: int, height: int, width: int, dtype: str) -> BandWriter:
-    name = path.name.lower()
-    if name.endswith(".zarr"):
-        return ZarrWriter(path, height, width, classes=classes, dtype=dtype)
-    if name.endswith(".ome.tif"):
-        return ProbabilityTiffWriter(path, classes, height, width, ome=True, pyramid=True)
-    return NpyWriter(path, classes, height, width)
-
-
-def check_probs_dtype(probs_dtype: str, output_format: str) -> None:
-    """Refuse a probabilities dtype the output format cannot keep (``UserError``)."""
-    if probs_dtype not in PROBS_DTYPES:
-        raise UserError(f"probabilities dtype {probs_dtype!r}: expected one of {', '.join(PROBS_DTYPES)}")
-    if probs_dtype != "uint8" and output_format != "zarr":
-        raise UserError(
-            f"--probs-dtype {probs_dtype} is for --format zarr (OME-TIFF keeps uint8, .npy float32); add --format zarr"
-        )

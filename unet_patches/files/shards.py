@@ -11,12 +11,13 @@ shard writes ``<out>/.shards/shard-I-of-N.json``; ``unet-patches merge-report <o
 ``<out>/report.json`` and names the shards still missing. Under torchrun, rank 0 waits for the others
 (a gloo barrier) and writes ``report.json`` itself.
 
-One image given to several shards is split instead by rows (:func:`predict_row_block`): shard ``i``
-takes an even share of the output's 512-row chunk rows, computes exactly the windows that touch them
-(the blender's ``rows``: the halo is the windows reaching into the block from above and below) and
-writes them into one shared Zarr store (:class:`~unet_patches.files.shared_zarr.SharedZarrRows`). The
-result is identical to one process's, bit for bit, when the shards run the same network choice
-(``precision`` and ``compile`` are decided per shard on the whole image's work; pin them to be sure).
+One image given to several shards is split instead by rows (:func:`row_block`): shard ``i`` takes an
+even share of the output's 512-row chunk rows, computes exactly the windows that touch them (the
+blender's ``rows``: the halo is the windows reaching into the block from above and below) and writes
+them into one store that every shard fills
+(:meth:`~unet_patches.inference.job.PredictionJob.write_rows`). The result is identical to one
+process's, bit for bit, when the shards run the same network choice (``precision`` and ``compile``
+are decided per shard on the whole image's work; pin them to be sure).
 """
 
 from __future__ import annotations
@@ -30,18 +31,14 @@ from typing import Any
 
 from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
-from unet_patches.inference.job import settle_job
 
-from .plan import open_image, output_paths
-from .shared_zarr import CHUNK, SharedZarrRows
-from .sources import image_size
+from .shared_zarr import CHUNK
 
 __all__ = [
     "Shard",
     "finish_shard",
     "gather_report",
     "merge_report",
-    "predict_row_block",
     "row_block",
     "shard_from",
     "share",
@@ -167,85 +164,3 @@ def row_block(height: int, shard: Shard, chunk: int = CHUNK) -> tuple[int, int]:
     count = -(-height // chunk)
     first, last = shard.index * count // shard.count, (shard.index + 1) * count // shard.count
     return min(first * chunk, height), min(last * chunk, height)
-
-
-def predict_row_block(
-    segmenter: Any,
-    image: Path,
-    out_dir: Path,
-    shard: Shard,
-    *,
-    window: Any,
-    probs: bool,
-    overwrite: bool,
-    output_format: str,
-    level: int,
-    progress: bool,
-    options: dict[str, Any],
-    probs_dtype: str = "uint8",
-) -> list[Path]:
-    """Shard ``shard``'s rows of one image (:func:`row_block`) into the shared stores
-    ``<stem>_labels.zarr`` (and ``<stem>_probs.zarr``); chunk rows finished by an earlier run are not
-    computed again. Writes the shard report (:func:`finish_shard`); returns the stores written to.
-
-    Raises:
-        UserError: an output format other than Zarr, a checkpoint that resizes images, or a store
-            begun by another job without ``overwrite``.
-    """
-    if output_format not in ("auto", "zarr"):
-        raise UserError(
-            f"--format {output_format}: one image split over {shard.count} shards is written as one Zarr store "
-            "that every shard fills in; use --format zarr, or predict the image in one process"
-        )
-    if segmenter.preprocess.resize is not None:
-        raise UserError(
-            f"{image}: the checkpoint resizes images (data.resize), which needs the image whole; "
-            "predict it in one process"
-        )
-    page = segmenter.preprocess.page
-    size = image_size(image, page, level)
-    start, stop = row_block(size[0], shard, CHUNK)
-    outs = output_paths(image, out_dir, large=True, overlay=False, probs=probs, output_format="zarr")
-    if start == stop:  # more shards than chunk rows: nothing to do, nothing skipped
-        finish_shard(out_dir, shard, [], [])
-        return []
-    job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
-    job.update(model=_model_identity(segmenter), window=repr(window), options=repr(sorted(options.items())))
-    kinds = {"labels": (None, "uint8"), "probs": (segmenter.num_classes, probs_dtype)}
-    stores = {
-        key: SharedZarrRows(path, *size, (start, stop), {**job, "output": key}, classes=kinds[key][0],
-                            dtype=kinds[key][1], chunk=CHUNK, replace=overwrite)
-        for key, path in outs.items()
-    }  # fmt: skip
-    todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
-    if todo:
-        first, last = min(r[0] for r in todo), max(r[1] for r in todo)
-        for store in stores.values():
-            store.begin_at(first)
-        options = settle_job(segmenter, [size], window, **options)
-        predictor = segmenter.predictor_for(size, window, **options)
-        with open_image(image, segmenter.preprocess, large=True, level=level) as source:
-            for band in predictor.bands(source, probs=probs, progress=progress, rows=(first, last)):
-                stores["labels"].write(band.labels)
-                if probs:
-                    stores["probs"].write(band.probs)
-    written = [store.close() for store in stores.values()] if todo else []
-    finish_shard(out_dir, shard, written, [] if todo else [image])
-    return written
-
-
-def _model_identity(segmenter: Any) -> str:
-    """What names the model of a job: its checkpoint file (path, size, modification time), else a
-    digest of the network's weights."""
-    path = segmenter.checkpoint or getattr(segmenter.network, "path", None)  # an ONNX file has its path
-    if path is not None:
-        stat = Path(path).stat()
-        return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    import hashlib
-
-    digest = hashlib.sha256()
-    state = getattr(segmenter.network, "state_dict", None)
-    for name, value in (state() if state is not None else {}).items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().reshape(-1).double().numpy().tobytes())
-    return f"{type(segmenter.network).__name__}:{digest.hexdigest()}"

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from .segmenter import Segmenter
+
 __all__ = [
     "BUILD_MIN_PIXELS",
     "GUARD_MIN_IOU",
@@ -176,7 +178,7 @@ def int8_network(
     return _KEPT[key]
 
 
-def int8_network_of(segmenter: Any, device: Any = None) -> Int8Network:
+def int8_network_of(segmenter: Segmenter, device: Any = None) -> Int8Network:
     """The int8 network of a :class:`~unet_patches.inference.segmenter.Segmenter`'s checkpoint, built if need be.
 
     Raises:
@@ -199,13 +201,12 @@ def int8_network_of(segmenter: Any, device: Any = None) -> Int8Network:
 _SAID: set[tuple[str, str]] = set()
 
 
-def int8_for_job(segmenter: Any, pixels: Callable[[], int], device: Any = None) -> bool:
+def int8_for_job(segmenter: Segmenter, pixels: Callable[[], int], device: Any = None) -> bool:
     """Whether ``precision: auto`` runs a job in int8: on a CPU with int8 dot products (VNNI or AMX), for
     one checkpoint (not an ensemble or ONNX file), with the int8 extra installed, when its int8 network
     passed the guard: cached already, or built now for a job whose network input (``pixels()``, asked
-    only then) is at least :data:`BUILD_MIN_PIXELS`. ``segmenter`` is a
-    :class:`~unet_patches.inference.segmenter.Segmenter`."""
-    checkpoint = getattr(segmenter, "checkpoint", None)
+    only then) is at least :data:`BUILD_MIN_PIXELS`."""
+    checkpoint = segmenter.checkpoint
     if checkpoint is None or str(device or "cpu") not in ("cpu", "auto"):
         return False
     from unet_patches.runtime import cpu_has_int8_dot, pick_device

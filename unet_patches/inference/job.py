@@ -1,135 +1,261 @@
-"""How a prediction job runs its network, decided once before any image: compiled or not
-(``inference.compile: auto``, the default) and, with ``precision: auto``, int8 or not
-(:func:`settle_job`; the int8 rule is :func:`unet_patches.inference.int8.int8_for_job`).
+"""A prediction job: one network and one set of settings, decided once for all the images of the job
+(:class:`PredictionJob`), then run image by image: arrays, labelled pairs, files, or one image's block
+of rows among several processes. ``predict``, ``evaluate``, ``submit``, sharded and row-block
+prediction and serving all go through one.
 
-``torch.compile`` costs a one-off warm-up per window shape (5 to 30 s; 12 s for the demo U-Net on
-our 2-core CPU) and then runs the passes 1.2 to 1.5x faster (BENCHMARKS.md, tiled inference). It
-repays itself only when the job's eager passes would take several times the warm-up, so ``auto``
-compiles when the planned work, timed on a trial pass, comes to at least :data:`PAYBACK_SECONDS` of
-eager passes per window shape: for big images and many files, never for one small image. Jobs under
-:data:`MIN_NETWORK_PIXELS` are not even timed. ``true`` and ``false`` decide without looking; the
-choice is made once per job, before any image is predicted, so a job runs wholly compiled or wholly
-eager.
+What is decided once, before any image (so that a job runs wholly one way):
+
+- ``precision: auto`` becomes ``int8`` where :func:`~unet_patches.inference.int8.int8_for_job` says so
+  (a CPU with int8 dot products, an int8 network cached or worth building for the job's size);
+- ``compile: auto`` becomes true or false (:func:`~unet_patches.inference.compiling.decide_compile`);
+- the window plan of each image size (:meth:`Segmenter.plan`), and a predictor per plan, kept for the
+  rest of the job (so a compiled network is compiled once per window shape).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import check_compile
-from .int8 import int8_for_job
-from .onnx import OnnxNetwork
-from .tiling.placement import place_windows
-from .tiling.sizing import Window
+from unet_patches import console
+from unet_patches.data.folders import Pair, read_pair
+from unet_patches.data.preprocess import resize_image, resize_probabilities
+from unet_patches.files.formats import OutputFormat
+from unet_patches.files.plan import OutputPlan, open_array, open_image, output_paths, write_outputs
+from unet_patches.files.rows import RowSource
+from unet_patches.files.shards import Shard, row_block
+from unet_patches.files.writers import Band
+from unet_patches.metrics import ConfusionMatrix
+from unet_patches.runtime import PRECISIONS
 
-__all__ = ["MIN_NETWORK_PIXELS", "PAYBACK_SECONDS", "PlannedWork", "compile_for_job", "planned_work", "settle_job"]
+from .compiling import PlannedWork, decide_compile
+from .config import check_compile
+from .int8 import int8_for_job, int8_network_of
+from .onnx import blender_options
+from .segmenter import Segmenter
+from .tiling.blender import WindowBlender
+from .tiling.merger import argmax_classes, assemble
+from .tiling.placement import place_windows
+from .tiling.sizing import Window, WindowPlan, check_window
+from .tiling.sizing import describe as describe_plan
+
+__all__ = ["PredictionJob"]
 
 log = logging.getLogger(__name__)
 
-MIN_NETWORK_PIXELS = 20_000_000
-"""Network input pixels (windows x window area) below which a job is never compiled: at the fastest
-eager rate we measured (about 10 Mpx/s, demo U-Net, bf16 with AMX) that is 2 s of passes."""
 
-PAYBACK_SECONDS = 60.0
-"""Eager seconds of passes per window shape from which compiling pays: about five warm-ups, as the
-compiled passes save a third of the eager time."""
+class PredictionJob:
+    """Predictions of one segmenter with one set of settings, for images of ``sizes`` (as read).
 
+    Args:
+        segmenter: the network and what inference needs (:class:`~.segmenter.Segmenter`).
+        sizes: ``(H, W)`` of the job's images, for the decisions made once (int8 under ``precision:
+            auto``, ``compile: auto``); none: a job of images not known yet (int8 only when cached,
+            never compiled under ``auto``).
+        window, overlap, batch_size: the window plan (:func:`~.tiling.sizing.plan_window`): ``auto``,
+            ``patch`` or a size; ``auto`` or a fraction; windows of the training patch per pass.
+        precision, compile, device: how the network runs (``auto`` decided here).
+        engine: further keyword arguments of the predictor (:class:`~.tiling.engine.TiledPredictor`:
+            ``blend``, ``padding``, ``tta``, ``sigma_scale``, ...; ``activation`` defaults to the
+            segmenter's).
 
-@dataclass
-class PlannedWork:
-    """The windows a job's images take: per image size, the window shapes, network input pixels."""
-
-    windows: Counter[tuple[int, int]] = field(default_factory=Counter)  # image size -> windows
-    shapes: set[tuple[int, int]] = field(default_factory=set)  # window shapes, one compile each
-    pixels: int = 0
-
-
-def planned_work(
-    segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window, overlap: Any, batch: int
-) -> PlannedWork:
-    """The :class:`PlannedWork` of images of ``sizes`` (as read; resized as the segmenter says)."""
-    work = PlannedWork()
-    for size in sizes:
-        seen = segmenter.network_size(size)
-        plan = segmenter.plan(seen, window, overlap, batch)
-        rows, columns = place_windows(seen, plan.window, plan.overlap)
-        count = len(rows) * len(columns)
-        work.windows[size] += count
-        work.shapes.add(plan.window)
-        work.pixels += count * plan.window[0] * plan.window[1]
-    return work
-
-
-def settle_job(
-    segmenter: Any, sizes: Sequence[tuple[int, int]], window: Window = "auto", **options: Any
-) -> dict[str, Any]:
-    """``options`` with ``precision`` and ``compile`` decided for a whole job of images of ``sizes``,
-    before any image is predicted: ``precision: auto`` becomes ``int8`` where
-    :func:`~unet_patches.inference.int8.int8_for_job` says so (int8 networks are never compiled by torch),
-    and ``compile: auto`` becomes true or false (:func:`compile_for_job`)."""
-    options = {"precision": "auto", **options}
-    overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
-    work = cache(lambda: planned_work(segmenter, sizes, window, overlap, batch))  # planned once, if asked
-    if options["precision"] == "auto" and sizes and not isinstance(segmenter.network, OnnxNetwork):
-        if int8_for_job(segmenter, lambda: work().pixels, options.get("device")):
-            options["precision"] = "int8"
-    if options.get("precision") == "int8":
-        options["compile"] = False
-        return options
-    options["compile"] = compile_for_job(segmenter, sizes, window, planned=work, **options)
-    return options
-
-
-def compile_for_job(
-    segmenter: Any,
-    sizes: Sequence[tuple[int, int]],
-    window: Window = "auto",
-    *,
-    planned: Callable[[], PlannedWork] | None = None,
-    **options: Any,
-) -> bool:
-    """Whether the job of images of ``sizes`` (as read; resized as the segmenter says) compiles.
-    ``segmenter`` is a :class:`~unet_patches.inference.segmenter.Segmenter`.
-
-    ``options`` are those of :meth:`~unet_patches.inference.segmenter.Segmenter.predictor_for`; their ``compile``
-    (default ``auto``) decides: ``True``/``False`` as given, ``auto`` as the module says. An ONNX
-    network is never compiled. ``planned`` gives the job's :class:`PlannedWork` when the caller has it.
+    Raises:
+        UserError: an invalid setting, or int8 asked for and not to be had.
     """
-    choice = check_compile(options.pop("compile", "auto"), "compile")
-    if choice != "auto" or isinstance(segmenter.network, OnnxNetwork) or not sizes:
-        return bool(choice) and not isinstance(segmenter.network, OnnxNetwork)
-    overlap, batch = options.get("overlap", "auto"), options.get("batch_size", 32)
-    work = planned() if planned is not None else planned_work(segmenter, sizes, window, overlap, batch)
-    if work.pixels < MIN_NETWORK_PIXELS:
-        return False
-    trial = segmenter.predictor_for(work.windows.most_common(1)[0][0], window, **{**options, "compile": False})
-    eager = work.pixels * _seconds_per_pixel(trial, segmenter.in_channels)
-    decision = eager >= PAYBACK_SECONDS * len(work.shapes)
-    log.info(
-        "compile auto: %.0f Mpx of windows, about %.0f s of eager passes for %d window shape(s): %s",
-        work.pixels / 1e6,
-        eager,
-        len(work.shapes),
-        "compiling (a one-off warm-up per shape)" if decision else "not compiling",
-    )
-    return decision
 
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        sizes: Sequence[tuple[int, int]] = (),
+        *,
+        window: Window = "auto",
+        overlap: float | str = "auto",
+        batch_size: int = 32,
+        precision: str = "auto",
+        compile: bool | str = "auto",
+        device: Any = None,
+        **engine: Any,
+    ) -> None:
+        self.segmenter = segmenter
+        self.window, self.overlap, self.batch_size = check_window(window), overlap, batch_size
+        self.device = device
+        self.engine = {"activation": segmenter.activation, **engine}
+        self.given = {"window": window, "overlap": overlap, "batch_size": batch_size, "precision": precision,
+                      "compile": compile, "device": device, **engine}  # fmt: skip
+        self.predictors: dict[WindowPlan, WindowBlender] = {}
+        self.precision, self.compile = PRECISIONS.check(precision, "precision"), False
+        choice = check_compile(compile, "compile")
+        work = cache(lambda: self.planned_work(sizes))
+        if precision == "auto" and not segmenter.is_onnx:
+            if int8_for_job(segmenter, lambda: work().pixels, device):
+                self.precision = "int8"
+        if segmenter.is_onnx:  # a precision or device ONNX Runtime cannot give is refused now
+            blender_options({"precision": self.precision, "device": device})
+            self.compile = choice is True  # asked for: the blender says it cannot (blender_options)
+        elif self.precision == "int8":  # built (or refused) now, before any file is written
+            int8_network_of(segmenter, device)
+        else:
+            trial = lambda size: self.predictor_of(self.plan(size), compile=False)  # noqa: E731
+            self.compile = decide_compile(choice, work, trial, segmenter.in_channels)
 
-def _seconds_per_pixel(predictor: Any, channels: int) -> float:
-    """Seconds per network input pixel of ``predictor``'s passes, from two timed passes of blank
-    windows after one untimed (which warms oneDNN's caches)."""
-    h, w = predictor.window
-    windows = np.zeros((predictor.windows_per_batch, channels, h, w), np.float32)
-    predictor.forward_windows(windows)
-    start = time.perf_counter()
-    for _ in range(2):
-        predictor.forward_windows(windows)
-    return (time.perf_counter() - start) / (2 * windows.shape[0] * h * w)
+    # --- plans and predictors -----------------------------------------------------------------
+
+    def plan(self, size: tuple[int, int]) -> WindowPlan:
+        """The window plan of an image of ``size`` as read."""
+        return self.segmenter.plan(size, self.window, self.overlap, self.batch_size)
+
+    def planned_work(self, sizes: Sequence[tuple[int, int]]) -> PlannedWork:
+        """The windows that images of ``sizes`` take, per size and window shape."""
+        work = PlannedWork()
+        for size in sizes:
+            plan = self.plan(size)
+            rows, columns = place_windows(self.segmenter.network_size(size), plan.window, plan.overlap)
+            count = len(rows) * len(columns)
+            work.windows[tuple(size)] += count
+            work.shapes.add(plan.window)
+            work.pixels += count * plan.window[0] * plan.window[1]
+        return work
+
+    def predictor(self, size: tuple[int, int]) -> WindowBlender:
+        """The predictor of an image of ``size`` as read: that of its window plan."""
+        return self.predictor_of(self.plan(size))
+
+    def predictor_of(self, plan: WindowPlan, compile: bool | None = None) -> WindowBlender:
+        """The predictor for windows of ``plan``, made once per plan (``compile``: override the job's
+        choice, for a trial pass; such a predictor is not kept)."""
+        if compile is not None and compile != self.compile:
+            return self._build(plan, compile)
+        if plan not in self.predictors:
+            log.info("tiled inference: %s", describe_plan(plan))
+            self.predictors[plan] = self._build(plan, self.compile)
+        return self.predictors[plan]
+
+    def _build(self, plan: WindowPlan, compile: bool) -> WindowBlender:
+        """A predictor over the network for windows of ``plan``: the torch-free blender for an ONNX
+        network, else the torch engine (over the int8 network under ``precision: int8``)."""
+        options = {"overlap": plan.overlap, "batch_size": plan.batch_size, **self.engine}
+        network = self.segmenter.network
+        if self.segmenter.is_onnx:
+            settings = {"precision": self.precision, "compile": compile, "device": self.device}
+            return WindowBlender(network, plan.window, **blender_options({**options, **settings}))
+        from .tiling.engine import TiledPredictor
+
+        if self.precision == "int8":
+            network = int8_network_of(self.segmenter, self.device)
+            settings = {"precision": "fp32", "compile": False, "inference_copy": False, "device": "cpu"}
+            return TiledPredictor(network, plan.window, **{**options, **settings, "activation": network.activation})
+        settings = {"precision": self.precision, "compile": compile, "device": self.device}
+        return TiledPredictor(network, plan.window, **options, **settings)
+
+    # --- one image ----------------------------------------------------------------------------
+
+    def bands(
+        self, source: RowSource, *, probs: bool = False, progress: bool = False, rows: tuple[int, int] | None = None
+    ) -> Iterator[Band]:
+        """Predicted bands of rows of an image opened by :func:`~unet_patches.files.plan.open_image` or
+        :func:`~unet_patches.files.plan.open_array` (``rows``: only those). With ``preprocess.resize``
+        the image is resized whole, predicted, and its probabilities resized back bilinearly before
+        the argmax (one band)."""
+        size = (source.height, source.width)
+        predictor = self.predictor(size)
+        pre = self.segmenter.preprocess
+        if pre.resize is None:
+            yield from predictor.bands(source, probs=probs, progress=progress, rows=rows)
+            return
+        if rows is not None:
+            raise ValueError("a checkpoint with data.resize predicts whole images, not blocks of rows")
+        network_input = pre.finish(resize_image(source.read_rows(0, source.height), pre.resize))
+        blended = resize_probabilities(predictor.probabilities(network_input, progress), size)
+        yield Band(0, argmax_classes(blended), blended if probs else None)
+
+    def labels(
+        self, image: np.ndarray, *, return_probs: bool = False, name: str = "image"
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """uint8 labels ``(H, W)`` of a raw ``(H, W)`` / ``(H, W, C)`` image (and its blended
+        probabilities); ``name`` (the file) starts error messages about the image."""
+        source = open_array(image, self.segmenter.preprocess, name)
+        labels, probs = assemble(self.bands(source, probs=return_probs), image.shape[:2], with_probs=return_probs)
+        return (labels, probs) if return_probs else labels
+
+    def score(
+        self, pairs: Sequence[Pair], *, progress: bool = False, keep: Callable[[Pair, np.ndarray], None] | None = None
+    ) -> ConfusionMatrix:
+        """Full-image predictions of image/mask ``pairs`` counted into one confusion matrix;
+        ``keep(pair, labels)`` is handed each prediction (e.g. to save it)."""
+        matrix = ConfusionMatrix(self.segmenter.num_classes)
+        bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
+        for pair in pairs:
+            raw, mask = read_pair(pair, self.segmenter.preprocess)
+            labels = self.labels(raw, name=str(pair.image))
+            if keep is not None:
+                keep(pair, labels)
+            matrix.update(labels, mask)
+            bar.update(1)
+        bar.close()
+        return matrix
+
+    def write(
+        self, plan: OutputPlan, *, level: int = 0, probs_dtype: str = "uint8", progress: bool = False
+    ) -> list[Path]:
+        """One image of a job of files into the files of its ``plan``; returns them. A progress bar of
+        windows is shown (``progress``) for a streamed image or one of 1024 windows or more."""
+        with open_image(plan.image, self.segmenter.preprocess, plan.large, level) as source:
+            bar = progress and (plan.large or self.predictor(plan.size).count_windows(plan.size) >= 1024)
+            bands = self.bands(source, probs="probs" in plan.outputs, progress=bar)
+            written = write_outputs(bands, source, plan.outputs, plan.format, probs_dtype)
+        log.info("%s -> %s", plan.image, ", ".join(str(p) for p in written))
+        return written
+
+    def write_rows(
+        self,
+        image: Path,
+        size: tuple[int, int],
+        out_dir: Path,
+        shard: Shard,
+        fmt: OutputFormat,
+        *,
+        probs: bool,
+        probs_dtype: str = "uint8",
+        overwrite: bool = False,
+        level: int = 0,
+        progress: bool = False,
+    ) -> tuple[list[Path], bool]:
+        """Shard ``shard``'s block of rows of one image of ``size`` (:func:`~unet_patches.files.shards.row_block`)
+        into the stores of ``fmt`` that every shard fills (``<stem>_labels.zarr``, ``<stem>_probs.zarr``);
+        chunk rows an earlier run finished are not computed again. Returns the stores written to, and
+        whether the block was skipped because an earlier run finished it (a shard with no rows, when
+        there are more shards than chunk rows, writes nothing and skips nothing).
+
+        Raises:
+            UserError: a store begun by another job (image, model or settings) without ``overwrite``.
+        """
+        start, stop = row_block(size[0], shard, fmt.block_rows)
+        if start == stop:  # more shards than chunk rows
+            return [], False
+        page = self.segmenter.preprocess.page
+        job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
+        job.update(model=self.segmenter.identity(), window=repr(self.given["window"]))
+        job["options"] = repr(sorted((k, v) for k, v in self.given.items() if k != "window"))
+        kinds = {"labels": (None, "uint8"), "probs": (self.segmenter.num_classes, probs_dtype)}
+        stores = {
+            key: fmt.shared_store(path, *size, (start, stop), {**job, "output": key}, classes=kinds[key][0],
+                                  dtype=kinds[key][1], replace=overwrite)
+            for key, path in output_paths(image, out_dir, fmt, overlay=False, probs=probs).items()
+        }  # fmt: skip
+        todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
+        if not todo:
+            return [], True
+        first, last = min(r[0] for r in todo), max(r[1] for r in todo)
+        for store in stores.values():
+            store.begin_at(first)
+        with open_image(image, self.segmenter.preprocess, large=True, level=level) as source:
+            for band in self.bands(source, probs=probs, progress=progress, rows=(first, last)):
+                stores["labels"].write(band.labels)
+                if probs:
+                    stores["probs"].write(band.probs)
+        return [store.close() for store in stores.values()], False

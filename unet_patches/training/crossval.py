@@ -32,7 +32,8 @@ from unet_patches.data.folds import Splits, split_units, splits_for
 from unet_patches.data.imageio import write_png
 from unet_patches.errors import UserError
 from unet_patches.files.shards import Shard
-from unet_patches.inference.segmenter import Segmenter, score_pairs
+from unet_patches.inference.predict import score_pairs
+from unet_patches.inference.segmenter import Segmenter
 from unet_patches.metrics import ConfusionMatrix
 
 from .config import Config

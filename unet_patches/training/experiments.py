@@ -27,7 +27,8 @@ from typing import Any
 
 from unet_patches import console
 from unet_patches.errors import UserError
-from unet_patches.inference.segmenter import Segmenter, evaluate_folder
+from unet_patches.inference.predict import evaluate_folder
+from unet_patches.inference.segmenter import Segmenter
 from unet_patches.models import build_model, model_cost
 from unet_patches.models.checkpoint import load_checkpoint
 from unet_patches.parameters import merge

@@ -1,0 +1,201 @@
+"""What a :class:`~.segmenter.Segmenter` does, each through one
+:class:`~unet_patches.inference.job.PredictionJob`: segment an array (:func:`predict`), score a
+labelled folder (:func:`evaluate_folder`, :func:`score_pairs`), predict image files into an output
+folder (:func:`predict_files`: sharded between processes, or one image split by rows). These are the
+Python API (:mod:`unet_patches.api`) and what the command line calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_patches import console
+from unet_patches.data.folders import Pair, find_pairs
+from unet_patches.errors import UserError
+from unet_patches.files.formats import OUTPUT_FORMATS, check_probs_dtype
+from unet_patches.files.plan import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, plan_outputs
+from unet_patches.files.shards import Shard, finish_shard, share
+from unet_patches.files.sources import image_size
+from unet_patches.metrics import ConfusionMatrix
+
+from .job import PredictionJob
+from .segmenter import Segmenter
+from .tiling.sizing import Window
+
+__all__ = ["evaluate_folder", "predict", "predict_files", "score_pairs"]
+
+
+def predict(
+    segmenter: Segmenter, image: np.ndarray, *, window: Window = "auto", return_probs: bool = False, **options: Any
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Segment one image with sliding windows.
+
+    Args:
+        segmenter: from :meth:`Segmenter.from_checkpoint`.
+        image: ``(H, W)`` or ``(H, W, C)`` array, uint8, uint16 or float, as read from a file;
+            preprocessed as training did (``segmenter.preprocess``: channels, resize, normalisation).
+        window: ``auto`` (sized for speed), ``patch`` (the training patch) or a size in pixels;
+            see :mod:`unet_patches.inference.tiling.sizing`.
+        return_probs: also return the blended ``(K, H, W)`` float32 probabilities.
+        options: ``overlap`` (``auto`` or a fraction), ``batch_size`` (windows of the training patch
+            per pass), ``precision``, ``compile`` (default false here: one image rarely repays it),
+            ``device`` and the predictor's keyword arguments (``blend``, ``padding``, ``tta``, ...);
+            ``Config.inference.predictor_options()`` gives those of ``parameters.json``. Each call
+            is a job of its own; for many images make one :class:`PredictionJob` and call its
+            ``labels``.
+
+    Returns:
+        ``(H, W)`` uint8 label mask, or ``(labels, probs)``.
+
+    Raises:
+        UserError: the image has an unsupported shape or dtype, or an option is invalid.
+    """
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"image of type {type(image).__name__}: expected a numpy array (H, W) or (H, W, C)")
+    job = PredictionJob(segmenter, [image.shape[:2]], window=window, **{"compile": False, **options})
+    return job.labels(image, return_probs=return_probs)
+
+
+def evaluate_folder(
+    segmenter: Segmenter, folder: str | Path, *, window: Window = "auto", progress: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Full-image predictions for an ``images/`` + ``masks/`` folder scored against its masks.
+
+    ``window`` and ``options`` are as for :func:`predict` (``compile`` defaults to ``auto``). Images
+    are read and masks decoded as the training run did (its mask tables, page); scores are at each
+    image's own size, also for a checkpoint trained with ``data.resize``.
+
+    Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n,
+    "pixels": n}`` from one confusion matrix over the whole folder (classes absent from truth and
+    prediction are ``None`` and left out of the means).
+    """
+    pairs = find_pairs(folder)
+    matrix = score_pairs(segmenter, pairs, window=window, progress=progress, **options)
+    pixels = int(matrix.matrix.sum())  # every mask pixel is a class index, so each is counted once
+    return {**matrix.summary(list(segmenter.class_names)), "images": len(pairs), "pixels": pixels}
+
+
+def score_pairs(
+    segmenter: Segmenter,
+    pairs: Sequence[Pair],
+    *,
+    window: Window = "auto",
+    progress: bool = False,
+    keep: Callable[[Pair, np.ndarray], None] | None = None,
+    **options: Any,
+) -> ConfusionMatrix:
+    """Full-image predictions of image/mask ``pairs`` in one job, counted into one confusion matrix;
+    ``keep(pair, labels)`` is handed each prediction (e.g. to save it)."""
+    sizes = [image_size(pair.image, segmenter.preprocess.page) for pair in pairs]
+    job = PredictionJob(segmenter, sizes, window=window, **options)
+    return job.score(pairs, progress=progress, keep=keep)
+
+
+def predict_files(
+    segmenter: Segmenter,
+    inputs: Sequence[str | Path] | str | Path,
+    out_dir: str | Path,
+    *,
+    window: Window = "auto",
+    probs: bool = False,
+    overlay: bool = True,
+    overwrite: bool = False,
+    stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
+    output_format: str = "auto",
+    shard: Shard | None = None,
+    level: int = 0,
+    probs_dtype: str = "uint8",
+    progress: bool = True,
+    **options: Any,
+) -> list[Path]:
+    """Segment image files and write their outputs to ``out_dir``; returns the written paths.
+
+    ``inputs`` are files, folders (their images) or glob patterns (:func:`~unet_patches.files.plan.expand_inputs`).
+    For each ``<stem>`` this writes ``<stem>_labels.png`` (``.tif`` for images above
+    ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
+    (``overlay``) and ``<stem>_probs.npy`` (``probs``); ``output_format`` (a name of
+    :data:`~unet_patches.files.formats.OUTPUT_FORMATS`) chooses instead. ``window`` and ``options`` are
+    as for :func:`evaluate_folder`. ``level`` is the pyramid level of TIFF and Zarr inputs;
+    ``probs_dtype`` how a format that can keeps probabilities (``uint8``: ``round(255 p)``, or
+    ``float16``). ``shard`` (:func:`~unet_patches.files.shards.shard_from`) predicts only this process's
+    share of the files, skips images whose outputs all exist, and writes the shard's report; one image
+    given to several shards is split by rows into one store that every shard fills
+    (:meth:`PredictionJob.write_rows`).
+
+    Raises:
+        UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
+            every input and output is checked before anything is written.
+    """
+    files = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    if shard is not None and len(files) == 1 and shard.count > 1:  # one image over several shards
+        return _predict_rows(segmenter, files[0], out_dir, shard, output_format, probs_dtype, probs=probs,
+                             overwrite=overwrite, level=level, progress=progress, window=window, **options)  # fmt: skip
+    if probs:
+        check_probs_dtype(probs_dtype, output_format)
+    files = files if shard is None else share(files, shard)
+    plans = plan_outputs(
+        files, out_dir, overlay=overlay, probs=probs, overwrite=overwrite, stream_threshold_px=stream_threshold_px,
+        page=segmenter.preprocess.page, level=level, output_format=output_format,
+        skip_finished=shard is not None,  # a sharded job skips images already predicted
+    )  # fmt: skip
+    job = PredictionJob(segmenter, [plan.size for plan in plans], window=window, **options)
+    written: list[Path] = []
+    bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
+    for plan in plans:
+        written.extend(job.write(plan, level=level, probs_dtype=probs_dtype, progress=progress))
+        bar.update(1)
+    bar.close()
+    if shard is not None:
+        planned = {plan.image for plan in plans}
+        finish_shard(out_dir, shard, written, [f for f in files if f not in planned])
+    return written
+
+
+def _predict_rows(
+    segmenter: Segmenter,
+    image: Path,
+    out_dir: Path,
+    shard: Shard,
+    output_format: str,
+    probs_dtype: str,
+    *,
+    probs: bool,
+    overwrite: bool,
+    level: int,
+    progress: bool,
+    **options: Any,
+) -> list[Path]:
+    """Shard ``shard``'s rows of one image into the stores every shard fills; writes the shard report.
+
+    Raises:
+        UserError: a format whose stores cannot be shared, a checkpoint that resizes images, or a
+            store begun by another job without ``overwrite``.
+    """
+    shared = [fmt for fmt in OUTPUT_FORMATS.values() if fmt.shared]
+    fmt = shared[0] if output_format == "auto" else OUTPUT_FORMATS.lookup(output_format, "output format")
+    if not fmt.shared:
+        raise UserError(
+            f"--format {output_format}: one image split over {shard.count} shards is written as one store "
+            f"that every shard fills in; use --format {' or '.join(f.name for f in shared)}, or predict the "
+            "image in one process"
+        )
+    if probs:
+        check_probs_dtype(probs_dtype, fmt.name)
+    if segmenter.preprocess.resize is not None:
+        raise UserError(
+            f"{image}: the checkpoint resizes images (data.resize), which needs the image whole; "
+            "predict it in one process"
+        )
+    size = image_size(image, segmenter.preprocess.page, level)
+    job = PredictionJob(segmenter, [size], **options)
+    written, skipped = job.write_rows(
+        image, size, out_dir, shard, fmt, probs=probs, probs_dtype=probs_dtype, overwrite=overwrite, level=level,
+        progress=progress,
+    )  # fmt: skip
+    finish_shard(out_dir, shard, written, [image] if skipped else [])
+    return written
