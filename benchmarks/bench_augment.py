@@ -75,7 +75,7 @@ class Step:
         self.precision = precision
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        progress = optim.Progress(total_steps=10**9)
+        progress = optim.RunClock(total_steps=10**9)
         progress.start()
         loops.train_one_epoch(
             self.model,

@@ -113,7 +113,7 @@ class Trainer:
 
     def run(self, batches) -> tuple[float, float, float]:
         """One pass of ``train_one_epoch`` over ``batches``: (wall s, process CPU s, mean loss)."""
-        progress = optim.Progress(total_steps=10**9)
+        progress = optim.RunClock(total_steps=10**9)
         progress.start()
         with Timer() as timer:
             loss = loops.train_one_epoch(

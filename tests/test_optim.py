@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unet_patches.errors import UserError
-from unet_patches.training.optim import OPTIMIZERS, SCHEDULES, Progress, Schedule, build_optimizer
+from unet_patches.training.optim import OPTIMIZERS, SCHEDULES, RunClock, Schedule, build_optimizer
 
 
 def test_step_schedule_is_the_originals():
@@ -23,12 +23,12 @@ def test_step_schedule_is_the_originals():
 
 
 def test_without_an_epoch_limit_the_budget_alone_drives_the_schedule():
-    progress = Progress(total_steps=None, budget_seconds=100.0)
+    progress = RunClock(total_steps=None, budget_seconds=100.0)
     progress.step, progress._clock = 10**6, 25.0
     assert progress.fraction() == 0.25 and not progress.done()
     progress._clock = 100.0
     assert progress.done()
-    capped = Progress(total_steps=40, budget_seconds=100.0)
+    capped = RunClock(total_steps=40, budget_seconds=100.0)
     capped.step, capped._clock = 30, 25.0
     assert capped.fraction() == 0.75  # with both limits the nearer one leads
 

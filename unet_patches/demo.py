@@ -40,9 +40,9 @@ DEMO_MINUTES = 10.0
 
 
 def run(params: str | None, minutes: float | None, overwrite: bool = False, processes: int | None = None) -> int:
+    from .api import Segmenter, evaluate_folder, predict_files
     from .data.patches import extract_patches
     from .data.synthetic import generate_dataset
-    from .api import Segmenter, evaluate_folder, predict_files
     from .training.config import load_config
 
     started = time.monotonic()
@@ -112,9 +112,20 @@ def train(config: Config, root: Path, processes: int, overwrite: bool) -> dict[s
     save_config(config, settings)
     threads = max(1, (os.cpu_count() or processes) // processes)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-        "-m", "unet_patches", "train", "--params", str(settings), "--json", *(["--overwrite"] if overwrite else []),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        "-m",
+        "unet_patches",
+        "train",
+        "--params",
+        str(settings),
+        "--json",
+        *(["--overwrite"] if overwrite else []),
+    ]
     done = subprocess.run(
         command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.PIPE, text=True
     )
@@ -190,9 +201,9 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
     """The first test image | its predicted overlay | the true overlay, side by side."""
     import numpy as np
 
+    from .api import predict
     from .data.folders import find_pairs
     from .data.imageio import colour_overlay, image_to_array, read_image, write_png
-    from .api import predict
 
     pair = find_pairs(folder)[0]
     raw = read_image(pair.image)

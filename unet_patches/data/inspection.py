@@ -169,16 +169,24 @@ def _inspect_images(folder: Path, config: _Expected, report: Report) -> None:
     if matching.pairs:
         groups = [pair.group for pair in matching.pairs]
         train, val = split_by_group(groups, config.val_fraction, config.seed)
-        report.split = {"unit": "images", "train": len(train), "val": len(val),
-                        "train_groups": len({groups[i] for i in train}), "val_groups": len({groups[i] for i in val}),
-                        "groups": len(set(groups))}  # fmt: skip
+        report.split = {
+            "unit": "images",
+            "train": len(train),
+            "val": len(val),
+            "train_groups": len({groups[i] for i in train}),
+            "val_groups": len({groups[i] for i in val}),
+            "groups": len(set(groups)),
+        }
         _warn_no_validation(report, config.val_fraction)
 
 
 def _report_unmatched(matching: Matching, report: Report) -> None:
     pairs = len(matching.pairs)
-    report.counts = {"images": pairs + len(matching.lonely_images),
-                     "masks": pairs + len(matching.lonely_masks), "pairs": pairs}  # fmt: skip
+    report.counts = {
+        "images": pairs + len(matching.lonely_images),
+        "masks": pairs + len(matching.lonely_masks),
+        "pairs": pairs,
+    }
     report.unmatched_images = list(matching.lonely_images)
     report.unmatched_masks = list(matching.lonely_masks)
     kaggle = matching.layout == "kaggle"
@@ -256,8 +264,10 @@ def _raw_values(raw: np.ndarray) -> set:
 def _summarise(tally: _Tally, report: Report, config: _Expected) -> None:
     """The tally's totals into ``report``, with the warnings they call for."""
     if tally.heights:
-        report.sizes = {name: [int(min(v)), int(np.median(v)), int(max(v))]
-                        for name, v in (("height", tally.heights), ("width", tally.widths))}  # fmt: skip
+        report.sizes = {
+            name: [int(min(v)), int(np.median(v)), int(max(v))]
+            for name, v in (("height", tally.heights), ("width", tally.widths))
+        }
     report.dtypes = dict(sorted(tally.dtypes.items()))
     report.channels = dict(sorted(tally.channels.items()))
     report.value_ranges = {dtype: list(bounds) for dtype, bounds in sorted(tally.ranges.items())}
@@ -319,8 +329,12 @@ def _inspect_patches(folder: Path, config: _Expected, report: Report) -> None:
     info = manifest["sources"] if isinstance(manifest.get("sources"), dict) else {}
     group = {p["source"]: str((info.get(p["source"]) or {}).get("group") or p["source"]) for p in records}
     size, channels, classes = int(manifest["patch_size"]), int(manifest["in_channels"]), int(manifest["num_classes"])
-    report.counts = {"patches": len(records), "sources": len(group), "groups": len(set(group.values())),
-                     "classes": classes}  # fmt: skip
+    report.counts = {
+        "patches": len(records),
+        "sources": len(group),
+        "groups": len(set(group.values())),
+        "classes": classes,
+    }
     report.sizes = {"height": [size] * 3, "width": [size] * 3}
     report.channels = {channels: len(records)}
     if channels != d.in_channels or classes != d.num_classes:
@@ -338,10 +352,16 @@ def _inspect_patches(folder: Path, config: _Expected, report: Report) -> None:
     train, val = split_by_source(manifest, config.val_fraction, config.seed)
     source = {p["name"]: p["source"] for p in records}
     sides = [{source[name] for name in names} for names in (train, val)]
-    report.split = {"unit": "patches", "train": len(train), "val": len(val),
-                    "train_sources": len(sides[0]), "val_sources": len(sides[1]),
-                    "train_groups": len({group[s] for s in sides[0]}), "val_groups": len({group[s] for s in sides[1]}),
-                    "groups": report.counts["groups"]}  # fmt: skip
+    report.split = {
+        "unit": "patches",
+        "train": len(train),
+        "val": len(val),
+        "train_sources": len(sides[0]),
+        "val_sources": len(sides[1]),
+        "train_groups": len({group[s] for s in sides[0]}),
+        "val_groups": len({group[s] for s in sides[1]}),
+        "groups": report.counts["groups"],
+    }
     _warn_no_validation(report, config.val_fraction)
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -252,18 +253,14 @@ def extract_patches(
     records, class_pixels, windows_kept = _write_patches(
         prepared, out_dir, rng, patch_size, per_image, foreground_only, variants, preprocess.num_classes, suffix
     )
-    sources = {name: {"height": m.shape[0], "width": m.shape[1], "group": group} for name, group, _, m, _ in prepared}
     if not records:
         raise UserError(
             f"{source}: no patch kept from {len(prepared)} image(s); the masks have no foreground "
             "in any drawn window - check the masks, draw more windows or disable foreground_only"
         )
-    settings = {"patch_size": patch_size, "num_classes": preprocess.num_classes,
-                "in_channels": preprocess.in_channels, "seed": seed,
-                "source": str(source), "per_image": per_image, "foreground_only": foreground_only, "flips": flips,
-                "resize_width": resize_width, "preprocess": preprocess.to_dict(), "image_suffix": suffix}  # fmt: skip
-    manifest = {"format": MANIFEST_FORMAT, **settings, "class_pixels": class_pixels.tolist(), "sources": sources,
-                "patches": records}  # fmt: skip
+    settings = {"patch_size": patch_size, "seed": seed, "per_image": per_image, "foreground_only": foreground_only}
+    settings.update(flips=flips, resize_width=resize_width)
+    manifest = _manifest(source, preprocess, suffix, prepared, records, class_pixels, settings)
     _write_json(out_dir / MANIFEST_NAME, manifest)
     windows_drawn = per_image * len(prepared)
     log.debug("kept %d of %d windows, wrote %d patches to %s", windows_kept, windows_drawn, len(records), out_dir)
@@ -274,6 +271,34 @@ def extract_patches(
         "windows_kept": windows_kept,
         "patches": len(records),
         "class_pixels": class_pixels.tolist(),
+    }
+
+
+def _manifest(
+    source: Path,
+    preprocess: Preprocess,
+    suffix: str,
+    prepared: list,
+    records: list[dict],
+    class_pixels: np.ndarray,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``manifest.json`` holds: the settings the patches were cut with, their preprocessing, the
+    source images (size, group), the class pixel counts and one record per patch."""
+    sources = {name: {"height": m.shape[0], "width": m.shape[1], "group": group} for name, group, _, m, _ in prepared}
+    return {
+        "format": MANIFEST_FORMAT,
+        "patch_size": settings["patch_size"],
+        "num_classes": preprocess.num_classes,
+        "in_channels": preprocess.in_channels,
+        "seed": settings["seed"],
+        "source": str(source),
+        **{key: settings[key] for key in ("per_image", "foreground_only", "flips", "resize_width")},
+        "preprocess": preprocess.to_dict(),
+        "image_suffix": suffix,
+        "class_pixels": class_pixels.tolist(),
+        "sources": sources,
+        "patches": records,
     }
 
 

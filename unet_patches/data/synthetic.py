@@ -269,5 +269,10 @@ def generate_kaggle_layout(
         (out_dir / "test").mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(out_dir / "test" / f"{index}.tif", np.round(image * 255).astype(np.uint8))
     total = subjects * per_subject * spec.height * spec.width
-    return {"out_dir": str(out_dir), "subjects": subjects, "train": subjects * per_subject, "test": n_test,
-            "foreground_share": foreground / total}  # fmt: skip
+    return {
+        "out_dir": str(out_dir),
+        "subjects": subjects,
+        "train": subjects * per_subject,
+        "test": n_test,
+        "foreground_share": foreground / total,
+    }

@@ -85,8 +85,15 @@ class PredictionJob:
         self.window, self.overlap, self.batch_size = check_window(window), overlap, batch_size
         self.device = device
         self.engine = {"activation": segmenter.activation, **engine}
-        self.given = {"window": window, "overlap": overlap, "batch_size": batch_size, "precision": precision,
-                      "compile": compile, "device": device, **engine}  # fmt: skip
+        self.given = {
+            "window": window,
+            "overlap": overlap,
+            "batch_size": batch_size,
+            "precision": precision,
+            "compile": compile,
+            "device": device,
+            **engine,
+        }
         self.predictors: dict[WindowPlan, WindowBlender] = {}
         self.precision, self.compile = PRECISIONS.check(precision, "precision"), False
         choice = check_compile(compile, "compile")
@@ -211,6 +218,18 @@ class PredictionJob:
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in written))
         return written
 
+    def write_all(
+        self, plans: Sequence[OutputPlan], *, level: int = 0, probs_dtype: str = "uint8", progress: bool = False
+    ) -> list[Path]:
+        """:meth:`write` of every plan, with a progress bar of images when there are several."""
+        written: list[Path] = []
+        bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
+        for plan in plans:
+            written.extend(self.write(plan, level=level, probs_dtype=probs_dtype, progress=progress))
+            bar.update(1)
+        bar.close()
+        return written
+
     def write_rows(
         self,
         image: Path,
@@ -243,10 +262,17 @@ class PredictionJob:
         job["options"] = repr(sorted((k, v) for k, v in self.given.items() if k != "window"))
         kinds = {"labels": (None, "uint8"), "probs": (self.segmenter.num_classes, probs_dtype)}
         stores = {
-            key: fmt.shared_store(path, *size, (start, stop), {**job, "output": key}, classes=kinds[key][0],
-                                  dtype=kinds[key][1], replace=overwrite)
+            key: fmt.shared_store(
+                path,
+                *size,
+                (start, stop),
+                {**job, "output": key},
+                classes=kinds[key][0],
+                dtype=kinds[key][1],
+                replace=overwrite,
+            )
             for key, path in output_paths(image, out_dir, fmt, overlay=False, probs=probs).items()
-        }  # fmt: skip
+        }
         todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
         if not todo:
             return [], True

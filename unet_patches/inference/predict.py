@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from unet_patches import console
 from unet_patches.data.folders import Pair, find_pairs
 from unet_patches.errors import UserError
 from unet_patches.files.formats import OUTPUT_FORMATS, check_probs_dtype
@@ -114,17 +113,14 @@ def predict_files(
 ) -> list[Path]:
     """Segment image files and write their outputs to ``out_dir``; returns the written paths.
 
-    ``inputs`` are files, folders (their images) or glob patterns (:func:`~unet_patches.files.plan.expand_inputs`).
-    For each ``<stem>`` this writes ``<stem>_labels.png`` (``.tif`` for images above
-    ``stream_threshold_px`` pixels, which are streamed with bounded memory), ``<stem>_overlay.png``
-    (``overlay``) and ``<stem>_probs.npy`` (``probs``); ``output_format`` (a name of
-    :data:`~unet_patches.files.formats.OUTPUT_FORMATS`) chooses instead. ``window`` and ``options`` are
-    as for :func:`evaluate_folder`. ``level`` is the pyramid level of TIFF and Zarr inputs;
-    ``probs_dtype`` how a format that can keeps probabilities (``uint8``: ``round(255 p)``, or
-    ``float16``). ``shard`` (:func:`~unet_patches.files.shards.shard_from`) predicts only this process's
-    share of the files, skips images whose outputs all exist, and writes the shard's report; one image
-    given to several shards is split by rows into one store that every shard fills
-    (:meth:`PredictionJob.write_rows`).
+    ``inputs``: files, folders or glob patterns (:func:`~unet_patches.files.plan.expand_inputs`). Each
+    ``<stem>`` gets ``<stem>_labels.png`` (``.tif`` above ``stream_threshold_px`` pixels: streamed),
+    ``<stem>_overlay.png`` (``overlay``) and ``<stem>_probs.npy`` (``probs``), or the files of
+    ``output_format`` (:data:`~unet_patches.files.formats.OUTPUT_FORMATS`; ``probs_dtype``: ``uint8`` or
+    ``float16`` where it keeps either). ``level``: the pyramid level of TIFF and Zarr inputs. ``window``,
+    ``options``: as for :func:`evaluate_folder`. ``shard`` (:func:`~unet_patches.files.shards.shard_from`):
+    only this process's share of the files, images whose outputs all exist skipped, a shard report
+    written; one image given to several shards is split by rows (:meth:`PredictionJob.write_rows`).
 
     Raises:
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
@@ -133,23 +129,37 @@ def predict_files(
     files = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if shard is not None and len(files) == 1 and shard.count > 1:  # one image over several shards
-        return _predict_rows(segmenter, files[0], out_dir, shard, output_format, probs_dtype, probs=probs,
-                             overwrite=overwrite, level=level, progress=progress, window=window, **options)  # fmt: skip
+        return _predict_rows(
+            segmenter,
+            files[0],
+            out_dir,
+            shard,
+            output_format,
+            probs_dtype,
+            probs=probs,
+            overwrite=overwrite,
+            level=level,
+            progress=progress,
+            window=window,
+            **options,
+        )
     if probs:
         check_probs_dtype(probs_dtype, output_format)
     files = files if shard is None else share(files, shard)
     plans = plan_outputs(
-        files, out_dir, overlay=overlay, probs=probs, overwrite=overwrite, stream_threshold_px=stream_threshold_px,
-        page=segmenter.preprocess.page, level=level, output_format=output_format,
+        files,
+        out_dir,
+        overlay=overlay,
+        probs=probs,
+        overwrite=overwrite,
+        stream_threshold_px=stream_threshold_px,
+        page=segmenter.preprocess.page,
+        level=level,
+        output_format=output_format,
         skip_finished=shard is not None,  # a sharded job skips images already predicted
-    )  # fmt: skip
+    )
     job = PredictionJob(segmenter, [plan.size for plan in plans], window=window, **options)
-    written: list[Path] = []
-    bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
-    for plan in plans:
-        written.extend(job.write(plan, level=level, probs_dtype=probs_dtype, progress=progress))
-        bar.update(1)
-    bar.close()
+    written = job.write_all(plans, level=level, probs_dtype=probs_dtype, progress=progress)
     if shard is not None:
         planned = {plan.image for plan in plans}
         finish_shard(out_dir, shard, written, [f for f in files if f not in planned])
@@ -194,8 +204,16 @@ def _predict_rows(
     size = image_size(image, segmenter.preprocess.page, level)
     job = PredictionJob(segmenter, [size], **options)
     written, skipped = job.write_rows(
-        image, size, out_dir, shard, fmt, probs=probs, probs_dtype=probs_dtype, overwrite=overwrite, level=level,
+        image,
+        size,
+        out_dir,
+        shard,
+        fmt,
+        probs=probs,
+        probs_dtype=probs_dtype,
+        overwrite=overwrite,
+        level=level,
         progress=progress,
-    )  # fmt: skip
+    )
     finish_shard(out_dir, shard, written, [image] if skipped else [])
     return written

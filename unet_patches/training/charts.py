@@ -10,8 +10,18 @@ __all__ = ["line_chart"]
 
 WIDTH, HEIGHT, MARGIN, LEGEND = 760, 440, 56, 200
 # Distinct line colours that read on white: ten hues, then the same hues darker, for up to 20 runs.
-_HUES = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
-         (227, 119, 194), (60, 60, 60), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+_HUES = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (255, 127, 14),
+    (140, 86, 75),
+    (227, 119, 194),
+    (60, 60, 60),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 COLOURS = _HUES + [tuple(c // 2 for c in hue) for hue in _HUES]
 
 

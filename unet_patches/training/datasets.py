@@ -126,8 +126,10 @@ def _patch_folder(config: Config, folder: Path, fold_validation: set[str] | None
         log.warning(
             "%s: the patches were made with normalize %s, resize %s; data.normalize / data.resize (%s, %s) "
             "apply when patches are made and are ignored here",
-            folder, *made, *asked,
-        )  # fmt: skip
+            folder,
+            *made,
+            *asked,
+        )
     if preprocess.mode.training_set:
         statistics = DatasetStatistics(d.in_channels)
         for image, _ in PatchFolder(folder, train_names, in_channels=d.in_channels, cache=d.cache):

@@ -43,8 +43,15 @@ __all__ = ["Plan", "read_grid", "run_experiments", "write_results"]
 # Settings every run of an experiment shares; an axis that changed them would compare unlike things.
 SHARED = ("data", "synthetic", "patches")
 SHARED_TRAINING = (
-    "folder", "seed", "val_fraction", "folds", "fold", "epochs", "time_budget_minutes", "samples_per_epoch",
-)  # fmt: skip
+    "folder",
+    "seed",
+    "val_fraction",
+    "folds",
+    "fold",
+    "epochs",
+    "time_budget_minutes",
+    "samples_per_epoch",
+)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from unet_patches import runtime
 from unet_patches.metrics import ConfusionMatrix
 
-from .optim import Progress
+from .optim import RunClock
 
 __all__ = ["NonFiniteGradients", "evaluate", "train_one_epoch"]
 
@@ -38,7 +38,7 @@ def train_one_epoch(
     loader: DataLoader,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    progress: Progress,
+    clock: RunClock,
     set_lr: Callable[[float], None],
     *,
     device: torch.device,
@@ -49,7 +49,7 @@ def train_one_epoch(
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     grad_clip: float | None = None,
 ) -> float:
-    """Train until the loader is exhausted or ``progress`` says the run is done; ``after_step`` is
+    """Train until the loader is exhausted or ``clock`` says the run is done; ``after_step`` is
     called after each optimizer step; ``augment`` (e.g. :class:`~unet_patches.training.augment.BatchAugmenter`)
     changes each batch on the device before the forward pass. ``grad_clip``: scale the gradients
     down to this total L2 norm when above it.
@@ -65,10 +65,10 @@ def train_one_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
     for images, masks in loader:
-        progress.sync()
-        if progress.done():
+        clock.sync()
+        if clock.done():
             break
-        set_lr(progress.fraction())
+        set_lr(clock.fraction())
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if augment is not None:
             images, masks = augment(images, masks)
@@ -86,11 +86,11 @@ def train_one_epoch(
             scaler.update()
         else:
             loss.backward()
-            _check_gradients(model, grad_clip, progress.step, loss)
+            _check_gradients(model, grad_clip, clock.step, loss)
             optimizer.step()
         loss_sum += loss.detach()
         steps += 1
-        progress.step += 1
+        clock.step += 1
         if after_step is not None:
             after_step()
         if bar is not None:

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules by name, the warm-up, and :class:`Progress`, the position
+"""Optimizers and learning-rate schedules by name, the warm-up, and :class:`RunClock`, the position
 in a run (steps and seconds against the epoch limit and the time budget) that the schedule follows.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from unet_patches.registry import Registry
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Progress", "Schedule", "build_optimizer", "set_learning_rate"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "RunClock", "Schedule", "build_optimizer", "set_learning_rate"]
 
 
 def _sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -160,7 +160,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @dataclass
-class Progress:
+class RunClock:
     """Where a run is: steps taken, time spent, and the limits that end it.
 
     The schedule follows whichever limit is nearer: the epoch count or the time budget,

@@ -98,8 +98,8 @@ def _log_extension(run: Run, state: dict[str, Any]) -> None:
     """Say what extending the run does to its schedule: planned anew over the new length."""
     old_epochs = state["config"]["training"].get("epochs")
     old_total = None if old_epochs is None else len(run.train_loader) * old_epochs
-    before = run.schedule.factor(1.0 if not old_total else run.progress.step / old_total)
-    now = run.schedule.factor(run.progress.fraction())
+    before = run.schedule.factor(1.0 if not old_total else run.clock.step / old_total)
+    now = run.schedule.factor(run.clock.fraction())
     lr = run.config.training.learning_rate
     log.info(
         "extending the run from %s to %d epochs: the %s schedule is planned anew over %d epochs, so the "

@@ -33,7 +33,7 @@ from .augment import build_augmenter
 from .config import Config, save_config
 from .datasets import int8_windows, make_datasets, make_loader, resolve_class_weights, set_epoch
 from .loops import NonFiniteGradients, evaluate, train_one_epoch
-from .optim import Progress, build_optimizer
+from .optim import RunClock, build_optimizer
 from .runlog import RunLog
 from .state import Run, save_epoch
 
@@ -87,7 +87,7 @@ def build_run(
     if steps_per_epoch == 0:
         raise UserError(f"{sources.folder}: no training batches; add data or lower training.batch_size")
     budget = t.time_budget_minutes * 60 if t.time_budget_minutes else None
-    progress = Progress(None if t.epochs is None else steps_per_epoch * t.epochs, budget_seconds=budget)
+    clock = RunClock(None if t.epochs is None else steps_per_epoch * t.epochs, budget_seconds=budget)
     run_dir = Path(t.checkpoint_dir) / run_name_for(config)
     return Run(
         config,
@@ -101,7 +101,7 @@ def build_run(
         scaler,
         train_loader,
         val_loader,
-        progress,
+        clock,
         config.schedule(),
         run_dir,
         build_augmenter(config.augment.preset, config.augment.overrides()),
@@ -158,7 +158,7 @@ def train_run(run: Run, progress_bars: bool) -> dict[str, Any]:
     """The epoch loop: train, validate, record, save; then the summary."""
     main = runtime.is_main_process()
     runlog = _start_records(run) if main else None
-    run.progress.start()
+    run.clock.start()
     epochs = run.config.training.epochs
     try:
         while not run.finished():
@@ -171,7 +171,7 @@ def train_run(run: Run, progress_bars: bool) -> dict[str, Any]:
                     run.train_loader,
                     run.loss_fn,
                     run.optimizer,
-                    run.progress,
+                    run.clock,
                     run.set_lr,
                     device=run.device,
                     precision=run.precision,
@@ -221,12 +221,12 @@ def _validate(run: Run, train_loss: float) -> tuple[dict[str, Any], tuple | None
     """The epoch's record (appended to the history) and the first validation batch."""
     record: dict[str, Any] = {
         "epoch": run.epoch,
-        "step": run.progress.step,
+        "step": run.clock.step,
         "train_loss": train_loss,
         "lr": run.optimizer.param_groups[0]["lr"],
-        "seconds": round(run.progress.seconds(), 1),
+        "seconds": round(run.clock.seconds(), 1),
     }
-    run.progress.sync()
+    run.clock.sync()
     first_batch = None
     if torch.distributed.is_initialized():
         # BatchNorm running statistics drift apart per rank; validate rank 0's model, the one saved.
@@ -256,8 +256,8 @@ def _summary(run: Run) -> dict[str, Any]:
         "best_val_miou": run.best if run.val_loader is not None else None,
         "best_epoch": run.best_epoch,
         "epochs": run.epoch,
-        "steps": run.progress.step,
-        "seconds": run.progress.seconds(),
+        "steps": run.clock.step,
+        "seconds": run.clock.seconds(),
         "precision": run.precision.name,
         "data": run.sources.description,
         "history": run.history,

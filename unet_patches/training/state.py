@@ -22,7 +22,7 @@ from unet_patches.validate import is_int, is_number
 from .augment import BatchAugmenter
 from .config import Config
 from .datasets import DataSources
-from .optim import Progress, Schedule, set_learning_rate
+from .optim import RunClock, Schedule, set_learning_rate
 
 __all__ = ["Run", "check_resumable", "restore", "run_state", "save_epoch"]
 
@@ -42,7 +42,7 @@ class Run:
     scaler: torch.amp.GradScaler | None
     train_loader: DataLoader
     val_loader: DataLoader | None
-    progress: Progress
+    clock: RunClock
     schedule: Schedule
     run_dir: Path
     augmenter: BatchAugmenter | None = None
@@ -58,7 +58,7 @@ class Run:
 
     def after_step(self) -> None:
         """Keep a snapshot of the model each time a ``cosine_restarts`` cycle ends (rank 0 writes it)."""
-        if self.schedule.cycle(self.progress.fraction()) > self.snapshots:
+        if self.schedule.cycle(self.clock.fraction()) > self.snapshots:
             self.save_snapshot()
 
     def save_snapshot(self) -> None:
@@ -69,7 +69,7 @@ class Run:
 
     def finished(self) -> bool:
         epochs = self.config.training.epochs
-        return (epochs is not None and self.epoch >= epochs) or self.progress.done()
+        return (epochs is not None and self.epoch >= epochs) or self.clock.done()
 
 
 def run_state(run: Run) -> dict[str, Any]:
@@ -83,8 +83,8 @@ def run_state(run: Run) -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": run.epoch,
-        "step": run.progress.step,
-        "elapsed": run.progress.seconds(),
+        "step": run.clock.step,
+        "elapsed": run.clock.seconds(),
         "best_miou": run.best,
         "best_epoch": run.best_epoch,
         "torch_rng": torch.get_rng_state(),
@@ -147,7 +147,7 @@ def restore(run: Run, state: dict[str, Any], source: str | Path = "checkpoint") 
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.epoch = state["epoch"]
-    run.progress.step, run.progress.elapsed = state["step"], state["elapsed"]
+    run.clock.step, run.clock.elapsed = state["step"], state["elapsed"]
     run.best, run.best_epoch = state["best_miou"], state["best_epoch"]
     run.history = list(state["history"])
     if state["schedule"]:  # a schedule that keeps a state (plateau)
