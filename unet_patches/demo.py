@@ -5,8 +5,8 @@
 2. cut random patches with flips into ``data/demo/patches_s96`` (the original's on-disk patch set);
 3. train with the settings of ``parameters.json`` under its time budget (``checkpoints/demo/``,
    ``runs/demo/``), in two processes of one thread each (``torchrun``) on machines with two or more
-   cores: on our 2-core CPUs they train about 1.5x the samples of one process in the same minutes
-   and ended more accurate (BENCHMARKS.md); ``--processes 1`` trains in this process;
+   cores, which get through more samples than one process in the same minutes (BENCHMARKS.md,
+   training); ``--processes 1`` trains in this process;
 4. score full-image sliding-window predictions on the unseen test images;
 5. write label masks and colour overlays of the test images to ``data/demo/predictions``.
 

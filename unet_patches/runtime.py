@@ -147,14 +147,13 @@ def keep_freed_memory() -> bool:
 
     A forward pass allocates its activations afresh (megabytes each). By default glibc returns such
     blocks to the system when freed (mmap'd blocks, and the heap top above 128 KiB), so every pass
-    faults its pages in again. Blocks under 32 MiB now come from the heap, and up to 128 MiB of free
-    heap top is kept: a 2048 x 2048 prediction took 0.47 s instead of 0.66 s, the passes themselves
-    30 % less (demo U-Net, bf16, 2-core AMX Xeon). Training steps measured no different, so only the
-    tiled predictor sets it. The cost is up to 128 MiB kept after a job.
+    faults its pages in again. Blocks under 32 MiB come from the heap instead, and up to 128 MiB of
+    free heap top is kept, which makes the passes of a large prediction markedly faster; training
+    steps gain nothing, so only the tiled predictor sets it. The cost is up to 128 MiB kept after a job.
 
-    Threads allocate from the one main arena: each decoding thread of tifffile and Zarr otherwise got
-    an arena of its own that kept its freed memory too, 45 MiB more at the peak of a 32768-wide image
-    (same speed).
+    Threads allocate from the one main arena: each decoding thread of tifffile and Zarr would
+    otherwise get an arena of its own that keeps its freed memory too, raising the peak of wide images.
+    BENCHMARKS.md (tiled inference, memory) has the figures.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -177,7 +176,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 
     ``auto`` is fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX-512 BF16 / Arm BF16), and fp32
     otherwise. channels_last is used on CPU in every mode, because oneDNN convolutions are faster in
-    that layout (1.6x for fp32 on an AVX2 CPU), and on CUDA under autocast.
+    that layout, and on CUDA under autocast.
 
     Raises:
         UserError: an unknown name, or fp16 without a CUDA device.

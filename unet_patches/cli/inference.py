@@ -74,7 +74,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
         "--compile",
         key="inference.compile",
         value=True,
-        help="run the network through torch.compile: 5-30 s to compile per window shape, then faster passes "
+        help="run the network through torch.compile: seconds to compile per window shape, then faster passes "
         "(default: inference.compile, auto: when the planned work repays it)",
     )
     switch(p, "--no-compile", key="inference.compile", value=False, help="never compile the network")

@@ -1,6 +1,6 @@
 """``unet-patches calibrate``: a checkpoint written before checkpoints kept the int8 calibration and
 held-back windows gets them, from its training data with the run's own split and preprocessing (the
-same windows :func:`~unet_patches.training.datasets.int8_windows` keeps in every checkpoint now). The
+same windows :func:`~unet_patches.training.datasets.int8_windows` keeps in every checkpoint it writes). The
 checkpoint itself is never rewritten: the windows go into a copy."""
 
 from __future__ import annotations

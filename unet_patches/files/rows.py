@@ -22,7 +22,7 @@ __all__ = [
 
 STATS_BAND_PIXELS = 2**18
 """Values per band of the statistics pass: its temporaries (float64 histogram bins) come to about 40
-bytes a value, so 10 MiB whatever the image's width (512 full rows of a 16384-wide image took 320)."""
+bytes a value, so about 10 MiB whatever the image's width (bands of whole rows grow with it)."""
 
 
 class RowSource:
@@ -140,8 +140,8 @@ class ChunkRows:
 
     Whole rows are read a full-width row of chunks at a time, kept until rows below are asked for.
     A strip of columns is read alone and not kept: the strips of a wide image take their turns
-    across the whole width, so keeping rows of chunks would hold full-width rows again (a chunk is
-    then decoded about twice as often: a 32768-wide row of 512 tiles took 56 ms, a strip 10 ms).
+    across the whole width, so keeping rows of chunks would hold full-width rows again; a chunk is
+    decoded about twice as often instead, which costs little beside the passes.
     """
 
     def __init__(self, array, height: int, channels_first: bool = False) -> None:  # noqa: ANN001 (a zarr.Array)

@@ -13,10 +13,9 @@ checked by an accuracy guard, and cached beside the checkpoint.
   checkpoint's contents or the OpenVINO version differ; a failed guard is cached too, so ``auto`` does
   not retry it. Where the checkpoint's folder is read-only the network is kept for the process only.
 
-Why OpenVINO and not torch's own int8 (PT2E, X86InductorQuantizer): on our 2-core AMX Xeon, PT2E int8
-was no faster than bf16 autocast, while OpenVINO's int8 ran 1.45x (width 8) to 2.5x (width 32) faster
-than torch bf16 (BENCHMARKS.md). ``openvino`` and ``nncf`` are the optional ``int8`` extra, imported
-only here and only when int8 is asked for or chosen.
+OpenVINO rather than torch's own int8 (PT2E, X86InductorQuantizer), because torch's int8 was no
+faster than bf16 autocast where OpenVINO's was (BENCHMARKS.md, int8). ``openvino`` and ``nncf`` are
+the optional ``int8`` extra, imported only here and only when int8 is asked for or chosen.
 """
 
 from __future__ import annotations
@@ -65,8 +64,8 @@ GUARD_MIN_IOU = 0.99
 windows for int8 to be used."""
 BUILD_MIN_PIXELS = 50_000_000
 """Network input pixels of a job (windows x window area) from which ``precision: auto`` quantizes a
-checkpoint that has no int8 network cached yet: the one-off (3 s for the demo U-Net, convert,
-calibrate, guard) is then a small part of the job. Below it, ``auto`` uses a cached int8 network only."""
+checkpoint that has no int8 network cached yet: the one-off (convert, calibrate, guard) is then a
+small part of the job. Below it, ``auto`` uses a cached int8 network only."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +97,10 @@ class Guard:
 
 class Int8Network:
     """The quantized network compiled by OpenVINO for the CPU: a float32 tensor ``(N, C, h, w)`` in,
-    float32 class probabilities ``(N, K, h, w)`` out (the softmax is in the graph, computed by OpenVINO:
-    7 % of the time of a 2048 x 2048 image less than torch's softmax after it), any batch and window
-    size (one dynamic-shape compile). Operations left in float run in float32 (OpenVINO would pick
-    bf16 on AMX CPUs; float32 measured as fast here and agrees better with float)."""
+    float32 class probabilities ``(N, K, h, w)`` out (the softmax is in the graph, computed by OpenVINO,
+    which is cheaper than torch's softmax after it), any batch and window size (one dynamic-shape
+    compile). Operations left in float run in float32 (OpenVINO would pick bf16 on AMX CPUs; float32 is
+    as fast there and agrees better with the float network)."""
 
     activation = None  # what a blender must still apply: nothing
     new_outputs = True  # every call returns arrays of its own (share_outputs is off)
@@ -284,8 +283,8 @@ def quantize(network: nn.Module, calibration: np.ndarray) -> Any:
         with torch.no_grad():
             model = ov.convert_model(network, example_input=example, input=[ov.PartialShape([-1, channels, -1, -1])])
         batches = [calibration[i : i + 1] for i in range(calibration.shape[0])]
-        # Full bias correction: on the demo U-Net it lifted the thin class's IoU against float labels
-        # from 0.973 to 0.997 (fast correction) for 1 s more.
+        # Full bias correction rather than the fast one: the thin classes agree with the float labels
+        # much better, for a little more build time (BENCHMARKS.md, int8).
         return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), fast_bias_correction=False)
 
 

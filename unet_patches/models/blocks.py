@@ -74,9 +74,8 @@ class SplitInput(nn.Module):
     The block's first convolution is split by input channels into one over ``a`` (with the bias)
     and one over ``b``; their outputs are summed and the rest of the block runs on the sum. The same
     function up to float rounding. In channels-last memory a concatenation along the channels
-    interleaves both maps pixel by pixel, and at a U-Net's top level that copy cost more than the
-    second convolution and the sum: eager 2048 x 2048 predictions of the demo U-Net took 5 % (bf16,
-    AMX) and 9 % (fp32) less time; compiled ones the same (BENCHMARKS.md).
+    interleaves both maps pixel by pixel, and at a U-Net's top level that copy costs more than the
+    second convolution and the sum (BENCHMARKS.md, tiled inference).
     """
 
     def __init__(self, block: nn.Sequential, first_channels: int) -> None:

@@ -37,8 +37,8 @@ class SegNet(nn.Module):
     }
     size_multiple: ClassVar[int] = 2 ** len(VGG16_STAGES)
     # Its max-unpooling makes predictions depend on where a window starts against the 32-pixel grid;
-    # overlapping training-patch windows average that out, larger windows scored 0.009 mIoU lower
-    # (BENCHMARKS.md, window auto), so window ``auto`` keeps the training patch for it.
+    # overlapping training-patch windows average that out, larger windows scored lower (BENCHMARKS.md,
+    # window auto), so window ``auto`` keeps the training patch for it.
     large_windows: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:

@@ -44,10 +44,10 @@ ROTATION_DEGREES = 180.0
 SCALE_RANGE = (0.75, 1.33)
 # Elastic: Gaussian displacements (standard deviation ELASTIC_PIXELS) at control points ELASTIC_SPACING
 # pixels apart, interpolated bicubically. Both are in pixels, so the deformation looks the same at
-# every patch size. kornia's RandomElasticTransform smooths full-resolution noise instead: its default
-# (kernel 63, sigma 32, alpha 1) costs ~16 ms for image and mask of 16 x 1 x 96 x 96 on two cores and
-# moves pixels by a third of a pixel. This costs a bicubic upsampling of a 5 x 5 grid (96-pixel
-# patches) and shares the one grid_sample of rotate and scale.
+# every patch size. A coarse grid of displacements, upsampled, rather than smoothed full-resolution
+# noise (kornia's RandomElasticTransform): it costs a bicubic upsampling of a 5 x 5 grid (96-pixel
+# patches), shares the one grid_sample of rotate and scale, and moves pixels by more than kornia's
+# defaults do (bench_augment.py measures both).
 ELASTIC_SPACING = 24
 ELASTIC_PIXELS = 2.5
 
@@ -70,8 +70,7 @@ PRESETS: Registry[Mapping[str, float]] = Registry(
         # plausible new shapes, but done often it bends thin structures (lines) more than real data
         # does: a fifth. Brightness, contrast and gamma mimic differences between acquisitions: a
         # third each. Noise and blur also hide detail the network should learn from: a fifth.
-        # Cost: ~6 % of a training step of the default model (16 x 1 x 96 x 96, two CPU cores; see
-        # benchmarks/bench_augment.py), hardly dependent on the probabilities, since an op with
+        # The cost (benchmarks/bench_augment.py) hardly depends on the probabilities: an op with
         # probability > 0 is computed for the whole batch and kept for the samples drawn.
         "strong": MappingProxyType(
             {
@@ -241,7 +240,7 @@ def _noise(images: torch.Tensor) -> torch.Tensor:
 
 def _blur(images: torch.Tensor) -> torch.Tensor:
     sigma = torch.empty(images.shape[0], 1, device=images.device, dtype=images.dtype).uniform_(*BLUR_SIGMA)
-    import kornia.filters  # here, not at the top: loading kornia costs the command line 0.4 s at start-up
+    import kornia.filters  # here, not at the top: loading kornia slows every command's start-up
 
     return kornia.filters.gaussian_blur2d(images, BLUR_KERNEL, sigma.expand(-1, 2), border_type="reflect")
 

@@ -44,10 +44,10 @@ class TiledPredictor(WindowBlender):
             sums are always float32.
         device: where the network runs (default: where its parameters are). Blending runs on CPU.
         compile: run the network through ``torch.compile`` with weight freezing (oneDNN weights
-            pre-packed, BatchNorm and ReLU fused). On this project's CPU it was 5-10 % faster than
-            eager for the 7.8 M-parameter U-Net and up to 1.8x for small ones, for a one-off 10-25 s
-            compile (BENCHMARKS.md, tiled inference). Batches are padded to a fixed size so one graph
-            serves every pass; if compiling fails (e.g. no C++ compiler) the network runs eagerly.
+            pre-packed, BatchNorm and ReLU fused): faster passes for a one-off compile per window
+            shape (:mod:`unet_patches.inference.compiling` decides when that pays). Batches are padded
+            to a fixed size so one graph serves every pass; if compiling fails (e.g. no C++ compiler)
+            the network runs eagerly.
 
     Raises ``UserError`` for invalid settings.
     """
@@ -162,7 +162,7 @@ class TiledPredictor(WindowBlender):
         with torch.inference_mode():
             # Contiguous in the network's dtype first (half the bytes under bf16 autocast), then the
             # activation straight into float32: one pass over a channels-last bf16 output instead of
-            # three (float32 copy, softmax, contiguous copy), 3.5 ms instead of 11 ms per 2 x 336^2 batch.
+            # three (float32 copy, softmax, contiguous copy).
             out = out[: n * self.n_aug].to("cpu").contiguous()
             if self.activation == "softmax":
                 out = torch.softmax(out, dim=1, dtype=torch.float32)

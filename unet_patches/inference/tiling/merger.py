@@ -26,9 +26,7 @@ class RowMerger:
     (``sums=False``) or their sums (``sums=True``) go into the band of the row at once, while the
     window is still in the cache; the rows the next window row shares go to ``carry``.
 
-    This replaced a full-width band of sums that every window was first copied into and that was
-    argmax-ed when finished: the copy and the cold band took about 10 ms of a 2048 x 2048 image's
-    45 ms outside the forward passes (demo U-Net, window 336, AMX Xeon). Between window rows the
+    So no full-width band of sums is written, and nothing is copied into one; between window rows the
     merger holds only ``carry`` (the shared rows), which is what a waiting column strip keeps.
 
     NumPy rather than torch: these are memory-bound copies and adds, and torch would split each one
@@ -86,8 +84,7 @@ class RowMerger:
                 self.band[:, :, x : x + last] = sums[:, :finished, :last]
             else:
                 # Whole rows of the window: each class plane is one contiguous run, one NumPy loop,
-                # where the finished columns alone cost a loop per row (4.5 against 7 ms for the
-                # 49 windows of a 2048 x 2048 image).
+                # where the finished columns alone (a strided view) cost a loop per row.
                 labels = argmax_classes(sums[:, :finished], out=self._labels[:finished])
                 self.band[:, x : x + last] = labels[:, :last]
             if below > 0:
@@ -124,7 +121,7 @@ def argmax_classes(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     higher = np.empty(labels.shape, np.bool_)
     for k in range(2, scores.shape[0]):
         # The labels so far are below k, so the larger of them and k where class k is higher is the
-        # new label: an element-wise maximum, 6x faster than putmask (which branches per pixel).
+        # new label: an element-wise maximum, which does not branch per pixel as putmask does.
         np.greater(scores[k], best, out=higher)
         marks = higher.view(np.uint8)
         np.maximum(labels, np.multiply(marks, k, out=marks), out=labels)

@@ -39,7 +39,8 @@ __all__ = [
 
 AUTO_WINDOW = 320
 """Smallest side of an ``auto`` window in pixels (on an axis longer than it; before fitting to the
-axis and rounding to the model's grid). 256 to 384 measured alike on the demo U-Net (BENCHMARKS.md)."""
+axis and rounding to the model's grid): large enough that the passes run near the CPU's peak, small
+enough for any image (BENCHMARKS.md, tiled inference, compares the sizes)."""
 
 WINDOW_CHOICES = ("auto", "patch")
 
