@@ -1,9 +1,10 @@
 """Choices made by name: one :class:`Registry` per kind (models, losses, optimizers, schedules, blend
-modes, padding modes, precisions, ...), defined next to what it names.
+and padding modes, normalisation modes, output formats, precisions, ...), defined next to what it
+names; an extension point is a row of one.
 
-``config.py`` checks settings against the registries, argparse takes its ``choices`` from them and
-the tests hold ``docs/PARAMETERS.md`` to them, so a name is written once. A miss lists the valid
-names and suggests the closest one.
+The settings check names against the registries, argparse takes its ``choices`` from them and the
+tests hold ``docs/PARAMETERS.md`` to them, so a name is written once. A miss lists the valid names
+and suggests the closest one.
 """
 
 from __future__ import annotations
