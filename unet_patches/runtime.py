@@ -189,7 +189,8 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         name = "fp16" if cuda else ("bf16" if cpu_has_fast_bf16() else "fp32")
     if name == "int8":
         raise UserError(
-            "precision 'int8' needs a checkpoint's int8 network (Segmenter.predictor); use auto, fp32 or bf16"
+            "precision 'int8' needs a checkpoint's int8 network (a PredictionJob with precision int8); "
+            "use auto, fp32 or bf16"
         )
     if name == "fp16" and not cuda:
         raise UserError("precision 'fp16' needs a CUDA device; use auto, fp32 or bf16 on CPU")
