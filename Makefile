@@ -5,42 +5,51 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP_CONSTRAINTS ?= -c constraints.txt
-STAMP := $(VENV)/.installed
+PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_CONSTRAINTS)
+CORE := $(VENV)/.installed-core
+TOOLS := $(VENV)/.installed-test
 
 .PHONY: setup demo test test-all lint format bench clean-venv
 
-$(STAMP): pyproject.toml constraints.txt
+# The package and what it needs to train and predict: all that make demo uses.
+$(CORE): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_CONSTRAINTS) -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) -e .
+	touch $(CORE)
 
-setup: $(STAMP)
+# The test, benchmark and lint tools and every optional extra (MONAI, ONNX, MLflow, OpenVINO, ...).
+$(TOOLS): $(CORE)
+	$(PIP) -e '.[test]'
+	touch $(TOOLS)
+
+## setup: the environment with everything (tests, benchmarks, every extra)
+setup: $(TOOLS)
 
 ## demo: generate synthetic data, extract patches, train, evaluate on unseen test images
 ##       (a later run goes to demo-2, ...; make demo OVERWRITE=1 redoes demo in place)
-demo: setup
+demo: $(CORE)
 	$(PY) -m unet_patches.demo $(if $(OVERWRITE),--overwrite)
 
 ## test: the default test suite (fast; slow and multi-process tests are in test-all)
-test: setup
+test: $(TOOLS)
 	$(PY) -m pytest -m "not slow and not distributed"
 
 ## test-all: every test, the slow and multi-process ones included (CI runs this)
-test-all: setup
+test-all: $(TOOLS)
 	$(PY) -m pytest
 
 ## lint: the formatter and linter (ruff, settings in pyproject.toml) check the code; CI runs this
-lint: setup
+lint: $(TOOLS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 ## format: format the code and apply ruff's safe fixes
-format: setup
+format: $(TOOLS)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 ## bench: benchmarks; results printed and written under benchmarks/results/
-bench: setup
+bench: $(TOOLS)
 	$(PY) benchmarks/run_all.py
 
 clean-venv:
