@@ -44,8 +44,8 @@ def predict(
             per pass), ``precision``, ``compile`` (default false here: one image rarely repays it),
             ``device`` and the predictor's keyword arguments (``blend``, ``padding``, ``tta``, ...);
             ``Config.inference.predictor_options()`` gives those of ``parameters.json``. Each call
-            is a job of its own; for many images make one :class:`PredictionJob` and call its
-            ``labels``.
+            is a job of its own, which prepares its copy of the network; for many images make one
+            :class:`PredictionJob` and call its ``labels``.
 
     Returns:
         ``(H, W)`` uint8 label mask, or ``(labels, probs)``.
