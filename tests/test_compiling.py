@@ -84,6 +84,7 @@ def test_a_job_decides_once_and_keeps_its_predictors_per_window_shape(segmenter,
     job = PredictionJob(segmenter, [(2048, 2048)] * 10, precision="fp32")
     assert job.compile is True and len(timed[1]) == 1  # one trial, for the whole job
     first = job.predictor((2048, 2048))
+    assert first.compiled  # the trial's eager predictor was not kept for the compiled job
     assert job.predictor((2050, 2046)) is first  # both get 336 x 336 windows
     assert job.predictor((100, 2048)) is not first and len(job.predictors) == 2
     assert len(timed[1]) == 1

@@ -190,7 +190,7 @@ def test_one_image_over_shards_equals_one_process_bit_for_bit(huge, count, strip
     assert not strips or len(used) >= 2 * (count + 1)  # two strips or more, in every run
 
 
-def test_a_rerun_computes_only_the_chunk_rows_not_marked_finished(huge):
+def test_a_rerun_computes_only_the_chunk_rows_not_marked_finished(huge, monkeypatch):
     assert _run(huge, "out", "--shard", "0/2") == 0 and _run(huge, "out", "--shard", "1/2") == 0
     store = huge / "out" / "big_labels.zarr"
     good = zarr.open_array(str(store))[...]
@@ -204,6 +204,10 @@ def test_a_rerun_computes_only_the_chunk_rows_not_marked_finished(huge):
     assert np.array_equal(again[:256], good[:256]) and (again[256:320] == 201).all()
     report = json.loads((huge / "out" / ".shards" / "shard-1-of-2.json").read_text())
     assert report["written"] == [] and report["skipped"] == [str((huge / "big.tif").resolve())]
+    from unet_patches.inference import predict as predicting
+
+    monkeypatch.setattr(predicting, "PredictionJob", lambda *a, **k: pytest.fail("a job was settled"))
+    assert _run(huge, "out", "--shard", "0/2") == 0  # every chunk row finished: no job decided
 
 
 def test_a_store_of_another_job_is_refused_without_overwrite(huge, capsys):

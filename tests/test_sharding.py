@@ -67,6 +67,17 @@ def test_shards_predict_their_files_once_and_a_rerun_skips_what_is_done(folder, 
     assert len(list((folder / "out").glob("*_labels.png"))) == 5
 
 
+def test_a_rerun_with_nothing_left_to_do_settles_no_job(folder, monkeypatch):
+    """Deciding a job's network (building int8, timing a compile trial) waits until there is work."""
+    from unet_patches.inference import predict
+
+    assert _predict(folder, "--shard", "0/2") == 0
+    monkeypatch.setattr(predict, "PredictionJob", lambda *a, **k: pytest.fail("a job was settled"))
+    assert _predict(folder, "--shard", "0/2", "--precision", "int8") == 0  # int8 is not even asked for
+    report = json.loads((folder / "out" / ".shards" / "shard-0-of-2.json").read_text())
+    assert report["written"] == [] and len(report["skipped"]) == 3
+
+
 def test_merge_report_without_shards_is_a_user_error(tmp_path, capsys):
     assert main(["merge-report", str(tmp_path)]) == 2
     assert "no shard reports" in capsys.readouterr().err

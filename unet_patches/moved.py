@@ -65,29 +65,72 @@ MOVED = {
     "unet_patches.submission": "unet_patches.deploy.submission",
     "unet_patches.rle": "unet_patches.deploy.rle",
 }
-"""Old module -> the module that holds its contents now. (``unet_patches.data`` and
-``unet_patches.training`` are packages now: the training datasets are ``unet_patches.training.datasets``
-and ``training.fit`` is ``unet_patches.training.fit``.)"""
+"""Old module -> the module that holds its contents now."""
 
+ALSO: dict[str, tuple[str, ...]] = {
+    "unet_patches.settings": ("unet_patches.runtime", "unet_patches.parameters"),
+    "unet_patches.preprocess": ("unet_patches.data.normalize",),
+    "unet_patches.tiling": (
+        "unet_patches.files.plan",
+        "unet_patches.files.rows",
+        "unet_patches.files.sources",
+        "unet_patches.files.writers",
+    ),
+    "unet_patches.tiling.files": ("unet_patches.files.formats",),
+    "unet_patches.tiling.merger": ("unet_patches.files.writers",),
+    "unet_patches.compiling": ("unet_patches.inference.compiling",),
+    "unet_patches.checkpoints": ("unet_patches.training.state",),
+    "unet_patches.data": ("unet_patches.training.datasets", "unet_patches.deploy.calibrate"),
+}
+"""Further modules that hold names of an old module (the first of :data:`MOVED` is searched first)."""
+
+RENAMED = {("unet_patches.optim", "Progress"): "RunClock"}
+"""Names that changed as they moved: (old module, old name) -> the new name in its new module."""
+
+REMOVED = {
+    ("unet_patches.compiling", "settle_job"): "unet_patches.inference.job.PredictionJob, which decides precision and "
+    "compile once for a job (its .precision and .compile)",
+    ("unet_patches.compiling", "compile_for_job"): "unet_patches.inference.job.PredictionJob(...).compile",
+    ("unet_patches.compiling", "planned_work"): "unet_patches.inference.job.PredictionJob.planned_work",
+    ("unet_patches.checkpoints", "checkpoint_state"): "unet_patches.training.state.run_state",
+    ("unet_patches.sharding", "predict_row_block"): "unet_patches.inference.predict.predict_files with a shard (or "
+    "files.shards.open_row_block and PredictionJob.write_block)",
+}
+"""Names that are gone, and what does their work now."""
+
+
+def _forward(old: str, module: Any) -> None:
+    """Give the module object ``module`` (of the old path ``old``) the names of its new modules."""
+    targets = (*([MOVED[old]] if old in MOVED else []), *ALSO.get(old, ()))
+
+    def forwarded(name: str) -> Any:
+        if (old, name) in REMOVED:
+            raise AttributeError(f"{old}.{name} was removed; use {REMOVED[old, name]}")
+        wanted = RENAMED.get((old, name), name)
+        for target in targets:
+            found = getattr(importlib.import_module(target), wanted, _MISSING)
+            if found is not _MISSING:
+                return found
+        raise AttributeError(f"module {old!r} (now {', '.join(targets)}) has no attribute {name!r}")
+
+    module.__getattr__ = forwarded
+
+
+_MISSING = object()
 _OLD_PACKAGES = {"unet_patches.tiling"}
 
 
 class _Forwarder(importlib.abc.Loader):
-    """Makes an old module: its names are the new module's, looked up on first use."""
+    """Makes an old module: its names are those of the modules that hold them now, looked up on use."""
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         return None  # the default module object
 
     def exec_module(self, module: Any) -> None:
         old = module.__name__
-        new = MOVED[old]
-        warnings.warn(f"{old} has moved to {new}; import from there", DeprecationWarning, stacklevel=2)
-
-        def forwarded(name: str) -> Any:
-            return getattr(importlib.import_module(new), name)
-
-        module.__getattr__ = forwarded
-        module.__doc__ = f"Moved to {new}."
+        warnings.warn(f"{old} has moved to {MOVED[old]}; import from there", DeprecationWarning, stacklevel=2)
+        _forward(old, module)
+        module.__doc__ = f"Moved to {MOVED[old]}."
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -98,6 +141,10 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Let the old import paths resolve (after every real module: the finder is asked last)."""
+    """Let the old import paths resolve (after every real module: the finder is asked last). The old
+    ``unet_patches.data`` module's names are looked up on the ``data`` package, which the training
+    datasets left for ``unet_patches.training.datasets`` (the old ``training`` module's names are the
+    ``training`` package's own, :mod:`unet_patches.training`)."""
     if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
         sys.meta_path.append(_Finder())
+        _forward("unet_patches.data", importlib.import_module("unet_patches.data"))

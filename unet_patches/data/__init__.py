@@ -3,9 +3,9 @@ them before training sees them.
 
 - :mod:`.imageio`: decoding image files (``read_raw``), pixel types and channels, overlays, PNGs;
 - :mod:`.masks`: raw masks -> class indices (mask tables, 0/255, the original's colours);
-- :mod:`.normalize`: the normalisation modes, one registry row each;
+- :mod:`.normalize`: the normalisation modes, one registry row each; streamed percentiles;
 - :mod:`.preprocess`: :class:`~.preprocess.Preprocess`, a file -> network input (channels, resize,
-  normalisation), written into checkpoints; streamed percentiles, resizing;
+  normalisation), written into checkpoints; resizing;
 - :mod:`.config`: the ``data``, ``synthetic`` and ``patches`` sections of ``parameters.json``;
 - :mod:`.cache`: each file decoded once into a memory-mapped ``.npy``;
 - :mod:`.folders`: pairing images with masks, groups (subjects), loading pairs;

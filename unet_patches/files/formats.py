@@ -127,10 +127,11 @@ def check_probs_dtype(probs_dtype: str, output_format: str) -> None:
     """Refuse a probabilities dtype that the output format (a :data:`FORMAT_CHOICES` name) cannot keep."""
     if probs_dtype not in PROBS_DTYPES:
         raise UserError(f"probabilities dtype {probs_dtype!r}: expected one of {', '.join(PROBS_DTYPES)}")
-    keeps = OUTPUT_FORMATS[output_format].probs_dtypes if output_format in OUTPUT_FORMATS else ("uint8",)
-    if probs_dtype not in keeps:
-        takers = [fmt.name for fmt in OUTPUT_FORMATS.values() if probs_dtype in fmt.probs_dtypes]
+    fmt = OUTPUT_FORMATS.get(output_format, OUTPUT_FORMATS["png"])  # auto: png or tiff, alike here
+    if probs_dtype not in fmt.probs_dtypes:
+        takers = [other.name for other in OUTPUT_FORMATS.values() if probs_dtype in other.probs_dtypes]
+        kept = "float32 .npy files" if fmt.probs_suffix == ".npy" else " or ".join(fmt.probs_dtypes)
         raise UserError(
-            f"--probs-dtype {probs_dtype} is for --format {' or '.join(takers)} (OME-TIFF keeps uint8, .npy "
-            f"float32); add --format {takers[0]}"
+            f"--probs-dtype {probs_dtype} is for --format {' or '.join(takers)} (--format {output_format}: "
+            f"{kept}); add --format {takers[0]}"
         )

@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_STREAM_THRESHOLD_PX",
     "OutputPlan",
     "expand_inputs",
+    "open_array",
     "open_image",
     "output_paths",
     "plan_outputs",

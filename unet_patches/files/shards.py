@@ -32,13 +32,17 @@ from typing import Any
 from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
 
-from .shared_zarr import CHUNK
+from .formats import OutputFormat
+from .plan import output_paths
+from .shared_zarr import CHUNK, SharedZarrRows
 
 __all__ = [
+    "RowBlock",
     "Shard",
     "finish_shard",
     "gather_report",
     "merge_report",
+    "open_row_block",
     "row_block",
     "shard_from",
     "share",
@@ -164,3 +168,58 @@ def row_block(height: int, shard: Shard, chunk: int = CHUNK) -> tuple[int, int]:
     count = -(-height // chunk)
     first, last = shard.index * count // shard.count, (shard.index + 1) * count // shard.count
     return min(first * chunk, height), min(last * chunk, height)
+
+
+@dataclass
+class RowBlock:
+    """This shard's block of rows of one image, in the stores that every shard fills: ``stores`` by
+    output (``labels``, ``probs``), and ``todo``, the rows left to compute (None: an earlier run
+    finished them all)."""
+
+    stores: dict[str, SharedZarrRows]
+    todo: tuple[int, int] | None
+
+
+def open_row_block(
+    image: Path,
+    size: tuple[int, int],
+    out_dir: Path,
+    shard: Shard,
+    fmt: OutputFormat,
+    job: Mapping[str, Any],
+    *,
+    probs: bool,
+    classes: int,
+    probs_dtype: str = "uint8",
+    overwrite: bool = False,
+) -> RowBlock | None:
+    """Open (or begin) the stores of ``fmt`` that every shard of ``job`` fills for one image of
+    ``size`` (``<stem>_labels.zarr``, ``<stem>_probs.zarr``) and find this shard's rows (:func:`row_block`)
+    that an earlier run did not finish; None when the shard has no rows (more shards than chunk rows).
+
+    Raises:
+        UserError: a store begun by another job (image, model or settings) without ``overwrite``.
+    """
+    start, stop = row_block(size[0], shard, fmt.block_rows)
+    if start == stop:
+        return None
+    kinds = {"labels": (None, "uint8"), "probs": (classes, probs_dtype)}
+    stores = {
+        key: fmt.shared_store(
+            path,
+            *size,
+            (start, stop),
+            {**job, "output": key},
+            classes=kinds[key][0],
+            dtype=kinds[key][1],
+            replace=overwrite,
+        )
+        for key, path in output_paths(image, out_dir, fmt, overlay=False, probs=probs).items()
+    }
+    todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
+    if not todo:
+        return RowBlock(stores, None)
+    first, last = min(r[0] for r in todo), max(r[1] for r in todo)
+    for store in stores.values():
+        store.begin_at(first)
+    return RowBlock(stores, (first, last))

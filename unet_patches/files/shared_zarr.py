@@ -1,7 +1,7 @@
 """Zarr arrays filled a chunk row at a time (:class:`ChunkRowFiller`, under both Zarr writers), and one
 Zarr store written by several processes at once, each its own block of chunk rows.
 
-A huge image split between processes (:func:`unet_patches.files.shards.predict_row_block`) writes one
+A huge image split between processes (:func:`unet_patches.files.shards.open_row_block`) writes one
 labels store (and one probabilities store): process ``i`` writes only the chunk rows of its block, so
 no two processes ever write the same chunk and no lock is needed. Every process writes the store's
 metadata (``zarr.json``) the same way, by renaming a complete file into place, so it does not matter

@@ -1,7 +1,7 @@
-"""The parts of ``parameters.json`` that deployment reads without the training stack (and so without
-PyTorch): the file itself, the precision names and the ``inference`` section.
+"""The ``inference`` section of ``parameters.json``, which deployment reads without the training stack
+(and so without PyTorch); the file itself is read by :mod:`unet_patches.parameters`.
 
-:mod:`unet_patches.training.config` builds the whole :class:`~unet_patches.training.config.Config` on these.
+:class:`~unet_patches.training.config.Config` holds this section beside the others.
 ``predict``, ``evaluate`` and ``submit`` read only the ``inference`` section
 (:func:`inference_settings`), so they run where only NumPy and ONNX Runtime are installed.
 """
@@ -27,7 +27,7 @@ COMPILE_CHOICES = ("auto", True, False)
 
 
 def check_compile(value: object, name: str = "inference.compile") -> bool | str:
-    """``value`` if it is ``auto``, true or false (:mod:`unet_patches.inference.job` decides ``auto``)."""
+    """``value`` if it is ``auto``, true or false (:mod:`unet_patches.inference.compiling` decides ``auto``)."""
     if value not in COMPILE_CHOICES or isinstance(value, (int, float)) and not isinstance(value, bool):
         raise UserError(f"{name} = {value!r}: expected auto, true or false")
     return value  # type: ignore[return-value]
@@ -41,7 +41,8 @@ class InferenceConfig:
     training patch, the original's behaviour) or a size in pixels. ``overlap``: ``auto`` (pixels
     chosen from the model for ``auto`` windows, 0.5 otherwise) or a fraction in [0, 1).
     ``batch_size`` counts windows of the training patch per pass; larger windows go fewer per pass.
-    ``compile``: ``auto`` (when the job's planned work repays it, :mod:`unet_patches.inference.job`), true or false.
+    ``compile``: ``auto`` (when the job's planned work repays it, :mod:`unet_patches.inference.compiling`),
+    true or false.
     """
 
     window: int | str = "auto"
@@ -67,7 +68,7 @@ class InferenceConfig:
 
     def predictor_options(self) -> dict[str, Any]:
         """These settings as keyword arguments of ``predict``, ``evaluate_folder``, ``predict_files``
-        and ``write_submission`` (:mod:`unet_patches.inference.segmenter`), named explicitly."""
+        and ``write_submission`` (:mod:`unet_patches.inference.predict`), named explicitly."""
         return {
             "window": self.window,
             "overlap": self.overlap,

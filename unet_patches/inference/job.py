@@ -15,6 +15,7 @@ What is decided once, before any image (so that a job runs wholly one way):
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -25,10 +26,9 @@ import numpy as np
 from unet_patches import console
 from unet_patches.data.folders import Pair, read_pair
 from unet_patches.data.preprocess import resize_image, resize_probabilities
-from unet_patches.files.formats import OutputFormat
-from unet_patches.files.plan import OutputPlan, open_array, open_image, output_paths, write_outputs
+from unet_patches.files.plan import OutputPlan, open_array, open_image, write_outputs
 from unet_patches.files.rows import RowSource
-from unet_patches.files.shards import Shard, row_block
+from unet_patches.files.shards import RowBlock
 from unet_patches.files.writers import Band
 from unet_patches.metrics import ConfusionMatrix
 from unet_patches.runtime import PRECISIONS
@@ -44,9 +44,12 @@ from .tiling.placement import place_windows
 from .tiling.sizing import Window, WindowPlan, check_window
 from .tiling.sizing import describe as describe_plan
 
-__all__ = ["PredictionJob"]
+__all__ = ["PREDICTORS_KEPT", "PredictionJob"]
 
 log = logging.getLogger(__name__)
+
+PREDICTORS_KEPT = 8
+"""Predictors a job keeps, the last used: images of many sizes get windows of many shapes."""
 
 
 class PredictionJob:
@@ -85,16 +88,7 @@ class PredictionJob:
         self.window, self.overlap, self.batch_size = check_window(window), overlap, batch_size
         self.device = device
         self.engine = {"activation": segmenter.activation, **engine}
-        self.given = {
-            "window": window,
-            "overlap": overlap,
-            "batch_size": batch_size,
-            "precision": precision,
-            "compile": compile,
-            "device": device,
-            **engine,
-        }
-        self.predictors: dict[WindowPlan, WindowBlender] = {}
+        self.predictors: OrderedDict[WindowPlan, WindowBlender] = OrderedDict()
         self.precision, self.compile = PRECISIONS.check(precision, "precision"), False
         choice = check_compile(compile, "compile")
         work = cache(lambda: self.planned_work(sizes))
@@ -107,8 +101,16 @@ class PredictionJob:
         elif self.precision == "int8":  # built (or refused) now, before any file is written
             int8_network_of(segmenter, device)
         else:
-            trial = lambda size: self.predictor_of(self.plan(size), compile=False)  # noqa: E731
+            trials: dict[WindowPlan, WindowBlender] = {}
+
+            def trial(size: tuple[int, int]) -> WindowBlender:
+                plan = self.plan(size)
+                trials[plan] = self._build(plan, compile=False)
+                return trials[plan]
+
             self.compile = decide_compile(choice, work, trial, segmenter.in_channels)
+            if not self.compile:
+                self.predictors.update(trials)  # the eager trial predictor serves the job
 
     # --- plans and predictors -----------------------------------------------------------------
 
@@ -132,14 +134,16 @@ class PredictionJob:
         """The predictor of an image of ``size`` as read: that of its window plan."""
         return self.predictor_of(self.plan(size))
 
-    def predictor_of(self, plan: WindowPlan, compile: bool | None = None) -> WindowBlender:
-        """The predictor for windows of ``plan``, made once per plan (``compile``: override the job's
-        choice, for a trial pass; such a predictor is not kept)."""
-        if compile is not None and compile != self.compile:
-            return self._build(plan, compile)
-        if plan not in self.predictors:
-            log.info("tiled inference: %s", describe_plan(plan))
-            self.predictors[plan] = self._build(plan, self.compile)
+    def predictor_of(self, plan: WindowPlan) -> WindowBlender:
+        """The predictor for windows of ``plan``, made once per plan; the :data:`PREDICTORS_KEPT` used
+        last are kept (each holds its own copy of the network)."""
+        if plan in self.predictors:
+            self.predictors.move_to_end(plan)
+            return self.predictors[plan]
+        log.info("tiled inference: %s", describe_plan(plan))
+        if len(self.predictors) >= PREDICTORS_KEPT:
+            self.predictors.popitem(last=False)
+        self.predictors[plan] = self._build(plan, self.compile)
         return self.predictors[plan]
 
     def _build(self, plan: WindowPlan, compile: bool) -> WindowBlender:
@@ -230,58 +234,15 @@ class PredictionJob:
         bar.close()
         return written
 
-    def write_rows(
-        self,
-        image: Path,
-        size: tuple[int, int],
-        out_dir: Path,
-        shard: Shard,
-        fmt: OutputFormat,
-        *,
-        probs: bool,
-        probs_dtype: str = "uint8",
-        overwrite: bool = False,
-        level: int = 0,
-        progress: bool = False,
-    ) -> tuple[list[Path], bool]:
-        """Shard ``shard``'s block of rows of one image of ``size`` (:func:`~unet_patches.files.shards.row_block`)
-        into the stores of ``fmt`` that every shard fills (``<stem>_labels.zarr``, ``<stem>_probs.zarr``);
-        chunk rows an earlier run finished are not computed again. Returns the stores written to, and
-        whether the block was skipped because an earlier run finished it (a shard with no rows, when
-        there are more shards than chunk rows, writes nothing and skips nothing).
-
-        Raises:
-            UserError: a store begun by another job (image, model or settings) without ``overwrite``.
-        """
-        start, stop = row_block(size[0], shard, fmt.block_rows)
-        if start == stop:  # more shards than chunk rows
-            return [], False
-        page = self.segmenter.preprocess.page
-        job = {"image": str(image.resolve()), "page": page, "level": level, "size": list(size)}
-        job.update(model=self.segmenter.identity(), window=repr(self.given["window"]))
-        job["options"] = repr(sorted((k, v) for k, v in self.given.items() if k != "window"))
-        kinds = {"labels": (None, "uint8"), "probs": (self.segmenter.num_classes, probs_dtype)}
-        stores = {
-            key: fmt.shared_store(
-                path,
-                *size,
-                (start, stop),
-                {**job, "output": key},
-                classes=kinds[key][0],
-                dtype=kinds[key][1],
-                replace=overwrite,
-            )
-            for key, path in output_paths(image, out_dir, fmt, overlay=False, probs=probs).items()
-        }
-        todo = [r for r in (store.missing() for store in stores.values()) if r is not None]
-        if not todo:
-            return [], True
-        first, last = min(r[0] for r in todo), max(r[1] for r in todo)
-        for store in stores.values():
-            store.begin_at(first)
+    def write_block(
+        self, image: Path, block: RowBlock, *, probs: bool, level: int = 0, progress: bool = False
+    ) -> list[Path]:
+        """The rows left to do of one image's block (:func:`~unet_patches.files.shards.open_row_block`)
+        predicted into the stores that every shard fills; returns the stores."""
+        assert block.todo is not None, "a block finished by an earlier run has nothing to predict"
         with open_image(image, self.segmenter.preprocess, large=True, level=level) as source:
-            for band in self.bands(source, probs=probs, progress=progress, rows=(first, last)):
-                stores["labels"].write(band.labels)
+            for band in self.bands(source, probs=probs, progress=progress, rows=block.todo):
+                block.stores["labels"].write(band.labels)
                 if probs:
-                    stores["probs"].write(band.probs)
-        return [store.close() for store in stores.values()], False
+                    block.stores["probs"].write(band.probs)
+        return [store.close() for store in block.stores.values()]

@@ -17,7 +17,7 @@ from unet_patches.data.folders import Pair, find_pairs
 from unet_patches.errors import UserError
 from unet_patches.files.formats import OUTPUT_FORMATS, check_probs_dtype
 from unet_patches.files.plan import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, plan_outputs
-from unet_patches.files.shards import Shard, finish_shard, share
+from unet_patches.files.shards import Shard, finish_shard, open_row_block, share
 from unet_patches.files.sources import image_size
 from unet_patches.metrics import ConfusionMatrix
 
@@ -120,46 +120,35 @@ def predict_files(
     ``float16`` where it keeps either). ``level``: the pyramid level of TIFF and Zarr inputs. ``window``,
     ``options``: as for :func:`evaluate_folder`. ``shard`` (:func:`~unet_patches.files.shards.shard_from`):
     only this process's share of the files, images whose outputs all exist skipped, a shard report
-    written; one image given to several shards is split by rows (:meth:`PredictionJob.write_rows`).
+    written; one image given to several shards is split by rows (:meth:`PredictionJob.write_block`).
 
     Raises:
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
             every input and output is checked before anything is written.
     """
-    files = expand_inputs(inputs)
-    out_dir = Path(out_dir)
+    files, out_dir = expand_inputs(inputs), Path(out_dir)
+    common = {"probs": probs, "overwrite": overwrite, "level": level}
     if shard is not None and len(files) == 1 and shard.count > 1:  # one image over several shards
-        return _predict_rows(
-            segmenter,
-            files[0],
-            out_dir,
-            shard,
-            output_format,
-            probs_dtype,
-            probs=probs,
-            overwrite=overwrite,
-            level=level,
-            progress=progress,
-            window=window,
-            **options,
-        )
+        rows = {"progress": progress, "window": window, **common}
+        return _predict_rows(segmenter, files[0], out_dir, shard, output_format, probs_dtype, **rows, **options)
     if probs:
         check_probs_dtype(probs_dtype, output_format)
     files = files if shard is None else share(files, shard)
+    skip = shard is not None  # a sharded job skips images already predicted
     plans = plan_outputs(
         files,
         out_dir,
         overlay=overlay,
-        probs=probs,
-        overwrite=overwrite,
         stream_threshold_px=stream_threshold_px,
         page=segmenter.preprocess.page,
-        level=level,
         output_format=output_format,
-        skip_finished=shard is not None,  # a sharded job skips images already predicted
+        skip_finished=skip,
+        **common,
     )
-    job = PredictionJob(segmenter, [plan.size for plan in plans], window=window, **options)
-    written = job.write_all(plans, level=level, probs_dtype=probs_dtype, progress=progress)
+    written: list[Path] = []
+    if plans:  # a sharded job run again may find every image done: nothing to settle
+        job = PredictionJob(segmenter, [plan.size for plan in plans], window=window, **options)
+        written = job.write_all(plans, level=level, probs_dtype=probs_dtype, progress=progress)
     if shard is not None:
         planned = {plan.image for plan in plans}
         finish_shard(out_dir, shard, written, [f for f in files if f not in planned])
@@ -178,9 +167,11 @@ def _predict_rows(
     overwrite: bool,
     level: int,
     progress: bool,
+    window: Window,
     **options: Any,
 ) -> list[Path]:
     """Shard ``shard``'s rows of one image into the stores every shard fills; writes the shard report.
+    The job is settled only when some of its rows are left to compute.
 
     Raises:
         UserError: a format whose stores cannot be shared, a checkpoint that resizes images, or a
@@ -202,18 +193,24 @@ def _predict_rows(
             "predict it in one process"
         )
     size = image_size(image, segmenter.preprocess.page, level)
-    job = PredictionJob(segmenter, [size], **options)
-    written, skipped = job.write_rows(
+    identity = {"image": str(image.resolve()), "page": segmenter.preprocess.page, "level": level, "size": list(size)}
+    identity.update(model=segmenter.identity(), window=repr(window), options=repr(sorted(options.items())))
+    block = open_row_block(
         image,
         size,
         out_dir,
         shard,
         fmt,
+        identity,
         probs=probs,
+        classes=segmenter.num_classes,
         probs_dtype=probs_dtype,
         overwrite=overwrite,
-        level=level,
-        progress=progress,
     )
-    finish_shard(out_dir, shard, written, [image] if skipped else [])
+    if block is None or block.todo is None:  # no rows for this shard, or all finished by an earlier run
+        finish_shard(out_dir, shard, [], [] if block is None else [image])
+        return []
+    job = PredictionJob(segmenter, [size], window=window, **options)
+    written = job.write_block(image, block, probs=probs, level=level, progress=progress)
+    finish_shard(out_dir, shard, written, [])
     return written

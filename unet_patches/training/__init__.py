@@ -19,3 +19,14 @@ from .resuming import resume
 from .run import fit
 
 __all__ = ["fit", "resume"]
+
+
+def __getattr__(name: str) -> object:
+    """The names of the earlier ``unet_patches.training`` module, now in :mod:`.run`, :mod:`.state` and
+    :mod:`.loops`."""
+    from . import loops, run, state
+
+    for module in (run, state, loops):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
