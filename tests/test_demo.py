@@ -43,3 +43,21 @@ def test_the_demo_trains_in_two_processes(tmp_path, monkeypatch, capsys):
         json.loads((tmp_path / "data" / "demo" / "training_settings.json").read_text())["training"]["run_name"]
         == "demo"
     )
+
+
+@pytest.mark.slow
+def test_the_demo_on_nuclei(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path)
+    values = json.loads(params.read_text())
+    values["nuclei"].update(height=96, width=96)
+    params.write_text(json.dumps(values))
+    assert demo.main(["--params", str(params), "--minutes", "0.03", "--processes", "1", "--kind", "nuclei"]) == 0
+    out = capsys.readouterr().out
+    assert "(nuclei) in data/demo/nuclei" in out and "boundary" in out
+    assert (tmp_path / "data" / "demo" / "nuclei" / "train" / "instances" / "0000.png").is_file()
+    assert load_checkpoint(tmp_path / "checkpoints" / "demo" / "best.pt")["class_names"] == [
+        "background",
+        "interior",
+        "boundary",
+    ]

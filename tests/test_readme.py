@@ -81,7 +81,8 @@ def named_outputs(command: str) -> list[str]:
         if run and "--resume" not in command:
             outputs += [f"checkpoints/{run}/last.pt"]
     if command.startswith("unet-patches generate") and "-o" not in command.split():
-        outputs += ["data/synthetic/train", "data/synthetic/test"]
+        kind = "nuclei" if "--kind nuclei" in command else "synthetic"
+        outputs += [f"data/{kind}/train", f"data/{kind}/test"]
     if command.startswith("unet-patches patches"):
         outputs += ["data/patches_s96/manifest.json"]
     if command.startswith("unet-patches crossval"):

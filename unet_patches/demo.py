@@ -1,7 +1,8 @@
 """``make demo``: the whole pipeline on built-in synthetic data, then the figures.
 
 1. generate ``synthetic.n_train`` training and ``synthetic.n_test`` test images (seeded, 100 and 50
-   in the shipped settings) into ``data/demo/synthetic``;
+   in the shipped settings) into ``data/demo/synthetic``: the lines and ellipses, or, with ``--kind
+   nuclei``, images of touching nuclei (the ``nuclei`` section; ``data/demo/nuclei``);
 2. cut random patches with flips into ``data/demo/patches_s96`` (the original's on-disk patch set);
 3. train with the settings of ``parameters.json`` under its time budget (``checkpoints/demo/``,
    ``runs/demo/``), in two processes of one thread each (``torchrun``) on machines with two or more
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cli import DEFAULT_PARAMS, params_path, run_guarded
+from .data.config import SYNTHETIC_KINDS
+from .data.nuclei import NUCLEI_CLASS_NAMES
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -39,24 +42,34 @@ if TYPE_CHECKING:
 DEMO_MINUTES = 10.0
 
 
-def run(params: str | None, minutes: float | None, overwrite: bool = False, processes: int | None = None) -> int:
+def run(
+    params: str | None,
+    minutes: float | None,
+    overwrite: bool = False,
+    processes: int | None = None,
+    kind: str = "shapes",
+) -> int:
     from .api import Segmenter, evaluate_folder, predict_files
     from .data.patches import extract_patches
-    from .data.synthetic import generate_dataset
     from .training.config import load_config
 
     started = time.monotonic()
     config = load_config(params_path(params))
+    if kind == "nuclei":  # the nuclei's classes; the settings of the nuclei section draw the images
+        config = config.merged({"data": {"num_classes": 3, "class_names": list(NUCLEI_CLASS_NAMES)}})
     name = demo_name(config, overwrite)
     root = Path(config.data.root) / name
     if name != "demo":
         earlier = Path(config.data.root) / "demo"
         print(f"an earlier demo is in {earlier}; this one goes to {root} (--overwrite redoes demo)")
-    synthetic, patches = root / "synthetic", root / f"patches_s{config.patches.patch_size}"
+    synthetic, patches = (
+        root / ("synthetic" if kind == "shapes" else kind),
+        root / f"patches_s{config.patches.patch_size}",
+    )
     s, p = config.synthetic, config.patches
 
-    print(f"[1/5] generating {s.n_train} training + {s.n_test} test images in {synthetic}")
-    generate_dataset(synthetic, overwrite=overwrite, **s.dataset_options())
+    print(f"[1/5] generating {s.n_train} training + {s.n_test} test images ({kind}) in {synthetic}")
+    generate(config, kind, synthetic, overwrite)
     print(f"[2/5] extracting {p.per_image} random {p.patch_size}x{p.patch_size} patches per image into {patches}")
     cut = extract_patches(synthetic / "train", patches, overwrite=overwrite, **config.patch_options())
     print(f"      kept {cut['windows_kept']} of {cut['windows_drawn']} windows, wrote {cut['patches']} patches")
@@ -85,6 +98,19 @@ def run(params: str | None, minutes: float | None, overwrite: bool = False, proc
     (root / "demo_result.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_report(report, scores, s.n_test)
     return 0
+
+
+def generate(config: Config, kind: str, folder: Path, overwrite: bool) -> None:
+    """The demo's data: the shapes of ``synthetic`` or the nuclei of ``nuclei``, counts and seed of ``synthetic``."""
+    from .data.nuclei import generate_nuclei
+    from .data.synthetic import generate_dataset, prepare_output
+
+    s = config.synthetic
+    if kind == "shapes":
+        generate_dataset(folder, overwrite=overwrite, **s.dataset_options())
+        return
+    prepare_output(folder, overwrite)
+    generate_nuclei(folder, s.n_train, s.n_test, s.seed, config.nuclei.spec(), instances=config.nuclei.instances)
 
 
 def training_processes() -> int:
@@ -209,6 +235,7 @@ def write_panel(segmenter: Segmenter, folder: Path, path: Path, options: dict) -
     raw = read_image(pair.image)
     labels = predict(segmenter, raw, **options)
     image = image_to_array(raw, segmenter.in_channels, str(pair.image))
+    image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)  # a 16-bit scan, stretched
     gray = (np.repeat(image.mean(0)[..., None], 3, axis=2) * 255).astype(np.uint8)
     truth = segmenter.preprocess.read_mask(pair.mask)
     gap = np.full((gray.shape[0], 4, 3), 255, np.uint8)
@@ -230,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         "--overwrite", action="store_true", help="redo data/demo, checkpoints/demo and runs/demo in place"
     )
     parser.add_argument(
+        "--kind",
+        choices=SYNTHETIC_KINDS,
+        default="shapes",
+        help="the data: the lines and ellipses (shapes, the default) or images of touching nuclei (nuclei)",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         choices=(1, 2),
@@ -237,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_guarded(lambda: run(args.params, args.minutes, args.overwrite, args.processes), "demo")
+    return run_guarded(lambda: run(args.params, args.minutes, args.overwrite, args.processes, args.kind), "demo")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .flags import add_data_settings, add_params, config_from_args, setting, switch
+from unet_patches.data.config import SYNTHETIC_KINDS
+from unet_patches.errors import UserError
+
+from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting, switch
 
 __all__ = ["add_generate", "add_patches"]
 
@@ -14,11 +17,18 @@ __all__ = ["add_generate", "add_patches"]
 def add_generate(sub: Any) -> None:
     p = sub.add_parser(
         "generate",
-        help="write a synthetic data set (lines and ellipses on noise)",
-        description="Write train/ and test/ folders of images/ and masks/ PNGs of synthetic data: "
-        "lines (class 1) and ellipses (class 2) of random gray on a noisy background.",
+        help="write a synthetic data set (lines and ellipses, or nuclei)",
+        description="Write train/ and test/ folders of images/ and masks/ PNGs of synthetic data: lines "
+        "(class 1) and ellipses (class 2) of random gray on a noisy background (--kind shapes, the default), "
+        "or, with --kind nuclei, fluorescence-like images of touching nuclei (classes background, interior, "
+        "boundary; 16-bit images using a small part of their range; instance masks in instances/; settings "
+        "in the nuclei section).",
     )
-    p.add_argument("-o", "--out", default=None, help="output folder (default: <data.root>/synthetic)")
+    p.add_argument(
+        "-o", "--out", default=None, help="output folder (default: <data.root>/synthetic, or <data.root>/nuclei)"
+    )
+    setting(p, "--kind", key="synthetic.kind", choices=SYNTHETIC_KINDS, help="what to draw: shapes or nuclei")
+    switch(p, "--no-instances", key="nuclei.instances", value=False, help="nuclei: no instance masks (instances/)")
     setting(p, "--n-train", key="synthetic.n_train", type=int, help="training images")
     setting(p, "--n-test", key="synthetic.n_test", type=int, help="test images")
     setting(p, "--seed", key="synthetic.seed", type=int, help="random seed")
@@ -47,12 +57,19 @@ def add_generate(sub: Any) -> None:
         help="background mean range",
     )
     setting(p, "--noise-std", key="synthetic.noise_std", type=float, help="background noise standard deviation")
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per image pixel (masks stay 8-bit)")
+    p.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=(8, 16),
+        default=None,
+        help="bits per image pixel, masks staying 8-bit (default: 8 for shapes, nuclei.bit_depth for nuclei)",
+    )
     p.add_argument(
         "--max-value",
         type=int,
         default=None,
-        help="stored value of white (default: 255 or 65535); e.g. 3000 mimics a 16-bit scan using a part of its range",
+        help="stored value of white (default: 255 or 65535 for shapes, nuclei.max_value for nuclei); e.g. 3000 "
+        "mimics a 16-bit scan using a part of its range",
     )
     p.add_argument(
         "--kaggle",
@@ -70,7 +87,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     s = config.synthetic
-    out = Path(args.out) if args.out else Path(config.data.root) / "synthetic"
+    out = Path(args.out) if args.out else Path(config.data.root) / ("synthetic" if s.kind == "shapes" else s.kind)
+    if s.kind == "nuclei":
+        if args.kaggle:
+            raise UserError("--kaggle writes the shapes in the Kaggle layout; drop --kind nuclei or --kaggle")
+        return _generate_nuclei(args, config, out)
     if args.kaggle:
         subjects = min(5, max(1, s.n_train))
         summary = generate_kaggle_layout(
@@ -81,10 +102,33 @@ def _generate(args: argparse.Namespace) -> int:
             f"to {out} in the Kaggle layout (foreground {100 * summary['foreground_share']:.1f} %)"
         )
         return 0
-    options = {**s.dataset_options(), "bit_depth": args.bit_depth, "max_value": args.max_value}
+    options = {**s.dataset_options(), "bit_depth": args.bit_depth or 8, "max_value": args.max_value}
     summary = generate_dataset(out, overwrite=args.overwrite, **options)
     shares = ", ".join(f"{n} {100 * v:.1f} %" for n, v in zip(summary["class_names"], summary["class_shares"]))
     print(f"wrote {s.n_train} training and {s.n_test} test images to {out} ({shares})")
+    return 0
+
+
+def _generate_nuclei(args: argparse.Namespace, config: Any, out: Path) -> int:
+    """``generate --kind nuclei``: the ``nuclei`` spec, sized by ``--height`` / ``--width`` if given."""
+    from dataclasses import replace
+
+    from unet_patches.data.nuclei import generate_nuclei
+    from unet_patches.data.synthetic import prepare_output
+
+    s, spec = config.synthetic, config.nuclei.spec()
+    given = overrides_from(args).get("synthetic", {})
+    size = {key: given[key] for key in ("height", "width") if key in given}
+    depth = {"bit_depth": args.bit_depth} if args.bit_depth else {}
+    depth.update({"max_value": args.max_value} if args.max_value else {})
+    spec = replace(spec, **size, **depth).validate()
+    prepare_output(out, args.overwrite)
+    summary = generate_nuclei(out, s.n_train, s.n_test, s.seed, spec, instances=config.nuclei.instances)
+    shares = ", ".join(f"{n} {100 * v:.1f} %" for n, v in zip(summary["class_names"], summary["class_shares"]))
+    print(
+        f"wrote {s.n_train} training and {s.n_test} test images of nuclei to {out} ({shares}; "
+        f"{summary['objects_per_image']:.0f} nuclei per image)"
+    )
     return 0
 
 

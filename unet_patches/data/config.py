@@ -1,4 +1,4 @@
-"""The ``data``, ``synthetic`` and ``patches`` sections of ``parameters.json``: where data lives and what
+"""The ``data``, ``synthetic``, ``nuclei`` and ``patches`` sections of ``parameters.json``: where data lives and what
 it holds (and how files become network input, :meth:`DataConfig.preprocess`), the synthetic generator,
 and random patch extraction. :class:`~unet_patches.training.config.Config` puts them together with
 the other sections."""
@@ -14,10 +14,11 @@ from unet_patches.validate import require_int
 
 from .masks import mask_tables
 from .normalize import NORMALIZE_MODES
+from .nuclei import NucleiSpec
 from .preprocess import Preprocess
 from .synthetic import CLASS_NAMES, SyntheticSpec
 
-__all__ = ["DataConfig", "PatchConfig", "SyntheticConfig"]
+__all__ = ["SYNTHETIC_KINDS", "DataConfig", "NucleiConfig", "PatchConfig", "SyntheticConfig"]
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,23 @@ class DataConfig:
         return list(self.class_names) if self.class_names else [f"class{c}" for c in range(self.num_classes)]
 
 
+SYNTHETIC_KINDS = ("shapes", "nuclei")
+"""What ``unet-patches generate`` draws: the lines and ellipses (``synthetic``), or nuclei (``nuclei``)."""
+
+
 @dataclass(frozen=True)
 class SyntheticConfig(SyntheticSpec):
-    """The synthetic generator (``unet-patches generate``): the image spec plus counts and seed."""
+    """The synthetic generator (``unet-patches generate``): the kind, counts and seed, and the spec of
+    the shapes (the nuclei's is the ``nuclei`` section)."""
 
+    kind: str = "shapes"
     n_train: int = 100
     n_test: int = 50
     seed: int = 0
 
     def check(self) -> None:
+        if self.kind not in SYNTHETIC_KINDS:
+            raise UserError(f"synthetic.kind = {self.kind!r}: expected one of {', '.join(SYNTHETIC_KINDS)}")
         require_int("synthetic.n_train", self.n_train, 0)
         require_int("synthetic.n_test", self.n_test, 0)
         if self.n_train + self.n_test == 0:
@@ -99,6 +108,21 @@ class SyntheticConfig(SyntheticSpec):
     def spec(self) -> SyntheticSpec:
         names = [f.name for f in dataclasses.fields(SyntheticSpec)]
         return SyntheticSpec(**{name: getattr(self, name) for name in names})
+
+
+@dataclass(frozen=True)
+class NucleiConfig(NucleiSpec):
+    """The nuclei generator (``unet-patches generate --kind nuclei``): the image spec, and whether
+    instance masks are written too. Counts and seed are ``synthetic``'s."""
+
+    instances: bool = True
+
+    def check(self) -> None:
+        self.spec().validate()
+
+    def spec(self) -> NucleiSpec:
+        names = [f.name for f in dataclasses.fields(NucleiSpec)]
+        return NucleiSpec(**{name: getattr(self, name) for name in names})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from unet_patches.validate import require_int, require_number, require_pair
 
 from .imageio import write_png
 
-__all__ = ["generate_kaggle_layout", "CLASS_NAMES", "SyntheticSpec", "generate_dataset", "generate_sample"]
+__all__ = [
+    "CLASS_NAMES",
+    "SyntheticSpec",
+    "generate_dataset",
+    "generate_kaggle_layout",
+    "generate_sample",
+    "prepare_output",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +141,9 @@ def generate_sample(rng: np.random.Generator, spec: SyntheticSpec = SyntheticSpe
     return image.astype(np.float32), mask
 
 
-def _prepare_output(out_dir: Path, overwrite: bool) -> None:
+def prepare_output(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out_dir`` without ``overwrite``; with it, remove its ``train/`` and ``test/``
+    (only those: anything else there stays)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder; pick another output folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -184,7 +193,7 @@ def generate_dataset(
         raise UserError("n_train = 0 and n_test = 0: nothing to generate; ask for at least one image")
     require_int("seed", seed, 0)
     encode = _encoder(bit_depth, max_value)
-    _prepare_output(out_dir, overwrite)
+    prepare_output(out_dir, overwrite)
 
     class_pixels = np.zeros(len(CLASS_NAMES), dtype=np.int64)
     counts = {}
@@ -249,7 +258,7 @@ def generate_kaggle_layout(
     require_int("subjects", subjects, 1)
     require_int("per_subject", per_subject, 1)
     require_int("n_test", n_test, 0)
-    _prepare_output(out_dir, overwrite)
+    prepare_output(out_dir, overwrite)
     import tifffile
 
     rng = np.random.default_rng([seed, 2])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unet_patches.data.config import DataConfig, PatchConfig, SyntheticConfig
+from unet_patches.data.config import DataConfig, NucleiConfig, PatchConfig, SyntheticConfig
 from unet_patches.errors import UserError
 from unet_patches.inference.config import InferenceConfig
 from unet_patches.losses import LOSSES
@@ -157,6 +157,7 @@ class AugmentConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    nuclei: NucleiConfig = field(default_factory=NucleiConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -164,7 +165,8 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def check(self) -> Config:
-        for section in (self.data, self.synthetic, self.patches, self.training, self.augment, self.inference):
+        sections = (self.data, self.synthetic, self.nuclei, self.patches, self.training, self.augment, self.inference)
+        for section in sections:
             section.check()
         if self.data.resize is not None and self.patches.resize_width is not None:
             raise UserError(
@@ -285,6 +287,7 @@ __all__ = [
     "ModelConfig",
     "PatchConfig",
     "SyntheticConfig",
+    "NucleiConfig",
     "TrainingConfig",
     "UPSAMPLING_MODES",
     "PRECISIONS",
