@@ -12,7 +12,8 @@ import tifffile
 from unet_patches.data.folders import find_pairs, group_of, match_pairs, split_by_group, validation_count
 from unet_patches.data.imageio import read_image
 from unet_patches.data.masks import read_mask
-from unet_patches.data.patches import extract_patches, read_manifest, split_by_source
+from unet_patches.data.patch_folder import read_manifest, split_by_source
+from unet_patches.data.patches import extract_patches
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.data.synthetic import SyntheticSpec, generate_kaggle_layout
 from unet_patches.errors import UserError

@@ -6,7 +6,8 @@ import pytest
 from unet_patches.data import normalize, preprocess
 from unet_patches.data.imageio import read_image, write_png
 from unet_patches.data.normalize import NORMALIZE_MODES, Normalization
-from unet_patches.data.patches import extract_patches, read_manifest
+from unet_patches.data.patch_folder import read_manifest
+from unet_patches.data.patches import extract_patches
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.files.rows import NormalizedSource, RawSource
 from unet_patches.registry import Registry

@@ -11,14 +11,8 @@ import torch
 from unet_patches.data.folders import load_pairs, validation_count
 from unet_patches.data.imageio import image_to_array, read_image, write_png
 from unet_patches.data.masks import read_mask
-from unet_patches.data.patches import (
-    PatchFolder,
-    extract_patches,
-    flip,
-    manifest_preprocess,
-    read_manifest,
-    split_by_source,
-)
+from unet_patches.data.patch_folder import PatchFolder, manifest_preprocess, read_manifest, split_by_source
+from unet_patches.data.patches import extract_patches, flip
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
 

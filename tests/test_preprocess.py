@@ -13,7 +13,8 @@ from torch import nn
 from unet_patches.api import Segmenter, predict, predict_files
 from unet_patches.data.imageio import image_to_array, read_image
 from unet_patches.data.normalize import HISTOGRAM_BINS, NORMALIZE_MODES, percentile_bounds
-from unet_patches.data.patches import extract_patches, flip, read_manifest
+from unet_patches.data.patch_folder import read_manifest
+from unet_patches.data.patches import extract_patches, flip
 from unet_patches.data.preprocess import (
     DatasetStatistics,
     Preprocess,
@@ -322,7 +323,7 @@ def test_a_hot_pixel_does_not_spoil_the_percentiles():
 def test_float_and_deep_sources_make_float_patches_that_match_inference(tmp_path):
     import tifffile
 
-    from unet_patches.data.patches import PatchFolder, manifest_preprocess
+    from unet_patches.data.patch_folder import PatchFolder, manifest_preprocess
 
     for sub in ("images", "masks"):
         (tmp_path / "src" / sub).mkdir(parents=True)

@@ -6,6 +6,7 @@ import pytest
 
 from unet_patches.cli import build_parser
 from unet_patches.data.normalize import NORMALIZE_MODES
+from unet_patches.data.pixel_weights import PIXEL_WEIGHTS
 from unet_patches.errors import UserError
 from unet_patches.inference.tiling.padding import PADDING_MODES
 from unet_patches.inference.tiling.weights import BLEND_MODES
@@ -19,6 +20,7 @@ from unet_patches.training.optim import OPTIMIZERS, SCHEDULES
 REGISTRIES = {
     "augment.preset": PRESETS,
     "data.normalize": NORMALIZE_MODES,
+    "training.pixel_weights": PIXEL_WEIGHTS,
     "model.name": MODELS,
     "model.upsampling": UPSAMPLING_MODES,
     "model.downsampling": DOWNSAMPLING_MODES,

@@ -70,6 +70,7 @@ MOVED = {
 ALSO: dict[str, tuple[str, ...]] = {
     "unet_patches.settings": ("unet_patches.runtime", "unet_patches.parameters"),
     "unet_patches.preprocess": ("unet_patches.data.normalize",),
+    "unet_patches.patches": ("unet_patches.data.patch_folder",),
     "unet_patches.tiling": (
         "unet_patches.files.plan",
         "unet_patches.files.rows",

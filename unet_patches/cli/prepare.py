@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_patches.data.config import SYNTHETIC_KINDS
+from unet_patches.data.pixel_weights import PIXEL_WEIGHTS
 from unet_patches.errors import UserError
 
 from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting, switch
@@ -156,6 +157,13 @@ def add_patches(sub: Any) -> None:
         help="resize images to this width first (the original used 256)",
     )
     setting(p, "--seed", key="patches.seed", type=int, help="random seed")
+    setting(
+        p,
+        "--pixel-weights",
+        key="training.pixel_weights",
+        choices=PIXEL_WEIGHTS.names,
+        help="unet: store each patch's pixel weights too (weights/), for training with --pixel-weights unet",
+    )
     add_data_settings(p)
     p.add_argument("--overwrite", action="store_true", help="replace patches in a non-empty output folder")
     add_params(p)

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from unet_patches.data.pixel_weights import PIXEL_WEIGHTS
 from unet_patches.errors import UserError
 from unet_patches.losses import LOSSES
 from unet_patches.models import MODELS
@@ -46,26 +47,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
         "the run, with -e whichever comes first",
     )
-    setting(p, "--precision", key="training.precision", choices=TRAINING_PRECISIONS.names, help="autocast precision")
-    setting(p, "--model", key="model.name", choices=MODELS.names, help="network architecture")
-    setting(
-        p,
-        "--encoder-weights",
-        key="model.encoder_weights",
-        metavar="PATH",
-        help="a local torchvision VGG-16(-BN) state dict for the encoder of vgg16_unet / segnet (never downloaded)",
-    )
-    setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
-    setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
-    setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")
-    setting(
-        p,
-        "--warmup",
-        key="training.warmup_fraction",
-        type=float,
-        metavar="FRACTION",
-        help="linear warm-up over this fraction of the run (0: none)",
-    )
+    _add_recipe_settings(p)
     setting(p, "--seed", key="training.seed", type=int, help="random seed")
     _add_fold_settings(p)
     add_data_settings(p)
@@ -82,6 +64,37 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON object at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     add_params(p)
+
+
+def _add_recipe_settings(p: argparse.ArgumentParser) -> None:
+    """The flags of the recipe: precision, model, loss and pixel weights, optimizer and schedule."""
+    setting(p, "--precision", key="training.precision", choices=TRAINING_PRECISIONS.names, help="autocast precision")
+    setting(p, "--model", key="model.name", choices=MODELS.names, help="network architecture")
+    setting(
+        p,
+        "--encoder-weights",
+        key="model.encoder_weights",
+        metavar="PATH",
+        help="a local torchvision VGG-16(-BN) state dict for the encoder of vgg16_unet / segnet (never downloaded)",
+    )
+    setting(p, "--loss", key="training.loss", choices=LOSSES.names, help="loss")
+    setting(
+        p,
+        "--pixel-weights",
+        key="training.pixel_weights",
+        choices=PIXEL_WEIGHTS.names,
+        help="unet: weigh each pixel's loss by the U-Net paper's map, heavy where objects nearly touch",
+    )
+    setting(p, "--optimizer", key="training.optimizer", choices=OPTIMIZERS.names, help="optimizer")
+    setting(p, "--schedule", key="training.schedule", choices=SCHEDULES.names, help="learning-rate schedule")
+    setting(
+        p,
+        "--warmup",
+        key="training.warmup_fraction",
+        type=float,
+        metavar="FRACTION",
+        help="linear warm-up over this fraction of the run (0: none)",
+    )
 
 
 def _add_fold_settings(p: argparse.ArgumentParser) -> None:

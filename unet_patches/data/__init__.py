@@ -9,12 +9,13 @@ them before training sees them.
 - :mod:`.config`: the ``data``, ``synthetic`` and ``patches`` sections of ``parameters.json``;
 - :mod:`.cache`: each file decoded once into a memory-mapped ``.npy``;
 - :mod:`.folders`: pairing images with masks, groups (subjects), loading pairs;
-- :mod:`.synthetic`: the seeded generator of lines and ellipses;
-- :mod:`.patches`: random patches to disk, patch folders;
+- :mod:`.synthetic`: the seeded generator of lines and ellipses; :mod:`.nuclei`: of touching nuclei;
+- :mod:`.patches`: random patches to disk; :mod:`.patch_folder`: reading patch folders;
+- :mod:`.pixel_weights`: the U-Net weight map, heavy where objects nearly touch;
 - :mod:`.sampling`: on-the-fly random patches, fixed validation windows;
 - :mod:`.folds`: the folds of k-fold cross-validation;
 - :mod:`.class_weights`: class pixel counts, median-frequency weights;
 - :mod:`.inspection`: every check of a data folder at once (``unet-patches inspect``).
 
-Nothing here needs torch but the datasets (:mod:`.patches`' ``PatchFolder``, :mod:`.sampling`).
+Nothing here needs torch but the datasets (:mod:`.patch_folder`'s ``PatchFolder``, :mod:`.sampling`).
 """

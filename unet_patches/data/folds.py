@@ -26,7 +26,7 @@ from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
 
 from .folders import find_pairs, is_data_folder
-from .patches import read_manifest
+from .patch_folder import read_manifest
 
 __all__ = ["SPLITS_FILE", "Splits", "assign_folds", "split_units", "splits_for"]
 

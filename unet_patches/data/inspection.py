@@ -32,7 +32,7 @@ from .folders import MASK_SUFFIX, Matching, Pair, match_pairs, split_by_group
 from .imageio import image_to_array
 from .masks import hex_colour
 from .normalize import NORMALIZE_MODES
-from .patches import MANIFEST_NAME, read_manifest, split_by_source
+from .patch_folder import MANIFEST_NAME, read_manifest, split_by_source
 from .preprocess import Preprocess
 
 __all__ = ["Report", "check_folder", "format_report", "inspect_folder"]

@@ -106,6 +106,15 @@ def _as_images_and_masks(
     return out_images, out_masks
 
 
+def _as_weights(weights: Sequence[np.ndarray] | None, masks: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The pixel weights as float32 maps, one per mask and of its size (a mismatch is a programming error)."""
+    if weights is None:
+        return None
+    if len(weights) != len(masks) or any(np.shape(w) != m.shape for w, m in zip(weights, masks)):
+        raise ValueError(f"{len(weights)} weight maps for {len(masks)} masks; expected one of each mask's size")
+    return [np.asarray(w, dtype=np.float32) for w in weights]
+
+
 def _check_patch_fits(images: list[np.ndarray], patch_size: int) -> None:
     """Raise `UserError` for a ``patch_size`` that is not an integer >= 1, or naming the first
     image smaller than ``patch_size`` on either side."""
@@ -123,30 +132,30 @@ def _check_patch_fits(images: list[np.ndarray], patch_size: int) -> None:
 
 
 def _crop(
-    image: np.ndarray, mask: np.ndarray, window: Window, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut ``window`` out of an image and its mask and apply its flip and rotation together.
+    image: np.ndarray, mask: np.ndarray, window: Window, size: tuple[int, int], weights: np.ndarray | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Cut ``window`` out of an image, its mask and its pixel weights (if any) and apply its flip and
+    rotation to all of them together.
 
     Returns:
-        image float32 tensor (C, h, w) and mask int64 tensor (h, w), both
-        contiguous and never sharing memory with the inputs.
+        image float32 tensor (C, h, w), mask int64 tensor (h, w) and, with ``weights``, the pixel
+        weights float32 (h, w); contiguous and never sharing memory with the inputs.
     """
     h, w = size
-    img = image[:, window.y : window.y + h, window.x : window.x + w]
-    msk = mask[window.y : window.y + h, window.x : window.x + w]
-    if window.flip & FLIP_LR:
-        img, msk = img[:, :, ::-1], msk[:, ::-1]
-    if window.flip & FLIP_UD:
-        img, msk = img[:, ::-1, :], msk[::-1, :]
-    if window.rot:
-        img = np.rot90(img, window.rot, axes=(1, 2))
-        msk = np.rot90(msk, window.rot, axes=(0, 1))
+    rows, cols = slice(window.y, window.y + h), slice(window.x, window.x + w)
+    planes = [image[:, rows, cols], mask[rows, cols]] + ([] if weights is None else [weights[rows, cols]])
+    for k, plane in enumerate(planes):
+        if window.flip & FLIP_LR:
+            plane = plane[..., ::-1]
+        if window.flip & FLIP_UD:
+            plane = plane[..., ::-1, :]
+        if window.rot:
+            plane = np.rot90(plane, window.rot, axes=(-2, -1))
+        planes[k] = plane
     # np.array(copy=True) gives a C-contiguous copy: the caller may modify the
     # tensors without touching the images the dataset holds.
-    return (
-        torch.from_numpy(np.array(img, dtype=np.float32, order="C", copy=True)),
-        torch.from_numpy(np.array(msk, dtype=np.int64, order="C", copy=True)),
-    )
+    dtypes = (np.float32, np.int64, np.float32)
+    return tuple(torch.from_numpy(np.array(a, dtype=t, order="C", copy=True)) for a, t in zip(planes, dtypes))
 
 
 def _foreground_pixels(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> dict[int, np.ndarray]:
@@ -210,6 +219,8 @@ class RandomPatches(Dataset):
         foreground_fraction: probability in [0, 1] that a window is centred on foreground.
         seed: integer >= 0.
         ignore_index: a mask value that is allowed although >= K and is never foreground.
+        weights: pixel weights, float (H, W) per image (:mod:`.pixel_weights`), cut and flipped with
+            the window and returned as a third item; None: items are (image, mask).
 
     Raises:
         UserError: a setting out of range, no images, or an image smaller than the patch.
@@ -230,8 +241,10 @@ class RandomPatches(Dataset):
         foreground_fraction: float = 0.0,
         seed: int = 0,
         ignore_index: int | None = None,
+        weights: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.images, self.masks = _as_images_and_masks(images, masks)
+        self.weights = _as_weights(weights, self.masks)
         _check_patch_fits(self.images, patch_size)
         self.patch_size = int(patch_size)
         self.samples_per_epoch = require_int("samples_per_epoch", samples_per_epoch, 1)
@@ -287,11 +300,12 @@ class RandomPatches(Dataset):
         rot = int(rng.integers(4)) if self.rotate90 else 0
         return Window(j, y, x, flip, rot)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample ``i`` of the current epoch: image float32 (C, p, p), mask int64 (p, p)."""
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        """Sample ``i`` of the current epoch: image float32 (C, p, p), mask int64 (p, p) (and weights)."""
         window = self.window(i)
         j = window.image_index
-        return _crop(self.images[j], self.masks[j], window, (self.patch_size, self.patch_size))
+        weights = None if self.weights is None else self.weights[j]
+        return _crop(self.images[j], self.masks[j], window, (self.patch_size, self.patch_size), weights)
 
 
 class FixedWindows(Dataset):
@@ -309,7 +323,8 @@ class FixedWindows(Dataset):
     inference.
 
     ``__getitem__`` returns image float32 (C, h, w) and mask int64 (h, w), where
-    h = w = patch_size, or the image's own size for whole images.
+    h = w = patch_size, or the image's own size for whole images, and, with ``weights`` (one float
+    (H, W) map per image), the window's pixel weights float32 (h, w).
 
     Raises:
         UserError: ``patch_size`` not a positive integer or None, an image smaller
@@ -326,8 +341,10 @@ class FixedWindows(Dataset):
         patch_size: int | None,
         per_image: int = 1,
         seed: int = 0,
+        weights: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.images, self.masks = _as_images_and_masks(images, masks)
+        self.weights = _as_weights(weights, self.masks)
         self.patch_size = patch_size
         self.per_image = require_int("per_image", per_image, 1)
         self.seed = require_int("seed", seed, 0)
@@ -355,8 +372,9 @@ class FixedWindows(Dataset):
         """The window of item ``i``."""
         return self.windows[i]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         window = self.windows[i]
         mask = self.masks[window.image_index]
         size = mask.shape if self.patch_size is None else (self.patch_size, self.patch_size)
-        return _crop(self.images[window.image_index], mask, window, size)
+        weights = None if self.weights is None else self.weights[window.image_index]
+        return _crop(self.images[window.image_index], mask, window, size, weights)

@@ -14,17 +14,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def flatten_inputs(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+def flatten_inputs(
+    logits: Tensor, target: Tensor, ignore_index: int | None, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Bring logits and targets to the flat layout the other functions use.
 
     Args:
         logits: (N, K, *spatial), any float dtype.
         target: (N, *spatial) integer class indices.
         ignore_index: target value whose pixels count nowhere, or None.
+        weights: (N, *spatial) pixel weights (:mod:`unet_patches.data.pixel_weights`), or None (all 1).
 
     Returns:
-        logits float32 (N, K, P), target int64 (N, P) with ignored pixels set
-        to 0 (so it is a valid index), valid bool (N, P).
+        logits float32 (N, K, P), target int64 (N, P) with ignored pixels set to 0 (so it is a
+        valid index), and how much each pixel counts, float32 (N, P): its weight, 0 if ignored.
 
     Raises:
         ValueError: the shapes do not match (a programming error, not bad user input).
@@ -34,15 +37,19 @@ def flatten_inputs(logits: Tensor, target: Tensor, ignore_index: int | None) -> 
             f"logits of shape {tuple(logits.shape)} and target of shape {tuple(target.shape)}; "
             "expected logits (N, K, H, W) and target (N, H, W)"
         )
+    if weights is not None and weights.shape != target.shape:
+        raise ValueError(f"pixel weights of shape {tuple(weights.shape)}; expected the target's {tuple(target.shape)}")
     n, k = logits.shape[:2]
     logits = logits.float().reshape(n, k, -1)
     target = target.long().reshape(n, -1)
-    if ignore_index is None:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:
+    counts = torch.ones(target.shape, dtype=torch.float32, device=target.device)
+    if weights is not None:
+        counts = weights.float().reshape(n, -1)
+    if ignore_index is not None:
         valid = target != ignore_index
+        counts = counts * valid
         target = torch.where(valid, target, torch.zeros_like(target))
-    return logits, target, valid
+    return logits, target, counts
 
 
 def pixel_nll(logits: Tensor, target: Tensor) -> Tensor:
@@ -50,40 +57,41 @@ def pixel_nll(logits: Tensor, target: Tensor) -> Tensor:
     return -F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
 
 
-def weighted_pixel_mean(values: Tensor, target: Tensor, valid: Tensor, class_weights: Tensor | None) -> Tensor:
-    """Mean of per-pixel ``values`` (N, P) over valid pixels, each weighted by its class.
+def weighted_pixel_mean(values: Tensor, target: Tensor, counts: Tensor, class_weights: Tensor | None) -> Tensor:
+    """Mean of per-pixel ``values`` (N, P), each pixel weighted by how much it counts (``counts``: its
+    pixel weight, 0 if ignored) and by its class.
 
-    sum(w[target] * values) / sum(w[target]) over valid pixels, the reduction of
+    sum(c * w[target] * values) / sum(c * w[target]), the reduction of
     `torch.nn.functional.cross_entropy`; 0 when no pixel carries weight.
     """
-    weight = valid.float()
+    weight = counts.float()
     if class_weights is not None:
         weight = weight * class_weights[target]
     # clamp rather than branch: no device synchronisation, and 0 / tiny = 0.
     return (weight * values).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def soft_counts(probs: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def soft_counts(probs: Tensor, target: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Soft true positives, false positives and false negatives per class.
 
-    Summed over the batch and all valid pixels ("batch" statistics: one score
+    Summed over the batch and all pixels, each by how much it counts ("batch" statistics: one score
     per class for the whole batch, stable when a patch misses a class).
 
     Args:
         probs: (N, K, P) class probabilities.
         target: (N, P) class indices.
-        valid: (N, P) bool, pixels that count.
+        counts: (N, P) how much each pixel counts: its pixel weight, 0 if ignored (bool works too).
 
     Returns:
         tp, fp, fn, each float32 (K,).
     """
     k = probs.shape[1]
-    mask = valid.unsqueeze(1).to(probs.dtype)
-    onehot = F.one_hot(target, k).permute(0, 2, 1).to(probs.dtype) * mask
-    probs = probs * mask
-    tp = (probs * onehot).sum(dim=(0, 2))
-    fp = probs.sum(dim=(0, 2)) - tp
-    fn = onehot.sum(dim=(0, 2)) - tp
+    weight = counts.unsqueeze(1).to(probs.dtype)
+    onehot = F.one_hot(target, k).permute(0, 2, 1).to(probs.dtype)
+    weighted = probs * weight  # each pixel counted once, by its weight
+    tp = (weighted * onehot).sum(dim=(0, 2))
+    fp = weighted.sum(dim=(0, 2)) - tp
+    fn = (onehot * weight).sum(dim=(0, 2)) - tp
     return tp, fp, fn
 
 

@@ -27,9 +27,11 @@ from .functional import (
 class SegmentationLoss(nn.Module):
     """Base of the losses: holds K, the class weights and the ignore index.
 
-    ``forward(logits (N, K, *spatial), target (N, *spatial)) -> float32 scalar``; it raises
-    ``ValueError`` when the logits do not have ``num_classes`` channels or the target's shape does
-    not match (a programming error: build the loss with the model's ``num_classes``).
+    ``forward(logits (N, K, *spatial), target (N, *spatial), weights (N, *spatial) or None) -> float32
+    scalar``: ``weights`` are pixel weights (:mod:`unet_patches.data.pixel_weights`), each pixel's term
+    multiplied by its weight (in the overlap losses, its share of the soft counts). It raises
+    ``ValueError`` when the logits do not have ``num_classes`` channels or the target's or weights'
+    shape does not match (a programming error: build the loss with the model's ``num_classes``).
     """
 
     def __init__(
@@ -59,10 +61,10 @@ class SegmentationLoss(nn.Module):
 class CrossEntropyLoss(SegmentationLoss):
     """Cross-entropy, optionally class-weighted."""
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         self._check_classes(logits)
-        logits, target, valid = flatten_inputs(logits, target, self.ignore_index)
-        return weighted_pixel_mean(pixel_nll(logits, target), target, valid, self.class_weights)
+        logits, target, counts = flatten_inputs(logits, target, self.ignore_index, weights)
+        return weighted_pixel_mean(pixel_nll(logits, target), target, counts, self.class_weights)
 
 
 class FocalLoss(SegmentationLoss):
@@ -82,13 +84,13 @@ class FocalLoss(SegmentationLoss):
         super().__init__(num_classes, class_weights, ignore_index)
         self.gamma = require_number("gamma", gamma, 0)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         self._check_classes(logits)
-        logits, target, valid = flatten_inputs(logits, target, self.ignore_index)
+        logits, target, counts = flatten_inputs(logits, target, self.ignore_index, weights)
         nll = pixel_nll(logits, target)
         # The clamp keeps the gradient finite for gamma < 1 where p_target == 1.
         focal = (1 - torch.exp(-nll)).clamp_min(torch.finfo(nll.dtype).tiny) ** self.gamma * nll
-        return weighted_pixel_mean(focal, target, valid, self.class_weights)
+        return weighted_pixel_mean(focal, target, counts, self.class_weights)
 
 
 class OverlapLoss(SegmentationLoss):
@@ -138,15 +140,15 @@ class OverlapLoss(SegmentationLoss):
         """Per-class score in [0, 1] from (K,) soft counts; 1 is perfect."""
         raise NotImplementedError
 
-    def mean_score(self, logits: Tensor, target: Tensor) -> Tensor:
+    def mean_score(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         """The score averaged over the classes (weighted, background and ignored class left out as set)."""
         self._check_classes(logits)
-        logits, target, valid = flatten_inputs(logits, target, self.ignore_index)
-        tp, fp, fn = soft_counts(logits.softmax(dim=1), target, valid)
+        logits, target, counts = flatten_inputs(logits, target, self.ignore_index, weights)
+        tp, fp, fn = soft_counts(logits.softmax(dim=1), target, counts)
         return class_mean(self.score(tp, fp, fn), self.class_mean_weights)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return 1 - self.mean_score(logits, target)
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        return 1 - self.mean_score(logits, target, weights)
 
 
 class DiceLoss(OverlapLoss):
@@ -222,8 +224,8 @@ class DiceCELoss(_DiceAndCE):
     Class weights and the ignore index apply to both terms.
     """
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        dice, ce = self.dice(logits, target), self.ce(logits, target)
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        dice, ce = self.dice(logits, target, weights), self.ce(logits, target, weights)
         return self.dice_weight * dice + self.ce_weight * ce
 
 
@@ -237,6 +239,6 @@ class CELogDiceLoss(_DiceAndCE):
     Near a perfect score -log(Dice) ~ 1 - Dice; far from it the log pushes harder than Dice.
     """
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        dice, ce = self.dice.mean_score(logits, target), self.ce(logits, target)
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        dice, ce = self.dice.mean_score(logits, target, weights), self.ce(logits, target, weights)
         return self.ce_weight * ce - self.dice_weight * safe_log(dice)

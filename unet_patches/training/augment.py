@@ -146,29 +146,30 @@ class BatchAugmenter:
         return f"BatchAugmenter({ {op: p for op, p in self.probabilities.items() if p > 0} })"
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` float ``(N, C, H, W)``, ``masks`` int64 ``(N, H, W)`` -> the same shapes, dtypes and
-        device. The inputs are not modified.
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``images`` float ``(N, C, H, W)``, ``masks`` int64 ``(N, H, W)`` and optionally pixel weights
+        float ``(N, H, W)`` -> the same shapes, dtypes and device: the weights move with the masks
+        (geometry only; bilinear, as a smooth map). The inputs are not modified.
 
         Raises:
-            ValueError: images not 4-D, or masks not ``(N, H, W)`` of the images' N, H and W.
+            ValueError: images not 4-D, or masks (or weights) not ``(N, H, W)`` of the images' N, H and W.
         """
-        if images.ndim != 4 or masks.shape != (images.shape[0], *images.shape[2:]):
-            shapes = f"{tuple(images.shape)} and {tuple(masks.shape)}"
-            raise ValueError(f"expected images (N, C, H, W) and masks (N, H, W), got {shapes}")
+        if images.ndim != 4 or any(m.shape != (images.shape[0], *images.shape[2:]) for m in (masks, *weights)):
+            shapes = " and ".join(str(tuple(t.shape)) for t in (images, masks, *weights))
+            raise ValueError(f"expected images (N, C, H, W) and masks (N, H, W) (and weights alike), got {shapes}")
         if not self.active:
-            return images, masks
+            return images, masks, *weights
         if any(p > 0 for p in self._geometry.values()):
-            images, masks = _warp(images, masks, self._geometry)
+            images, masks, *weights = _warp(images, masks, self._geometry, *weights)
         for op, p in self._intensity:
             chosen = (torch.rand(images.shape[0], device=images.device) < p).view(-1, 1, 1, 1)
             images = torch.where(chosen, _INTENSITY[op](images), images)
-        return images, masks
+        return images, masks, *weights
 
 
 def _warp(
-    images: torch.Tensor, masks: torch.Tensor, probabilities: Mapping[str, float]
-) -> tuple[torch.Tensor, torch.Tensor]:
+    images: torch.Tensor, masks: torch.Tensor, probabilities: Mapping[str, float], *weights: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Rotation, zoom and elastic displacement fused into one sampling grid, so that each sample is
     resampled once: chained warps would blur the image at every step and move the nearest-neighbour
     mask by up to half a pixel at every step, apart from the image."""
@@ -190,7 +191,11 @@ def _warp(
     warped = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", **sample)
     labels = F.grid_sample(masks[:, None].float(), grid, mode="nearest", **sample)[:, 0].to(masks.dtype)
     moved = rotate | zoom | elastic  # the others stay bit for bit as they were
-    return torch.where(moved.view(n, 1, 1, 1), warped, images), torch.where(moved.view(n, 1, 1), labels, masks)
+    out = [torch.where(moved.view(n, 1, 1, 1), warped, images), torch.where(moved.view(n, 1, 1), labels, masks)]
+    for weight in weights:
+        resampled = F.grid_sample(weight[:, None].float(), grid, mode="bilinear", **sample)[:, 0].to(weight.dtype)
+        out.append(torch.where(moved.view(n, 1, 1), resampled, weight))
+    return tuple(out)
 
 
 def _elastic_field(n: int, h: int, w: int, chosen: torch.Tensor, device: torch.device) -> torch.Tensor:

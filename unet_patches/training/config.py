@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_patches.data.config import DataConfig, NucleiConfig, PatchConfig, SyntheticConfig
+from unet_patches.data.pixel_weights import PIXEL_WEIGHTS, PixelWeights
 from unet_patches.errors import UserError
 from unet_patches.inference.config import InferenceConfig
 from unet_patches.losses import LOSSES
@@ -51,6 +52,9 @@ class TrainingConfig:
     plateau_patience: int = 3
     loss: str = "dice_ce"
     class_weights: None | str | list[float] = None
+    pixel_weights: str = "none"  # "unet": the U-Net paper's weight map (data/pixel_weights.py)
+    pixel_weight_w0: float = 10.0
+    pixel_weight_sigma: float = 5.0
     val_fraction: float = 0.1
     folds: int = 0  # k-fold cross-validation: 0 none, else k >= 2 (unet-patches crossval)
     fold: int | None = None  # the fold this run trains (train --fold I), with folds
@@ -117,11 +121,20 @@ class TrainingConfig:
         require_int("training.log_images_every", self.log_images_every, 0)
         if self.time_budget_minutes is not None:
             require_number("training.time_budget_minutes", self.time_budget_minutes, 0.0, low_open=True)
+        PIXEL_WEIGHTS.check(self.pixel_weights, "training.pixel_weights")
+        self.weight_map()  # checks w0 and sigma
         if isinstance(self.class_weights, str) and self.class_weights != "median_frequency":
             raise UserError(
                 f'training.class_weights = {self.class_weights!r}: expected null, "median_frequency" '
                 "or a list of one weight per class"
             )
+
+    def weight_map(self) -> PixelWeights:
+        """The weight map's settings (used when ``pixel_weights`` is ``unet``)."""
+        return PixelWeights(self.pixel_weight_w0, self.pixel_weight_sigma)
+
+    def uses_pixel_weights(self) -> bool:
+        return self.pixel_weights != "none"
 
     def cv_name(self) -> str:
         """The run folder's name without the fold: ``run_name``, or ``<folder>_b<batch_size>`` as the
@@ -196,9 +209,10 @@ class Config:
         return dataclasses.asdict(self)
 
     def patch_options(self) -> dict[str, Any]:
-        """The ``patches`` settings, with the data's channels and classes, as keyword arguments of
+        """The ``patches`` settings, with the data's channels and classes and the training's pixel
+        weights (stored beside the patches when asked for), as keyword arguments of
         ``patches.extract_patches``."""
-        p, d = self.patches, self.data
+        p, d, t = self.patches, self.data, self.training
         return {
             "patch_size": p.patch_size,
             "per_image": p.per_image,
@@ -208,6 +222,7 @@ class Config:
             "seed": p.seed,
             "preprocess": d.preprocess(),
             "cache": d.cache,
+            "pixel_weights": t.weight_map() if t.uses_pixel_weights() else None,
         }
 
     def schedule(self) -> Schedule:

@@ -8,7 +8,7 @@ training patches are sampled on the fly and validation uses fixed windows of hel
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from unet_patches import runtime
 from unet_patches.data.class_weights import class_pixel_counts, median_frequency_weights
-from unet_patches.data.folders import is_data_folder, load_pairs, split_by_group
+from unet_patches.data.folders import find_pairs, is_data_folder, load_pairs, split_by_group
 from unet_patches.data.folds import splits_for
 from unet_patches.data.inspection import check_folder
-from unet_patches.data.patches import PatchFolder, manifest_preprocess, read_manifest, split_by_source
+from unet_patches.data.patch_folder import PatchFolder, manifest_preprocess, read_manifest, split_by_source
+from unet_patches.data.pixel_weights import weight_maps
 from unet_patches.data.preprocess import DatasetStatistics, Preprocess
 from unet_patches.data.sampling import FixedWindows, RandomPatches
 from unet_patches.errors import UserError
@@ -137,7 +138,12 @@ def _patch_folder(config: Config, folder: Path, fold_validation: set[str] | None
         preprocess = preprocess.with_statistics(*statistics.result())
     # Stored patches are normalised already, except by statistics of the training set, applied as read.
     after = preprocess if preprocess.mode.training_set else None
-    options = {"in_channels": d.in_channels, "normalize": after, "cache": d.cache}
+    options = {
+        "in_channels": d.in_channels,
+        "normalize": after,
+        "cache": d.cache,
+        "weights": _patch_weights(config, manifest, folder),
+    }
     train = PatchFolder(folder, train_names, **options)
     val = PatchFolder(folder, val_names, **options) if val_names else None
     held_back = set(val_names)
@@ -156,6 +162,23 @@ def _patch_folder(config: Config, folder: Path, fold_validation: set[str] | None
     )
 
 
+def _patch_weights(config: Config, manifest: dict, folder: Path) -> bool:
+    """Whether a patch folder's pixel weights are read: when training asks for them, which the folder
+    must hold, made with the same settings."""
+    t = config.training
+    if not t.uses_pixel_weights():
+        return False
+    made = manifest.get("pixel_weights")
+    if made != asdict(t.weight_map()):
+        how = "without pixel weights" if made is None else f"with pixel weights {made}"
+        raise UserError(
+            f"{folder}: training.pixel_weights = {t.pixel_weights} (w0 {t.pixel_weight_w0:g}, sigma "
+            f"{t.pixel_weight_sigma:g}), but the patches were made {how}; make them again with the same "
+            "settings (unet-patches patches SOURCE --pixel-weights unet)"
+        )
+    return True
+
+
 def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None = None) -> DataSources:
     t, d = config.training, config.data
     samples = load_pairs(folder, d.preprocess(), cache=d.cache)
@@ -172,6 +195,10 @@ def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None
         preprocess = preprocess.with_statistics(*statistics.result())
     samples = [replace(sample, image=preprocess.finish(sample.image)) for sample in samples]
     masks = [samples[i].mask for i in train_idx]
+    weights = None
+    if t.uses_pixel_weights():
+        all_masks = [sample.mask for sample in samples]
+        weights = weight_maps(folder, find_pairs(folder), all_masks, preprocess, t.weight_map(), cache=d.cache)
     size = config.patches.patch_size
     train = RandomPatches(
         [samples[i].image for i in train_idx],
@@ -183,6 +210,7 @@ def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None
         rotate90=t.rotate90,
         foreground_fraction=t.foreground_fraction,
         seed=t.seed,
+        weights=None if weights is None else [weights[i] for i in train_idx],
     )
     val = None
     if val_idx:
@@ -192,6 +220,7 @@ def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None
             size,
             per_image=t.val_windows_per_image,
             seed=t.seed,
+            weights=None if weights is None else [weights[i] for i in val_idx],
         )
     return DataSources(
         train,

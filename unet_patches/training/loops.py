@@ -46,12 +46,13 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     bar: Any = None,
     after_step: Callable[[], None] | None = None,
-    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    augment: Callable[..., tuple[torch.Tensor, ...]] | None = None,
     grad_clip: float | None = None,
 ) -> float:
     """Train until the loader is exhausted or ``clock`` says the run is done; ``after_step`` is
     called after each optimizer step; ``augment`` (e.g. :class:`~unet_patches.training.augment.BatchAugmenter`)
-    changes each batch on the device before the forward pass. ``grad_clip``: scale the gradients
+    changes each batch on the device before the forward pass. Batches of three (images, masks, pixel
+    weights) hand the weights to ``augment`` and ``loss_fn`` too. ``grad_clip``: scale the gradients
     down to this total L2 norm when above it.
 
     Returns the mean training loss over this rank's steps (reduced over ranks).
@@ -64,18 +65,18 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     steps = 0
-    for images, masks in loader:
+    for batch in loader:
         clock.sync()
         if clock.done():
             break
         set_lr(clock.fraction())
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images, masks, *weights = (part.to(device, non_blocking=True) for part in batch)
         if augment is not None:
-            images, masks = augment(images, masks)
+            images, masks, *weights = augment(images, masks, *weights)
         images = images.contiguous(memory_format=_memory_format(precision))
         with precision.autocast(device):
             logits = model(images)
-        loss = loss_fn(logits, masks)
+        loss = loss_fn(logits, masks, *weights)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -130,7 +131,8 @@ def evaluate(
     device: torch.device,
     precision: runtime.Precision,
 ) -> tuple[float, ConfusionMatrix, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    """Loss and confusion matrix over the whole loader, summed over ranks.
+    """Loss (with the batches' pixel weights, if any) and confusion matrix over the whole loader,
+    summed over ranks.
 
     Returns ``(mean loss per pixel, confusion matrix, (images, predictions, masks) of the first batch)``.
     """
@@ -139,13 +141,13 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     pixels = 0
     first = None
-    for images, masks in loader:
+    for images, masks, *weights in loader:
         images = images.to(device).contiguous(memory_format=_memory_format(precision))
-        masks = masks.to(device)
+        masks, weights = masks.to(device), [part.to(device) for part in weights]
         with precision.autocast(device):
             logits = model(images)
         if loss_fn is not None:
-            loss_sum += loss_fn(logits, masks).double() * masks.numel()
+            loss_sum += loss_fn(logits, masks, *weights).double() * masks.numel()
             pixels += masks.numel()
         prediction = logits.argmax(1)
         matrix.update(prediction, masks)
