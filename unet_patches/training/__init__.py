@@ -7,6 +7,7 @@ resume, cross-validation, experiment grids).
 - :mod:`.optim`: optimizers and schedules by name, the run's clock;
 - :mod:`.augment`: strong batch augmentation presets;
 - :mod:`.loops`: one epoch of training, one pass of validation;
+- :mod:`.validation`: whole held-back images predicted and scored, with the score's spread;
 - :mod:`.runlog`: TensorBoard and the per-epoch log line;
 - :mod:`.state`: a run's state: what a checkpoint saves of it, and restoring it;
 - :mod:`.run_folder`: a run folder's checkpoints between runs;

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DataSources",
+    "HeldBack",
     "int8_windows",
     "make_datasets",
     "make_loader",
@@ -41,6 +42,15 @@ __all__ = [
     "resolve_folder",
     "set_epoch",
 ]
+
+
+@dataclass
+class HeldBack:
+    """The held-back images of an image folder, whole: network input (normalised) and masks."""
+
+    images: list[np.ndarray]  # float32 (C, H, W)
+    masks: list[np.ndarray]  # uint8 (H, W)
+    warned: bool = False  # whether the classes too scarce to rank epochs by were named
 
 
 @dataclass
@@ -55,6 +65,7 @@ class DataSources:
     class_pixels: np.ndarray  # (K,) or (N, K) pixel counts, for median-frequency weights
     description: str
     preprocess: Preprocess  # how inference must prepare images (with dataset statistics if any)
+    held_back: HeldBack | None = None  # the validation images whole (image folders), scored as predict does
 
 
 def resolve_folder(config: Config) -> Path:
@@ -233,6 +244,7 @@ def _image_folder(config: Config, folder: Path, fold_validation: set[str] | None
         f"validation: {len(val) if val else 0} fixed windows of {len(val_idx)} held-back images"
         f"{_groups_note(samples, val_idx)}; normalisation: {preprocess.describe()}",
         preprocess,
+        HeldBack([samples[i].image for i in val_idx], [samples[i].mask for i in val_idx]) if val_idx else None,
     )
 
 

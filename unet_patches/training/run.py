@@ -36,6 +36,7 @@ from .loops import NonFiniteGradients, evaluate, train_one_epoch
 from .optim import RunClock, build_optimizer
 from .runlog import RunLog
 from .state import Run, save_epoch
+from .validation import validate_images
 
 __all__ = ["build_run", "fit", "run_name_for", "train_run"]
 
@@ -238,8 +239,24 @@ def _validate(run: Run, train_loss: float) -> tuple[dict[str, Any], tuple | None
             run.model, run.val_loader, run.loss_fn, num_classes, device=run.device, precision=run.precision
         )
         record.update(val_loss=val_loss, **matrix.summary(run.config.data.names()))
+    if run.sources.held_back is not None:  # whole images: what best.pt is chosen on
+        record.update(_full_image_scores(run))
     run.history.append(record)
     return record, first_batch
+
+
+def _full_image_scores(run: Run) -> dict[str, Any]:
+    """The held-back images predicted whole by rank 0 (:mod:`.validation`), its scores sent to every
+    rank, which all need them for the schedule and the choice of ``best.pt``."""
+    scores = [None]
+    if runtime.is_main_process():
+        patch = run.sources.patch_size
+        held_back = run.sources.held_back
+        scores[0] = validate_images(run.model, held_back, run.config, patch, run.device, run.precision.name)
+        run.model.train()
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(scores, src=0)
+    return scores[0]
 
 
 def _score(record: dict[str, Any]) -> float:

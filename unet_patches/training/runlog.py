@@ -52,6 +52,8 @@ class RunLog:
         if "miou" in record:
             writer.add_scalar("loss/val", record["val_loss"], epoch)
             writer.add_scalar("miou/val", record["miou"], epoch)
+            for bound, value in zip(("low", "high"), record.get("miou_interval", ())):
+                writer.add_scalar(f"miou/val_{bound}", value, epoch)
             for metric in ("iou", "dice"):
                 for name, value in record[metric].items():
                     if value is not None:
@@ -59,12 +61,17 @@ class RunLog:
         if first_batch is not None and self.images_every and epoch % self.images_every == 0:
             writer.add_image("val/input_prediction_truth", image_panel(*first_batch), epoch, dataformats="HWC")
         writer.flush()
-        miou = record.get("miou")
+        miou, validation = record.get("miou"), ""
+        if miou is not None:
+            validation = f", val loss {record['val_loss']:.4f}, val mIoU {miou:.4f}"
+        if "miou_interval" in record:  # whole held-back images, with the bootstrap interval over them
+            low, high = record["miou_interval"]
+            validation += f" ({low:.4f}-{high:.4f} over {record['val_images']} whole images)"
         log.info(
             "epoch %d: train loss %.4f%s, lr %.2g, %.0f s%s",
             epoch,
             record["train_loss"],
-            f", val loss {record['val_loss']:.4f}, val mIoU {miou:.4f}" if miou is not None else "",
+            validation,
             record["lr"],
             record["seconds"],
             " (best)" if improved else "",
