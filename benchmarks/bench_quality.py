@@ -91,7 +91,7 @@ def train_ours(job: dict) -> dict:
     overrides = {"data": {"class_names": job["classes"]}, "training": training}
     config = load_config(REPO / "parameters.json", overrides)
     started = time.monotonic()
-    summary = fit(config, progress_bars=False)
+    summary = fit(config, progress_bars=False, overwrite=True)
     seconds = time.monotonic() - started
     result = {"train_seconds": seconds, "epochs": summary["epochs"], "steps": summary["steps"]}
     for which in ("best", "last"):
