@@ -13,6 +13,8 @@ Recipes (each in a fresh process of 2 threads, trained for ``--minutes`` of wall
     normalisation), ``training.time_budget_minutes`` = the budget; scored with ``best.pt`` (picked on
     validation windows, as shipped) and ``last.pt``;
   - ``ours+weights``: the same with ``training.pixel_weights: unet``;
+  - ``planned``: ``unet-patches train --plan --time-budget M`` (the recipe planned for the testbed's
+    training folder and the minutes, steps timed in the child process before its clock starts);
   - ``monai``: what a MONAI user writes: ``BasicUNet`` (features 32, 32, 64, 128, 256, 32), ``DiceCELoss``
     (softmax, one-hot targets), Adam 1e-3, per-image min-max intensity scaling, 96 x 96 crops
     ``RandCropByPosNegLabel``-style (half centred on foreground), random flips and quarter turns,
@@ -45,7 +47,7 @@ sys.path.insert(1, str(REPO))
 from common import cpu_flags, machine, save_results
 
 TESTBEDS = ("nuclei-easy", "nuclei-hard", "shapes")
-RECIPES = ("ours", "ours+weights", "monai")
+RECIPES = ("ours", "ours+weights", "planned", "monai")
 NUCLEI = {
     "nuclei-easy": {"density": (0.08, 0.2), "photons": (400.0, 1500.0), "blur": (0.5, 0.9), "illumination": (0.0, 0.2)},
     "nuclei-hard": {"density": (0.45, 0.6), "photons": (30.0, 150.0), "blur": (1.0, 1.8), "illumination": (0.2, 0.5)},
@@ -90,10 +92,18 @@ def train_ours(job: dict) -> dict:
         training["pixel_weights"] = "unet"
     overrides = {"data": {"class_names": job["classes"]}, "training": training}
     config = load_config(REPO / "parameters.json", overrides)
+    plan = None
+    if job["recipe"] == "planned":
+        from unet_patches.training.planning import plan_training
+
+        plan = plan_training(config, job["minutes"])
+        config = config.merged(plan.overrides()).merged(overrides)
     started = time.monotonic()
     summary = fit(config, progress_bars=False, overwrite=True)
     seconds = time.monotonic() - started
     result = {"train_seconds": seconds, "epochs": summary["epochs"], "steps": summary["steps"]}
+    if plan is not None:
+        result["plan"] = plan.lines()
     for which in ("best", "last"):
         segmenter = Segmenter.from_checkpoint(summary[f"{which}_checkpoint"])
         scores = evaluate_folder(segmenter, folder / "test", **config.inference.predictor_options())
@@ -262,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 print(f"{testbed}, seed {seed}: {recipe} for {args.minutes:g} min ...", flush=True)
                 result = {**job, **run_child(job)}
+                for line in result.get("plan", []):
+                    print(f"    plan: {line}")
                 print(f"  full-image mIoU {result['best']['miou']:.4f} (best.pt), {result['last']['miou']:.4f} (last)")
                 results.append(result)
+                (root / "partial.json").write_text(json.dumps(results))  # what an interrupted run got so far
     info = machine()
     head = [
         f"# Mask quality at equal minutes ({args.minutes:g} min of training per run, {args.threads} threads)",

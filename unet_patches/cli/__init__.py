@@ -28,7 +28,7 @@ __all__ = ["DEFAULT_PARAMS", "PROG", "build_parser", "main", "params_path", "run
 
 log = logging.getLogger("unet_patches")
 PROG = "unet-patches"
-TORCH_COMMANDS = ("generate", "patches", "inspect", "train", "export", "calibrate", "experiments")
+TORCH_COMMANDS = ("generate", "patches", "inspect", "plan", "train", "crossval", "export", "calibrate", "experiments")
 NO_TORCH = (
     "PyTorch is not installed here: {command} needs it (pip install torch==2.13.0). Without it, predict, "
     "evaluate and submit run ONNX exports (unet-patches export CHECKPOINT --format onnx, where torch is)"
@@ -64,9 +64,10 @@ def build_parser(with_torch: bool | None = None) -> argparse.ArgumentParser:
         from .export import add_calibrate, add_export
         from .inspect import add_inspect
         from .prepare import add_generate, add_patches
-        from .train import add_crossval, add_train
+        from .train import add_crossval, add_plan, add_train
 
-        adders = (add_generate, add_patches, add_inspect, add_train, add_crossval, add_predict, add_evaluate)
+        adders = (add_generate, add_patches, add_inspect, add_plan, add_train, add_crossval, add_predict)
+        adders += (add_evaluate,)
         adders += (add_submit, add_export, add_calibrate, add_experiments, add_merge_report)
     else:
         adders = (add_predict, add_evaluate, add_submit, add_merge_report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from unet_patches.data.pixel_weights import PIXEL_WEIGHTS
@@ -16,7 +17,7 @@ from unet_patches.training.optim import OPTIMIZERS, SCHEDULES
 
 from .flags import add_data_settings, add_params, config_from_args, overrides_from, setting
 
-__all__ = ["add_crossval", "add_train", "add_train_arguments", "run_train"]
+__all__ = ["add_crossval", "add_plan", "add_train", "add_train_arguments", "run_plan", "run_train"]
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +47,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="train for this many minutes, the schedule stretched to fit; without -e the budget alone ends "
         "the run, with -e whichever comes first",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="plan the recipe for the data in -f and the minutes of --time-budget first (as `unet-patches plan` "
+        "does), then train it; other flags given override the plan",
     )
     _add_recipe_settings(p)
     setting(p, "--seed", key="training.seed", type=int, help="random seed")
@@ -126,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
     training_flags = overrides.get("training", {})
     if "time_budget_minutes" in training_flags and "epochs" not in training_flags:
         training_flags["epochs"] = None  # "train for N minutes", whatever training.epochs says
+    config = _planned(args, overrides) if args.plan else None
     try:
         if args.resume:
             resumed = overrides.get("training", {})
@@ -139,7 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
             )
         else:
             summary = training.fit(
-                config_from_args(args, overrides),
+                config or config_from_args(args, overrides),
                 init_weights=args.load,
                 overwrite=args.overwrite,
                 device=args.device,
@@ -150,6 +158,83 @@ def run_train(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if main_process:
         _print_training_summary(summary, args.json)
+    return 0
+
+
+def _planned(args: argparse.Namespace, overrides: dict[str, dict[str, Any]]) -> Any:
+    """``train --plan``: the settings with the plan for ``--time-budget`` minutes merged in, and the
+    flags given merged over the plan; the plan's reasons printed."""
+    from unet_patches.runtime import distributed_env
+    from unet_patches.training.planning import plan_training
+
+    if args.resume:
+        raise UserError("--plan starts a new run; drop --resume (a resumed run keeps the settings it was planned with)")
+    if distributed_env():
+        raise UserError(
+            "--plan under torchrun would time steps in every process; plan first with `unet-patches plan DATA_DIR "
+            "--minutes M -o plan.json`, then torchrun ... train --params plan.json"
+        )
+    config = config_from_args(args, overrides)
+    minutes = config.training.time_budget_minutes
+    if not minutes:
+        raise UserError("--plan needs the minutes to plan for: add --time-budget MINUTES")
+    plan = plan_training(config, minutes)
+    print(f"planned for {minutes:g} min on {plan.fingerprint.folder}:")
+    for line in plan.lines():
+        print(f"  {line}")
+    return config.merged(plan.overrides()).merged(overrides)
+
+
+def add_plan(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="plan a training recipe for a data folder and a number of minutes on this machine",
+        description="Read DATA_DIR once (image sizes and count, pixel type and range, exposure, class shares, "
+        "object size, thickness and crowding from the masks), time training steps of 3 network widths here, and "
+        "write a parameters file whose patch, batch, width and depth, samples per epoch, augmentation, "
+        "normalisation, pixel weights and validation are chosen for the data and the minutes, each with a "
+        "one-line reason (printed, and kept under _plan in the file). Train it with `unet-patches train "
+        "--params PLAN.json`, or plan and train at once with `unet-patches train -f DATA_DIR --plan "
+        "--time-budget M`.",
+    )
+    p.add_argument(
+        "folder",
+        metavar="DATA_DIR",
+        help="images/ + masks/ or the Kaggle layout; relative paths are also tried under data.root",
+    )
+    p.add_argument("--minutes", type=float, required=True, help="the training time to plan for (wall clock)")
+    p.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="the parameters file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace PLAN.json if it exists")
+    add_data_settings(p)
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object instead of its reasons")
+    add_params(p)
+    p.set_defaults(run=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from unet_patches.atomic import write_atomically
+    from unet_patches.training.planning import plan_parameters, plan_training
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output}: exists; pass --overwrite to replace it, or choose another -o")
+    if not output.parent.is_dir():
+        raise UserError(f"{output.parent}: folder not found; create it, or choose another -o")
+    overrides = overrides_from(args)
+    overrides.setdefault("training", {})["folder"] = args.folder
+    config = config_from_args(args, overrides)
+    if args.params and Path(args.params).resolve() == output.resolve():
+        raise UserError(f"{output}: is the --params file this plan starts from; write the plan to another file")
+    plan = plan_training(config, args.minutes)
+    values = plan_parameters(config, plan)
+    write_atomically(output, lambda tmp: tmp.write_text(json.dumps(values, indent=2) + "\n"))
+    if args.json:
+        print(json.dumps(values["_plan"]))
+        return 0
+    print(f"planned {args.minutes:g} min of training on {plan.fingerprint.folder} ({plan.fingerprint.images} images):")
+    for line in plan.lines():
+        print(f"  {line}")
+    print(f"wrote {output}; train it with: unet-patches train --params {output}")
     return 0
 
 
@@ -182,7 +267,7 @@ def run_crossval(args: argparse.Namespace) -> int:
         raise UserError("crossval trains every fold; for one fold use unet-patches train --folds K --fold I")
     shard = shard_from(args.shard)
     report = crossval(
-        config_from_args(args, overrides),
+        _planned(args, overrides) if args.plan else config_from_args(args, overrides),
         shard=shard,
         overwrite=args.overwrite,
         device=args.device,
