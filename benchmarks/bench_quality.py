@@ -11,7 +11,7 @@ Testbeds (each drawn anew per seed; training images few, as real data sets are):
 Recipes (each in a fresh process of 2 threads, trained for ``--minutes`` of wall time, then scored):
   - ``ours``: the shipped parameters.json (U-Net, Dice + CE, SGD, cosine, on-the-fly patches, percentile
     normalisation), ``training.time_budget_minutes`` = the budget; scored with ``best.pt`` (picked on
-    validation windows, as shipped) and ``last.pt``;
+    the held-back images predicted whole, as shipped) and ``last.pt``;
   - ``ours+weights``: the same with ``training.pixel_weights: unet``;
   - ``planned``: ``unet-patches train --plan --time-budget M`` (the recipe planned for the testbed's
     training folder and the minutes, steps timed in the child process before its clock starts);
@@ -23,6 +23,8 @@ Recipes (each in a fresh process of 2 threads, trained for ``--minutes`` of wall
 Run from the repository root (nothing else running: the recipes share the budget of wall time):
     .venv/bin/python benchmarks/bench_quality.py --minutes 5 --seeds 0 1
     .venv/bin/python benchmarks/bench_quality.py --minutes 0.2 --seeds 0 --quick     # plumbing only
+    .venv/bin/python benchmarks/bench_quality.py --recipes planned --override '{"model": {"base_width": 32}}' \
+        --label planned-w32 --testbeds nuclei-hard --seeds 0                       # a variant
 Results: markdown tables on stdout, and JSON + markdown in benchmarks/results/.
 """
 
@@ -98,6 +100,8 @@ def train_ours(job: dict) -> dict:
 
         plan = plan_training(config, job["minutes"])
         config = config.merged(plan.overrides()).merged(overrides)
+    if job.get("override"):  # an exploratory variant: settings over the recipe's (and the plan's)
+        config = config.merged(job["override"])
     started = time.monotonic()
     summary = fit(config, progress_bars=False, overwrite=True)
     seconds = time.monotonic() - started
@@ -246,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", help="where the testbeds and runs go (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="4 training and 2 test images: the plumbing only")
+    parser.add_argument(
+        "--override",
+        type=json.loads,
+        metavar="JSON",
+        help='settings merged over our recipes (after the plan), e.g. \'{"model": {"base_width": 32}}\'; '
+        "recorded in the results; for trying a variant",
+    )
+    parser.add_argument("--label", help="the name of the recipe in the tables when --override is given")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -268,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                     "folder": str(folder),
                     "classes": classes[testbed],
                     "threads": args.threads,
-                    "out": str(root / "runs" / f"{testbed}-{seed}-{recipe}"),
+                    "out": str(root / "runs" / f"{testbed}-{seed}-{args.label or recipe}"),
                 }
-                print(f"{testbed}, seed {seed}: {recipe} for {args.minutes:g} min ...", flush=True)
+                if args.override and recipe != "monai":
+                    job.update(override=args.override, label=args.label or f"{recipe}+override")
+                print(f"{testbed}, seed {seed}: {job.get('label', recipe)} for {args.minutes:g} min ...", flush=True)
                 result = {**job, **run_child(job)}
+                result["recipe"] = job.get("label", recipe)  # a variant is tabled under its label
                 for line in result.get("plan", []):
                     print(f"    plan: {line}")
                 print(f"  full-image mIoU {result['best']['miou']:.4f} (best.pt), {result['last']['miou']:.4f} (last)")

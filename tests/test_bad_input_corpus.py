@@ -567,6 +567,55 @@ case(
     read_only=True,
 )
 
+case("train-plan-without-budget", lambda c: (tr(c, "--plan"), ["--time-budget"]), TRAIN)
+case(
+    "train-plan-with-resume",
+    lambda c: (tr(c, "--plan", "--resume", c.ckpt("resume_me.pt")), ["--plan", "--resume"]),
+    TRAIN,
+)
+
+
+def pixel_weights_without_objects(c: Ctx):
+    for mask in (c.tmp / "data" / "train" / "masks").iterdir():
+        mask.write_bytes(png_bytes(np.zeros((64, 48), np.uint8)))
+    return tr(c, "--pixel-weights", "unet"), ["no mask holds a foreground object"]
+
+
+case("train-pixel-weights-without-objects", pixel_weights_without_objects, TRAIN)
+
+# ---------------------------------------------------------------- plan
+
+PLAN = ("plan.json",)
+
+
+def pl(c: Ctx, *flags, source="data/train", minutes="0.1", out="plan.json"):
+    return ["plan", source, "--minutes", minutes, "-o", out, *flags, *c.params]
+
+
+case("plan-missing-folder", lambda c: (pl(c, source="no_such_dir"), ["no_such_dir"]), PLAN)
+case("plan-empty-folder", lambda c: (pl(c, source=c.folder("empty_dir")), ["empty_dir", "not an image folder"]), PLAN)
+case(
+    "plan-patch-folder",
+    lambda c: (pl(c, source=c.folder("patch_dir", {"manifest.json": b"{}"})), ["patch_dir", "plan"]),
+    PLAN,
+)
+
+
+def plan_bad_mask(c: Ctx):
+    c.pair("train", "maskseven", mask=mask_with(7))
+    return pl(c), ["maskseven", "inspect"]
+
+
+case("plan-mask-value-7", plan_bad_mask, PLAN)
+case("plan-minutes-zero", lambda c: (pl(c, minutes="0"), ["--minutes"]), PLAN)
+case("plan-minutes-nan", lambda c: (pl(c, minutes="nan"), ["--minutes"]), PLAN)
+case("plan-minutes-text", lambda c: (pl(c, minutes="soon"), ["--minutes"]), PLAN)
+case("plan-output-exists", lambda c: (c.file("plan.json", b"{}") and pl(c), ["plan.json", "--overwrite"]))
+case("plan-output-folder-missing", lambda c: (pl(c, out="no_dir/plan.json"), ["no_dir"]), PLAN)
+case(
+    "plan-output-is-its-params", lambda c: (pl(c, "--overwrite", out=str(c.tmp / "params.json")), ["params.json"]), PLAN
+)
+
 # ---------------------------------------------------------------- predict
 
 PRED = ("pred",)
@@ -1041,6 +1090,7 @@ def test_corpus_is_large_and_covers_every_command():
         "generate",
         "patches",
         "inspect",
+        "plan",
         "train",
         "crossval",
         "predict",

@@ -3,6 +3,10 @@ temporary folder whose ``parameters.json`` holds tiny settings (small images, a 
 of seconds), and so is its Python block. Each must exit 0 and write the files it names. The commands
 that need what a test cannot have are listed in :data:`NOT_RUN` with the reason.
 
+The one change made to a command: the minutes of ``--minutes`` and ``--time-budget`` become
+``TINY_MINUTES`` (:func:`as_run`), so that "plan for 10 minutes" and "train for 10 minutes" take
+seconds here.
+
 The README also names files of the user's own (``best.pt``, ``scans/``, ``slide.tif``, ``old.pt``):
 the test makes them before the first command that names them (:func:`make_fixtures`).
 """
@@ -47,6 +51,14 @@ TINY = {
 }  # fmt: skip
 """Settings that make the README's commands take seconds: 96 x 96 synthetic images, training epochs of
 one step, and runs ended after 6 seconds at the latest (flags on a command still win)."""
+
+
+TINY_MINUTES = "0.05"
+
+
+def as_run(command: str) -> str:
+    """``command`` with the minutes it plans or trains for cut to ``TINY_MINUTES``."""
+    return re.sub(r"(--minutes|--time-budget)\s+[0-9.]+", rf"\1 {TINY_MINUTES}", command)
 
 
 def blocks(language: str) -> list[str]:
@@ -147,7 +159,9 @@ def test_every_readme_command_runs_as_written(folder):
         if reason_not_run(command):
             continue
         make_fixtures(command, folder)
-        result = subprocess.run(command, shell=True, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            as_run(command), shell=True, cwd=folder, env=env, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         for output in named_outputs(command):
             assert (folder / output).exists(), f"{command}: {output} was not written"

@@ -35,7 +35,7 @@ from .cache import DecodeCache
 from .config import DataConfig
 from .folders import find_pairs, is_data_folder, read_pair
 from .inspection import check_folder
-from .pixel_weights import _instances, instance_file
+from .pixel_weights import instance_file, instances_of
 
 __all__ = [
     "THIN",
@@ -128,7 +128,9 @@ def _touching(labels: np.ndarray) -> int:
     return int(np.unique(labels[near]).size)
 
 
-def fingerprint_folder(folder: str | Path, data: DataConfig, *, patch_size: int, val_fraction: float, seed: int) -> Fingerprint:
+def fingerprint_folder(
+    folder: str | Path, data: DataConfig, *, patch_size: int, val_fraction: float, seed: int
+) -> Fingerprint:
     """The fingerprint of the image folder ``folder`` read with the ``data`` settings.
 
     Raises:
@@ -149,62 +151,84 @@ def fingerprint_folder(folder: str | Path, data: DataConfig, *, patch_size: int,
     pairs = find_pairs(folder)
     reader = DecodeCache(folder if data.cache else None)
     measured = set(np.linspace(0, len(pairs) - 1, min(len(pairs), SAMPLED_IMAGES)).round().astype(int).tolist())
-    heights, widths, contrasts, dtypes = [], [], [], Counter()
-    class_pixels = np.zeros(data.num_classes, np.int64)
-    low_value, high_value = np.inf, -np.inf
-    foreground = range(1, data.num_classes)
-    thickness: dict[int, list[float]] = {k: [] for k in foreground}
-    by_class: dict[int, list] = {k: [[], 0, 0] for k in foreground}  # diameters, touching, objects
-    by_instance: list = [[], 0, 0]
-    with_instances = False
+    scan = _Scan(data.num_classes)
     for i, pair in enumerate(pairs):
         raw, mask = read_pair(pair, preprocess, reader)
-        heights.append(mask.shape[0])
-        widths.append(mask.shape[1])
-        dtypes[str(raw.dtype)] += 1
+        scan.add_image(raw, mask)
+        if i in measured:
+            source = instance_file(folder, pair)
+            scan.add_objects(mask, None if source is None else instances_of(source, mask, preprocess))
+    return scan.result(str(folder), data.names(), data.in_channels)
+
+
+@dataclass
+class _Scan:
+    """What the pass over a folder adds up, one pair at a time."""
+
+    num_classes: int
+    heights: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    contrasts: list[float] = field(default_factory=list)
+    dtypes: Counter = field(default_factory=Counter)
+    class_pixels: np.ndarray | None = None
+    values: list[float] = field(default_factory=lambda: [np.inf, -np.inf])  # lowest and highest value seen
+    thickness: dict[int, list[float]] = field(default_factory=dict)  # per foreground class
+    by_class: dict[int, list] = field(default_factory=dict)  # per foreground class: diameters, touching, count
+    by_instance: list = field(default_factory=lambda: [[], 0, 0])
+    instances: bool = False
+
+    def add_image(self, raw: np.ndarray, mask: np.ndarray) -> None:
+        self.heights.append(mask.shape[0])
+        self.widths.append(mask.shape[1])
+        self.dtypes[str(raw.dtype)] += 1
         low, high = image_statistics(raw)
-        contrasts.append(max(high - low, 1e-12))
+        self.contrasts.append(max(high - low, 1e-12))
         finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
         if finite.size:
-            low_value, high_value = min(low_value, float(finite.min())), max(high_value, float(finite.max()))
-        class_pixels += np.bincount(mask.ravel(), minlength=data.num_classes)[: data.num_classes]
-        if i not in measured:
-            continue
-        for k in foreground:
+            self.values = [min(self.values[0], float(finite.min())), max(self.values[1], float(finite.max()))]
+        counts = np.bincount(mask.ravel(), minlength=self.num_classes)[: self.num_classes]
+        self.class_pixels = counts if self.class_pixels is None else self.class_pixels + counts
+
+    def add_objects(self, mask: np.ndarray, instances: np.ndarray | None) -> None:
+        """The regions of each foreground class of ``mask``, and the ``instances`` where given."""
+        for k in range(1, self.num_classes):
             regions = ndimage.label(mask == k, structure=np.ones((3, 3), bool))[0]
-            thickness[k] += region_thickness(regions)
-            _add(by_class[k], object_statistics([regions]))
-        source = instance_file(folder, pair)
-        if source is not None:
-            with_instances = True
-            _add(by_instance, object_statistics([_instances(source, mask, preprocess)]))
-    names = data.names()
-    typical = {k: float(np.median(values)) if values else None for k, values in thickness.items()}
-    if with_instances:
-        diameters, touching, objects = by_instance
-    else:  # objects are the regions of the classes that are not thin lines (boundaries)
-        solid = [k for k in foreground if typical[k] is not None and typical[k] > THIN] or list(foreground)
-        diameters = [d for k in solid for d in by_class[k][0]]
-        touching, objects = sum(by_class[k][1] for k in solid), sum(by_class[k][2] for k in solid)
-    dtype = dtypes.most_common(1)[0][0]
-    shares = class_pixels / max(int(class_pixels.sum()), 1)
-    return Fingerprint(
-        folder=str(folder),
-        images=len(pairs),
-        height=[int(min(heights)), int(np.median(heights)), int(max(heights))],
-        width=[int(min(widths)), int(np.median(widths)), int(max(widths))],
-        channels=data.in_channels,
-        dtype=dtype,
-        range_share=_range_share(dtype, low_value, high_value),
-        exposure_spread=float(np.std(np.log(contrasts))) if len(contrasts) > 1 else 0.0,
-        class_shares={name: float(s) for name, s in zip(names, shares)},
-        objects=objects,
-        object_diameter=float(np.median(diameters)) if diameters else None,
-        object_diameter_p90=float(np.percentile(diameters, 90)) if diameters else None,
-        thickness={names[k]: typical[k] for k in foreground},
-        touching_share=touching / objects if objects else 0.0,
-        instances=with_instances,
-    )
+            self.thickness.setdefault(k, []).extend(region_thickness(regions))
+            _add(self.by_class.setdefault(k, [[], 0, 0]), object_statistics([regions]))
+        if instances is not None:
+            self.instances = True
+            _add(self.by_instance, object_statistics([instances]))
+
+    def result(self, folder: str, names: list[str], channels: int) -> Fingerprint:
+        foreground = range(1, self.num_classes)
+        typical = {k: float(np.median(v)) if v else None for k in foreground for v in [self.thickness.get(k, [])]}
+        if self.instances:
+            diameters, touching, objects = self.by_instance
+        else:  # objects are the regions of the classes that are not thin lines (boundaries)
+            solid = [k for k in foreground if typical[k] is not None and typical[k] > THIN] or list(foreground)
+            parts = [self.by_class.get(k, [[], 0, 0]) for k in solid]
+            diameters = [d for part in parts for d in part[0]]
+            touching, objects = sum(part[1] for part in parts), sum(part[2] for part in parts)
+        dtype = self.dtypes.most_common(1)[0][0]
+        pixels = self.class_pixels if self.class_pixels is not None else np.zeros(self.num_classes)
+        shares = pixels / max(int(pixels.sum()), 1)
+        return Fingerprint(
+            folder=folder,
+            images=len(self.heights),
+            height=[int(min(self.heights)), int(np.median(self.heights)), int(max(self.heights))],
+            width=[int(min(self.widths)), int(np.median(self.widths)), int(max(self.widths))],
+            channels=channels,
+            dtype=dtype,
+            range_share=_range_share(dtype, *self.values),
+            exposure_spread=float(np.std(np.log(self.contrasts))) if len(self.contrasts) > 1 else 0.0,
+            class_shares={name: float(s) for name, s in zip(names, shares)},
+            objects=objects,
+            object_diameter=float(np.median(diameters)) if diameters else None,
+            object_diameter_p90=float(np.percentile(diameters, 90)) if diameters else None,
+            thickness={names[k]: typical[k] for k in foreground},
+            touching_share=touching / objects if objects else 0.0,
+            instances=self.instances,
+        )
 
 
 def _add(total: list, part: tuple[list[float], int, int]) -> None:

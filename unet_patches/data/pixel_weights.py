@@ -37,7 +37,15 @@ from .folders import Pair
 from .imageio import read_raw
 from .preprocess import Preprocess, resize_labels
 
-__all__ = ["PIXEL_WEIGHTS", "PixelWeights", "instance_file", "objects_of", "unet_weight_map", "weight_maps"]
+__all__ = [
+    "PIXEL_WEIGHTS",
+    "PixelWeights",
+    "instance_file",
+    "instances_of",
+    "objects_of",
+    "unet_weight_map",
+    "weight_maps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +141,7 @@ def weight_maps(
                 continue
             except (OSError, ValueError):
                 log.warning("%s: cache entry unreadable, computing the weights of %s again", entry, pair.mask)
-        instances = _instances(source, mask, preprocess)
+        instances = instances_of(source, mask, preprocess)
         objects += int(instances.max() > 0)
         weights = unet_weight_map(instances, settings)
         maps.append(weights)
@@ -147,7 +155,7 @@ def weight_maps(
     return maps
 
 
-def _instances(source: Path | None, mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+def instances_of(source: Path | None, mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     """Instance labels at the mask's size: the instance file (resized as the mask was), else the
     mask's regions."""
     if source is None:

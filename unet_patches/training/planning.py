@@ -12,8 +12,9 @@ fingerprint (:mod:`unet_patches.data.fingerprint`) and training steps timed here
   take the rest): a wider network learns more from few images but needs steps to get there;
 - **samples per epoch**: ``EPOCHS`` epochs in the budget, so that ``best.pt`` is chosen among that
   many full-image validations;
-- the **augmentation**: ``strong`` under ``FEW_IMAGES`` images (it raised a 10-image set by 0.025
-  mIoU, BENCHMARKS.md), quarter turns too; the flips otherwise;
+- the **augmentation**: the flips, and quarter turns under ``FEW_IMAGES`` images; not ``strong``,
+  which lost at equal minutes on both testbeds (BENCHMARKS.md: it raises a small set's score at a
+  fixed number of epochs, but in the minutes of a plan the network learns the plain images less);
 - the **normalisation**: ``range`` for images that use most of an integer type's range and are
   exposed alike (their contrast is part of the signal), else ``percentile``, which holds up when
   exposure varies and stretches a 16-bit scan that uses a sliver of its range;
@@ -114,7 +115,11 @@ def plan_training(config: Config, minutes: float, *, timer: StepTimer | None = N
         raise UserError(f"--minutes {minutes}: expected a positive number of minutes to plan the training for")
     t = config.training
     fingerprint = fingerprint_folder(
-        resolve_folder(config), config.data, patch_size=config.patches.patch_size, val_fraction=t.val_fraction, seed=t.seed
+        resolve_folder(config),
+        config.data,
+        patch_size=config.patches.patch_size,
+        val_fraction=t.val_fraction,
+        seed=t.seed,
     )
     plan = Plan(minutes, fingerprint)
     patch, batch, depth = _patch_and_batch(plan)
@@ -146,11 +151,20 @@ def _patch_and_batch(plan: Plan) -> tuple[int, int, int]:
         raise UserError(f"{fp.folder}: the smallest image is {smallest} pixels across; training needs at least 16")
     objects = "no objects in the masks" if large is None else f"the larger objects are {large:.0f} px across"
     capped = " (capped by the smallest image)" if patch < min(wanted, MAX_PATCH) else ""
-    plan.choose("patches", "patch_size", patch, f"{objects}: a patch of about three of them, at least {MIN_PATCH}{capped}")
+    plan.choose(
+        "patches", "patch_size", patch, f"{objects}: a patch of about three of them, at least {MIN_PATCH}{capped}"
+    )
     batch = int(min(32, max(4, 2 * round(BASE_PIXELS / patch**2 / 2))))
-    plan.choose("training", "batch_size", batch, f"{batch} patches of {patch} px: the pixels per step of the shipped recipe")
+    plan.choose(
+        "training", "batch_size", batch, f"{batch} patches of {patch} px: the pixels per step of the shipped recipe"
+    )
     depth = 4 if patch >= 64 else 3
-    plan.choose("model", "depth", depth, f"{depth} poolings leave a {patch // 2**depth}-pixel bottleneck on a {patch}-pixel patch")
+    plan.choose(
+        "model",
+        "depth",
+        depth,
+        f"{depth} poolings leave a {patch // 2**depth}-pixel bottleneck on a {patch}-pixel patch",
+    )
     return patch, batch, depth
 
 
@@ -171,18 +185,24 @@ def _width(plan: Plan, config: Config, patch: int, batch: int, depth: int, timer
         f"step times measured here, by base width: {timed})"
     )
     if steps < MIN_STEPS:
-        reason = f"only about {steps} steps of the narrowest network fit in {plan.minutes:g} min ({timed}); more minutes would help"
+        reason = (
+            f"only about {steps} steps of the narrowest network fit in {plan.minutes:g} min ({timed}); "
+            "more minutes would help"
+        )
     plan.choose("model", "base_width", chosen, reason)
     return steps
 
 
 def _augmentation(plan: Plan) -> None:
     n = plan.fingerprint.images
+    plan.choose(
+        "augment",
+        "preset",
+        "flips",
+        "flips: strong augmentation lost at equal minutes on both testbeds (BENCHMARKS.md, the planned recipe)",
+    )
     if n < FEW_IMAGES:
-        plan.choose("augment", "preset", "strong", f"{n} images: strong augmentation raised a 10-image set by 0.025 mIoU")
-        plan.choose("training", "rotate90", True, "quarter turns too: few images show few orientations")
-    else:
-        plan.choose("augment", "preset", "flips", f"{n} images: the flips suffice (the shipped recipe)")
+        plan.choose("training", "rotate90", True, f"{n} images: quarter turns too, as few images show few orientations")
 
 
 def _normalisation(plan: Plan, config: Config) -> None:
@@ -196,7 +216,10 @@ def _normalisation(plan: Plan, config: Config) -> None:
         )
     elif share is not None and share < 0.25:
         mode = "percentile"
-        reason = f"{fp.dtype} images using {100 * share:.0f} % of their range: each is stretched to its own 1-99.8 percentiles"
+        reason = (
+            f"{fp.dtype} images using {100 * share:.0f} % of their range: each is stretched to its own "
+            "1-99.8 percentiles"
+        )
     else:
         mode = "percentile"
         reason = f"exposure varies from image to image (spread {spread:.2f}): each image to its own 1-99.8 percentiles"
@@ -214,7 +237,9 @@ def _pixel_weights(plan: Plan) -> None:
             f"{100 * share:.0f} % of the objects touch another: the U-Net paper's map weighs the gaps between them",
         )
     else:
-        plan.choose("training", "pixel_weights", "none", f"{100 * share:.0f} % of the objects touch another: no extra weight")
+        plan.choose(
+            "training", "pixel_weights", "none", f"{100 * share:.0f} % of the objects touch another: no extra weight"
+        )
 
 
 def _validation(plan: Plan) -> None:
@@ -240,7 +265,9 @@ def _recipe(plan: Plan, config: Config) -> None:
     t = config.training
     rare = [name for name, share in plan.fingerprint.class_shares.items() if share < 0.05]
     note = f" ({', '.join(rare)} under 5 % of the pixels)" if rare else ""
-    plan.choose("training", "loss", t.loss, f"the shipped loss; its Dice term keeps rare and thin classes in view{note}")
+    plan.choose(
+        "training", "loss", t.loss, f"the shipped loss; its Dice term keeps rare and thin classes in view{note}"
+    )
     plan.choose(
         "training",
         "learning_rate",
@@ -249,10 +276,12 @@ def _recipe(plan: Plan, config: Config) -> None:
     )
 
 
-def time_step(config: Config, width: int, depth: int, patch: int, batch: int, repeats: int = 3) -> float:
+def time_step(
+    config: Config, width: int, depth: int, patch: int, batch: int, repeats: int = 5, warmup: int = 2
+) -> float:
     """Seconds of one training step (forward, loss, backward, optimizer step) of ``config``'s model
     at ``width`` and ``depth`` on a random batch, with the run's precision on the run's device: the
-    median of ``repeats`` after one warm-up step."""
+    median of ``repeats`` after ``warmup`` steps (the first steps of a process set up its kernels)."""
     device = runtime.pick_device(None)
     precision = runtime.resolve_precision(config.training.precision, device)
     model_config = config.merged({"model": {"base_width": width, "depth": depth}}).model
@@ -266,7 +295,7 @@ def time_step(config: Config, width: int, depth: int, patch: int, batch: int, re
     images = images.to(device).contiguous(memory_format=memory)
     masks = torch.randint(0, config.data.num_classes, (batch, patch, patch), generator=generator).to(device)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + warmup):
         started = time.perf_counter()
         with precision.autocast(device):
             logits = model(images)
@@ -277,7 +306,7 @@ def time_step(config: Config, width: int, depth: int, patch: int, batch: int, re
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    return statistics.median(times[warmup:])
 
 
 def plan_parameters(config: Config, plan: Plan) -> dict[str, Any]:
