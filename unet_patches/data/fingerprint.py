@@ -1,13 +1,14 @@
 """A data folder's fingerprint: what a training recipe should be planned from.
 
-:func:`fingerprint_folder` reads every image and mask of an image folder once (through the decode
-cache) and sums up what matters to the choice of network, patch, augmentation and normalisation:
+:func:`fingerprint_folder` takes ``inspect``'s report of an image folder (which reads every pair
+once, through the decode cache), reads up to ``SAMPLED_IMAGES`` pairs again from the cache, and sums up
+what matters to the choice of network, patch, augmentation and normalisation:
 
 - how many images, their sizes, channels, pixel type and the share of the type's range they use;
 - how differently the images are exposed: the spread (standard deviation) of the logarithm of each
   image's contrast, its 99.8th minus its 1st percentile (0 when every image is stored alike; 0.7
   when contrast varies about twofold from image to image);
-- the share of each class among the mask pixels;
+- the share of each class among the mask pixels (the report's);
 - the objects: connected regions of each foreground class, or the instances of
   ``<folder>/instances/`` where the folder has them (as for pixel weights); their typical size (the
   median and 90th percentile of the diameter of a disc of the same area), each class's typical
@@ -21,7 +22,6 @@ that cannot be trained stops with ``inspect``'s one-line summary.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from unet_patches.errors import UserError
 from .cache import DecodeCache
 from .config import DataConfig
 from .folders import find_pairs, is_data_folder, read_pair
-from .inspection import check_folder
+from .inspection import Report, check_folder
 from .pixel_weights import instance_file, instances_of
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 
 TOUCHING_GAP = 3  # pixels: objects of one class this close are counted as touching
 THIN = 3.0  # pixels: a class whose regions are at most this thick is a line or boundary, not objects
-SAMPLED_IMAGES = 200  # the object statistics of a large folder come from this many images, evenly spread
+SAMPLED_IMAGES = 200  # exposure and objects of a large folder come from this many images, evenly spread
 
 
 @dataclass
@@ -146,51 +146,35 @@ def fingerprint_folder(
             f"{folder}: not an image folder (images/ + masks/, or X.tif + X_mask.tif); a recipe is planned from the "
             "full images, so point it at the folder the patches were cut from"
         )
-    check_folder(folder, data, patch_size=min(patch_size, 16), val_fraction=val_fraction, seed=seed)
+    report = check_folder(folder, data, patch_size=min(patch_size, 16), val_fraction=val_fraction, seed=seed)
     preprocess = data.preprocess()
     pairs = find_pairs(folder)
     reader = DecodeCache(folder if data.cache else None)
-    measured = set(np.linspace(0, len(pairs) - 1, min(len(pairs), SAMPLED_IMAGES)).round().astype(int).tolist())
+    measured = sorted(set(np.linspace(0, len(pairs) - 1, min(len(pairs), SAMPLED_IMAGES)).round().astype(int)))
     scan = _Scan(data.num_classes)
-    for i, pair in enumerate(pairs):
-        raw, mask = read_pair(pair, preprocess, reader)
-        scan.add_image(raw, mask)
-        if i in measured:
-            source = instance_file(folder, pair)
-            scan.add_objects(mask, None if source is None else instances_of(source, mask, preprocess))
-    return scan.result(str(folder), data.names(), data.in_channels)
+    for i in measured:
+        raw, mask = read_pair(pairs[i], preprocess, reader)
+        source = instance_file(folder, pairs[i])
+        scan.add(raw, mask, None if source is None else instances_of(source, mask, preprocess))
+    return scan.result(report, len(pairs), data)
 
 
 @dataclass
 class _Scan:
-    """What the pass over a folder adds up, one pair at a time."""
+    """What the pass over the sampled pairs adds up (the rest comes from ``inspect``'s report)."""
 
     num_classes: int
-    heights: list[int] = field(default_factory=list)
-    widths: list[int] = field(default_factory=list)
     contrasts: list[float] = field(default_factory=list)
-    dtypes: Counter = field(default_factory=Counter)
-    class_pixels: np.ndarray | None = None
-    values: list[float] = field(default_factory=lambda: [np.inf, -np.inf])  # lowest and highest value seen
     thickness: dict[int, list[float]] = field(default_factory=dict)  # per foreground class
     by_class: dict[int, list] = field(default_factory=dict)  # per foreground class: diameters, touching, count
     by_instance: list = field(default_factory=lambda: [[], 0, 0])
     instances: bool = False
 
-    def add_image(self, raw: np.ndarray, mask: np.ndarray) -> None:
-        self.heights.append(mask.shape[0])
-        self.widths.append(mask.shape[1])
-        self.dtypes[str(raw.dtype)] += 1
+    def add(self, raw: np.ndarray, mask: np.ndarray, instances: np.ndarray | None) -> None:
+        """An image's contrast; the regions of each foreground class of its mask, and its ``instances``
+        where given."""
         low, high = image_statistics(raw)
         self.contrasts.append(max(high - low, 1e-12))
-        finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
-        if finite.size:
-            self.values = [min(self.values[0], float(finite.min())), max(self.values[1], float(finite.max()))]
-        counts = np.bincount(mask.ravel(), minlength=self.num_classes)[: self.num_classes]
-        self.class_pixels = counts if self.class_pixels is None else self.class_pixels + counts
-
-    def add_objects(self, mask: np.ndarray, instances: np.ndarray | None) -> None:
-        """The regions of each foreground class of ``mask``, and the ``instances`` where given."""
         for k in range(1, self.num_classes):
             regions = ndimage.label(mask == k, structure=np.ones((3, 3), bool))[0]
             self.thickness.setdefault(k, []).extend(region_thickness(regions))
@@ -199,7 +183,8 @@ class _Scan:
             self.instances = True
             _add(self.by_instance, object_statistics([instances]))
 
-    def result(self, folder: str, names: list[str], channels: int) -> Fingerprint:
+    def result(self, report: Report, images: int, data: DataConfig) -> Fingerprint:
+        names = data.names()
         foreground = range(1, self.num_classes)
         typical = {k: float(np.median(v)) if v else None for k in foreground for v in [self.thickness.get(k, [])]}
         if self.instances:
@@ -209,19 +194,17 @@ class _Scan:
             parts = [self.by_class.get(k, [[], 0, 0]) for k in solid]
             diameters = [d for part in parts for d in part[0]]
             touching, objects = sum(part[1] for part in parts), sum(part[2] for part in parts)
-        dtype = self.dtypes.most_common(1)[0][0]
-        pixels = self.class_pixels if self.class_pixels is not None else np.zeros(self.num_classes)
-        shares = pixels / max(int(pixels.sum()), 1)
+        dtype = max(report.dtypes, key=report.dtypes.get)
         return Fingerprint(
-            folder=folder,
-            images=len(self.heights),
-            height=[int(min(self.heights)), int(np.median(self.heights)), int(max(self.heights))],
-            width=[int(min(self.widths)), int(np.median(self.widths)), int(max(self.widths))],
-            channels=channels,
+            folder=report.folder,
+            images=images,
+            height=report.sizes["height"],
+            width=report.sizes["width"],
+            channels=data.in_channels,
             dtype=dtype,
-            range_share=_range_share(dtype, *self.values),
+            range_share=report.range_share.get(dtype),
             exposure_spread=float(np.std(np.log(self.contrasts))) if len(self.contrasts) > 1 else 0.0,
-            class_shares={name: float(s) for name, s in zip(names, shares)},
+            class_shares=report.class_shares or {name: 0.0 for name in names},
             objects=objects,
             object_diameter=float(np.median(diameters)) if diameters else None,
             object_diameter_p90=float(np.percentile(diameters, 90)) if diameters else None,
@@ -235,11 +218,3 @@ def _add(total: list, part: tuple[list[float], int, int]) -> None:
     total[0] += part[0]
     total[1] += part[1]
     total[2] += part[2]
-
-
-def _range_share(dtype: str, low: float, high: float) -> float | None:
-    kind = np.dtype(dtype)
-    if not np.issubdtype(kind, np.integer) or not np.isfinite(low):
-        return None
-    info = np.iinfo(kind)
-    return float((high - low) / (info.max - info.min))
