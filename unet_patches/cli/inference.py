@@ -205,6 +205,9 @@ def _predict(args: argparse.Namespace) -> int:
         **options,
     )
     print(f"wrote {len(written)} files to {args.out}" + (f" ({shard.describe()})" if shard else ""))
+    if written.busy:
+        names = ", ".join(str(p) for p in written.busy)
+        print(f"left {len(written.busy)} image(s) to another prediction writing into {args.out}: {names}")
     return 0
 
 
@@ -226,7 +229,9 @@ def _merge_report(args: argparse.Namespace) -> int:
     missing = f"; shards still missing: {merged['missing']}" if merged["missing"] else ""
     print(
         f"{args.out}/report.json: {len(merged['finished'])} of {merged['shards']} shards, "
-        f"{len(merged['written'])} files written, {len(merged['skipped'])} images skipped{missing}"
+        f"{len(merged['written'])} files written, {len(merged['skipped'])} images skipped"
+        + (f", {len(merged['busy'])} left to another prediction" if merged["busy"] else "")
+        + missing
     )
     return 0
 

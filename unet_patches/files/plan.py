@@ -15,8 +15,10 @@ Outputs for an input ``<stem>.<ext>`` in ``out_dir``:
 
 Every output is written band by band through a temporary file (``.<name>.part`` beside it), so even
 the in-memory path never holds more than one copy of the image; large TIFFs are also read band by
-band. A failure while writing leaves neither temporary files nor part of an image's outputs; the
-temporary files a killed run leaves are removed by the next run that plans the same outputs.
+band. A failure while writing leaves neither temporary files nor part of an image's outputs. The
+files of one image are written under its claim (:mod:`.claims`), so predictions sharing an output
+folder never write the same image at once; the temporary files a killed run leaves are removed by
+the next run that takes the image's claim.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_patches.atomic import named
 from unet_patches.data.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array, read_image
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
@@ -145,6 +148,7 @@ class OutputPlan:
     large: bool  # streamed: TIFF read by bands, labels written as TIFF under format auto
     format: OutputFormat
     outputs: dict[str, Path]
+    existing: frozenset[Path] = frozenset()  # outputs there when planned, replaced as asked (overwrite)
 
 
 def plan_outputs(
@@ -162,9 +166,10 @@ def plan_outputs(
 ) -> list[OutputPlan]:
     """Open every input (its header only) and check every output path before anything is written.
 
-    ``skip_finished`` leaves out the inputs whose outputs all exist (a sharded job run again).
-    When every check passes, the temporary files of the planned outputs that an interrupted run left
-    behind (``.<output name>.part``, see :func:`remove_stale_parts`) are removed.
+    ``skip_finished`` leaves out the inputs whose outputs all exist (a sharded job run again). Each
+    plan records which of its outputs exist now (``existing``): one that appears later was written
+    by another process. Nothing is written or removed here: the temporary files of an interrupted run
+    are removed when the image's claim is taken (:func:`remove_stale_parts`).
 
     Raises ``UserError`` for an unreadable input (a TIFF stack without ``page`` included), an output
     folder that is a file, two inputs that would write the same file, or an existing output without
@@ -179,7 +184,8 @@ def plan_outputs(
         large = size[0] * size[1] > stream_threshold_px
         fmt = chosen(output_format, large)
         outputs = output_paths(path, out_dir, fmt, overlay=overlay, probs=probs)
-        plans.append(OutputPlan(path, size, large, fmt, outputs))
+        existing = frozenset(p for p in outputs.values() if p.exists())
+        plans.append(OutputPlan(path, size, large, fmt, outputs, existing))
     if skip_finished:  # each output is put in place only when complete: all there means done
         plans = [plan for plan in plans if not all(p.exists() for p in plan.outputs.values())]
     every_output = [p for plan in plans for p in plan.outputs.values()]
@@ -190,19 +196,19 @@ def plan_outputs(
             f"two inputs would both write {clash} (same file name in different folders); "
             "predict them into different output folders"
         )
-    existing = [p for p in every_output if p.exists()]
+    existing = [p for plan in plans for p in plan.outputs.values() if p in plan.existing]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise UserError(
             f"{existing[0]} already exists{more}; pass --overwrite (overwrite=True) to replace, "
             "or choose another output folder"
         )
-    remove_stale_parts(every_output)
     return plans
 
 
 def remove_stale_parts(outputs: Iterable[Path]) -> list[Path]:
-    """Remove the temporary files of ``outputs`` left by a run that was killed while writing them.
+    """Remove the temporary files of ``outputs`` left by a run that was killed while writing them
+    (called by the holder of the image's claim, :mod:`.claims`: nobody else is writing them).
 
     Only the exact names the writers use (``.<name>.part`` beside each output,
     :func:`~unet_patches.files.writers.temporary_path`) are touched, and only regular files; one log
@@ -287,27 +293,52 @@ def write_outputs(
     height, width = source.height, source.width
     writers: dict[str, BandWriter] = {}
     placed: list[Path] = []
+    current = "labels"  # the output being written: the one a failed write names
     try:
         writers["labels"] = fmt.label_writer(outs["labels"], height, width)
         if "overlay" in outs:
             writers["overlay"] = PngWriter(outs["overlay"], height, width, channels=3)
         for band in bands:
-            stop = band.start + band.labels.shape[0]
+            current = "labels"
             writers["labels"].write(band.labels)
             if "overlay" in writers:
-                writers["overlay"].write(colour_overlay(source.display_rows(band.start, stop), band.labels))
+                current = "overlay"
+                write_overlay(writers["overlay"], source, band.start, band.labels)
             if "probs" in outs:
                 assert band.probs is not None
+                current = "probs"
                 if "probs" not in writers:
                     classes = band.probs.shape[0]
                     writers["probs"] = fmt.probability_writer(outs["probs"], classes, height, width, probs_dtype)
                 writers["probs"].write(band.probs)
-        for writer in writers.values():
+        for key, writer in writers.items():
+            current = key
             placed.append(writer.close())
         return placed
-    except BaseException:
+    except BaseException as exc:
         for writer in writers.values():
             writer.abort()
         for path in placed:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and _is_write_failure(exc, outs[current]):
+            raise named(exc, outs[current]) from None
         raise
+
+
+OVERLAY_BLOCK_PX = 1 << 20
+"""Pixels of overlay blended at a time: a band of a wide image is many megapixels, and blending it
+whole takes several float copies of it (memory that would grow with the image's width)."""
+
+
+def write_overlay(writer: BandWriter, source: RowSource, start: int, labels: np.ndarray) -> None:
+    """The overlay rows of ``labels`` (rows ``start:`` of ``source``) into ``writer``, a block of at
+    most :data:`OVERLAY_BLOCK_PX` pixels at a time (the image's rows read again for each block)."""
+    step = max(1, OVERLAY_BLOCK_PX // max(1, labels.shape[1]))
+    for top in range(0, labels.shape[0], step):
+        bottom = min(labels.shape[0], top + step)
+        writer.write(colour_overlay(source.display_rows(start + top, start + bottom), labels[top:bottom]))
+
+
+def _is_write_failure(exc: OSError, output: Path) -> bool:
+    """A failed write of ``output`` (its temporary file, or no file named), not a failed read of the input."""
+    return exc.filename is None or Path(str(exc.filename)).parent == output.parent

@@ -96,12 +96,17 @@ def share(files: Sequence[Path], shard: Shard) -> list[Path]:
     return [path for k, path in enumerate(sorted(files, key=str)) if k % shard.count == shard.index]
 
 
-def write_shard_report(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> Path:
-    """This shard's ``<out>/.shards/shard-I-of-N.json``: the files it wrote and the images it skipped."""
+def write_shard_report(
+    out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path], busy: Sequence[Path] = ()
+) -> Path:
+    """This shard's ``<out>/.shards/shard-I-of-N.json``: the files it wrote, the images it skipped
+    (their outputs were all there) and those it left to another prediction into the same folder
+    (``busy``: one was writing them)."""
     path = out_dir / REPORTS / f"shard-{shard.index}-of-{shard.count}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"shard": shard.index, "shards": shard.count, "written": [str(p) for p in written]}
-    report["skipped"] = [str(p) for p in skipped]  # images whose outputs were all there already
+    report["skipped"] = [str(p) for p in skipped]
+    report["busy"] = [str(p) for p in busy]
     write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     return path
 
@@ -132,15 +137,18 @@ def merge_report(out_dir: str | Path) -> dict[str, Any]:
         "missing": [i for i in range(count) if i not in done],
         "written": sorted(p for r in reports for p in r["written"]),
         "skipped": sorted(p for r in reports for p in r["skipped"]),
+        "busy": sorted(p for r in reports for p in r.get("busy", [])),  # reports before "busy" lack it
     }
     write_atomically(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1)))
     return merged
 
 
-def finish_shard(out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path]) -> None:
+def finish_shard(
+    out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path], busy: Sequence[Path] = ()
+) -> None:
     """This shard's report (:func:`write_shard_report`), then, under torchrun, the merged one
     (:func:`gather_report`)."""
-    write_shard_report(out_dir, shard, written, skipped)
+    write_shard_report(out_dir, shard, written, skipped, busy)
     gather_report(out_dir, shard)
 
 

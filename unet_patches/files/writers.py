@@ -10,8 +10,8 @@ row has arrived (``close``); an error on the way leaves no half-written output b
   offsets cannot address.
 
 The temporary file of ``<folder>/<name>`` is ``<folder>/.<name>.part`` (:func:`temporary_path`); a
-killed process leaves it behind, and the next ``predict`` into that folder removes it
-(:func:`unet_patches.files.plan.plan_outputs`).
+killed process leaves it behind, and the next ``predict`` that takes the image's claim removes it
+(:mod:`unet_patches.files.claims`, :func:`unet_patches.files.plan.remove_stale_parts`).
 - :class:`ZarrWriter`: a Zarr store (a ``.zarr`` directory) of labels or probabilities, in chunks
   written as their rows finish.
 - :class:`NpyWriter`: a ``(K, H, W)`` float32 ``.npy`` file (open it with ``numpy.load(path,

@@ -26,7 +26,8 @@ import numpy as np
 from unet_patches import console
 from unet_patches.data.folders import Pair, read_pair
 from unet_patches.data.preprocess import resize_image, resize_probabilities
-from unet_patches.files.plan import OutputPlan, open_array, open_image, write_outputs
+from unet_patches.files.claims import take_claim
+from unet_patches.files.plan import OutputPlan, open_array, open_image, remove_stale_parts, write_outputs
 from unet_patches.files.rows import RowSource
 from unet_patches.files.shards import RowBlock
 from unet_patches.files.writers import Band
@@ -44,12 +45,22 @@ from .tiling.placement import place_windows
 from .tiling.sizing import Window, WindowPlan, check_window
 from .tiling.sizing import describe as describe_plan
 
-__all__ = ["PREDICTORS_KEPT", "PredictionJob"]
+__all__ = ["PREDICTORS_KEPT", "PredictionJob", "WrittenFiles"]
 
 log = logging.getLogger(__name__)
 
 PREDICTORS_KEPT = 8
 """Predictors a job keeps, the last used: images of many sizes get windows of many shapes."""
+
+
+class WrittenFiles(list):
+    """The files a job of files wrote (a list of paths), and in ``busy`` the input images it left to
+    other predictions into the same folder: one was writing them, or had written them since this job
+    was planned (:mod:`~unet_patches.files.claims`)."""
+
+    def __init__(self, files: Sequence[Path] = ()) -> None:
+        super().__init__(files)
+        self.busy: list[Path] = []
 
 
 class PredictionJob:
@@ -212,24 +223,41 @@ class PredictionJob:
 
     def write(
         self, plan: OutputPlan, *, level: int = 0, probs_dtype: str = "uint8", progress: bool = False
-    ) -> list[Path]:
-        """One image of a job of files into the files of its ``plan``; returns them. A progress bar of
-        windows is shown (``progress``) for a streamed image or one of 1024 windows or more."""
+    ) -> list[Path] | None:
+        """One image of a job of files into the files of its ``plan``; returns them, or None when
+        another process holds the image's claim or wrote its outputs since the job was planned
+        (:mod:`~unet_patches.files.claims`). A progress bar of windows is shown (``progress``) for
+        a streamed image or one of 1024 windows or more."""
+        # Opened first: an image that cannot be read is refused before anything is written.
         with open_image(plan.image, self.segmenter.preprocess, plan.large, level) as source:
-            bar = progress and (plan.large or self.predictor(plan.size).count_windows(plan.size) >= 1024)
-            bands = self.bands(source, probs="probs" in plan.outputs, progress=bar)
-            written = write_outputs(bands, source, plan.outputs, plan.format, probs_dtype)
+            claim = take_claim(plan.outputs)
+            if claim is None:
+                log.warning("%s: skipped, another prediction is writing %s", plan.image, plan.outputs["labels"])
+                return None
+            with claim:
+                appeared = [p for p in plan.outputs.values() if p.exists() and p not in plan.existing]
+                if appeared:
+                    log.warning("%s: skipped, another prediction has written %s", plan.image, appeared[0])
+                    return None
+                remove_stale_parts(plan.outputs.values())
+                bar = progress and (plan.large or self.predictor(plan.size).count_windows(plan.size) >= 1024)
+                bands = self.bands(source, probs="probs" in plan.outputs, progress=bar)
+                written = write_outputs(bands, source, plan.outputs, plan.format, probs_dtype)
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in written))
         return written
 
     def write_all(
         self, plans: Sequence[OutputPlan], *, level: int = 0, probs_dtype: str = "uint8", progress: bool = False
-    ) -> list[Path]:
+    ) -> WrittenFiles:
         """:meth:`write` of every plan, with a progress bar of images when there are several."""
-        written: list[Path] = []
+        written = WrittenFiles()
         bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
         for plan in plans:
-            written.extend(self.write(plan, level=level, probs_dtype=probs_dtype, progress=progress))
+            files = self.write(plan, level=level, probs_dtype=probs_dtype, progress=progress)
+            if files is None:
+                written.busy.append(plan.image)
+            else:
+                written.extend(files)
             bar.update(1)
         bar.close()
         return written

@@ -21,7 +21,7 @@ from unet_patches.files.shards import Shard, finish_shard, open_row_block, share
 from unet_patches.files.sources import image_size
 from unet_patches.metrics import ConfusionMatrix
 
-from .job import PredictionJob
+from .job import PredictionJob, WrittenFiles
 from .segmenter import Segmenter
 from .tiling.sizing import Window
 
@@ -110,7 +110,7 @@ def predict_files(
     probs_dtype: str = "uint8",
     progress: bool = True,
     **options: Any,
-) -> list[Path]:
+) -> WrittenFiles:
     """Segment image files and write their outputs to ``out_dir``; returns the written paths.
 
     ``inputs``: files, folders or glob patterns (:func:`~unet_patches.files.plan.expand_inputs`). Each
@@ -121,6 +121,10 @@ def predict_files(
     ``options``: as for :func:`evaluate_folder`. ``shard`` (:func:`~unet_patches.files.shards.shard_from`):
     only this process's share of the files, images whose outputs all exist skipped, a shard report
     written; one image given to several shards is split by rows (:meth:`PredictionJob.write_block`).
+
+    Several predictions may write into one ``out_dir`` at once: each image is written by one of
+    them (:mod:`~unet_patches.files.claims`); the returned list's ``busy`` names the images this one
+    left to the others.
 
     Raises:
         UserError: a missing or unreadable input, or an output that exists without ``overwrite``;
@@ -145,13 +149,13 @@ def predict_files(
         skip_finished=skip,
         **common,
     )
-    written: list[Path] = []
+    written = WrittenFiles()
     if plans:  # a sharded job run again may find every image done: nothing to settle
         job = PredictionJob(segmenter, [plan.size for plan in plans], window=window, **options)
         written = job.write_all(plans, level=level, probs_dtype=probs_dtype, progress=progress)
     if shard is not None:
         planned = {plan.image for plan in plans}
-        finish_shard(out_dir, shard, written, [f for f in files if f not in planned])
+        finish_shard(out_dir, shard, written, [f for f in files if f not in planned], written.busy)
     return written
 
 
@@ -169,7 +173,7 @@ def _predict_rows(
     progress: bool,
     window: Window,
     **options: Any,
-) -> list[Path]:
+) -> WrittenFiles:
     """Shard ``shard``'s rows of one image into the stores every shard fills; writes the shard report.
     The job is settled only when some of its rows are left to compute.
 
@@ -209,8 +213,8 @@ def _predict_rows(
     )
     if block is None or block.todo is None:  # no rows for this shard, or all finished by an earlier run
         finish_shard(out_dir, shard, [], [] if block is None else [image])
-        return []
+        return WrittenFiles()
     job = PredictionJob(segmenter, [size], window=window, **options)
     written = job.write_block(image, block, probs=probs, level=level, progress=progress)
     finish_shard(out_dir, shard, written, [])
-    return written
+    return WrittenFiles(written)
