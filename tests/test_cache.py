@@ -78,7 +78,7 @@ def test_second_read_is_a_memory_mapped_hit(tmp_path, decoders, monkeypatch):
     assert np.array_equal(third.read(path), first) and third.hits == 1 and decoders["cache"].calls == 1
     (entry,) = _entries(tmp_path / "data")
     stat = path.stat()
-    stamp = f"-{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}-{stat.st_ino}.npy"
+    stamp = f"-{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}-{stat.st_ino}.c1.npy"
     assert entry.endswith(stamp)
 
 
@@ -273,3 +273,50 @@ def test_a_file_name_that_is_not_utf8_is_cached(tmp_path):
     cache = DecodeCache(folder)
     assert cache.read(path)[0, 0] == 9 and cache.read(path)[0, 0] == 9
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+# ------------------------------------------------------------------------------------ damaged entries
+
+
+def _damage(entry, how: str) -> None:
+    data = bytearray(entry.read_bytes())
+    if how == "cut short":
+        entry.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "a byte altered":
+        data[-20] ^= 0x01  # a pixel near the end: the .npy itself still loads
+        entry.write_bytes(bytes(data))
+    else:  # the shape in the header changed, the length kept (np.load alone would return it)
+        entry.write_bytes(bytes(data).replace(b"(6, 9)", b"(9, 6)", 1))
+
+
+@pytest.mark.parametrize("how", ["cut short", "a byte altered", "another shape"])
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_damaged_entry_is_decoded_again_and_replaced_never_used(tmp_path, decoders, monkeypatch, caplog, how, mapped):
+    if mapped:
+        monkeypatch.setattr(cache_module, "MAP_ABOVE_BYTES", 0)
+    path = _image(tmp_path)
+    expected = read_raw(path)
+    cache = DecodeCache(tmp_path / "data")
+    cache.read(path)
+    (name,) = _entries(tmp_path / "data")
+    entry = tmp_path / "data" / CACHE_DIR_NAME / name
+    _damage(entry, how)
+    with caplog.at_level(logging.WARNING, logger="unet_patches.data.cache"):
+        again = DecodeCache(tmp_path / "data").read(path)
+    assert np.array_equal(again, expected) and again.shape == (6, 9)
+    assert decoders["cache"].calls == 2 and f"{name}: cache entry damaged" in caplog.text
+    assert _entries(tmp_path / "data") == [name]  # rebuilt under its name
+    third = DecodeCache(tmp_path / "data")
+    assert np.array_equal(third.read(path), expected) and third.hits == 1
+
+
+def test_an_entry_of_the_layout_before_checksums_is_a_miss_and_replaced(tmp_path, decoders):
+    path = _image(tmp_path)
+    cache = DecodeCache(tmp_path / "data")
+    cache.read(path)
+    (name,) = _entries(tmp_path / "data")
+    old = tmp_path / "data" / CACHE_DIR_NAME / name.replace(".c1.npy", ".npy")
+    np.save(old, np.zeros((6, 9), np.uint8))
+    (tmp_path / "data" / CACHE_DIR_NAME / name).unlink()
+    assert np.array_equal(DecodeCache(tmp_path / "data").read(path), read_raw(path))
+    assert _entries(tmp_path / "data") == [name]

@@ -57,6 +57,21 @@ def test_the_split_is_stored_and_reused_and_a_changed_one_refused(tmp_path):
         splits_for(tmp_path / "train", 3, 0, run_dir)
 
 
+@pytest.mark.parametrize("damage", ["half-written", "altered", "empty"])
+def test_a_damaged_split_is_refused_in_one_line_and_left_alone(tmp_path, damage):
+    small_dataset(tmp_path, n_train=6)
+    run_dir = tmp_path / "cv"
+    splits_for(tmp_path / "train", 3, 0, run_dir)
+    path = run_dir / "splits.json"
+    text = path.read_text()
+    damaged = {"half-written": text[: len(text) // 2], "altered": text.replace('"folds"', '"fold"'), "empty": ""}
+    path.write_text(damaged[damage])
+    refused = r"splits.json: not a readable split .*; remove it to draw the folds again"
+    with pytest.raises(UserError, match=refused) as info:
+        splits_for(tmp_path / "train", 3, 0, run_dir)
+    assert "\n" not in str(info.value) and path.read_text() == damaged[damage]
+
+
 @pytest.fixture
 def cv(tmp_path):
     """A finished 3-fold cross-validation of 6 small images (1 epoch per fold)."""

@@ -209,3 +209,23 @@ def tiny_params(tmp_path):
         )
     )
     return path
+
+
+@pytest.mark.parametrize("damage", ["cut short", "another shape"])
+def test_a_damaged_weights_entry_is_computed_again_never_used(tmp_path, caplog, damage):
+    generate_nuclei(tmp_path, n_train=1, n_test=0, seed=1, spec=NucleiSpec(height=32, width=32, density=(0.5, 0.5)))
+    folder = tmp_path / "train"
+    pre = Preprocess()
+    pairs, masks = find_pairs(folder), [s.mask for s in load_pairs(folder, pre, cache=False)]
+    (first,) = weight_maps(folder, pairs, masks, pre, PixelWeights())
+    (entry,) = (folder / ".unet-patches-cache").glob("weights-*")
+    if damage == "cut short":
+        entry.write_bytes(entry.read_bytes()[:100])
+    else:  # a map of another size under the entry's name, with a valid checksum
+        from unet_patches.data.cache import write_entry
+
+        write_entry(entry, np.ones((16, 16), np.float32))
+    with caplog.at_level("WARNING", logger="unet_patches.data.pixel_weights"):
+        (again,) = weight_maps(folder, pairs, masks, pre, PixelWeights())
+    np.testing.assert_array_equal(again, first)
+    assert "cache entry damaged" in caplog.text

@@ -3,6 +3,8 @@ the checkpoint, and when ``precision: auto`` chooses it. On the demo U-Net (test
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,54 @@ def test_predict_command_with_precision_int8(tmp_path, image, lenient_guard, cap
     labels = np.asarray(Image.open(tmp_path / "out" / "scan 1_labels.png"))
     assert main([*argv, "--precision", "fp32", "-o", str(tmp_path / "fp32")]) == 0
     assert (labels == np.asarray(Image.open(tmp_path / "fp32" / "scan 1_labels.png"))).mean() >= 0.99
+
+
+DAMAGED_CACHE = """
+import json, logging, sys
+from pathlib import Path
+from unet_patches.api import Segmenter
+from unet_patches.inference import int8 as quantizing
+
+checkpoint, damage = Path(sys.argv[1]), sys.argv[2]
+quantizing.GUARD_MIN_IOU = 0.9  # as lenient_guard
+segmenter = Segmenter.from_checkpoint(checkpoint)
+quantizing.int8_network(checkpoint, segmenter.network, segmenter.class_names)
+weights = quantizing.cache_folder(checkpoint) / "model.bin"
+classes = segmenter.class_names
+if damage == "a byte of model.bin altered":
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+elif damage == "model.bin cut short":
+    weights.write_bytes(weights.read_bytes()[:100])
+else:  # a cache that passes its digests but is not this network's: asked for one more class
+    classes = (*classes, "extra")
+quantizing._KEPT.clear()  # as a new process would find it
+built, quantize = [], quantizing.quantize
+quantizing.quantize = lambda *a, **k: built.append(1) or quantize(*a, **k)
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+build = damage != "another network's shape"
+network, guard = quantizing.int8_network(checkpoint, segmenter.network, classes, build=build)
+quantizing._KEPT.clear()
+again = quantizing.int8_network(checkpoint, segmenter.network, classes, build=False)[1]
+print(json.dumps({"built": len(built), "network": network is not None, "passed": guard is not None and guard.passed,
+                  "read_again": again is not None and again.passed}))
+"""
+
+
+@pytest.mark.parametrize("damage", ["a byte of model.bin altered", "model.bin cut short", "another network's shape"])
+def test_a_damaged_cache_is_built_again_never_used(tmp_path, damage):
+    """In a process of its own: OpenVINO keeps state (thread pools, mapped weights) that this test's
+    rebuilding would otherwise leave to the rest of the suite."""
+    checkpoint = shutil.copy(DEMO_MODEL, tmp_path / "best.pt")
+    run = subprocess.run(
+        [sys.executable, "-c", DAMAGED_CACHE, str(checkpoint), damage], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    if damage == "another network's shape":
+        assert result == {"built": 0, "network": False, "passed": False, "read_again": False}, result
+        assert "int8 cache damaged (a network of" in run.stderr and "not used" in run.stderr
+    else:
+        assert result == {"built": 1, "network": True, "passed": True, "read_again": True}, result
+        assert "int8 cache damaged (model.bin is not the file that was cached); building it again" in run.stderr

@@ -32,7 +32,7 @@ from unet_patches.errors import UserError
 from unet_patches.registry import Registry
 from unet_patches.validate import require_number
 
-from .cache import CACHE_DIR_NAME
+from .cache import CACHE_DIR_NAME, ENTRY_SUFFIX, read_entry, write_entry
 from .folders import Pair
 from .imageio import read_raw
 from .preprocess import Preprocess, resize_labels
@@ -136,11 +136,14 @@ def weight_maps(
         entry = _entry(folder, pair, source, settings, preprocess) if cache else None
         if entry is not None and entry.is_file():
             try:
-                maps.append(np.load(entry, allow_pickle=False))
+                stored = read_entry(entry, mapped=False)
+                if stored.shape != mask.shape or stored.dtype != np.float32:
+                    raise ValueError(f"{stored.dtype} {stored.shape}, not float32 {mask.shape}")
+                maps.append(stored)
                 objects += 1
                 continue
-            except (OSError, ValueError):
-                log.warning("%s: cache entry unreadable, computing the weights of %s again", entry, pair.mask)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cache entry damaged (%s), computing the weights of %s again", entry, exc, pair.mask)
         instances = instances_of(source, mask, preprocess)
         objects += int(instances.max() > 0)
         weights = unet_weight_map(instances, settings)
@@ -178,7 +181,7 @@ def _entry(folder: Path, pair: Pair, source: Path | None, settings: PixelWeights
             stat = path.stat()
             parts += [os.fsdecode(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino]
     key = hashlib.sha1(repr(parts).encode()).hexdigest()[:24]
-    return folder / CACHE_DIR_NAME / f"weights-{key}.npy"
+    return folder / CACHE_DIR_NAME / f"weights-{key}{ENTRY_SUFFIX}"
 
 
 def _store(entry: Path, weights: np.ndarray) -> None:
@@ -190,10 +193,6 @@ def _store(entry: Path, weights: np.ndarray) -> None:
     try:
         entry.parent.mkdir(exist_ok=True)
 
-        def save(tmp: Path) -> None:
-            with open(tmp, "wb") as stream:
-                np.save(stream, weights, allow_pickle=False)
-
-        write_atomically(entry, save)
+        write_atomically(entry, lambda tmp: write_entry(tmp, weights))
     except OSError:
         pass

@@ -9,9 +9,11 @@ checked by an accuracy guard, and cached beside the checkpoint.
   below :data:`GUARD_MIN_IOU`, int8 is refused with the per-class figures (:class:`Guard`).
 - **Cache.** ``<checkpoint>.int8/`` (``best.pt.int8/``) holds the quantized network (OpenVINO IR,
   ``model.xml`` + ``model.bin``) and ``info.json`` (the checkpoint's SHA-256, the guard's figures,
-  the OpenVINO version). It is written whole (a temporary folder renamed) and rebuilt when the
-  checkpoint's contents or the OpenVINO version differ; a failed guard is cached too, so ``auto`` does
-  not retry it. Where the checkpoint's folder is read-only the network is kept for the process only.
+  the OpenVINO version, the SHA-256 of the two model files). It is written whole (a temporary folder
+  renamed) and rebuilt when the checkpoint's contents or the OpenVINO version differ, or when a model
+  file was altered or does not fit the checkpoint's network (one warning); a failed guard is cached
+  too, so ``auto`` does not retry it. Where the checkpoint's folder is read-only the network is kept
+  for the process only.
 
 OpenVINO rather than torch's own int8 (PT2E, X86InductorQuantizer), because torch's int8 was no
 faster than bf16 autocast where OpenVINO's was (BENCHMARKS.md, int8). ``openvino`` and ``nncf`` are
@@ -129,8 +131,10 @@ def cache_folder(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".int8")
 
 
-CACHE_FORMAT = 1
-"""What ``info.json`` calls the layout of the cached network (1: probabilities out); another is rebuilt."""
+CACHE_FORMAT = 2
+"""What ``info.json`` calls the layout of the cached network (1: probabilities out; 2: and the
+SHA-256 of its files); another is rebuilt."""
+_MODEL_FILES = ("model.xml", "model.bin")
 
 _KEPT: dict[tuple[str, str], tuple[Int8Network | None, Guard]] = {}
 """Int8 networks (or failed guards) built or read in this process: (checkpoint, its SHA-256) -> them."""
@@ -161,9 +165,13 @@ def int8_network(
     current = {"checkpoint_sha256": key[1], "openvino": ov.__version__, "format": CACHE_FORMAT}
     if info is not None and all(info.get(k) == v for k, v in current.items()):
         guard = Guard(info["iou"], float(info["agreement"]), int(info["windows"]))
-        model = ov.Core().read_model(folder / "model.xml") if guard.passed else None
-        _KEPT[key] = (Int8Network(model) if model is not None else None, guard)
-        return _KEPT[key]
+        try:
+            model = _read_cached_model(folder, info, network, len(class_names)) if guard.passed else None
+        except ValueError as exc:
+            log.warning("%s: int8 cache damaged (%s); %s", folder, exc, "building it again" if build else "not used")
+        else:
+            _KEPT[key] = (Int8Network(model) if model is not None else None, guard)
+            return _KEPT[key]
     if not build:
         return None, None
     calibration, held_back = _stored_windows(path)
@@ -341,12 +349,43 @@ def _digest(path: Path) -> str:
         raise UserError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+        _DIGESTS[key] = _sha256(path)
     return _DIGESTS[key]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_cached_model(folder: Path, info: dict[str, Any], network: nn.Module, classes: int) -> Any:
+    """The cached network of ``folder``, once its files match the digests of ``info.json`` and its
+    input and output fit ``network`` (channels in, ``classes`` out).
+
+    Raises:
+        ValueError: a file altered, cut short or of another network, saying which.
+    """
+    import openvino as ov
+    from torch import nn
+
+    digests = info.get("files")
+    for name in _MODEL_FILES:
+        if not isinstance(digests, dict) or _sha256(folder / name) != digests.get(name):
+            raise ValueError(f"{name} is not the file that was cached")
+    try:
+        model = ov.Core().read_model(folder / "model.xml")
+        shape_in, shape_out = model.input(0).get_partial_shape(), model.output(0).get_partial_shape()
+    except Exception as exc:  # OpenVINO raises its own errors for a model it cannot read
+        raise ValueError(f"OpenVINO cannot read it: {one_line(exc, 120)}") from None
+    first = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = None if first is None else first.in_channels
+    fits = shape_in.rank.get_length() == 4 and shape_out.rank.get_length() == 4
+    if not fits or (channels is not None and shape_in[1] != channels) or shape_out[1] != classes:
+        raise ValueError(f"a network of {shape_in} in and {shape_out} out, not {channels} channels in, {classes} out")
+    return model
 
 
 def _read_info(folder: Path) -> dict[str, Any] | None:
@@ -388,6 +427,7 @@ def _write_cache(folder: Path, model: Any, guard: Guard, digest: str) -> None:
     try:
         if guard.passed:  # a failed guard is cached as its figures only
             ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
+            info["files"] = {name: _sha256(staging / name) for name in _MODEL_FILES}
         staging.chmod(0o755)  # mkdtemp makes it private
         (staging / "info.json").write_text(json.dumps(info, indent=2))
         if folder.exists():
