@@ -3,12 +3,26 @@ goes to a temporary file beside the target, which is then renamed over it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+from .errors import one_line
+
+__all__ = ["named", "write_atomically"]
+
+
+def _torch_write_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "PytorchStreamWriter" in text or "file write failed" in text or "inline_container" in text
+
+
+def named(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` (a failed write) as raised for ``path``: the file the user asked for, which the command
+    line names in its one-line message, rather than a temporary file or no file at all."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object], *, fsync: bool = False) -> None:
@@ -31,6 +45,14 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], *, fsync
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a size limit: named by the file meant, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise named(exc, path) from None
+    except RuntimeError as exc:  # torch.save / torch.jit.save report a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        if not _torch_write_failure(exc):
+            raise
+        raise OSError(errno.EIO, f"write failed: {one_line(exc, 120)}", str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

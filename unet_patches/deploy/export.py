@@ -21,6 +21,7 @@ it with its sidecar.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -182,12 +183,15 @@ def sidecar_info(segmenter: Segmenter, fmt: str, output: str, multiple: int) -> 
 
 
 def _write_onnx(exported: nn.Module, example: torch.Tensor, path: Path, output: str) -> None:
+    """The network as ONNX, serialised in memory and then written by Python (a failed write raises
+    ``OSError``, whatever the exporter's own file handling would do)."""
     axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
             exported,
             (example,),
-            str(path),
+            buffer,
             input_names=["image"],
             output_names=[output],
             dynamic_axes={"image": axes, output: axes},
@@ -195,9 +199,14 @@ def _write_onnx(exported: nn.Module, example: torch.Tensor, path: Path, output: 
             do_constant_folding=True,
             dynamo=False,  # the TorchScript-based exporter needs no onnxscript
         )
+    path.write_bytes(buffer.getvalue())
 
 
 def _write_torchscript(exported: nn.Module, example: torch.Tensor, path: Path, output: str) -> None:
+    """The traced network, serialised in memory and then written by Python: ``torch.jit.save`` to a
+    path aborts the whole process when the write fails (a full disk), where Python raises ``OSError``."""
     with torch.no_grad():
         traced = torch.jit.trace(exported, example, check_trace=False)
-    traced.save(str(path))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    path.write_bytes(buffer.getvalue())

@@ -40,7 +40,7 @@ from torch import nn
 
 from unet_patches.atomic import write_atomically
 from unet_patches.data.preprocess import Preprocess
-from unet_patches.errors import UserError, one_line
+from unet_patches.errors import UserError, cannot_write, one_line
 from unet_patches.parameters import build_typed
 from unet_patches.validate import is_int
 
@@ -67,10 +67,18 @@ INFERENCE_KEYS = ("model_config", "model", "class_names", "in_channels", "patch_
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename."""
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    Raises:
+        UserError: the write failed (a full disk, a quota, a file-size limit): the file that was at
+            ``path`` before is untouched and no temporary file is left.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda tmp: torch.save(state, tmp), fsync=True)
+    try:
+        write_atomically(path, lambda tmp: torch.save(state, tmp), fsync=True)
+    except OSError as exc:
+        raise cannot_write(path, exc, "the file there before is unchanged") from None
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
