@@ -178,3 +178,24 @@ def test_served_model_answers_good_bad_and_oversized_images(exported, tmp_path):
             server.kill()
             server.wait()
         log.close()
+
+
+@pytest.mark.slow
+def test_the_server_under_load_from_8_clients_answers_every_request_as_expected(exported, tmp_path):
+    """The load test of ``benchmarks/bench_serving.py`` in small: 8 clients, 24 requests of which a third
+    are bad (corrupt, oversized, wrong content type, not JSON, a client hanging up half-way)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_serving"] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    _, root, model_dir = exported
+    result = bench.run(model_dir, root / "best.pt", tmp_path, clients=8, count=24, sizes=[32, 64, 128], time_limit=300)
+    failures = {kind: entry["failures"] for kind, entry in result["by_kind"].items() if entry["failures"]}
+    assert result["all_ok"] and not failures, failures
+    assert result["alive_after"]
+    assert {"valid", "corrupt", "oversized", "content-type", "not-json", "hang-up"} <= set(result["by_kind"])
+    assert result["server_peak_mb"]["max"] < 4096, result["server_peak_mb"]
