@@ -13,6 +13,10 @@ Part B (one huge image): a ``--huge`` x ``--huge`` tiled, compressed TIFF. One p
 Part C (gigapixel input): a ``--giga`` x ``--giga`` tiled, deflate-compressed OME-TIFF (not memory-
   mappable) predicted into Zarr and into a pyramidal OME-TIFF, against a 2048 x 2048 one of the same
   kind: peak memory and time per megapixel, and the ratio (target: peak memory <= 1.25x that of 2048).
+Part D (the default command line): ``unet-patches predict CKPT IMAGE -o OUT`` and nothing else, so
+  labels and a colour overlay PNG, on a tiled deflate TIFF and on a plain (strip, uncompressed) TIFF
+  of 2048^2, ``--huge``^2 and ``--giga``^2: peak memory against the 2048^2 run of the same kind
+  (target <= 1.25x; issue 30).
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_sharding.py            # 200 files, 16384^2, 32768^2: ~15 minutes
@@ -191,6 +195,36 @@ def part_c(checkpoint: str, work: Path, size: int) -> dict:
     return rows
 
 
+def write_plain(path: Path, size: int, seed: int) -> None:
+    """An uncompressed TIFF of ``size`` x ``size`` in strips (BigTIFF when needed), written a band at a time."""
+    block = synthetic(min(size, 1024), seed)
+    rows = min(size, 1024)
+
+    def bands():
+        for _ in range(-(-size // rows)):
+            yield np.tile(block, (1, -(-size // block.shape[1])))[:rows, :size]
+
+    with tifffile.TiffWriter(path, bigtiff=size * size > 2**31) as tif:
+        tif.write(bands(), shape=(size, size), dtype=np.uint8, rowsperstrip=rows)
+
+
+def part_d(checkpoint: str, work: Path, sizes: list[int]) -> dict:
+    rows = {}
+    for kind, write in (("tiled deflate", write_tiled), ("plain", write_plain)):
+        for n in sizes:
+            image = work / f"d_{n}.tif"
+            write(image, n, 13)
+            out = work / f"d_{n}"
+            wall, peaks = timed([(["predict", checkpoint, str(image), "-o", str(out), "--no-progress"], None)])
+            rows[f"{kind} {n}"] = {"kind": kind, "size": n, "wall_s": wall, "peak_mb": peaks[0]}
+            rows[f"{kind} {n}"]["outputs"] = sorted(p.name for p in out.iterdir())
+            shutil.rmtree(out)
+            image.unlink()
+        for n in sizes:
+            rows[f"{kind} {n}"]["peak_vs_2048"] = rows[f"{kind} {n}"]["peak_mb"] / rows[f"{kind} {sizes[0]}"]["peak_mb"]
+    return rows
+
+
 def report(results: dict) -> str:
     lines = [f"Machine: {results['machine']['cpu']}, flags {' '.join(results['machine']['cpu_flags'])}", ""]
     if "a" in results:
@@ -231,6 +265,19 @@ def report(results: dict) -> str:
             lines.append(
                 f"| {row['size']}^2 | {row['format']} | {row['wall_s']:.1f} | {row['s_per_mpx']:.3f} | {row['peak_mb']:.0f} | {ratio} |"
             )
+    if "d" in results:
+        lines += [
+            "",
+            "D. the default command line (labels and overlay PNG), peak memory against 2048^2 of the same kind:",
+            "",
+            "| input | size | outputs | wall (s) | peak memory (MiB) | peak vs 2048^2 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in results["d"].values():
+            lines.append(
+                f"| {row['kind']} | {row['size']}^2 | {', '.join(row['outputs'])} | {row['wall_s']:.1f} "
+                f"| {row['peak_mb']:.0f} | {row['peak_vs_2048']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -241,8 +288,10 @@ def main() -> int:
     parser.add_argument("--file-size", type=int, default=512)
     parser.add_argument("--huge", type=int, default=16384)
     parser.add_argument("--giga", type=int, default=32768)
-    parser.add_argument("--parts", default="abc", help="which parts to run (a, b, c)")
+    parser.add_argument("--parts", default="abcd", help="which parts to run (a, b, c, d)")
     parser.add_argument("--quick", action="store_true", help="20 files, 4096^2, 8192^2")
+    parser.add_argument("--d-sizes", help="part D's sizes, comma-separated, the first the reference "
+                        "(default: 2048, --huge, --giga)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.files, args.huge, args.giga = 20, 4096, 8192
@@ -263,6 +312,10 @@ def main() -> int:
             print(report(results), flush=True)
         if "c" in args.parts:
             results["c"] = part_c(args.checkpoint, work, args.giga)
+            print(report(results), flush=True)
+        if "d" in args.parts:
+            sizes = [int(n) for n in args.d_sizes.split(",")] if args.d_sizes else [2048, args.huge, args.giga]
+            results["d"] = part_d(args.checkpoint, work, sizes)
     text = report(results)
     print(text)
     save_results("sharding", results, text)

@@ -464,6 +464,17 @@ case(
     lambda c: (["crossval", "-k", "999", *tr(c)[1:]], ["training.folds = 999"]),
     TRAIN,
 )
+case("crossval-one-fold", lambda c: (["crossval", "-k", "1", *tr(c)[1:]], ["training.folds = 1"]), TRAIN)
+case(
+    "crossval-shard-not-a-fraction",
+    lambda c: (["crossval", "-k", "2", "--shard", "first", *tr(c)[1:]], ["--shard first", "I/N"]),
+    TRAIN,
+)
+case(
+    "crossval-missing-folder",
+    lambda c: (["crossval", "-k", "2", *tr(c)[1:3], "-f", "no_such_folder", *tr(c)[3:]], ["no_such_folder"]),
+    TRAIN,
+)
 case("train-batch-size-zero", lambda c: (tr(c, "-b", "0"), ["batch_size"]), TRAIN)
 case("train-epochs-zero", lambda c: (tr(c, "-e", "0"), ["epochs"]), TRAIN)
 case("train-epochs-not-a-number", lambda c: (tr(c, "-e", "many"), ["-e/--epochs"]), TRAIN)
@@ -713,6 +724,8 @@ case(
 case("predict-precision-typo", lambda c: (pr(c, "--precision", "int9"), ["int9"]), PRED)
 case("predict-format-typo", lambda c: (pr(c, "--format", "jpeg"), ["jpeg"]), PRED)
 case("predict-shard-out-of-range", lambda c: (pr(c, "--shard", "2/2"), ["--shard 2/2"]), PRED)
+case("predict-shard-not-a-fraction", lambda c: (pr(c, "--shard", "half"), ["--shard half", "I/N"]), PRED)
+case("predict-shard-of-none", lambda c: (pr(c, "--shard", "0/0"), ["--shard 0/0"]), PRED)
 case("predict-checkpoint-evil-pickle", evil_ckpt("evil.pt"), PRED)
 case("predict-checkpoint-evil-raw-pickle", evil_raw_pickle("evil_raw.pt"), PRED)
 case("predict-checkpoint-missing", lambda c: (pr(c, ckpt="gone.pt"), ["gone.pt"]), PRED)
@@ -835,6 +848,33 @@ case(
     "predict-read-only-out",
     lambda c: (["predict", "ckpt.pt", "data/test/images", "-o", c.read_only() + "/out", "--no-progress"], ["ro_dir"]),
     read_only=True,
+)
+
+# ---------------------------------------------------------------- merge-report
+
+
+def shard_reports(c: Ctx, reports: dict[str, str]) -> list[str]:
+    """A prediction folder whose .shards/ holds ``reports`` (name -> text)."""
+    folder = c.folder("sharded", {f".shards/{name}": text.encode() for name, text in reports.items()})
+    return ["merge-report", folder]
+
+
+def shard_report(index: int, count: int) -> str:
+    return json.dumps({"shard": index, "shards": count, "written": [], "skipped": []})
+
+
+case("merge-report-missing-folder", lambda c: (["merge-report", "no_such_out"], ["no_such_out", "no shard reports"]))
+case("merge-report-no-shard-reports", lambda c: (["merge-report", c.folder("plain_out")], ["plain_out", "--shard"]))
+case(
+    "merge-report-damaged-shard-report",
+    lambda c: (shard_reports(c, {"shard-0-of-2.json": '{"shard": 0, "shar'}), ["shard-0-of-2.json", "run that shard"]),
+)
+case(
+    "merge-report-shard-counts-differ",
+    lambda c: (
+        shard_reports(c, {"shard-0-of-2.json": shard_report(0, 2), "shard-1-of-3.json": shard_report(1, 3)}),
+        ["sharded", "one N"],
+    ),
 )
 
 # ---------------------------------------------------------------- evaluate
@@ -1094,6 +1134,7 @@ def test_corpus_is_large_and_covers_every_command():
         "train",
         "crossval",
         "predict",
+        "merge",
         "evaluate",
         "submit",
         "export",

@@ -364,3 +364,19 @@ def test_a_zarr_store_left_by_a_killed_run_is_removed_and_a_failed_one_leaves_no
     with pytest.raises(ValueError, match="only 20 of 40 rows"):
         failed.close()
     assert files_in(out) == []
+
+
+def test_predict_sets_the_heap_up_before_anything_else(tmp_path, monkeypatch) -> None:
+    """glibc fixes its number of arenas when a thread first needs one: ``predict`` must ask for one
+    arena before any decoding thread runs (BENCHMARKS.md, memory: the default command line)."""
+    from unet_patches import runtime
+    from unet_patches.inference import predict as predict_module
+
+    calls: list[str] = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("heap") or True)
+    real = predict_module.predict_files
+    monkeypatch.setattr(predict_module, "predict_files", lambda *a, **k: calls.append("predict") or real(*a, **k))
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "a.png")
+    checkpoint = write_unet_checkpoint(tmp_path / "best.pt")
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert calls[:2] == ["heap", "predict"]

@@ -184,6 +184,10 @@ def add_predict(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from unet_patches.runtime import keep_freed_memory
+
+    keep_freed_memory()  # first: glibc fixes its arena limit when a thread first needs an arena
+
     from unet_patches.files.shards import shard_from
     from unet_patches.inference.predict import predict_files
 
