@@ -378,5 +378,7 @@ def test_predict_sets_the_heap_up_before_anything_else(tmp_path, monkeypatch) ->
     monkeypatch.setattr(predict_module, "predict_files", lambda *a, **k: calls.append("predict") or real(*a, **k))
     Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "a.png")
     checkpoint = write_unet_checkpoint(tmp_path / "best.pt")
-    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (
+        main(["predict", str(checkpoint), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    )
     assert calls[:2] == ["heap", "predict"]
