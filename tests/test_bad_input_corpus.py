@@ -811,6 +811,39 @@ def pyramid_tiff(c: Ctx) -> str:
     return str(path)
 
 
+def onnx_model(c: Ctx, name: str, sidecar: bytes | None = None) -> str:
+    """An ONNX export of the good checkpoint; ``sidecar``: its ``.json`` replaced (``b"-"``: removed)."""
+    pytest.importorskip("onnx")
+    from unet_patches.deploy.export import export_checkpoint
+
+    path = export_checkpoint(c.tmp / "ckpt.pt", c.tmp / name, "onnx")
+    info = Path(str(path) + ".json")
+    if sidecar == b"-":
+        info.unlink()
+    elif sidecar is not None:
+        info.write_bytes(sidecar)
+    return str(path)
+
+
+case(
+    "predict-onnx-sidecar-missing",
+    lambda c: (pr(c, ckpt=onnx_model(c, "lone.onnx", b"-")), ["lone.onnx.json", "export the checkpoint again"]),
+    PRED,
+)
+case(
+    "predict-onnx-sidecar-damaged",
+    lambda c: (
+        pr(c, ckpt=onnx_model(c, "cut.onnx", b'{"classes": ')),
+        ["cut.onnx.json", "export the checkpoint again"],
+    ),
+    PRED,
+)
+case(
+    "predict-onnx-as-int8",
+    lambda c: (pr(c, "--precision", "int8", ckpt=onnx_model(c, "float.onnx")), ["precision int8", "ONNX"]),
+    PRED,
+)
+case("predict-level-negative", lambda c: (pr(c, "--level", "-1"), ["--level", "'-1'"]), PRED)
 case("predict-input-zarr-stack", zarr_input("stack.zarr"), PRED)
 case("predict-input-zarr-damaged", zarr_input("broken.zarr", np.zeros((40, 30), np.uint8), damage=True), PRED)
 case("predict-level-beyond-pyramid", lambda c: (pr(c, "--level", "4", inputs=[pyramid_tiff(c)]), ["level 4"]), PRED)
@@ -1072,6 +1105,8 @@ case(
     lambda c: (xp(c, {**xp_base(c), "runs": {"r1": {"training": {"epochz": 1}}}}), ["training.epochz"]),
     XP,
 )
+case("experiments-one-fold", lambda c: (xp(c, xp_base(c), "grid.json", "--folds", "1"), ["folds"]), XP)
+case("experiments-folds-not-a-number", lambda c: (xp(c, xp_base(c), "grid.json", "--folds", "all"), ["--folds"]), XP)
 case("experiments-test-folder-missing", lambda c: (xp(c, {**xp_base(c), "test": "nowhere_test"}), ["nowhere_test"]), XP)
 case(
     "experiments-base-folder-missing",

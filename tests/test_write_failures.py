@@ -115,3 +115,29 @@ def test_export_past_a_size_limit_stops_in_one_line(tmp_path, capsys, fmt) -> No
     assert code == 2
     assert f"{out}: File too large" in one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_crossval_stopped_by_a_full_disk_keeps_what_it_finished(tmp_path, monkeypatch) -> None:
+    from unet_patches.training.crossval import run_crossval
+
+    small_dataset(tmp_path, n_train=4, n_test=1)
+    config = tiny_config(tmp_path, "train", epochs=1, folds=2, run_name="cv")
+    saves = []
+    real_save = torch.save
+
+    def disk_fills_in_the_second_fold(state, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) > 2:  # fold 0 wrote its best.pt and last.pt
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_fills_in_the_second_fold)
+    with pytest.raises(UserError, match=r"fold_1.*\.pt: cannot write \(No space left on device\)") as info:
+        run_crossval(config, progress_bars=False)
+    monkeypatch.undo()
+    assert "\n" not in str(info.value)
+    cv_dir = Path(config.training.checkpoint_dir) / "cv"
+    assert not [p for p in cv_dir.rglob("*") if p.name.endswith(".tmp")]
+    for path in (cv_dir / "fold_0").glob("*.pt"):
+        assert load_checkpoint(path)  # whole
+    assert not list((cv_dir / "fold_1").glob("*.pt"))
