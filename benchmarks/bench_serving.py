@@ -277,11 +277,16 @@ def load_test(url: str, mix: Mix, expected: list[np.ndarray], clients: int, time
 
 def run(model_dir: Path, checkpoint: Path, work: Path, clients: int, count: int, sizes: list[int],
         seed: int = 0, time_limit: float = 900.0) -> dict:  # fmt: skip
-    """The whole load test: expected labels from ``predict``, the server, the mix, a last valid request."""
+    """The whole load test: expected labels from ``predict``, the server, the mix, a last valid request.
+
+    The expected labels come from the copy of ``checkpoint`` inside the export, as the server loads
+    it: under ``precision: auto`` an int8 network cached beside the original (``best.pt.int8/``)
+    would give labels of its own."""
     from unet_patches.api import Segmenter, predict
 
     mix = make_mix(sizes, count, seed)
-    segmenter = Segmenter.from_checkpoint(checkpoint)
+    served_copy = next(Path(model_dir).rglob(Path(checkpoint).name), Path(checkpoint))
+    segmenter = Segmenter.from_checkpoint(served_copy)
     expected = [predict(segmenter, image) for image in mix.images]
     with served(model_dir, work / "server.log") as (url, server):
         result = load_test(url, mix, expected, clients, time_limit)
