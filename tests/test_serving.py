@@ -3,17 +3,13 @@ with ``predict``'s labels and per-class areas, a corrupt and an oversized image 
 message naming the problem, and keeps serving. Also the pyfunc model without a server, and refusals."""
 
 import base64
+import importlib.util
 import io
 import json
-import os
-import socket
-import struct
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,24 +24,21 @@ from unet_patches.models import ModelConfig
 mlflow = pytest.importorskip("mlflow")
 pd = pytest.importorskip("pandas")
 
+
+def _load_bench_serving():
+    """``benchmarks/bench_serving.py``: the server, the requests and the load test this file reuses."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_serving"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench_serving()
+png_bytes, huge_png_header = bench.png_bytes, bench.oversized_png
+
 CONFIG = ModelConfig(name="unet", base_width=4, depth=2)
-SERVER_START_S = 120
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def huge_png_header(width: int = 10_000, height: int = 6_000) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels (no pixel data): refused before decoding."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def an_image(height: int = 50, width: int = 70) -> np.ndarray:
@@ -110,12 +103,6 @@ def test_export_refuses_an_existing_folder_and_logits(exported, tmp_path):
     assert (again / "MLmodel").is_file()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, images: list[bytes]) -> tuple[int, dict]:
     rows = [[base64.b64encode(data).decode("ascii")] for data in images]
     body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
@@ -127,34 +114,11 @@ def post(url: str, images: list[bytes]) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def wait_for_ping(url: str, server: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with status {server.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow models serve did not answer {url} within {SERVER_START_S} s; see {log}")
-
-
 @pytest.mark.slow
 def test_served_model_answers_good_bad_and_oversized_images(exported, tmp_path):
     segmenter, _, model_dir = exported
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir)]
-    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log = open(tmp_path / "server.log", "wb")
-    # The server starts uvicorn by name: the environment's scripts must be on PATH.
-    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_for_ping(f"http://127.0.0.1:{port}/ping", server, tmp_path / "server.log")
-        url = f"http://127.0.0.1:{port}/invocations"
+    with bench.served(model_dir, tmp_path / "server.log") as (base, _server):
+        url = f"{base}/invocations"
         image = an_image(61, 83)
         status, answer = post(url, [png_bytes(image)])
         assert status == 200, answer
@@ -170,28 +134,12 @@ def test_served_model_answers_good_bad_and_oversized_images(exported, tmp_path):
         status, answer = post(url, [png_bytes(image), png_bytes(an_image(20, 30))])  # still serving
         assert status == 200 and len(answer["predictions"]) == 2
         np.testing.assert_array_equal(decode_labels(answer["predictions"][0]["labels"]), predict(segmenter, image))
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 @pytest.mark.slow
 def test_the_server_under_load_from_8_clients_answers_every_request_as_expected(exported, tmp_path):
     """The load test of ``benchmarks/bench_serving.py`` in small: 8 clients, 24 requests of which a third
     are bad (corrupt, oversized, wrong content type, not JSON, a client hanging up half-way)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serving.py"
-    spec = importlib.util.spec_from_file_location("bench_serving", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_serving"] = bench  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
     _, root, model_dir = exported
     result = bench.run(model_dir, root / "best.pt", tmp_path, clients=8, count=24, sizes=[32, 64, 128], time_limit=300)
     failures = {kind: entry["failures"] for kind, entry in result["by_kind"].items() if entry["failures"]}

@@ -154,7 +154,7 @@ def keep_freed_memory() -> bool:
     Threads allocate from the one main arena: each decoding thread of tifffile and Zarr would
     otherwise get an arena of its own that keeps its freed memory too, raising the peak of wide images.
     glibc fixes the number of arenas when a thread first needs one, so this must run before any
-    thread allocates (``predict`` calls it first thing; later calls keep the heap settings only).
+    thread allocates (the inference commands call it first thing; later calls change nothing).
     BENCHMARKS.md (tiled inference, memory) has the figures.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

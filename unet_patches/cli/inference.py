@@ -121,9 +121,16 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_segmenter(args: argparse.Namespace):
-    """The checkpoint's (or ONNX export's) Segmenter, reading the TIFF page of ``--page`` when given."""
+    """The checkpoint's (or ONNX export's) Segmenter, reading the TIFF page of ``--page`` when given.
+
+    Called by every inference command before any work, so it first sets up the heap for tiled
+    prediction: glibc fixes its arena limit when a thread first needs an arena, which the predictor
+    itself would do too late (:func:`~unet_patches.runtime.keep_freed_memory`)."""
     from dataclasses import replace
 
+    from unet_patches.runtime import keep_freed_memory
+
+    keep_freed_memory()
     from unet_patches.inference.segmenter import Segmenter
     from unet_patches.validate import require_int
 
@@ -184,10 +191,6 @@ def add_predict(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from unet_patches.runtime import keep_freed_memory
-
-    keep_freed_memory()  # first: glibc fixes its arena limit when a thread first needs an arena
-
     from unet_patches.files.shards import shard_from
     from unet_patches.inference.predict import predict_files
 
