@@ -729,6 +729,19 @@ case("predict-shard-of-none", lambda c: (pr(c, "--shard", "0/0"), ["--shard 0/0"
 case("predict-checkpoint-evil-pickle", evil_ckpt("evil.pt"), PRED)
 case("predict-checkpoint-evil-raw-pickle", evil_raw_pickle("evil_raw.pt"), PRED)
 case("predict-checkpoint-missing", lambda c: (pr(c, ckpt="gone.pt"), ["gone.pt"]), PRED)
+case(
+    "predict-checkpoint-temperature-nan",
+    pr_ckpt("tnan.pt", set_key("calibration", {"temperature": float("nan")}), extra_needles=("temperature",)),
+    PRED,
+)
+case(
+    "predict-checkpoint-temperature-negative",
+    pr_ckpt("tneg.pt", set_key("calibration", {"temperature": -2.0}), extra_needles=("temperature",)),
+    PRED,
+)
+case("predict-checkpoint-calibration-garbage", pr_ckpt("calbad.pt", set_key("calibration", "warm")), PRED)
+case("predict-review-without-uncertainty", lambda c: (pr(c, "--review", "3"), ["--review 3"]), PRED)
+case("predict-review-negative", lambda c: (pr(c, "--uncertainty", "--review", "-1"), ["--review -1"]), PRED)
 case("predict-checkpoint-empty-folder", lambda c: (pr(c, ckpt=c.folder("emptyrun")), ["emptyrun"]), PRED)
 case(
     "predict-ensemble-with-one-bad-member",
@@ -926,6 +939,15 @@ def ev_pair(stem, image=None, mask=None, ext=".png"):
 
 
 case("evaluate-missing-folder", lambda c: (ev(c, data="no_such_dir"), ["no_such_dir"]))
+case("evaluate-report-not-json", lambda c: (ev(c, "--report", "scores.txt"), ["scores.txt", ".json"]))
+case("evaluate-report-exists", lambda c: (ev(c, "--report", c.file("mine.json", b"{}")), ["mine.json", "--overwrite"]))
+case(
+    "evaluate-report-diagram-exists",
+    lambda c: (
+        ev(c, "--report", str(Path(c.file("mine_reliability.png", b"png")).with_name("mine.json"))),
+        ["mine_reliability.png"],
+    ),
+)
 case("evaluate-empty-folder", lambda c: (ev(c, data=c.folder("empty_dir")), ["empty_dir"]))
 case(
     "evaluate-folder-without-masks",
@@ -1053,6 +1075,11 @@ def with_config(state: dict) -> None:
 case(
     "calibrate-folder-missing",
     lambda c: (cal(c, c.ckpt("conf.pt", with_config), "new.pt", "--folder", "nowhere"), ["nowhere"]),
+    CAL,
+)
+case(
+    "calibrate-training-folder-missing",
+    lambda c: (cal(c, c.ckpt("conf2.pt", with_config), "new.pt", "--training-folder", "gone_data"), ["gone_data"]),
     CAL,
 )
 case("calibrate-out-parent-is-a-file", lambda c: (cal(c, out=c.file("occupied.txt") + "/new.pt"), ["occupied.txt"]))

@@ -134,7 +134,7 @@ def test_calibrate_gives_an_old_checkpoint_the_windows_training_stores(tmp_path,
     for argv, message in [
         (["-o", str(old), "--overwrite"], "old.pt: is the checkpoint being read"),
         (["-o", str(tmp_path / "new.pt")], "new.pt: already exists; pass --overwrite"),
-        (["-o", str(tmp_path / "x.pt"), "--folder", str(tmp_path / "gone")], "gone is not here; pass the folder"),
+        (["-o", str(tmp_path / "x.pt"), "--training-folder", str(tmp_path / "gone")], "gone is not here; pass the"),
     ]:
         assert main(["calibrate", str(old), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()

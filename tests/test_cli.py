@@ -82,9 +82,10 @@ def test_whole_pipeline_through_the_cli(tmp_path, params, capsys):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == "2 images, window auto, overlap auto"
-    assert lines[1].split() == ["class", "IoU", "Dice"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert lines[1].split() == ["class", "IoU", "Dice", "ECE"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
     assert set(rows) == {"background", "line", "ellipse", "mean"}
+    assert lines[-1].startswith("probabilities (temperature ") and "uncalibrated: ECE" in lines[-1]
     assert float(rows["mean"][0]) == pytest.approx(scores["miou"], abs=1e-4)
 
     outdir = tmp_path / "pred"

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "unet_patches"
 
 LAYERS = (
-    ("basics",),  # the modules directly in unet_patches/ that import nothing of the rooms
+    ("basics", "metrics"),  # the modules directly in unet_patches/ that import nothing of the rooms; the figures
     ("data",),
     ("models", "losses"),
     ("files",),
@@ -22,7 +22,7 @@ LAYERS = (
     ("front",),  # the package face, api.py, demo.py, moved.py, __main__.py
 )
 FRONT = {"unet_patches", "unet_patches.api", "unet_patches.demo", "unet_patches.moved", "unet_patches.__main__"}
-BASICS = {"errors", "validate", "atomic", "registry", "console", "parameters", "metrics", "runtime", "_version"}
+BASICS = {"errors", "validate", "atomic", "registry", "console", "parameters", "runtime", "_version"}
 
 
 def _modules() -> dict[str, Path]:

@@ -86,6 +86,10 @@ def named_outputs(command: str) -> list[str]:
     """The files and folders a command names as its outputs (``-o``/``--out``), or that it writes by
     the README's account."""
     outputs = re.findall(r"(?:^|\s)(?:-o|--out)\s+(\S+)", command)
+    for report in re.findall(r"--report\s+(\S+)\.json", command):
+        outputs += [f"{report}.json", f"{report}_reliability.png"]
+    if "--uncertainty" in command:
+        outputs += [f"{outputs[0]}/report.json"]
     if command.startswith("python train.py") or command.startswith("unet-patches train"):
         name = re.search(r"--run-name\s+(\S+)", command)
         folder = re.search(r"-f\s+(\S+)", command)
@@ -167,7 +171,9 @@ def test_every_readme_command_runs_as_written(folder):
             assert (folder / output).exists(), f"{command}: {output} was not written"
         if command.startswith("unet-patches evaluate"):  # the plain-text table
             lines = result.stdout.strip().splitlines()
-            assert lines[1].split() == ["class", "IoU", "Dice"] and lines[-1].startswith("mean"), result.stdout
+            assert lines[1].split() == ["class", "IoU", "Dice", "ECE"], result.stdout
+            assert any(line.startswith("mean") for line in lines), result.stdout
+            assert any(line.startswith("probabilities (temperature") for line in lines), result.stdout
         ran.append(command)
     assert len(ran) >= 30
 

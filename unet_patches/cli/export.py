@@ -1,6 +1,6 @@
 """``export``: one checkpoint's network as an ONNX or TorchScript file, with a sidecar JSON, or the
-checkpoint as an MLflow model folder to serve. ``calibrate``: a checkpoint written before checkpoints
-kept int8 windows, given them."""
+checkpoint as an MLflow model folder to serve. ``calibrate``: a copy of a checkpoint with its
+temperature fitted on a labelled folder, or with the int8 windows an old one lacks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 from typing import Any
 
 from unet_patches.deploy.export import EXPORT_FORMATS
+
+from .inference import add_inference_arguments, inference_options
 
 __all__ = ["add_calibrate", "add_export"]
 
@@ -54,27 +56,55 @@ def _export(args: argparse.Namespace) -> int:
 def add_calibrate(sub: Any) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="add int8 calibration windows to a checkpoint written before checkpoints kept them",
-        description="Write a copy of CHECKPOINT with the network-input windows that --precision int8 "
-        "quantizes from and checks against (up to 32 training windows to calibrate, up to 32 validation "
-        "windows for the accuracy guard). Training stores them in every checkpoint it writes now; this "
-        "command gives them to an older one. They are taken from the run's training data with the "
-        "run's own split and preprocessing; with --folder, from that folder instead (per-dataset "
-        "normalisation statistics are then those of that folder). CHECKPOINT itself is never rewritten.",
+        help="fit a checkpoint's temperature on a labelled folder; add int8 windows to old checkpoints",
+        description="Write a copy of CHECKPOINT with what calibrates it. With --folder LABELLED_DIR (images/ + "
+        "masks/): the temperature that calibrates its probabilities, fitted by negative log-likelihood on the "
+        "folder's images predicted whole, with the expected calibration error, NLL and Brier score before and "
+        "after. And the network-input windows that --precision int8 quantizes from and checks against, for a "
+        "checkpoint written before checkpoints kept them: from the run's training data with its own split and "
+        "preprocessing (or --training-folder); without --folder they are what is added. CHECKPOINT itself is "
+        "never rewritten.",
     )
     p.add_argument("checkpoint", help="a best.pt / last.pt written by training")
-    p.add_argument("-o", "--out", required=True, metavar="PATH", help="the new checkpoint, e.g. best_int8.pt")
-    p.add_argument("--folder", help="the training data (default: the run's training.folder)")
+    p.add_argument("-o", "--out", required=True, metavar="PATH", help="the new checkpoint, e.g. best_calibrated.pt")
+    p.add_argument("--folder", metavar="LABELLED_DIR", help="fit the temperature on this images/ + masks/ folder")
+    p.add_argument(
+        "--training-folder",
+        metavar="DIR",
+        help="the training data the int8 windows come from (default: the run's training.folder)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    add_inference_arguments(p)
     p.set_defaults(run=_calibrate)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from unet_patches.deploy.calibrate import add_int8_windows
+    from unet_patches.deploy.calibrate import calibrate_checkpoint
 
-    counts = add_int8_windows(args.checkpoint, args.out, args.folder, overwrite=args.overwrite)
-    print(
-        f"wrote {args.out}: {counts['calibration']} calibration and {counts['held_back']} held-back windows; "
-        f"predict with it and --precision int8 (or auto)"
+    options = {**inference_options(args), "device": args.device}
+    done = calibrate_checkpoint(
+        args.checkpoint,
+        args.out,
+        folder=args.folder,
+        training_folder=args.training_folder,
+        overwrite=args.overwrite,
+        options=options,
+        page=args.page,
     )
+    parts = []
+    record = done["calibration"]
+    if record is not None:
+        before, after = record["before"], record["after"]
+        parts.append(
+            f"temperature {record['temperature']:.3f} fitted on {record['pixels']} pixels of {args.folder} "
+            f"(ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+            f"Brier {before['brier']:.4f} -> {after['brier']:.4f})"
+        )
+    windows = done["int8_windows"]
+    if windows is not None:
+        parts.append(
+            f"{windows['calibration']} int8 calibration and {windows['held_back']} held-back windows "
+            "(predict with --precision int8, or auto)"
+        )
+    print(f"wrote {args.out}: " + "; ".join(parts))
     return 0

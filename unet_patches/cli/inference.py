@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
+from unet_patches.errors import UserError
 from unet_patches.files.formats import FORMAT_CHOICES, PROBS_DTYPES
 from unet_patches.inference.config import inference_settings
 from unet_patches.inference.tiling.padding import PADDING_MODES
@@ -183,6 +185,21 @@ def add_predict(sub: Any) -> None:
         metavar="N",
         help="pyramid level of TIFF / OME-TIFF / Zarr inputs to predict (0: full resolution, the default)",
     )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <name>_uncertainty (in the labels' format): the entropy of the calibrated probabilities, "
+        "0 (sure) to 255 (all classes alike), and OUT/report.json with each image's mean uncertainty, share of "
+        "uncertain pixels, classes involved and most uncertain 512 x 512 regions",
+    )
+    p.add_argument(
+        "--review",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --uncertainty: list the N images most worth a human look, and in each the N most uncertain "
+        "regions (up to 10)",
+    )
     p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -195,6 +212,8 @@ def _predict(args: argparse.Namespace) -> int:
     from unet_patches.inference.predict import predict_files
 
     shard = shard_from(args.shard)
+    if args.review < 0 or (args.review and not args.uncertainty):
+        raise UserError(f"--review {args.review}: expected a count >= 1 of images to list, with --uncertainty")
     options = inference_options(args)
     segmenter = load_segmenter(args)
     written = predict_files(
@@ -209,13 +228,36 @@ def _predict(args: argparse.Namespace) -> int:
         level=args.level,
         probs_dtype=args.probs_dtype,
         progress=not args.no_progress,
+        uncertainty=args.uncertainty,
         **options,
     )
     print(f"wrote {len(written)} files to {args.out}" + (f" ({shard.describe()})" if shard else ""))
+    if args.review:
+        _print_review(written.uncertainty, args.review)
     if written.busy:
         names = ", ".join(str(p) for p in written.busy)
         print(f"left {len(written.busy)} image(s) to another prediction writing into {args.out}: {names}")
     return 0
+
+
+def _print_review(summaries: dict[str, Any], count: int) -> None:
+    from unet_patches.metrics.uncertainty import review_order
+
+    ranked = review_order(summaries, count)
+    print(f"review first ({len(ranked)} of {len(summaries)} images, most uncertain first):")
+    for entry in ranked:
+        classes = ", ".join(entry["uncertain_classes"]) or "none"
+        print(
+            f"  {entry['image']}: mean uncertainty {entry['mean_uncertainty']:.3f}, "
+            f"{100 * entry['uncertain_share']:.1f} % of pixels above {entry['threshold']:g} (classes: {classes})"
+        )
+        regions = entry["regions"]
+        if len(regions) > 1:
+            for region in regions[:count]:
+                print(
+                    f"    region x {region['x']}, y {region['y']} ({region['width']} x {region['height']}): "
+                    f"{region['mean_uncertainty']:.3f}"
+                )
 
 
 def add_merge_report(sub: Any) -> None:
@@ -249,11 +291,23 @@ def add_evaluate(sub: Any) -> None:
         help="score full-image predictions against masks",
         description="Predict every image of DATA_DIR/images with sliding windows and score against "
         "DATA_DIR/masks: per-class IoU and Dice and their means from one confusion matrix "
-        "over the whole folder. Classes absent from truth and prediction are left out.",
+        "over the whole folder. Classes absent from truth and prediction are left out. Also how far the "
+        "probabilities can be believed, over every pixel: expected calibration error (15 bins, and per "
+        "class), NLL and Brier score, calibrated by the checkpoint's temperature and uncalibrated.",
     )
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data_dir", help="folder with images/ and masks/")
-    p.add_argument("--json", action="store_true", help="print one JSON object (miou, iou, dice, ...)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (miou, iou, dice, ece, nll, brier, ece_uncalibrated, ...)",
+    )
+    p.add_argument(
+        "--report",
+        metavar="PATH.json",
+        help="also write the scores as JSON to PATH.json, and a reliability diagram beside it (PATH_reliability.png)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report and its diagram")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     add_inference_arguments(p)
     p.set_defaults(run=_evaluate)
@@ -262,19 +316,57 @@ def add_evaluate(sub: Any) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from unet_patches.inference.predict import evaluate_folder
 
+    report = _report_paths(args.report, args.overwrite) if args.report else None
     options = inference_options(args)
     segmenter = load_segmenter(args)
-    scores = evaluate_folder(segmenter, args.data_dir, progress=not args.no_progress and not args.json, **options)
+    progress = not args.no_progress and not args.json
+    scores = evaluate_folder(segmenter, args.data_dir, progress=progress, calibration=True, **options)
+    if report is not None:
+        _write_report(scores, *report)
     if args.json:
         print(json.dumps(scores))
         return 0
     print(f"{scores['images']} images, window {options['window']}, overlap {options['overlap']}")
-    print(f"{'class':<14}{'IoU':>8}{'Dice':>8}")
+    print(f"{'class':<14}{'IoU':>8}{'Dice':>8}{'ECE':>8}")
     for name in scores["iou"]:
-        iou, dice = scores["iou"][name], scores["dice"][name]
-        print(f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}")
+        iou, dice, ece = scores["iou"][name], scores["dice"][name], scores["ece_per_class"][name]
+        print(f"{name:<14}{_fmt(iou):>8}{_fmt(dice):>8}{ece:>8.4f}")
     print(f"{'mean':<14}{scores['miou']:>8.4f}{scores['mean_dice']:>8.4f}")
+    print(
+        f"probabilities (temperature {scores['temperature']:.3f}): ECE {scores['ece']:.4f}, NLL {scores['nll']:.4f}, "
+        f"Brier {scores['brier']:.4f}; uncalibrated: ECE {scores['ece_uncalibrated']:.4f}, "
+        f"NLL {scores['nll_uncalibrated']:.4f}, Brier {scores['brier_uncalibrated']:.4f}"
+    )
+    if report is not None:
+        print(f"wrote {report[0]} and {report[1]}")
     return 0
+
+
+def _report_paths(report: str, overwrite: bool) -> tuple[Path, Path]:
+    """``--report``'s JSON path and its reliability diagram's, checked before any work."""
+    path = Path(report)
+    if path.suffix.lower() != ".json":
+        raise UserError(f"--report {report}: expected a .json path (the diagram goes beside it as _reliability.png)")
+    diagram = path.with_name(f"{path.stem}_reliability.png")
+    for target in (path, diagram):
+        if target.exists() and not overwrite:
+            raise UserError(f"{target}: already exists; pass --overwrite to replace it, or choose another --report")
+        if target.is_dir():
+            raise UserError(f"{target}: is a folder; --report names a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{path.parent}: is a file; --report needs a folder there")
+    return path, diagram
+
+
+def _write_report(scores: dict[str, Any], path: Path, diagram: Path) -> None:
+    from unet_patches.atomic import write_atomically
+    from unet_patches.metrics.calibration import reliability_diagram
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bins = scores["reliability"]
+    title = f"ECE {scores['ece']:.4f} (uncalibrated {scores['ece_uncalibrated']:.4f}), T = {scores['temperature']:.3f}"
+    write_atomically(diagram, lambda tmp: reliability_diagram(tmp, bins["calibrated"], bins["uncalibrated"], title))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(scores, indent=2) + "\n"))
 
 
 def _fmt(value: float | None) -> str:

@@ -176,6 +176,9 @@ def sidecar_info(segmenter: Segmenter, fmt: str, output: str, multiple: int) -> 
         "large_windows": segmenter.large_windows,
         "preprocess": segmenter.preprocess.to_dict(),
         "normalization": segmenter.preprocess.describe(),
+        "temperature": segmenter.temperature,
+        "calibration": "the probabilities blended over windows are calibrated as p ** (1 / temperature), "
+        "normalised to sum 1 (the softmax of log(p) / temperature); labels are their argmax either way",
         "model_config": config.to_dict(),
         "unet_patches_version": __version__,
         "torch_version": torch.__version__,

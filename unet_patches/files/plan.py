@@ -36,6 +36,7 @@ from unet_patches.atomic import named
 from unet_patches.data.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array, read_image
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
+from unet_patches.metrics.uncertainty import UncertaintyTally, normalised_entropy, to_uint8
 
 from .formats import OutputFormat, chosen
 from .slides import SLIDE_SUFFIXES
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 
 # Above this many pixels an image is streamed (TIFF read by bands, labels written as TIFF).
 DEFAULT_STREAM_THRESHOLD_PX = 4096 * 4096
-_OUTPUT_TAGS = ("_labels", "_overlay", "_probs")
+_OUTPUT_TAGS = ("_labels", "_overlay", "_probs", "_uncertainty")
 
 
 def _is_image(path: Path) -> bool:
@@ -127,15 +128,19 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def output_paths(image: Path, out_dir: Path, fmt: OutputFormat, *, overlay: bool, probs: bool) -> dict[str, Path]:
+def output_paths(
+    image: Path, out_dir: Path, fmt: OutputFormat, *, overlay: bool, probs: bool, uncertainty: bool = False
+) -> dict[str, Path]:
     """The files a prediction of ``image`` writes in the format ``fmt``: keys ``labels``, ``overlay``
-    (always a PNG), ``probs``."""
+    (always a PNG), ``probs``, ``uncertainty`` (a uint8 map in the labels' format)."""
     stem = image.stem
     paths = {"labels": out_dir / f"{stem}_labels{fmt.labels_suffix}"}
     if overlay:
         paths["overlay"] = out_dir / f"{stem}_overlay.png"
     if probs:
         paths["probs"] = out_dir / f"{stem}_probs{fmt.probs_suffix}"
+    if uncertainty:
+        paths["uncertainty"] = out_dir / f"{stem}_uncertainty{fmt.labels_suffix}"
     return paths
 
 
@@ -158,6 +163,7 @@ def plan_outputs(
     overlay: bool,
     probs: bool,
     overwrite: bool,
+    uncertainty: bool = False,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     page: int | None = None,
     level: int = 0,
@@ -183,7 +189,7 @@ def plan_outputs(
         size = image_size(path, page, level)
         large = size[0] * size[1] > stream_threshold_px
         fmt = chosen(output_format, large)
-        outputs = output_paths(path, out_dir, fmt, overlay=overlay, probs=probs)
+        outputs = output_paths(path, out_dir, fmt, overlay=overlay, probs=probs, uncertainty=uncertainty)
         existing = frozenset(p for p in outputs.values() if p.exists())
         plans.append(OutputPlan(path, size, large, fmt, outputs, existing))
     if skip_finished:  # each output is put in place only when complete: all there means done
@@ -282,10 +288,17 @@ def read_whole(path: Path, page: int | None = None, level: int = 0) -> np.ndarra
 
 
 def write_outputs(
-    bands: Iterable[Band], source: RowSource, outs: dict[str, Path], fmt: OutputFormat, probs_dtype: str = "uint8"
+    bands: Iterable[Band],
+    source: RowSource,
+    outs: dict[str, Path],
+    fmt: OutputFormat,
+    probs_dtype: str = "uint8",
+    tally: UncertaintyTally | None = None,
 ) -> list[Path]:
     """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
-    them) into the files ``outs`` names, in the format ``fmt``; returns the written paths.
+    them) into the files ``outs`` names, in the format ``fmt``; returns the written paths. An
+    ``uncertainty`` output is the normalised entropy of the bands' probabilities
+    (:mod:`unet_patches.metrics.uncertainty`), also summed into ``tally`` when given.
 
     Each file goes through a temporary file that is removed if anything fails; outputs already moved
     into place when a later one fails are removed too, so a failure leaves none of this image's files.
@@ -311,6 +324,15 @@ def write_outputs(
                     classes = band.probs.shape[0]
                     writers["probs"] = fmt.probability_writer(outs["probs"], classes, height, width, probs_dtype)
                 writers["probs"].write(band.probs)
+            if "uncertainty" in outs:
+                assert band.probs is not None
+                current = "uncertainty"
+                if "uncertainty" not in writers:
+                    writers["uncertainty"] = fmt.label_writer(outs["uncertainty"], height, width)
+                uncertain = normalised_entropy(band.probs)
+                writers["uncertainty"].write(to_uint8(uncertain))
+                if tally is not None:
+                    tally.update(band.start, uncertain, band.labels)
         for key, writer in writers.items():
             current = key
             placed.append(writer.close())

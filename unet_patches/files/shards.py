@@ -31,6 +31,7 @@ from typing import Any
 
 from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
+from unet_patches.metrics.uncertainty import review_order
 
 from .formats import OutputFormat
 from .plan import output_paths
@@ -97,16 +98,23 @@ def share(files: Sequence[Path], shard: Shard) -> list[Path]:
 
 
 def write_shard_report(
-    out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path], busy: Sequence[Path] = ()
+    out_dir: Path,
+    shard: Shard,
+    written: Sequence[Path],
+    skipped: Sequence[Path],
+    busy: Sequence[Path] = (),
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> Path:
     """This shard's ``<out>/.shards/shard-I-of-N.json``: the files it wrote, the images it skipped
-    (their outputs were all there) and those it left to another prediction into the same folder
-    (``busy``: one was writing them)."""
+    (their outputs were all there), those it left to another prediction into the same folder
+    (``busy``: one was writing them), and the review summaries of the images it wrote uncertainty
+    maps of (``uncertainty``, by image)."""
     path = out_dir / REPORTS / f"shard-{shard.index}-of-{shard.count}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"shard": shard.index, "shards": shard.count, "written": [str(p) for p in written]}
     report["skipped"] = [str(p) for p in skipped]
     report["busy"] = [str(p) for p in busy]
+    report["uncertainty"] = dict(uncertainty or {})
     write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     return path
 
@@ -139,16 +147,25 @@ def merge_report(out_dir: str | Path) -> dict[str, Any]:
         "skipped": sorted(p for r in reports for p in r["skipped"]),
         "busy": sorted(p for r in reports for p in r.get("busy", [])),  # reports before "busy" lack it
     }
+    uncertainty = {image: summary for r in reports for image, summary in r.get("uncertainty", {}).items()}
+    if uncertainty:
+        merged["uncertainty"] = dict(sorted(uncertainty.items()))
+        merged["review"] = [entry["image"] for entry in review_order(uncertainty, len(uncertainty))]
     write_atomically(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1)))
     return merged
 
 
 def finish_shard(
-    out_dir: Path, shard: Shard, written: Sequence[Path], skipped: Sequence[Path], busy: Sequence[Path] = ()
+    out_dir: Path,
+    shard: Shard,
+    written: Sequence[Path],
+    skipped: Sequence[Path],
+    busy: Sequence[Path] = (),
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> None:
     """This shard's report (:func:`write_shard_report`), then, under torchrun, the merged one
     (:func:`gather_report`)."""
-    write_shard_report(out_dir, shard, written, skipped, busy)
+    write_shard_report(out_dir, shard, written, skipped, busy, uncertainty)
     gather_report(out_dir, shard)
 
 

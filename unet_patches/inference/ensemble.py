@@ -19,17 +19,26 @@ __all__ = ["ProbabilityEnsemble", "checkpoint_paths"]
 
 
 class ProbabilityEnsemble(nn.Module):
-    """``forward`` returns ``log(mean_k softmax(member_k(x)))``: logits whose softmax is exactly the
-    members' mean probability, so blending and argmax downstream need no special case."""
+    """``forward`` returns ``log(mean_k softmax(member_k(x) / T_k))``: logits whose softmax is exactly
+    the members' mean probability, so blending and argmax downstream need no special case.
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    ``temperatures`` (default all 1) are the members' own calibrations (:mod:`unet_patches.metrics.calibration`):
+    each member's probabilities are calibrated before they are averaged, so the ensemble's labels are
+    those of its calibrated members (they may differ from an average of uncalibrated ones)."""
+
+    def __init__(self, members: list[nn.Module], temperatures: list[float] | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(members))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([member(x).float().softmax(dim=1) for member in self.members]).mean(dim=0)
+        calibrated = [
+            member(x).float() / t if t != 1.0 else member(x).float()
+            for member, t in zip(self.members, self.temperatures)
+        ]
+        probs = torch.stack([logits.softmax(dim=1) for logits in calibrated]).mean(dim=0)
         return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 

@@ -32,6 +32,8 @@ from unet_patches.files.rows import RowSource
 from unet_patches.files.shards import RowBlock
 from unet_patches.files.writers import Band
 from unet_patches.metrics import ConfusionMatrix
+from unet_patches.metrics.calibration import CalibrationCounts, PixelSample, apply_temperature
+from unet_patches.metrics.uncertainty import UncertaintyTally
 from unet_patches.runtime import PRECISIONS
 
 from .compiling import PlannedWork, decide_compile
@@ -45,7 +47,7 @@ from .tiling.placement import place_windows
 from .tiling.sizing import Window, WindowPlan, check_window
 from .tiling.sizing import describe as describe_plan
 
-__all__ = ["PREDICTORS_KEPT", "PredictionJob", "WrittenFiles"]
+__all__ = ["PREDICTORS_KEPT", "Calibration", "PredictionJob", "WrittenFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,40 @@ PREDICTORS_KEPT = 8
 class WrittenFiles(list):
     """The files a job of files wrote (a list of paths), and in ``busy`` the input images it left to
     other predictions into the same folder: one was writing them, or had written them since this job
-    was planned (:mod:`~unet_patches.files.claims`)."""
+    was planned (:mod:`~unet_patches.files.claims`). ``uncertainty``: for each image written with an
+    uncertainty map, its review summary (:meth:`~unet_patches.metrics.uncertainty.UncertaintyTally.summary`)."""
 
     def __init__(self, files: Sequence[Path] = ()) -> None:
         super().__init__(files)
         self.busy: list[Path] = []
+        self.uncertainty: dict[str, dict[str, Any]] = {}
+
+
+class Calibration:
+    """What :meth:`PredictionJob.score` counts of the blended probabilities besides the labels:
+    :class:`~unet_patches.metrics.calibration.CalibrationCounts` of the probabilities as the network gives
+    them (``before``) and as calibrated by ``temperature`` (``after``), and, with ``sample``, a
+    :class:`~unet_patches.metrics.calibration.PixelSample` of the uncalibrated ones to fit a temperature on."""
+
+    def __init__(self, num_classes: int, temperature: float = 1.0, sample: PixelSample | None = None) -> None:
+        self.temperature = temperature
+        self.before, self.after = CalibrationCounts(num_classes), CalibrationCounts(num_classes)
+        self.sample = sample
+
+    def update(self, probs: np.ndarray, target: np.ndarray, labels: np.ndarray) -> None:
+        self.before.update(probs, target, labels)
+        self.after.update(apply_temperature(probs, self.temperature), target, labels)
+        if self.sample is not None:
+            self.sample.add(probs, target)
+
+    def summary(self, class_names: list[str]) -> dict[str, Any]:
+        """``ece``, ``nll``, ``brier``, ``ece_per_class`` calibrated; the same with ``_uncalibrated``;
+        ``temperature``, and the ``reliability`` bins of both."""
+        after, before = self.after.summary(class_names), self.before.summary(class_names)
+        figures = {key: after[key] for key in ("ece", "nll", "brier", "ece_per_class")}
+        figures.update({f"{key}_uncalibrated": before[key] for key in ("ece", "nll", "brier", "ece_per_class")})
+        reliability = {"calibrated": self.after.reliability(), "uncalibrated": self.before.reliability()}
+        return {**figures, "temperature": self.temperature, "reliability": reliability}
 
 
 class PredictionJob:
@@ -177,12 +208,28 @@ class PredictionJob:
     # --- one image ----------------------------------------------------------------------------
 
     def bands(
-        self, source: RowSource, *, probs: bool = False, progress: bool = False, rows: tuple[int, int] | None = None
+        self,
+        source: RowSource,
+        *,
+        probs: bool = False,
+        progress: bool = False,
+        rows: tuple[int, int] | None = None,
+        calibrated: bool = True,
     ) -> Iterator[Band]:
         """Predicted bands of rows of an image opened by :func:`~unet_patches.files.plan.open_image` or
-        :func:`~unet_patches.files.plan.open_array` (``rows``: only those). With ``preprocess.resize``
-        the image is resized whole, predicted, and its probabilities resized back bilinearly before
-        the argmax (one band)."""
+        :func:`~unet_patches.files.plan.open_array` (``rows``: only those). With ``probs`` the bands
+        carry the blended probabilities, calibrated by the segmenter's temperature (``calibrated``;
+        the labels are the same either way). With ``preprocess.resize`` the image is resized whole,
+        predicted, and its probabilities resized back bilinearly before the argmax (one band)."""
+        temperature = self.segmenter.temperature if calibrated else 1.0
+        for band in self._raw_bands(source, probs, progress, rows):
+            if band.probs is not None and temperature != 1.0:
+                band = Band(band.start, band.labels, apply_temperature(band.probs, temperature))
+            yield band
+
+    def _raw_bands(
+        self, source: RowSource, probs: bool, progress: bool, rows: tuple[int, int] | None
+    ) -> Iterator[Band]:
         size = (source.height, source.width)
         predictor = self.predictor(size)
         pre = self.segmenter.preprocess
@@ -205,15 +252,25 @@ class PredictionJob:
         return (labels, probs) if return_probs else labels
 
     def score(
-        self, pairs: Sequence[Pair], *, progress: bool = False, keep: Callable[[Pair, np.ndarray], None] | None = None
+        self,
+        pairs: Sequence[Pair],
+        *,
+        progress: bool = False,
+        keep: Callable[[Pair, np.ndarray], None] | None = None,
+        calibration: Calibration | None = None,
     ) -> ConfusionMatrix:
         """Full-image predictions of image/mask ``pairs`` counted into one confusion matrix;
-        ``keep(pair, labels)`` is handed each prediction (e.g. to save it)."""
+        ``keep(pair, labels)`` is handed each prediction (e.g. to save it). With ``calibration`` the
+        blended probabilities are counted into it too, band by band (:class:`Calibration`)."""
         matrix = ConfusionMatrix(self.segmenter.num_classes)
         bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
         for pair in pairs:
             raw, mask = read_pair(pair, self.segmenter.preprocess)
-            labels = self.labels(raw, name=str(pair.image))
+            name = str(pair.image)
+            if calibration is None:
+                labels = self.labels(raw, name=name)
+            else:
+                labels = self.count(open_array(raw, self.segmenter.preprocess, name), mask, calibration)
             if keep is not None:
                 keep(pair, labels)
             matrix.update(labels, mask)
@@ -221,13 +278,30 @@ class PredictionJob:
         bar.close()
         return matrix
 
+    def count(self, source: RowSource, mask: np.ndarray, calibration: Calibration) -> np.ndarray:
+        """The labels of an opened image, its blended probabilities counted against ``mask`` into
+        ``calibration`` band by band (the whole probabilities are never held)."""
+        labels = np.empty((source.height, source.width), dtype=np.uint8)
+        for band in self.bands(source, probs=True, calibrated=False):
+            rows = slice(band.start, band.start + band.labels.shape[0])
+            labels[rows] = band.labels
+            calibration.update(band.probs, mask[rows], band.labels)
+        return labels
+
     def write(
-        self, plan: OutputPlan, *, level: int = 0, probs_dtype: str = "uint8", progress: bool = False
+        self,
+        plan: OutputPlan,
+        *,
+        level: int = 0,
+        probs_dtype: str = "uint8",
+        progress: bool = False,
+        review: dict[str, dict[str, Any]] | None = None,
     ) -> list[Path] | None:
         """One image of a job of files into the files of its ``plan``; returns them, or None when
         another process holds the image's claim or wrote its outputs since the job was planned
         (:mod:`~unet_patches.files.claims`). A progress bar of windows is shown (``progress``) for
-        a streamed image or one of 1024 windows or more."""
+        a streamed image or one of 1024 windows or more. With an ``uncertainty`` output, the image's
+        review summary goes into ``review`` under the image's path."""
         # Opened first: an image that cannot be read is refused before anything is written.
         with open_image(plan.image, self.segmenter.preprocess, plan.large, level) as source:
             claim = take_claim(plan.outputs)
@@ -241,8 +315,14 @@ class PredictionJob:
                     return None
                 remove_stale_parts(plan.outputs.values())
                 bar = progress and (plan.large or self.predictor(plan.size).count_windows(plan.size) >= 1024)
-                bands = self.bands(source, probs="probs" in plan.outputs, progress=bar)
-                written = write_outputs(bands, source, plan.outputs, plan.format, probs_dtype)
+                probs = "probs" in plan.outputs or "uncertainty" in plan.outputs
+                tally = None
+                if "uncertainty" in plan.outputs:
+                    tally = UncertaintyTally(source.height, source.width, list(self.segmenter.class_names))
+                bands = self.bands(source, probs=probs, progress=bar)
+                written = write_outputs(bands, source, plan.outputs, plan.format, probs_dtype, tally)
+        if tally is not None and review is not None:
+            review[str(plan.image)] = tally.summary()
         log.info("%s -> %s", plan.image, ", ".join(str(p) for p in written))
         return written
 
@@ -253,7 +333,9 @@ class PredictionJob:
         written = WrittenFiles()
         bar = console.progress(len(plans), "predict", "image", enabled=progress and len(plans) > 1)
         for plan in plans:
-            files = self.write(plan, level=level, probs_dtype=probs_dtype, progress=progress)
+            files = self.write(
+                plan, level=level, probs_dtype=probs_dtype, progress=progress, review=written.uncertainty
+            )
             if files is None:
                 written.busy.append(plan.image)
             else:

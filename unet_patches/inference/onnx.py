@@ -17,6 +17,7 @@ import numpy as np
 
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError, one_line
+from unet_patches.metrics.calibration import check_temperature
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxNetwork", "blender_options", "read_export", "require_onnx_package", "sidecar_path"]
 
@@ -130,6 +131,7 @@ def read_export(path: str | Path, device: Any = "cpu") -> dict[str, Any]:
         patch_size = int(info["patch_size"])
         grid = int(info.get("input_size_multiple", 16))
         large = bool(info.get("large_windows", True))
+        temperature = check_temperature(info.get("temperature", 1.0), "temperature")
     except FileNotFoundError:
         raise UserError(f"{sidecar}: sidecar of {path} not found; {again}") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -137,4 +139,10 @@ def read_export(path: str | Path, device: Any = "cpu") -> dict[str, Any]:
         raise UserError(f"{sidecar}: not a readable sidecar of {path} ({reason}); {again}") from None
     network = OnnxNetwork(path)
     fields = dict(network=network, patch_size=patch_size, class_names=class_names, preprocess=preprocess)
-    return {**fields, "activation": network.activation, "grid": grid, "large_windows": large}
+    return {
+        **fields,
+        "activation": network.activation,
+        "grid": grid,
+        "large_windows": large,
+        "temperature": temperature,
+    }

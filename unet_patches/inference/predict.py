@@ -7,25 +7,30 @@ Python API (:mod:`unet_patches.api`) and what the command line calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unet_patches.atomic import write_atomically
 from unet_patches.data.folders import Pair, find_pairs
 from unet_patches.errors import UserError
 from unet_patches.files.formats import OUTPUT_FORMATS, check_probs_dtype
 from unet_patches.files.plan import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, plan_outputs
+from unet_patches.files.rows import RowSource
 from unet_patches.files.shards import Shard, finish_shard, open_row_block, share
 from unet_patches.files.sources import image_size
 from unet_patches.metrics import ConfusionMatrix
+from unet_patches.metrics.calibration import PixelSample, fit_temperature
+from unet_patches.metrics.uncertainty import review_order
 
-from .job import PredictionJob, WrittenFiles
+from .job import Calibration, PredictionJob, WrittenFiles
 from .segmenter import Segmenter
 from .tiling.sizing import Window
 
-__all__ = ["evaluate_folder", "predict", "predict_files", "score_pairs"]
+__all__ = ["evaluate_folder", "fit_calibration", "predict", "predict_files", "score_pairs"]
 
 
 def predict(
@@ -60,7 +65,13 @@ def predict(
 
 
 def evaluate_folder(
-    segmenter: Segmenter, folder: str | Path, *, window: Window = "auto", progress: bool = False, **options: Any
+    segmenter: Segmenter,
+    folder: str | Path,
+    *,
+    window: Window = "auto",
+    progress: bool = False,
+    calibration: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Full-image predictions for an ``images/`` + ``masks/`` folder scored against its masks.
 
@@ -71,11 +82,19 @@ def evaluate_folder(
     Returns ``{"miou", "mean_dice", "pixel_accuracy", "iou": {class: value}, "dice": {...}, "images": n,
     "pixels": n}`` from one confusion matrix over the whole folder (classes absent from truth and
     prediction are ``None`` and left out of the means).
+
+    With ``calibration`` it also says how far the probabilities can be believed, counted over every
+    pixel (:mod:`unet_patches.metrics.calibration`): ``ece``, ``nll``, ``brier`` and ``ece_per_class`` of the
+    probabilities as written (calibrated by the model's temperature), the same keys with
+    ``_uncalibrated`` for the network's own, ``temperature``, and the ``reliability`` bins of both.
     """
     pairs = find_pairs(folder)
-    matrix = score_pairs(segmenter, pairs, window=window, progress=progress, **options)
+    counts = Calibration(segmenter.num_classes, segmenter.temperature) if calibration else None
+    matrix = score_pairs(segmenter, pairs, window=window, progress=progress, calibration=counts, **options)
     pixels = int(matrix.matrix.sum())  # every mask pixel is a class index, so each is counted once
-    return {**matrix.summary(list(segmenter.class_names)), "images": len(pairs), "pixels": pixels}
+    names = list(segmenter.class_names)
+    scores = {**matrix.summary(names), "images": len(pairs), "pixels": pixels}
+    return scores if counts is None else {**scores, **counts.summary(names)}
 
 
 def score_pairs(
@@ -85,13 +104,46 @@ def score_pairs(
     window: Window = "auto",
     progress: bool = False,
     keep: Callable[[Pair, np.ndarray], None] | None = None,
+    calibration: Calibration | None = None,
     **options: Any,
 ) -> ConfusionMatrix:
     """Full-image predictions of image/mask ``pairs`` in one job, counted into one confusion matrix;
-    ``keep(pair, labels)`` is handed each prediction (e.g. to save it)."""
+    ``keep(pair, labels)`` is handed each prediction (e.g. to save it); ``calibration`` counts the
+    probabilities too (:meth:`PredictionJob.score`)."""
     sizes = [image_size(pair.image, segmenter.preprocess.page) for pair in pairs]
     job = PredictionJob(segmenter, sizes, window=window, **options)
-    return job.score(pairs, progress=progress, keep=keep)
+    return job.score(pairs, progress=progress, keep=keep, calibration=calibration)
+
+
+def fit_calibration(
+    job: PredictionJob, images: Callable[[], Iterable[tuple[RowSource, np.ndarray]]], *, source: str, seed: int = 0
+) -> dict[str, Any]:
+    """The temperature that calibrates ``job``'s blended probabilities on labelled images, and the
+    figures before and after: the ``calibration`` record a checkpoint keeps.
+
+    ``images()`` yields ``(opened image, mask)`` pairs; it is called twice: the first pass samples
+    pixels (:class:`~unet_patches.metrics.calibration.PixelSample`) and fits the temperature on them
+    (:func:`~unet_patches.metrics.calibration.fit_temperature`), the second counts every pixel with and without
+    it, so that the figures are exact. ``source`` says what the images were (kept in the record)."""
+    classes = job.segmenter.num_classes
+    sample = PixelSample(classes, seed=seed)
+    first = Calibration(classes, 1.0, sample)
+    for opened, mask in images():
+        job.count(opened, mask, first)
+    temperature = fit_temperature(*sample.arrays())
+    counts = Calibration(classes, temperature)
+    for opened, mask in images():
+        job.count(opened, mask, counts)
+    figures = ("ece", "nll", "brier")
+    before, after = counts.before.summary(), counts.after.summary()
+    return {
+        "temperature": temperature,
+        "fitted_on": source,
+        "pixels": counts.after.pixels,
+        "sample_pixels": sample.size,
+        "before": {key: before[key] for key in figures},
+        "after": {key: after[key] for key in figures},
+    }
 
 
 def predict_files(
@@ -103,6 +155,7 @@ def predict_files(
     probs: bool = False,
     overlay: bool = True,
     overwrite: bool = False,
+    uncertainty: bool = False,
     stream_threshold_px: int = DEFAULT_STREAM_THRESHOLD_PX,
     output_format: str = "auto",
     shard: Shard | None = None,
@@ -117,10 +170,12 @@ def predict_files(
     ``<stem>`` gets ``<stem>_labels.png`` (``.tif`` above ``stream_threshold_px`` pixels: streamed),
     ``<stem>_overlay.png`` (``overlay``) and ``<stem>_probs.npy`` (``probs``), or the files of
     ``output_format`` (:data:`~unet_patches.files.formats.OUTPUT_FORMATS`; ``probs_dtype``: ``uint8`` or
-    ``float16`` where it keeps either). ``level``: the pyramid level of TIFF and Zarr inputs. ``window``,
-    ``options``: as for :func:`evaluate_folder`. ``shard`` (:func:`~unet_patches.files.shards.shard_from`):
-    only this process's share of the files, images whose outputs all exist skipped, a shard report
-    written; one image given to several shards is split by rows (:meth:`PredictionJob.write_block`).
+    ``float16`` where it keeps either). ``uncertainty``: ``<stem>_uncertainty`` too, and each image's review
+    summary in ``OUT/report.json`` (:func:`write_review_report`) and the list's ``uncertainty``. ``level``: the
+    pyramid level of TIFF and Zarr inputs. ``window``, ``options``: as for :func:`evaluate_folder`.
+    ``shard`` (:func:`~unet_patches.files.shards.shard_from`): only this process's share of the files,
+    images whose outputs all exist skipped, a shard report written; one image given to several shards is
+    split by rows (:meth:`PredictionJob.write_block`).
 
     Several predictions may write into one ``out_dir`` at once: each image is written by one of
     them (:mod:`~unet_patches.files.claims`); the returned list's ``busy`` names the images this one
@@ -132,6 +187,7 @@ def predict_files(
     """
     files, out_dir = expand_inputs(inputs), Path(out_dir)
     common = {"probs": probs, "overwrite": overwrite, "level": level}
+    report = _check_review_report(files, out_dir, shard, uncertainty, overwrite)
     if shard is not None and len(files) == 1 and shard.count > 1:  # one image over several shards
         rows = {"progress": progress, "window": window, **common}
         return _predict_rows(segmenter, files[0], out_dir, shard, output_format, probs_dtype, **rows, **options)
@@ -147,6 +203,7 @@ def predict_files(
         page=segmenter.preprocess.page,
         output_format=output_format,
         skip_finished=skip,
+        uncertainty=uncertainty,
         **common,
     )
     written = WrittenFiles()
@@ -154,9 +211,49 @@ def predict_files(
         job = PredictionJob(segmenter, [plan.size for plan in plans], window=window, **options)
         written = job.write_all(plans, level=level, probs_dtype=probs_dtype, progress=progress)
     if shard is not None:
-        planned = {plan.image for plan in plans}
-        finish_shard(out_dir, shard, written, [f for f in files if f not in planned], written.busy)
+        skipped = [f for f in files if f not in {plan.image for plan in plans}]
+        finish_shard(out_dir, shard, written, skipped, written.busy, written.uncertainty)
+    elif report is not None:
+        write_review_report(report, written)
     return written
+
+
+def _check_review_report(
+    files: Sequence[Path], out_dir: Path, shard: Shard | None, uncertainty: bool, overwrite: bool
+) -> Path | None:
+    """Where a prediction with uncertainty maps writes its review report (None: nowhere, or in the
+    shard's report), checked before any work.
+
+    Raises:
+        UserError: one image split over shards (its maps are not written that way yet), or a
+            ``report.json`` that exists without ``overwrite``.
+    """
+    if not uncertainty:
+        return None
+    if shard is not None and len(files) == 1 and shard.count > 1:
+        raise UserError(
+            f"{files[0]}: --uncertainty is not written yet for one image split over {shard.count} shards; "
+            "predict the image in one process (or several images, one per shard)"
+        )
+    report = out_dir / "report.json"
+    if shard is None and report.exists() and not overwrite:
+        raise UserError(f"{report}: already exists; pass --overwrite to replace it, or choose another output folder")
+    return None if shard is not None else report
+
+
+def write_review_report(path: Path, written: WrittenFiles) -> None:
+    """``path`` (``OUT/report.json`` of a prediction with uncertainty maps, :mod:`unet_patches.metrics.uncertainty`:
+    the normalised entropy of the calibrated probabilities as uint8): the files written, the images left
+    to another prediction, each image's review summary and the images in review order."""
+    summaries = dict(sorted(written.uncertainty.items()))
+    report = {
+        "written": [str(p) for p in written],
+        "busy": [str(p) for p in written.busy],
+        "uncertainty": summaries,
+        "review": [entry["image"] for entry in review_order(summaries, len(summaries))],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
 
 
 def _predict_rows(

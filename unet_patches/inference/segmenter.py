@@ -40,6 +40,8 @@ class Segmenter:
     output into probabilities: ``softmax`` for logits (a checkpoint), None for an ONNX export whose
     graph ends in the softmax. ``checkpoint`` is the file of a single checkpoint (None for an
     ensemble or an ONNX file): what ``precision: int8`` quantizes (:mod:`unet_patches.inference.int8`).
+    ``temperature`` calibrates the blended probabilities (:mod:`unet_patches.metrics.calibration`; 1: as the
+    network gives them): what a job writes and returns as probabilities, never the labels.
     """
 
     network: nn.Module | OnnxNetwork
@@ -50,6 +52,7 @@ class Segmenter:
     grid: int = 16
     large_windows: bool = True
     checkpoint: Path | None = None
+    temperature: float = 1.0
 
     @property
     def num_classes(self) -> int:
@@ -113,15 +116,15 @@ class Segmenter:
                 )
         if len(members) == 1:
             return first
-        network = ProbabilityEnsemble([m.network for m in members]).eval()
+        network = ProbabilityEnsemble([m.network for m in members], [m.temperature for m in members]).eval()
         large = all(m.large_windows for m in members)
         grid = max(m.grid for m in members)
-        return replace(first, network=network, grid=grid, large_windows=large, checkpoint=None)
+        return replace(first, network=network, grid=grid, large_windows=large, checkpoint=None, temperature=1.0)
 
     @classmethod
     def _one(cls, state: dict[str, Any], device: torch.device, path: Path) -> Segmenter:
         from unet_patches.models import large_windows, window_multiple
-        from unet_patches.models.checkpoint import model_from_checkpoint, preprocess_from_checkpoint
+        from unet_patches.models.checkpoint import calibration_of, model_from_checkpoint, preprocess_from_checkpoint
 
         return cls(
             network=model_from_checkpoint(state, device, path),
@@ -131,6 +134,7 @@ class Segmenter:
             grid=window_multiple(state["model_config"]),
             large_windows=large_windows(state["model_config"]),
             checkpoint=path,
+            temperature=calibration_of(state, path),
         )
 
     def plan(

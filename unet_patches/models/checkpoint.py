@@ -16,6 +16,9 @@ holds every key below; :func:`load_checkpoint` hands out format 2 whatever the f
 - ``int8_windows``: ``{"calibration": ..., "held_back": ...}``, float16 network-input windows
   ``(N, C, p, p)`` from which ``precision: int8`` quantizes the network and checks it
   (:mod:`unet_patches.inference.int8`), or None;
+- ``calibration`` (optional; absent: not calibrated): ``{"temperature": T, ...}``, the temperature
+  that calibrates the blended probabilities (:mod:`unet_patches.metrics.calibration`), with what it was
+  fitted on and the figures before and after (:func:`calibration_of`);
 - the run's position, which ``--resume`` continues from (:mod:`unet_patches.training.state`):
   ``optimizer``, ``scaler`` (or None), ``epoch``, ``step``, ``elapsed`` (seconds), ``best_miou``,
   ``best_epoch``, ``torch_rng``, ``history`` (one record per epoch), ``metrics`` (the last record),
@@ -41,6 +44,7 @@ from torch import nn
 from unet_patches.atomic import write_atomically
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError, cannot_write, one_line
+from unet_patches.metrics.calibration import check_temperature
 from unet_patches.parameters import build_typed
 from unet_patches.validate import is_int
 
@@ -50,6 +54,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DAMAGED",
     "load_checkpoint",
+    "calibration_of",
     "load_weights",
     "model_from_checkpoint",
     "preprocess_from_checkpoint",
@@ -173,6 +178,7 @@ def _check_contents(state: dict[str, Any], path: Path) -> None:
         if not is_int(state[key]) or state[key] < low:
             raise UserError(f"{path}: {key} = {quoted(state[key])}: expected an integer >= {low}; {DAMAGED}")
     _check_int8_windows(state["int8_windows"], config.in_channels, path)
+    calibration_of(state, path)
     pre = _preprocess(state["preprocess"], path)
     if (pre.in_channels, pre.num_classes) != (config.in_channels, config.num_classes):
         raise UserError(
@@ -193,6 +199,25 @@ def _check_int8_windows(windows: Any, channels: int, path: Path) -> None:
             f"{path}: int8_windows = {quoted(windows)}: expected calibration and held_back windows "
             f"(N, {channels}, h, w); {DAMAGED}"
         )
+
+
+def calibration_of(state: dict[str, Any], path: str | Path = "checkpoint") -> float:
+    """The temperature of a checkpoint's ``calibration`` (1.0 when it has none).
+
+    Raises:
+        UserError: ``calibration`` is not a dict with a finite ``temperature`` > 0 (``path`` named).
+    """
+    calibration = state.get("calibration")
+    if calibration is None:
+        return 1.0
+    if not isinstance(calibration, dict) or "temperature" not in calibration:
+        raise UserError(f"{path}: calibration = {quoted(calibration)}: expected {{'temperature': T, ...}}; {DAMAGED}")
+    try:
+        return check_temperature(calibration["temperature"], "calibration.temperature")
+    except ValueError as exc:
+        raise UserError(
+            f"{path}: {exc}; {DAMAGED}, or fit it again (unet-patches calibrate {path} -o NEW.pt --folder LABELLED_DIR)"
+        ) from None
 
 
 def _preprocess(values: Any, path: Path) -> Preprocess:

@@ -26,7 +26,7 @@ from unet_patches import console, runtime
 from unet_patches.errors import UserError
 from unet_patches.losses import build_loss
 from unet_patches.models import build_model, describe
-from unet_patches.models.checkpoint import load_checkpoint, load_weights
+from unet_patches.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 from . import run_folder
 from .augment import build_augmenter
@@ -36,7 +36,7 @@ from .loops import NonFiniteGradients, evaluate, train_one_epoch
 from .optim import RunClock, build_optimizer
 from .runlog import RunLog
 from .state import Run, save_epoch
-from .validation import validate_images
+from .validation import calibrate_checkpoint, validate_images
 
 __all__ = ["build_run", "fit", "run_name_for", "train_run"]
 
@@ -161,6 +161,7 @@ def train_run(run: Run, progress_bars: bool) -> dict[str, Any]:
     runlog = _start_records(run) if main else None
     run.clock.start()
     epochs = run.config.training.epochs
+    calibration = None
     try:
         while not run.finished():
             set_epoch(run.train_loader, run.epoch)
@@ -198,10 +199,12 @@ def train_run(run: Run, progress_bars: bool) -> dict[str, Any]:
             runtime.barrier()
         if run.schedule.name == "cosine_restarts" and run.snapshots < run.schedule.cycles:
             run.save_snapshot()  # a time budget ends the last cycle between two steps
+        if runlog is not None:
+            calibration = _calibrate(run, runlog)
     finally:
         if runlog is not None:
             runlog.close()
-    return _summary(run)
+    return _summary(run, calibration)
 
 
 def _start_records(run: Run) -> RunLog:
@@ -259,12 +262,38 @@ def _full_image_scores(run: Run) -> dict[str, Any]:
     return scores[0]
 
 
+def _calibrate(run: Run, runlog: RunLog) -> dict[str, Any] | None:
+    """At the end of the run (rank 0): the temperature of ``best.pt`` and ``last.pt`` fitted on the
+    held-back images and stored in the files, logged; the records by checkpoint (``last.pt`` of the
+    best epoch gets ``best.pt``'s). Without held-back images nothing is fitted (``unet-patches calibrate
+    --folder`` can)."""
+    held_back = run.sources.held_back
+    if held_back is None:
+        log.info("calibration: no held-back images to fit a temperature on; fit one with unet-patches calibrate "
+                 "CHECKPOINT -o NEW.pt --folder LABELLED_DIR")  # fmt: skip
+        return None
+    records: dict[str, Any] = {}
+    for which in ("best", "last"):
+        path = run.run_dir / f"{which}.pt"
+        if not path.exists():
+            continue
+        if which == "last" and run.best_epoch == run.epoch and "best" in records:
+            records[which] = records["best"]  # the same weights: the same fit
+            state = load_checkpoint(path, device="cpu")
+            state["calibration"] = records[which]
+            save_checkpoint(state, path)
+        else:
+            records[which] = calibrate_checkpoint(path, held_back, run.config, run.device, run.precision.name)
+        runlog.calibration(which, records[which], run.epoch)
+    return records
+
+
 def _score(record: dict[str, Any]) -> float:
     """Validation mIoU; without a validation set, the negated training loss."""
     return record.get("miou", -record["train_loss"])
 
 
-def _summary(run: Run) -> dict[str, Any]:
+def _summary(run: Run, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "run": run.run_dir.name,
         "run_dir": str(run.run_dir),
@@ -278,4 +307,5 @@ def _summary(run: Run) -> dict[str, Any]:
         "precision": run.precision.name,
         "data": run.sources.description,
         "history": run.history,
+        "calibration": calibration,
     }

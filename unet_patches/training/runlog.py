@@ -77,5 +77,29 @@ class RunLog:
             " (best)" if improved else "",
         )
 
+    def calibration(self, which: str, record: dict[str, Any], epoch: int) -> None:
+        """The temperature fitted for checkpoint ``which`` (``best`` or ``last``) at the end of the run
+        and its figures before and after, as TensorBoard scalars (``calibration/<which>_ece_before``,
+        ...) and one log line."""
+        self.writer.add_scalar(f"calibration/{which}_temperature", record["temperature"], epoch)
+        for stage in ("before", "after"):
+            for metric, value in record[stage].items():
+                self.writer.add_scalar(f"calibration/{which}_{metric}_{stage}", value, epoch)
+        self.writer.flush()
+        before, after = record["before"], record["after"]
+        log.info(
+            "calibration of %s.pt: temperature %.3f on %d held-back pixels: ECE %.4f -> %.4f, NLL %.4f -> %.4f, "
+            "Brier %.4f -> %.4f",
+            which,
+            record["temperature"],
+            record["pixels"],
+            before["ece"],
+            after["ece"],
+            before["nll"],
+            after["nll"],
+            before["brier"],
+            after["brier"],
+        )
+
     def close(self) -> None:
         self.writer.close()

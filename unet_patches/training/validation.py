@@ -13,6 +13,7 @@ out (``crossval``).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,15 +21,20 @@ import torch
 from torch import nn
 
 from unet_patches import runtime
+from unet_patches.files.rows import ArraySource
+from unet_patches.inference.job import PredictionJob
+from unet_patches.inference.predict import fit_calibration
+from unet_patches.inference.segmenter import Segmenter
 from unet_patches.inference.tiling.engine import TiledPredictor
 from unet_patches.inference.tiling.sizing import plan_window
 from unet_patches.metrics import ConfusionMatrix
 from unet_patches.models import large_windows, window_multiple
+from unet_patches.models.checkpoint import load_checkpoint, save_checkpoint
 
 from .config import Config
 from .datasets import HeldBack
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "MIN_CLASS_PIXELS", "bootstrap_interval", "validate_images"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "MIN_CLASS_PIXELS", "bootstrap_interval", "calibrate_checkpoint", "validate_images"]
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +101,25 @@ def _warn_scarce(pooled: ConfusionMatrix, held_back: HeldBack, names: list[str])
             ", ".join(scarce),
             len(held_back.masks),
         )
+
+
+def calibrate_checkpoint(
+    path: Path, held_back: HeldBack, config: Config, device: torch.device, precision: str
+) -> dict[str, Any]:
+    """Fit the temperature of the checkpoint at ``path`` on the held-back images, predicted whole as
+    validation predicts them (the ``inference`` settings, the run's precision), and store it in the
+    file as its ``calibration`` (:func:`~unet_patches.inference.predict.fit_calibration`); returns
+    the record."""
+    segmenter = Segmenter.from_checkpoint(path, device=device)
+    options = {**config.inference.predictor_options(), "precision": precision, "compile": False, "device": device}
+    job = PredictionJob(segmenter, [mask.shape for mask in held_back.masks], **options)
+
+    def images():
+        return ((ArraySource(image), mask) for image, mask in zip(held_back.images, held_back.masks))
+
+    source = f"{len(held_back.masks)} held-back image(s) of {config.training.folder}"
+    record = fit_calibration(job, images, source=source, seed=config.training.seed)
+    state = load_checkpoint(path, device="cpu")
+    state["calibration"] = record
+    save_checkpoint(state, path)
+    return record

@@ -1,0 +1,135 @@
+"""Where a prediction is unsure: the per-pixel uncertainty map ``predict --uncertainty`` writes, and the
+figures a review order is made from.
+
+The map is the predictive entropy of the blended (calibrated) probabilities, normalised by ``log K``
+so that 0 is certain and 1 is all classes equally likely: ``u = -sum_k p_k log p_k / log K``. It is
+stored as uint8, ``round(255 u)``. It is computed band by band from the bands the tiled engine
+yields, so it is as streamed as the labels (memory flat in the image size).
+
+:class:`UncertaintyTally` sums what a review needs over the bands of one image: the mean uncertainty,
+the share of pixels above a threshold, how many uncertain pixels each predicted class has, and the
+mean uncertainty of each tile of ``tile x tile`` pixels (the regions of a large image worth a look).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "REVIEW_REGIONS",
+    "REVIEW_THRESHOLD",
+    "REVIEW_TILE",
+    "UncertaintyTally",
+    "normalised_entropy",
+    "review_order",
+    "to_uint8",
+]
+
+REVIEW_THRESHOLD = 0.5
+"""Normalised entropy above which a pixel counts as uncertain (half the entropy of a uniform guess)."""
+REVIEW_TILE = 512
+"""Side of the square regions of an image ranked for review."""
+REVIEW_REGIONS = 10
+"""Regions of an image kept in its summary, most uncertain first."""
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of ``probs`` ``(K, ...)`` over its first axis divided by ``log K``: float32 ``(...)`` in [0, 1]
+    (0 for one class; probabilities of 0 add nothing)."""
+    classes = probs.shape[0]
+    if classes < 2:
+        return np.zeros(probs.shape[1:], dtype=np.float32)
+    p = np.asarray(probs, dtype=np.float32)
+    total = np.zeros(p.shape[1:], dtype=np.float32)
+    for k in range(classes):
+        plane = p[k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = plane * np.log(plane)
+        total -= np.where(plane > 0, term, 0.0).astype(np.float32)
+    total *= np.float32(1.0 / math.log(classes))
+    return np.clip(total, 0.0, 1.0, out=total)
+
+
+def to_uint8(uncertainty: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as stored: ``round(255 u)`` uint8."""
+    return np.rint(np.clip(uncertainty, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class UncertaintyTally:
+    """What a review order needs of one image's uncertainty map, summed band by band.
+
+    ``update(start, uncertainty, labels)``: rows ``start:`` of the map (float in [0, 1]) and of the labels.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        class_names: list[str],
+        threshold: float = REVIEW_THRESHOLD,
+        tile: int = REVIEW_TILE,
+    ) -> None:
+        self.height, self.width, self.tile, self.threshold = int(height), int(width), int(tile), float(threshold)
+        self.class_names = list(class_names)
+        self.total = 0.0
+        self.pixels = 0
+        self.uncertain = 0
+        self.uncertain_by_class = np.zeros(len(class_names), dtype=np.int64)
+        self.tile_sums = np.zeros((-(-self.height // self.tile), -(-self.width // self.tile)))
+        self.tile_pixels = np.zeros_like(self.tile_sums)
+
+    def update(self, start: int, uncertainty: np.ndarray, labels: np.ndarray) -> None:
+        rows = uncertainty.shape[0]
+        self.total += float(uncertainty.sum(dtype=np.float64))
+        self.pixels += uncertainty.size
+        above = uncertainty > self.threshold
+        self.uncertain += int(above.sum())
+        self.uncertain_by_class += np.bincount(labels[above].ravel(), minlength=len(self.class_names))[
+            : len(self.class_names)
+        ]
+        row_tiles = (start + np.arange(rows)) // self.tile
+        column_sums = np.add.reduceat(uncertainty.astype(np.float64), np.arange(0, self.width, self.tile), axis=1)
+        column_counts = np.diff(np.append(np.arange(0, self.width, self.tile), self.width))
+        np.add.at(self.tile_sums, row_tiles, column_sums)
+        np.add.at(self.tile_pixels, row_tiles, np.broadcast_to(column_counts, column_sums.shape))
+
+    def summary(self, regions: int = REVIEW_REGIONS) -> dict[str, Any]:
+        """``mean_uncertainty``, ``uncertain_share`` (above the threshold), ``uncertain_classes``
+        (uncertain pixels by predicted class, most first, only those with any), and the ``regions`` tiles
+        of highest mean uncertainty as ``{"x", "y", "width", "height", "mean_uncertainty"}``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(self.tile_pixels > 0, self.tile_sums / np.maximum(self.tile_pixels, 1), -1.0)
+        order = np.argsort(-means, axis=None, kind="stable")[:regions]
+        tiles = []
+        for index in order:
+            ty, tx = divmod(int(index), means.shape[1])
+            y, x = ty * self.tile, tx * self.tile
+            tiles.append(
+                {
+                    "x": x,
+                    "y": y,
+                    "width": min(self.tile, self.width - x),
+                    "height": min(self.tile, self.height - y),
+                    "mean_uncertainty": round(float(means[ty, tx]), 6),
+                }
+            )
+        by_class = sorted(
+            ((name, int(n)) for name, n in zip(self.class_names, self.uncertain_by_class) if n), key=lambda kv: -kv[1]
+        )
+        return {
+            "mean_uncertainty": round(self.total / self.pixels, 6) if self.pixels else 0.0,
+            "uncertain_share": round(self.uncertain / self.pixels, 6) if self.pixels else 0.0,
+            "threshold": self.threshold,
+            "uncertain_classes": dict(by_class),
+            "regions": tiles,
+        }
+
+
+def review_order(images: dict[str, dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The ``count`` images of ``{image: summary}`` most worth a human look: highest mean uncertainty
+    first (ties: larger uncertain share, then the name), each with its summary."""
+    ranked = sorted(images.items(), key=lambda kv: (-kv[1]["mean_uncertainty"], -kv[1]["uncertain_share"], kv[0]))
+    return [{"image": name, **summary} for name, summary in ranked[:count]]
