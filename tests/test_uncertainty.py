@@ -173,3 +173,23 @@ def test_sharded_reports_carry_the_summaries_and_merge_into_a_review(tmp_path, c
     assert len(report["uncertainty"]) == 3 and len(report["review"]) == 3
     means = [report["uncertainty"][name]["mean_uncertainty"] for name in report["review"]]
     assert means == sorted(means, reverse=True)
+
+
+def test_overlays_wash_out_the_uncertain_pixels(tmp_path):
+    segmenter = Segmenter(
+        network=Confidence().eval(),
+        patch_size=32,
+        class_names=("dark", "bright"),
+        preprocess=Preprocess(in_channels=1, num_classes=2, normalize="range"),
+    )
+    ramp = np.tile(np.linspace(0, 255, 90).astype(np.uint8), (40, 1))  # sure at both ends, unsure between
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    options = {"progress": False, "precision": "fp32"}
+    predict_files(segmenter, tmp_path / "ramp.png", tmp_path / "plain", **options)
+    predict_files(segmenter, tmp_path / "ramp.png", tmp_path / "marked", uncertainty=True, **options)
+    plain = np.asarray(Image.open(tmp_path / "plain" / "ramp_overlay.png")).astype(np.uint16)
+    marked = np.asarray(Image.open(tmp_path / "marked" / "ramp_overlay.png"))
+    uncertain = np.asarray(Image.open(tmp_path / "marked" / "ramp_uncertainty.png")) > 0.5 * 255
+    assert 0 < uncertain.sum() < uncertain.size
+    assert np.array_equal(marked[uncertain], ((plain[uncertain] + 255) // 2).astype(np.uint8))
+    assert np.array_equal(marked[~uncertain], plain[~uncertain].astype(np.uint8))

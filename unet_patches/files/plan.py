@@ -36,7 +36,7 @@ from unet_patches.atomic import named
 from unet_patches.data.imageio import IMAGE_SUFFIXES, colour_overlay, image_to_array, read_image
 from unet_patches.data.preprocess import Preprocess
 from unet_patches.errors import UserError
-from unet_patches.metrics.uncertainty import UncertaintyTally, normalised_entropy, to_uint8
+from unet_patches.metrics.uncertainty import REVIEW_THRESHOLD, UncertaintyTally, normalised_entropy, to_uint8
 
 from .formats import OutputFormat, chosen
 from .slides import SLIDE_SUFFIXES
@@ -298,7 +298,8 @@ def write_outputs(
     """Write predicted ``bands`` of ``source`` (top to bottom, as ``TiledPredictor.bands`` yields
     them) into the files ``outs`` names, in the format ``fmt``; returns the written paths. An
     ``uncertainty`` output is the normalised entropy of the bands' probabilities
-    (:mod:`unet_patches.metrics.uncertainty`), also summed into ``tally`` when given.
+    (:mod:`unet_patches.metrics.uncertainty`), also summed into ``tally`` when given; the overlay
+    then washes out the uncertain pixels (above ``REVIEW_THRESHOLD``: half white).
 
     Each file goes through a temporary file that is removed if anything fails; outputs already moved
     into place when a later one fails are removed too, so a failure leaves none of this image's files.
@@ -312,11 +313,13 @@ def write_outputs(
         if "overlay" in outs:
             writers["overlay"] = PngWriter(outs["overlay"], height, width, channels=3)
         for band in bands:
+            uncertain = normalised_entropy(band.probs) if "uncertainty" in outs else None
             current = "labels"
             writers["labels"].write(band.labels)
             if "overlay" in writers:
                 current = "overlay"
-                write_overlay(writers["overlay"], source, band.start, band.labels)
+                marked = None if uncertain is None else uncertain > REVIEW_THRESHOLD
+                write_overlay(writers["overlay"], source, band.start, band.labels, marked)
             if "probs" in outs:
                 assert band.probs is not None
                 current = "probs"
@@ -324,12 +327,10 @@ def write_outputs(
                     classes = band.probs.shape[0]
                     writers["probs"] = fmt.probability_writer(outs["probs"], classes, height, width, probs_dtype)
                 writers["probs"].write(band.probs)
-            if "uncertainty" in outs:
-                assert band.probs is not None
+            if uncertain is not None:
                 current = "uncertainty"
                 if "uncertainty" not in writers:
                     writers["uncertainty"] = fmt.label_writer(outs["uncertainty"], height, width)
-                uncertain = normalised_entropy(band.probs)
                 writers["uncertainty"].write(to_uint8(uncertain))
                 if tally is not None:
                     tally.update(band.start, uncertain, band.labels)
@@ -347,18 +348,28 @@ def write_outputs(
         raise
 
 
+UNCERTAIN_COLOUR = np.array([255, 255, 255], dtype=np.uint16)
+"""What an overlay blends its uncertain pixels with (half and half): white, which no class colour is, so
+they look washed out."""
 OVERLAY_BLOCK_PX = 1 << 20
 """Pixels of overlay blended at a time: a band of a wide image is many megapixels, and blending it
 whole takes several float copies of it (memory that would grow with the image's width)."""
 
 
-def write_overlay(writer: BandWriter, source: RowSource, start: int, labels: np.ndarray) -> None:
+def write_overlay(
+    writer: BandWriter, source: RowSource, start: int, labels: np.ndarray, uncertain: np.ndarray | None = None
+) -> None:
     """The overlay rows of ``labels`` (rows ``start:`` of ``source``) into ``writer``, a block of at
-    most :data:`OVERLAY_BLOCK_PX` pixels at a time (the image's rows read again for each block)."""
+    most :data:`OVERLAY_BLOCK_PX` pixels at a time (the image's rows read again for each block).
+    Pixels where ``uncertain`` (bool, the labels' shape) is set are blended half with white."""
     step = max(1, OVERLAY_BLOCK_PX // max(1, labels.shape[1]))
     for top in range(0, labels.shape[0], step):
         bottom = min(labels.shape[0], top + step)
-        writer.write(colour_overlay(source.display_rows(start + top, start + bottom), labels[top:bottom]))
+        block = colour_overlay(source.display_rows(start + top, start + bottom), labels[top:bottom])
+        if uncertain is not None:
+            marked = uncertain[top:bottom]
+            block[marked] = ((block[marked].astype(np.uint16) + UNCERTAIN_COLOUR) // 2).astype(np.uint8)
+        writer.write(block)
 
 
 def _is_write_failure(exc: OSError, output: Path) -> bool:

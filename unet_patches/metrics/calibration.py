@@ -53,6 +53,8 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 """The range a fitted temperature is kept in."""
 PROB_FLOOR = 1e-12
 """The smallest probability a logarithm is taken of (NLL, the fit, :func:`apply_temperature`)."""
+BLOCK_PX = 1 << 18
+"""Pixels :func:`apply_temperature` works at a time."""
 
 
 def check_temperature(value: Any, where: str) -> float:
@@ -63,18 +65,26 @@ def check_temperature(value: Any, where: str) -> float:
     return float(value)
 
 
-def apply_temperature(probs: np.ndarray, temperature: float, axis: int = 0) -> np.ndarray:
-    """Probabilities ``probs`` (classes along ``axis``) calibrated by ``temperature``: the softmax of
-    ``log(probs) / temperature``, float32. The argmax along ``axis`` is unchanged. A temperature of 1
-    returns ``probs`` itself."""
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities ``probs`` ``(K, ...)`` (classes first) calibrated by ``temperature``: the softmax of
+    ``log(probs) / temperature``, float32, worked :data:`BLOCK_PX` pixels at a time (a wide band needs
+    only small temporaries). The argmax over the classes is unchanged. A temperature of 1 returns
+    ``probs`` itself."""
     if temperature == 1.0:
         return probs
-    logits = np.log(np.maximum(probs, PROB_FLOOR, dtype=np.float32))
-    logits *= np.float32(1.0 / temperature)
-    logits -= logits.max(axis=axis, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=axis, keepdims=True)
-    return logits
+    classes = probs.shape[0]
+    flat = np.asarray(probs).reshape(classes, -1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    inverse = np.float32(1.0 / temperature)
+    for start in range(0, flat.shape[1], BLOCK_PX):
+        block = slice(start, start + BLOCK_PX)
+        logits = np.log(np.maximum(flat[:, block], np.float32(PROB_FLOOR), dtype=np.float32))
+        logits *= inverse
+        logits -= logits.max(axis=0, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=0, keepdims=True)
+        out[:, block] = logits
+    return out.reshape(probs.shape)
 
 
 class CalibrationCounts:

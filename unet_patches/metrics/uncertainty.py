@@ -32,30 +32,44 @@ REVIEW_THRESHOLD = 0.5
 """Normalised entropy above which a pixel counts as uncertain (half the entropy of a uniform guess)."""
 REVIEW_TILE = 512
 """Side of the square regions of an image ranked for review."""
+BLOCK_PX = 1 << 18
+"""Pixels of a map computed at a time (a few float32 temporaries of this size)."""
 REVIEW_REGIONS = 10
 """Regions of an image kept in its summary, most uncertain first."""
 
 
 def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     """Entropy of ``probs`` ``(K, ...)`` over its first axis divided by ``log K``: float32 ``(...)`` in [0, 1]
-    (0 for one class; probabilities of 0 add nothing)."""
+    (0 for one class; probabilities of 0 add nothing). Worked :data:`BLOCK_PX` pixels at a time, in
+    place, so that a wide band needs only a few small temporaries."""
     classes = probs.shape[0]
-    if classes < 2:
-        return np.zeros(probs.shape[1:], dtype=np.float32)
-    p = np.asarray(probs, dtype=np.float32)
-    total = np.zeros(p.shape[1:], dtype=np.float32)
-    for k in range(classes):
-        plane = p[k]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            term = plane * np.log(plane)
-        total -= np.where(plane > 0, term, 0.0).astype(np.float32)
-    total *= np.float32(1.0 / math.log(classes))
-    return np.clip(total, 0.0, 1.0, out=total)
+    out = np.zeros(probs.shape[1:], dtype=np.float32)
+    if classes < 2 or out.size == 0:
+        return out
+    flat_probs, flat_out = probs.reshape(classes, -1), out.reshape(-1)
+    scale = np.float32(-1.0 / math.log(classes))
+    for start in range(0, flat_out.size, BLOCK_PX):
+        block = slice(start, start + BLOCK_PX)
+        total = flat_out[block]
+        for k in range(classes):
+            plane = np.asarray(flat_probs[k, block], dtype=np.float32)
+            term = np.log(np.maximum(plane, np.float32(1e-30)))  # p log p -> 0 as p -> 0
+            term *= plane
+            total += term
+        total *= scale
+        np.clip(total, 0.0, 1.0, out=total)
+    return out
 
 
 def to_uint8(uncertainty: np.ndarray) -> np.ndarray:
-    """A map in [0, 1] as stored: ``round(255 u)`` uint8."""
-    return np.rint(np.clip(uncertainty, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """A map in [0, 1] as stored: ``round(255 u)`` uint8 (worked :data:`BLOCK_PX` pixels at a time)."""
+    values = np.ascontiguousarray(uncertainty)
+    out = np.empty(values.shape, dtype=np.uint8)
+    flat, flat_out = values.reshape(-1), out.reshape(-1)
+    for start in range(0, flat.size, BLOCK_PX):
+        part = np.clip(flat[start : start + BLOCK_PX], 0.0, 1.0) * np.float32(255.0)
+        flat_out[start : start + BLOCK_PX] = np.rint(part)
+    return out
 
 
 class UncertaintyTally:
@@ -90,11 +104,16 @@ class UncertaintyTally:
         self.uncertain_by_class += np.bincount(labels[above].ravel(), minlength=len(self.class_names))[
             : len(self.class_names)
         ]
-        row_tiles = (start + np.arange(rows)) // self.tile
-        column_sums = np.add.reduceat(uncertainty.astype(np.float64), np.arange(0, self.width, self.tile), axis=1)
-        column_counts = np.diff(np.append(np.arange(0, self.width, self.tile), self.width))
-        np.add.at(self.tile_sums, row_tiles, column_sums)
-        np.add.at(self.tile_pixels, row_tiles, np.broadcast_to(column_counts, column_sums.shape))
+        for row_tile in range(start // self.tile, (start + rows - 1) // self.tile + 1):  # a band spans a few
+            top, bottom = (
+                max(start, row_tile * self.tile) - start,
+                min(start + rows, (row_tile + 1) * self.tile) - start,
+            )
+            band = uncertainty[top:bottom]
+            for column, left in enumerate(range(0, self.width, self.tile)):
+                part = band[:, left : left + self.tile]
+                self.tile_sums[row_tile, column] += float(part.sum(dtype=np.float64))
+                self.tile_pixels[row_tile, column] += part.size
 
     def summary(self, regions: int = REVIEW_REGIONS) -> dict[str, Any]:
         """``mean_uncertainty``, ``uncertain_share`` (above the threshold), ``uncertain_classes``
