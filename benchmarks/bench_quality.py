@@ -18,7 +18,8 @@ Recipes (each in a fresh process of 2 threads, trained for ``--minutes`` of wall
   - ``monai``: what a MONAI user writes: ``BasicUNet`` (features 32, 32, 64, 128, 256, 32), ``DiceCELoss``
     (softmax, one-hot targets), Adam 1e-3, per-image min-max intensity scaling, 96 x 96 crops
     ``RandCropByPosNegLabel``-style (half centred on foreground), random flips and quarter turns,
-    batch 16; scored with ``sliding_window_inference`` (window 96, overlap 0.25, gaussian).
+    batch 16; scored with ``sliding_window_inference`` (window 96, overlap 0.25, gaussian), and again with
+    the softmax of the four flips averaged (``tta``, what our ``--tta`` does), from the same weights.
 
 Run from the repository root (nothing else running: the recipes share the budget of wall time):
     .venv/bin/python benchmarks/bench_quality.py --minutes 5 --seeds 0 1
@@ -109,7 +110,10 @@ def train_ours(job: dict) -> dict:
     if plan is not None:
         result["plan"] = plan.lines()
     for which in ("best", "last"):
-        segmenter = Segmenter.from_checkpoint(summary[f"{which}_checkpoint"])
+        path = Path(summary[f"{which}_checkpoint"])
+        if not path.exists():  # no images held back (training.val_fraction 0): no best.pt, last.pt stands in
+            path = Path(summary["last_checkpoint"])
+        segmenter = Segmenter.from_checkpoint(path)
         scores = evaluate_folder(segmenter, folder / "test", **config.inference.predictor_options())
         result[which] = {"miou": scores["miou"], "iou": scores["iou"]}
     return result
@@ -183,15 +187,22 @@ def train_monai(job: dict) -> dict:
         steps += 1
     seconds = time.monotonic() - started
     model.eval()
-    matrix = ConfusionMatrix(classes)
+    matrix, flipped = ConfusionMatrix(classes), ConfusionMatrix(classes)
     with torch.no_grad():
         for pair in find_pairs(folder / "test"):
             image = torch.from_numpy(_minmax(read_image(pair.image))[None])
-            logits = sliding_window_inference(image, (96, 96), 8, model, overlap=0.25, mode="gaussian")
-            matrix.update(logits.argmax(1)[0].numpy().astype(np.uint8), read_image(pair.mask))
-    scores = matrix.summary(job["classes"])
+            mask = read_image(pair.mask)
+            probs = []
+            for dims in ((), (3,), (2,), (2, 3)):  # the same flips as our --tta
+                view = image.flip(dims) if dims else image
+                logits = sliding_window_inference(view, (96, 96), 8, model, overlap=0.25, mode="gaussian")
+                probs.append(logits.softmax(1).flip(dims) if dims else logits.softmax(1))
+            matrix.update(probs[0].argmax(1)[0].numpy().astype(np.uint8), mask)
+            flipped.update(torch.stack(probs).mean(0).argmax(1)[0].numpy().astype(np.uint8), mask)
+    scores, tta = matrix.summary(job["classes"]), flipped.summary(job["classes"])
     last = {"miou": scores["miou"], "iou": scores["iou"]}
-    return {"train_seconds": seconds, "steps": steps, "epochs": None, "best": last, "last": last}
+    result = {"train_seconds": seconds, "steps": steps, "epochs": None, "best": last, "last": last}
+    return {**result, "tta": {"miou": tta["miou"], "iou": tta["iou"]}}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -224,7 +235,9 @@ def table(results: list[dict], classes: dict[str, list[str]]) -> str:
         for r in rows:
             ious = " | ".join(f"{(r['best']['iou'][n] or 0):.4f}" for n in names)
             lines.append(
-                f"| {r['recipe']} | {r['seed']} | {r['steps']} | {r['best']['miou']:.4f} | {r['last']['miou']:.4f} | {ious} |"
+                f"| {r['recipe']} | {r['seed']} | {r['steps']} | {r['best']['miou']:.4f} | {r['last']['miou']:.4f}"
+                + (f" (flip TTA {r['tta']['miou']:.4f})" if "tta" in r else "")
+                + f" | {ious} |"
             )
         for recipe in dict.fromkeys(r["recipe"] for r in rows):
             mine = [r for r in rows if r["recipe"] == recipe]
@@ -289,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["recipe"] = job.get("label", recipe)  # a variant is tabled under its label
                 for line in result.get("plan", []):
                     print(f"    plan: {line}")
-                print(f"  full-image mIoU {result['best']['miou']:.4f} (best.pt), {result['last']['miou']:.4f} (last)")
+                extra = f", {result['tta']['miou']:.4f} (flip TTA)" if "tta" in result else ""
+                print(
+                    f"  full-image mIoU {result['best']['miou']:.4f} (best.pt), {result['last']['miou']:.4f} (last){extra}"
+                )
                 results.append(result)
                 (root / "partial.json").write_text(json.dumps(results))  # what an interrupted run got so far
     info = machine()
