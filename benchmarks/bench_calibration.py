@@ -6,8 +6,9 @@ scored before and after: ECE (15 bins), NLL, Brier, over every pixel; and whethe
 finds the worst images: the Spearman correlation, over the test images, between an image's mean
 uncertainty (normalised entropy of the calibrated probabilities) and its error (1 - pixel accuracy).
 
-Part ``cost``: ``predict CKPT IMAGE -o OUT`` against the same with ``--uncertainty`` on a 2048^2 and a
-16384^2 tiled, compressed TIFF: wall time and peak memory of each (fresh processes, one at a time).
+Part ``cost``: ``predict CKPT IMAGE -o OUT --precision fp32`` against the same with ``--uncertainty`` on a
+2048^2 and a 16384^2 tiled, compressed TIFF: wall time and peak memory of each (fresh processes, one at a
+time; the precision pinned so that neither run builds an int8 network).
 
 Run from the repository root (nothing else running):
     .venv/bin/python benchmarks/bench_calibration.py
@@ -154,7 +155,18 @@ def cost(checkpoint: Path, work: Path, sizes: list[int]) -> dict:
         write_tiled(image, size, 13)
         for label, flags in (("predict", []), ("predict --uncertainty", ["--uncertainty"])):
             out = work / f"cost_{size}_{len(flags)}"
-            args = ["predict", str(checkpoint), str(image), "-o", str(out), "--no-progress", *flags]
+            # Precision pinned: under auto the first 16384^2 run would build an int8 network (and time it).
+            args = [
+                "predict",
+                str(checkpoint),
+                str(image),
+                "-o",
+                str(out),
+                "--no-progress",
+                "--precision",
+                "fp32",
+                *flags,
+            ]
             wall, peaks = timed([(args, None)])
             rows[f"{label} {size}"] = {"size": size, "command": label, "wall_s": wall, "peak_mb": peaks[0]}
             shutil.rmtree(out)
