@@ -114,7 +114,7 @@ def quality(name: str, checkpoint: Path, testbed: str, root: Path, n_fit: int, n
     sample = PixelSample(segmenter.num_classes, limit=200_000)
     for pair in find_pairs(folder / "train"):  # per-class temperatures, for comparison (not offered)
         raw, mask = read_pair(pair, segmenter.preprocess)
-        sample.add(predict(segmenter, raw, return_probs=True, **options)[1], mask)
+        sample.update(predict(segmenter, raw, return_probs=True, **options)[1], mask)
     beta = fit_per_class(*sample.arrays())
     per_class, changed, pixels = CalibrationCounts(segmenter.num_classes), 0, 0
     uncertainty, error = [], []

@@ -128,16 +128,16 @@ def test_pixel_sample_is_bounded_uniform_and_seeded():
     probs = np.full((2, 100, 100), 0.5, dtype=np.float32)
     target = np.arange(10_000).reshape(100, 100) % 2
     small = PixelSample(2, limit=50_000)
-    small.add(probs, target)
+    small.update(probs, target)
     assert small.arrays()[0].shape == (10_000, 2)  # under the limit: every pixel
     sample = PixelSample(2, limit=1000, seed=3)
     for _ in range(5):
-        sample.add(probs, target)
+        sample.update(probs, target)
     log_probs, kept = sample.arrays()
     assert 0 < kept.size <= 1000 and log_probs.shape == (kept.size, 2)
     again = PixelSample(2, limit=1000, seed=3)
     for _ in range(5):
-        again.add(probs, target)
+        again.update(probs, target)
     assert np.array_equal(again.arrays()[1], kept)
 
 

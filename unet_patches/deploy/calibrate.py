@@ -11,9 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from unet_patches.data.folders import find_pairs, read_pair
+from unet_patches.data.folders import find_pairs
 from unet_patches.errors import UserError
-from unet_patches.files.plan import open_array
 from unet_patches.files.sources import image_size
 from unet_patches.inference.job import PredictionJob
 from unet_patches.inference.predict import fit_calibration
@@ -54,12 +53,19 @@ def calibrate_checkpoint(
         raise UserError(f"{target}: already exists; pass --overwrite to replace it, or choose another -o")
     target.parent.mkdir(parents=True, exist_ok=True)  # a bad place for it fails before the work
     state = load_checkpoint(source)
+    windows_from = None  # the training settings the int8 windows come from, found before any work
+    if folder is None or training_folder is not None:
+        windows_from = _training_config(state, source, training_folder)
+    elif state.get("int8_windows") is None:
+        try:
+            windows_from = _training_config(state, source, None)
+        except UserError:  # the training data is not here: the temperature alone
+            windows_from = None
     done: dict[str, Any] = {"calibration": None, "int8_windows": None}
     if folder is not None:
         state["calibration"] = done["calibration"] = fit_folder_temperature(source, folder, dict(options or {}), page)
-    wanted = folder is None or training_folder is not None
-    if wanted or (state.get("int8_windows") is None and _training_data_here(state, None)):
-        state["int8_windows"] = int8_windows(make_datasets(_training_config(state, source, training_folder)))
+    if windows_from is not None:
+        state["int8_windows"] = int8_windows(make_datasets(windows_from))
         done["int8_windows"] = {kind: int(w.shape[0]) for kind, w in state["int8_windows"].items()}
     save_checkpoint(state, target)
     return done
@@ -76,30 +82,23 @@ def fit_folder_temperature(
     pairs = find_pairs(folder)
     sizes = [image_size(pair.image, segmenter.preprocess.page) for pair in pairs]
     job = PredictionJob(segmenter, sizes, **{"compile": False, **options})
-
-    def images():
-        for pair in pairs:
-            raw, mask = read_pair(pair, segmenter.preprocess)
-            yield open_array(raw, segmenter.preprocess, str(pair.image)), mask
-
-    return fit_calibration(job, images, source=f"{Path(folder)} ({len(pairs)} images)")
+    source = f"{Path(folder)} ({len(pairs)} images)"
+    return fit_calibration(job, lambda counter: job.score(pairs, calibration=counter), source=source)
 
 
-def _training_data_here(state: dict[str, Any], training_folder: str | Path | None) -> bool:
-    try:
-        return resolve_folder(_training_config(state, Path("checkpoint"), training_folder, check=False)).exists()
-    except UserError:
-        return False
+def _training_config(state: dict[str, Any], source: Path, training_folder: str | Path | None):
+    """The run's training settings (its data folder, or ``training_folder``).
 
-
-def _training_config(state: dict[str, Any], source: Path, training_folder: str | Path | None, check: bool = True):
+    Raises:
+        UserError: the checkpoint holds no settings, or the data folder is not here.
+    """
     if not isinstance(state.get("config"), dict):
         raise UserError(f"{source}: holds no training settings (config), so its training data is unknown; train again")
     values = dict(state["config"])
     if training_folder is not None:
         values["training"] = {**values["training"], "folder": str(training_folder)}
     config = config_from_dict(values, f"{source} (config)")
-    if check and not resolve_folder(config).exists():
+    if not resolve_folder(config).exists():
         raise UserError(
             f"{source}: its training data {resolve_folder(config)} is not here; "
             "pass the folder it was trained on with --training-folder"

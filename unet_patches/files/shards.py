@@ -31,7 +31,7 @@ from typing import Any
 
 from unet_patches.atomic import write_atomically
 from unet_patches.errors import UserError
-from unet_patches.metrics.uncertainty import review_order
+from unet_patches.metrics.uncertainty import review_section
 
 from .formats import OutputFormat
 from .plan import output_paths
@@ -147,10 +147,9 @@ def merge_report(out_dir: str | Path) -> dict[str, Any]:
         "skipped": sorted(p for r in reports for p in r["skipped"]),
         "busy": sorted(p for r in reports for p in r.get("busy", [])),  # reports before "busy" lack it
     }
-    uncertainty = {image: summary for r in reports for image, summary in r.get("uncertainty", {}).items()}
-    if uncertainty:
-        merged["uncertainty"] = dict(sorted(uncertainty.items()))
-        merged["review"] = [entry["image"] for entry in review_order(uncertainty, len(uncertainty))]
+    merged.update(
+        review_section({image: summary for r in reports for image, summary in r.get("uncertainty", {}).items()})
+    )
     write_atomically(out_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1)))
     return merged
 

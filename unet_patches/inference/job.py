@@ -69,20 +69,19 @@ class WrittenFiles(list):
 
 class Calibration:
     """What :meth:`PredictionJob.score` counts of the blended probabilities besides the labels:
-    :class:`~unet_patches.metrics.calibration.CalibrationCounts` of the probabilities as the network gives
-    them (``before``) and as calibrated by ``temperature`` (``after``), and, with ``sample``, a
-    :class:`~unet_patches.metrics.calibration.PixelSample` of the uncalibrated ones to fit a temperature on."""
+    :class:`~unet_patches.metrics.calibration.CalibrationCounts` of the probabilities as the network
+    gives them (``before``) and as calibrated by ``temperature`` (``after``; the same counts when it is 1).
+    A :class:`~unet_patches.metrics.calibration.PixelSample` can be counted into the same way."""
 
-    def __init__(self, num_classes: int, temperature: float = 1.0, sample: PixelSample | None = None) -> None:
+    def __init__(self, num_classes: int, temperature: float = 1.0) -> None:
         self.temperature = temperature
-        self.before, self.after = CalibrationCounts(num_classes), CalibrationCounts(num_classes)
-        self.sample = sample
+        self.before = CalibrationCounts(num_classes)
+        self.after = self.before if temperature == 1.0 else CalibrationCounts(num_classes)
 
     def update(self, probs: np.ndarray, target: np.ndarray, labels: np.ndarray) -> None:
         self.before.update(probs, target, labels)
-        self.after.update(apply_temperature(probs, self.temperature), target, labels)
-        if self.sample is not None:
-            self.sample.add(probs, target)
+        if self.after is not self.before:
+            self.after.update(apply_temperature(probs, self.temperature), target, labels)
 
     def summary(self, class_names: list[str]) -> dict[str, Any]:
         """``ece``, ``nll``, ``brier``, ``ece_per_class`` calibrated; the same with ``_uncalibrated``;
@@ -257,11 +256,11 @@ class PredictionJob:
         *,
         progress: bool = False,
         keep: Callable[[Pair, np.ndarray], None] | None = None,
-        calibration: Calibration | None = None,
+        calibration: Calibration | PixelSample | None = None,
     ) -> ConfusionMatrix:
         """Full-image predictions of image/mask ``pairs`` counted into one confusion matrix;
         ``keep(pair, labels)`` is handed each prediction (e.g. to save it). With ``calibration`` the
-        blended probabilities are counted into it too, band by band (:class:`Calibration`)."""
+        blended probabilities are counted into it too, band by band (:meth:`count`)."""
         matrix = ConfusionMatrix(self.segmenter.num_classes)
         bar = console.progress(len(pairs), "evaluate", "image", enabled=progress)
         for pair in pairs:
@@ -278,9 +277,9 @@ class PredictionJob:
         bar.close()
         return matrix
 
-    def count(self, source: RowSource, mask: np.ndarray, calibration: Calibration) -> np.ndarray:
-        """The labels of an opened image, its blended probabilities counted against ``mask`` into
-        ``calibration`` band by band (the whole probabilities are never held)."""
+    def count(self, source: RowSource, mask: np.ndarray, calibration: Calibration | PixelSample) -> np.ndarray:
+        """The labels of an opened image, its blended (uncalibrated) probabilities counted against
+        ``mask`` into ``calibration`` band by band (the whole probabilities are never held)."""
         labels = np.empty((source.height, source.width), dtype=np.uint8)
         for band in self.bands(source, probs=True, calibrated=False):
             rows = slice(band.start, band.start + band.labels.shape[0])

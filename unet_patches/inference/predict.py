@@ -8,7 +8,7 @@ Python API (:mod:`unet_patches.api`) and what the command line calls.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,11 @@ from unet_patches.data.folders import Pair, find_pairs
 from unet_patches.errors import UserError
 from unet_patches.files.formats import OUTPUT_FORMATS, check_probs_dtype
 from unet_patches.files.plan import DEFAULT_STREAM_THRESHOLD_PX, expand_inputs, plan_outputs
-from unet_patches.files.rows import RowSource
 from unet_patches.files.shards import Shard, finish_shard, open_row_block, share
 from unet_patches.files.sources import image_size
 from unet_patches.metrics import ConfusionMatrix
 from unet_patches.metrics.calibration import PixelSample, fit_temperature
-from unet_patches.metrics.uncertainty import review_order
+from unet_patches.metrics.uncertainty import review_section
 
 from .job import Calibration, PredictionJob, WrittenFiles
 from .segmenter import Segmenter
@@ -104,7 +103,7 @@ def score_pairs(
     window: Window = "auto",
     progress: bool = False,
     keep: Callable[[Pair, np.ndarray], None] | None = None,
-    calibration: Calibration | None = None,
+    calibration: Calibration | PixelSample | None = None,
     **options: Any,
 ) -> ConfusionMatrix:
     """Full-image predictions of image/mask ``pairs`` in one job, counted into one confusion matrix;
@@ -116,24 +115,23 @@ def score_pairs(
 
 
 def fit_calibration(
-    job: PredictionJob, images: Callable[[], Iterable[tuple[RowSource, np.ndarray]]], *, source: str, seed: int = 0
+    job: PredictionJob, count: Callable[[Calibration | PixelSample], Any], *, source: str, seed: int = 0
 ) -> dict[str, Any]:
     """The temperature that calibrates ``job``'s blended probabilities on labelled images, and the
     figures before and after: the ``calibration`` record a checkpoint keeps.
 
-    ``images()`` yields ``(opened image, mask)`` pairs; it is called twice: the first pass samples
-    pixels (:class:`~unet_patches.metrics.calibration.PixelSample`) and fits the temperature on them
-    (:func:`~unet_patches.metrics.calibration.fit_temperature`), the second counts every pixel with and without
-    it, so that the figures are exact. ``source`` says what the images were (kept in the record)."""
+    ``count(counter)`` predicts the labelled images with ``job`` and counts their probabilities into
+    ``counter`` (:meth:`PredictionJob.score` or :meth:`PredictionJob.count`); it is called twice: the
+    first pass samples pixels (:class:`~unet_patches.metrics.calibration.PixelSample`) and the
+    temperature is fitted on them (:func:`~unet_patches.metrics.calibration.fit_temperature`), the
+    second counts every pixel with and without it, so that the figures are exact. ``source`` says
+    what the images were (kept in the record)."""
     classes = job.segmenter.num_classes
     sample = PixelSample(classes, seed=seed)
-    first = Calibration(classes, 1.0, sample)
-    for opened, mask in images():
-        job.count(opened, mask, first)
+    count(sample)
     temperature = fit_temperature(*sample.arrays())
     counts = Calibration(classes, temperature)
-    for opened, mask in images():
-        job.count(opened, mask, counts)
+    count(counts)
     figures = ("ece", "nll", "brier")
     before, after = counts.before.summary(), counts.after.summary()
     return {
@@ -245,13 +243,13 @@ def write_review_report(path: Path, written: WrittenFiles) -> None:
     """``path`` (``OUT/report.json`` of a prediction with uncertainty maps, :mod:`unet_patches.metrics.uncertainty`:
     the normalised entropy of the calibrated probabilities as uint8): the files written, the images left
     to another prediction, each image's review summary and the images in review order."""
-    summaries = dict(sorted(written.uncertainty.items()))
     report = {
         "written": [str(p) for p in written],
         "busy": [str(p) for p in written.busy],
-        "uncertainty": summaries,
-        "review": [entry["image"] for entry in review_order(summaries, len(summaries))],
+        "uncertainty": {},
+        "review": [],
     }
+    report.update(review_section(written.uncertainty))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
 

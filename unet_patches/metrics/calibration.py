@@ -209,9 +209,10 @@ class PixelSample:
         self.draws: list[np.ndarray] = []
         self.size = 0
 
-    def add(self, probs: np.ndarray, target: np.ndarray) -> None:
+    def update(self, probs: np.ndarray, target: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Pixels of ``probs`` ``(K, ...)`` with their true classes ``target`` ``(...)``; pixels outside
-        ``0..K-1`` are left out."""
+        ``0..K-1`` are left out (``labels`` is not needed: the signature is that of the counts, so that
+        a prediction job can fill either)."""
         k = self.num_classes
         probs = np.asarray(probs).reshape(k, -1)
         target = np.asarray(target).reshape(-1).astype(np.int64)

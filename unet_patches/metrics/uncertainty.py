@@ -25,6 +25,7 @@ __all__ = [
     "UncertaintyTally",
     "normalised_entropy",
     "review_order",
+    "review_section",
     "to_uint8",
 ]
 
@@ -152,3 +153,14 @@ def review_order(images: dict[str, dict[str, Any]], count: int) -> list[dict[str
     first (ties: larger uncertain share, then the name), each with its summary."""
     ranked = sorted(images.items(), key=lambda kv: (-kv[1]["mean_uncertainty"], -kv[1]["uncertain_share"], kv[0]))
     return [{"image": name, **summary} for name, summary in ranked[:count]]
+
+
+def review_section(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a prediction report says of its uncertainty maps: ``uncertainty`` (each image's summary,
+    by image, sorted) and ``review`` (the images in :func:`review_order`); empty without summaries."""
+    if not summaries:
+        return {}
+    return {
+        "uncertainty": dict(sorted(summaries.items())),
+        "review": [entry["image"] for entry in review_order(summaries, len(summaries))],
+    }

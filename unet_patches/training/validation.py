@@ -114,11 +114,12 @@ def calibrate_checkpoint(
     options = {**config.inference.predictor_options(), "precision": precision, "compile": False, "device": device}
     job = PredictionJob(segmenter, [mask.shape for mask in held_back.masks], **options)
 
-    def images():
-        return ((ArraySource(image), mask) for image, mask in zip(held_back.images, held_back.masks))
+    def count(counter: Any) -> None:
+        for image, mask in zip(held_back.images, held_back.masks):
+            job.count(ArraySource(image), mask, counter)
 
     source = f"{len(held_back.masks)} held-back image(s) of {config.training.folder}"
-    record = fit_calibration(job, images, source=source, seed=config.training.seed)
+    record = fit_calibration(job, count, source=source, seed=config.training.seed)
     state = load_checkpoint(path, device="cpu")
     state["calibration"] = record
     save_checkpoint(state, path)
